@@ -1,0 +1,19 @@
+# Two commands matter: `make quick` (the main job on the CPU quick preset) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install quick test test-all bench clean
+install:
+	bash scripts/bootstrap.sh
+
+quick: install
+	$(VENV)/bin/locodiff study --preset quick
+
+test: install
+	bash scripts/test.sh
+
+test-all: install
+	bash scripts/test.sh -m "slow or not slow"
+
+bench: install
+	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done

@@ -1,0 +1,61 @@
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from locodiff.config import ConfigError, config_hash, from_dict, merge, parse_set_option
+from locodiff.study_config import load_study_config
+
+
+@dataclass(frozen=True)
+class Inner:
+    lr: float = 1e-3
+    widths: tuple[int, ...] = (32, 64)
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str = "a"
+    kind: Literal["x", "y"] = "x"
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_from_dict_builds_nested_and_converts_types():
+    cfg = from_dict(Outer, {"name": "b", "inner": {"lr": 1, "widths": [8, 16, 32]}})
+    assert cfg.inner.lr == 1.0 and isinstance(cfg.inner.lr, float)
+    assert cfg.inner.widths == (8, 16, 32)
+
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        ({"nmae": "b"}, "unknown option(s) ['nmae']"),
+        ({"inner": {"lr": "fast"}}, "inner.lr: expected a number"),
+        ({"kind": "z"}, "kind: 'z' is not one of"),
+        ({"inner": {"widths": [8, "a"]}}, "inner.widths[1]: expected an integer"),
+        ({"inner": 3}, "inner: expected a table"),
+    ],
+)
+def test_from_dict_names_the_bad_key(data, fragment):
+    with pytest.raises(ConfigError) as e:
+        from_dict(Outer, data)
+    assert fragment in str(e.value)
+
+
+def test_hash_is_stable_and_sensitive():
+    assert config_hash(Outer()) == config_hash(Outer())
+    assert config_hash(Outer()) != config_hash(Outer(name="c"))
+
+
+def test_set_option_and_merge():
+    assert parse_set_option("a.b=3") == {"a": {"b": 3}}
+    assert parse_set_option("a=hello") == {"a": "hello"}
+    assert merge({"a": {"b": 1, "c": 2}}, {"a": {"b": 5}}) == {"a": {"b": 5, "c": 2}}
+    with pytest.raises(ConfigError):
+        parse_set_option("novalue")
+
+
+def test_presets_load_and_unknown_preset_errors():
+    assert load_study_config("quick").seed == 0
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_study_config("huge")
