@@ -1,0 +1,148 @@
+"""Checkpoints: safetensors weights + JSON state, written atomically as one folder.
+
+Layout of ``<run>/checkpoints/ckpt-<images>/``:
+  model.safetensors      network weights (the raw network, before preconditioning)
+  ema.safetensors        EMA weights (what evaluation uses)
+  optimizer.safetensors  AdamW moments, flattened to ``<param index>.<key>`` tensors
+  state.json             images seen, step, optimizer hyper-parameters, config hash
+A checkpoint folder appears under its final name only once complete, so a crash mid-write never
+leaves a half checkpoint that a resume would pick up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import CheckpointError
+
+CKPT_PREFIX = "ckpt-"
+
+
+@dataclass
+class CheckpointState:
+    images_seen: int
+    step: int
+    config_hash: str
+
+
+def _state_dict_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict] = {}
+    for idx, state in sd["state"].items():
+        for key, val in state.items():
+            if torch.is_tensor(val):
+                tensors[f"{idx}.{key}"] = val.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = val
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, val in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = val
+    for idx, vals in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(vals)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    run_dir: Path, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
+    state: CheckpointState, keep: int = 2,
+) -> Path:
+    """Write a checkpoint folder atomically and prune old ones, keeping the newest ``keep``."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"{CKPT_PREFIX}{state.images_seen:010d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=ckpt_root))
+    try:
+        save_file(_state_dict_cpu(model), tmp / "model.safetensors")
+        save_file(_state_dict_cpu(ema), tmp / "ema.safetensors")
+        opt_tensors, opt_meta = _flatten_optimizer(opt)
+        save_file(opt_tensors, tmp / "optimizer.safetensors")
+        meta = {"images_seen": state.images_seen, "step": state.step,
+                "config_hash": state.config_hash, "optimizer": opt_meta}
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(CKPT_PREFIX))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def read_state(ckpt: Path) -> dict:
+    try:
+        return json.loads((Path(ckpt) / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {ckpt} has no readable state.json: {e}") from None
+
+
+def load_weights(module: nn.Module, path: Path) -> None:
+    """Load a safetensors file into ``module``, with a clear error on any mismatch."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint file {path} does not exist")
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error type for bad headers
+        raise CheckpointError(f"checkpoint file {path} is unreadable or corrupted: {e}") from None
+    own = module.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    wrong = [k for k in own if k in tensors and own[k].shape != tensors[k].shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"checkpoint {path} does not match the architecture: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}"
+        )
+    module.load_state_dict(tensors)
+
+
+def load_checkpoint(
+    ckpt: Path, model: nn.Module, ema: nn.Module | None = None,
+    opt: torch.optim.Optimizer | None = None,
+) -> dict:
+    """Restore what is passed in from ``ckpt``; returns its state.json contents."""
+    ckpt = Path(ckpt)
+    meta = read_state(ckpt)
+    load_weights(model, ckpt / "model.safetensors")
+    if ema is not None:
+        load_weights(ema, ckpt / "ema.safetensors")
+    if opt is not None:
+        try:
+            tensors = load_file(str(ckpt / "optimizer.safetensors"))
+        except Exception as e:  # safetensors raises its own error type for bad headers
+            raise CheckpointError(f"optimizer state in {ckpt} is unreadable: {e}") from None
+        opt.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+    return meta

@@ -1,0 +1,40 @@
+"""Training options. Units are images, not epochs or steps (as in EDM)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    total_images: int = 200_000  # training length, in images seen
+    batch_size: int = 64  # images per optimizer step (all processes together)
+    lr: float = 1e-3  # AdamW peak learning rate
+    warmup_images: int = 5_000  # linear learning-rate warm-up
+    weight_decay: float = 0.0  # AdamW weight decay
+    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
+    ema_halflife_images: int = 10_000  # EMA half-life in images (EDM-style)
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # autocast dtype; fp16 needs a GPU
+    label_dropout: float = 0.1  # share of images trained with the null conditioning (for CFG)
+    log_every_images: int = 2_000  # metrics.jsonl tick
+    checkpoint_every_images: int = 10_000  # checkpoint (resume point) interval
+    sample_every_images: int = 0  # sample grid interval; 0 = only at the end
+    sample_steps: int = 18  # Heun steps for the training-time sample grids
+    keep_checkpoints: int = 2  # how many checkpoints to keep on disk
+    threads: int = 0  # torch CPU threads; 0 = leave torch's default
+    time_budget_s: float = 0.0  # stop early (checkpointing) after this wall time; 0 = none
+
+    def __post_init__(self) -> None:
+        positive = ["total_images", "batch_size", "log_every_images", "checkpoint_every_images"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name}={getattr(self, name)}: expected > 0")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ConfigError(f"train.label_dropout={self.label_dropout}: expected in [0, 1)")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr={self.lr}: expected > 0")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"train.keep_checkpoints={self.keep_checkpoints}: expected >= 1")
