@@ -1,0 +1,54 @@
+"""Training batches as a pure function of the step, from the cache or rendered on the fly."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..conditioning import Conditioning
+from ..scenes.conditioners import LabelPolicy, batch_conditioning
+from ..scenes.dataset import DataConfig, SceneDataset, SceneSource, to_model_batch
+from .loop import step_generator
+
+
+def _epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+
+
+class CachedBatches:
+    """Batches drawn from a cached split: a fresh permutation every epoch, seeded by the epoch."""
+
+    def __init__(self, dataset: SceneDataset, policy: LabelPolicy, seed: int) -> None:
+        self.tensors = {k: v[dataset.index] for k, v in dataset.tensors.items()}
+        self.n = len(dataset)
+        if self.n == 0:
+            raise ValueError("the training split is empty")
+        self.policy, self.seed = policy, seed
+
+    def indices(self, step: int, size: int) -> Tensor:
+        start = step * size
+        first, last = start // self.n, (start + size - 1) // self.n
+        perm = torch.cat([_epoch_permutation(self.n, self.seed, e) for e in range(first, last + 1)])
+        offset = start - first * self.n
+        return perm[offset: offset + size]
+
+    def batch(self, step: int, size: int) -> tuple[Tensor, Conditioning]:
+        idx = self.indices(step, size)
+        raw = to_model_batch({k: v[idx] for k, v in self.tensors.items()})
+        cond = batch_conditioning(raw, self.policy, step_generator(self.seed, step, 0))
+        return raw["images"], cond
+
+
+class StreamBatches:
+    """Batches rendered on the fly; the scenes of step ``s`` depend only on ``(seed, s)``."""
+
+    def __init__(self, cfg: DataConfig, policy: LabelPolicy, seed: int) -> None:
+        self.source = SceneSource(cfg)
+        self.cfg, self.policy, self.seed = cfg, policy, seed
+
+    def batch(self, step: int, size: int) -> tuple[Tensor, Conditioning]:
+        gen = step_generator(self.seed, step, 3)
+        counts = self.source.draw_counts("train", size, gen)
+        raw = to_model_batch(self.source.render(counts, gen, self.cfg.slots("train")))
+        cond = batch_conditioning(raw, self.policy, step_generator(self.seed, step, 0))
+        return raw["images"], cond

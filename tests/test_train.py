@@ -1,0 +1,105 @@
+"""Training loop behaviour: learning, exact resume, divergence and config guards."""
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from locodiff.conditioning import Conditioning
+from locodiff.errors import CheckpointError, TrainingDiverged
+from locodiff.io import read_jsonl
+from locodiff.models import ModelConfig
+from locodiff.scenes.dataset import DataConfig
+from locodiff.train.checkpoint import latest_checkpoint
+from locodiff.train.config import TrainConfig
+from locodiff.train.data import StreamBatches
+from locodiff.train.run import RunConfig, load_denoiser, train_run
+
+TINY_MODEL = ModelConfig(arch="spatial", image_size=16, channels=(8, 16), norm_groups=4, head_dim=8)
+TINY_DATA = DataConfig(resolution=16, supersample=1, train_images=64, test_images_per_count=2)
+
+
+def tiny_run(label_policy="all", **train) -> RunConfig:
+    base = dict(total_images=64, batch_size=8, lr=2e-3, warmup_images=0, log_every_images=8,
+                checkpoint_every_images=32, ema_halflife_images=32, precision="fp32")
+    base.update(train)
+    return RunConfig(name="tiny", seed=3, label_policy=label_policy, data=TINY_DATA, model=TINY_MODEL, train=TrainConfig(**base))
+
+
+class FixedBatch:
+    """The same images and conditioning at every step: the loss must go down."""
+
+    def __init__(self, source, size):
+        self.images, self.cond = source.batch(0, size)
+
+    def batch(self, step, size):
+        return self.images, self.cond
+
+
+class PoisonAfter:
+    def __init__(self, source, step):
+        self.source, self.step = source, step
+
+    def batch(self, step, size):
+        images, cond = self.source.batch(step, size)
+        return (images * float("nan") if step >= self.step else images), cond
+
+
+def _weights(run_dir):
+    return load_file(str(latest_checkpoint(run_dir) / "model.safetensors"))
+
+
+def test_few_steps_reduce_the_loss(tmp_path):
+    cfg = tiny_run(total_images=8 * 60, lr=3e-3)
+    train_run(cfg, tmp_path, FixedBatch(StreamBatches(TINY_DATA, "all", 0), 8), progress=False)
+    losses = [r["loss"] for r in read_jsonl(tmp_path / "metrics.jsonl")]
+    assert len(losses) == 60
+    assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10
+
+
+def test_resume_is_bit_identical(tmp_path):
+    source = StreamBatches(TINY_DATA, "all", 0)
+    cfg = tiny_run()
+    train_run(cfg, tmp_path / "a", source, progress=False)
+    # The same run, stopped at 32 images (a checkpoint) and resumed to 64.
+    train_run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, total_images=32)),
+              tmp_path / "b", source, progress=False)
+    assert latest_checkpoint(tmp_path / "b").name.endswith("32")
+    train_run(cfg, tmp_path / "b", source, progress=False)
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    source = PoisonAfter(StreamBatches(TINY_DATA, "all", 0), step=5)
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        train_run(tiny_run(checkpoint_every_images=16), tmp_path, source, progress=False)
+    assert latest_checkpoint(tmp_path).name.endswith("32")  # step 5 is image 40
+    assert all(torch.isfinite(v).all() for v in _weights(tmp_path).values())
+
+
+def test_other_config_in_same_folder_is_refused_untouched(tmp_path):
+    source = StreamBatches(TINY_DATA, "all", 0)
+    train_run(tiny_run(total_images=16), tmp_path, source, progress=False)
+    before = (tmp_path / "config.json").read_text()
+    with pytest.raises(CheckpointError, match="different config"):
+        train_run(tiny_run(total_images=16, lr=1e-4), tmp_path, source, progress=False)
+    assert (tmp_path / "config.json").read_text() == before
+
+
+def test_trained_run_loads_as_denoiser(tmp_path):
+    train_run(tiny_run("one", total_images=16), tmp_path, progress=False)
+    denoiser, cfg = load_denoiser(tmp_path)
+    assert cfg.label_policy == "one" and cfg.model.arch == "spatial"
+    x = torch.randn(2, 3, 16, 16)
+    out = denoiser(x, torch.tensor([1.0, 2.0]), Conditioning.from_lists([[(0.5, 0.5)], []]))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text((tmp_path / "config.json").read_text())
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_denoiser(empty)
+    with pytest.raises(CheckpointError, match="not a locodiff run folder"):
+        load_denoiser(tmp_path / "missing")
