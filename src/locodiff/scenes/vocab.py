@@ -31,3 +31,39 @@ def index_of(kind: str, name: str, options: tuple[str, ...]) -> int:
         return options.index(name)
     except ValueError:
         raise SceneError(f"unknown {kind} {name!r}; expected one of {list(options)}") from None
+
+
+def shape_index(name: str) -> int:
+    return index_of("shape", name, SHAPES)
+
+
+def color_index(name: str) -> int:
+    return index_of("color", name, COLOR_NAMES)
+
+
+def material_index(name: str) -> int:
+    return index_of("material", name, MATERIALS)
+
+
+def size_index(name: str) -> int:
+    return index_of("size", name, SIZE_NAMES)
+
+
+def check_subset(kind: str, names: tuple[str, ...], options: tuple[str, ...]) -> tuple[str, ...]:
+    """Validate a non-empty, duplicate-free subset of a vocabulary (e.g. allowed colours)."""
+    if not names:
+        raise SceneError(f"the allowed {kind}s are empty; pick some of {list(options)}")
+    for name in names:
+        index_of(kind, name, options)
+    if len(set(names)) != len(names):
+        raise SceneError(f"the allowed {kind}s {list(names)} contain duplicates")
+    return tuple(names)
+
+
+def size_values() -> tuple[float, ...]:
+    """Half-extents in floor units, indexed like ``SIZE_NAMES``; every one must be positive."""
+    values = tuple(SIZES[n] for n in SIZE_NAMES)
+    for name, v in zip(SIZE_NAMES, values):
+        if not v > 0:
+            raise SceneError(f"size {name!r} has half-extent {v}; sizes must be positive")
+    return values

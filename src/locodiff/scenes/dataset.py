@@ -1,0 +1,395 @@
+"""Data sets of rendered scenes: cached on disk in checksummed shards, or rendered on the fly.
+
+Layout of a cache (``root = <out_dir>/data/<config-hash>``)::
+
+    root/config.json                     the DataConfig that made it (and the format version)
+    root/manifest.json                   per split: shard names, image counts, sizes, sha256
+    root/{train,test}/shard-00000.safetensors   images (uint8), scene tensors, centres, ...
+    root/{train,test}/shard-00000.json          the same scenes as readable JSON
+
+Why it is built this way:
+- the folder name is a hash of the config and a format version, so changing any option (or the
+  renderer's look) writes a new data set instead of reusing a stale one;
+- every shard is a pure function of (seed, split, shard index): an interrupted build resumes by
+  skipping shards whose file matches its manifest entry, and a corrupted shard is rebuilt
+  byte-identically;
+- files are written atomically and the manifest is updated after each shard, so a crash loses at
+  most the shard in progress; a shard whose checksum or size does not match is never read.
+
+Train images hold 1..3 objects (``train_counts``, drawn uniformly per image); the test split holds
+``test_images_per_count`` images for each count in ``test_counts`` (0..10), in count order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Literal
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..config import config_hash, to_dict
+from ..errors import ConfigError, DataError, LocodiffError
+from ..io import atomic_path, write_json_atomic
+from .camera import CameraConfig
+from .render import Renderer, check_resolution
+from .sampler import SceneConfig, SceneSampler, as_generator
+from .scene import SceneBatch
+
+FORMAT_VERSION = 1  # bump when the renderer's look or the shard layout changes
+SPLITS: tuple[str, ...] = ("train", "test")
+Split = Literal["train", "test"]
+RENDER_BATCH = 256  # scenes sampled and rendered per step while building a shard
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    resolution: int = 32  # image side in pixels (16..256)
+    supersample: int = 2  # rays per pixel side (anti-aliasing); 1 = off
+    scene: SceneConfig = field(default_factory=SceneConfig)  # vocabulary and placement rules
+    camera: CameraConfig = field(default_factory=CameraConfig)  # view shared by all images
+    train_counts: tuple[int, ...] = (1, 2, 3)  # objects per training image, drawn uniformly
+    test_counts: tuple[int, ...] = tuple(range(11))  # object counts of the test split
+    train_images: int = 20000  # size of the training split
+    test_images_per_count: int = 100  # test images for each count
+    shard_size: int = 2000  # images per shard file
+    save_masks: bool = False  # also store per-object masks [N, H, W] in the shards
+    seed: int = 0  # every shard's generator derives from (seed, split, shard index)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> "DataConfig":
+        try:
+            check_resolution(self.resolution, self.supersample)
+            self.scene.validate()
+            self.camera.validate()
+        except LocodiffError as e:
+            raise ConfigError(f"data: {e}") from None
+        for name in ("train_counts", "test_counts"):
+            counts = getattr(self, name)
+            if not counts or min(counts) < 0 or max(counts) > self.scene.max_objects:
+                raise ConfigError(
+                    f"data.{name}={list(counts)}: expected a non-empty list of counts in "
+                    f"0..scene.max_objects={self.scene.max_objects}"
+                )
+        for name, lowest in (("train_images", 0), ("test_images_per_count", 0), ("shard_size", 1)):
+            if getattr(self, name) < lowest:
+                raise ConfigError(f"data.{name}={getattr(self, name)}: expected an integer >= {lowest}")
+        return self
+
+    # ----- split geometry -------------------------------------------------------------------
+    def split_size(self, split: Split) -> int:
+        _check_split(split)
+        return self.train_images if split == "train" else self.test_images_per_count * len(self.test_counts)
+
+    def num_shards(self, split: Split) -> int:
+        return math.ceil(self.split_size(split) / self.shard_size)
+
+    def slots(self, split: Split) -> int:
+        """Object slots stored per image: the split's largest count (at least one)."""
+        counts = self.train_counts if split == "train" else self.test_counts
+        return max(max(counts), 1)
+
+    def cache_key(self) -> str:
+        return config_hash({"format": FORMAT_VERSION, "data": to_dict(self)})
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+
+
+def shard_seed(seed: int, split: str, index: int) -> int:
+    """A 63-bit seed for one shard, independent of every other shard's."""
+    digest = hashlib.sha256(f"locodiff-data/{seed}/{split}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """A torch device that exists on this machine, or a ``ConfigError`` saying why not."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"device {name!r} is not a torch device ({e}); use e.g. cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: CUDA is not available on this machine; use cpu")
+    return device
+
+
+def dataset_root(cfg: DataConfig, out_dir: str | Path) -> Path:
+    return Path(out_dir) / "data" / cfg.cache_key()
+
+
+# ----- rendering batches (shared by the cache and the on-the-fly stream) ----------------------
+class SceneSource:
+    """A sampler and a renderer for one ``DataConfig``: scenes in, training batches out."""
+
+    def __init__(self, cfg: DataConfig, device: torch.device | str = "cpu") -> None:
+        self.cfg = cfg
+        device = resolve_device(device)
+        self.sampler = SceneSampler(cfg.scene, cfg.camera)
+        self.renderer = Renderer(cfg.resolution, cfg.supersample, cfg.camera, device=device)
+
+    def render(self, counts: Tensor, generator: torch.Generator, slots: int, masks: bool = False) -> dict[str, Tensor]:
+        """Sample scenes with ``counts`` objects and render them; images as uint8 [B, 3, H, W]."""
+        scenes = self.sampler.sample(counts, generator, slots=slots)
+        out = self.renderer(scenes)
+        batch = {k: v.to(self.renderer.device) for k, v in scenes.tensors().items()}
+        batch.update(
+            images=(out.images * 255).round().to(torch.uint8),
+            centers=out.centers,
+            visible_pixels=out.visible_pixels,
+            counts=scenes.counts(),
+        )
+        if masks:
+            batch["masks"] = out.masks
+        return batch
+
+    def draw_counts(self, split: Split, n: int, generator: torch.Generator) -> Tensor:
+        """Object counts for ``n`` images of a split (train: uniform over ``train_counts``)."""
+        if split == "train":
+            table = torch.tensor(self.cfg.train_counts)
+            return table[torch.randint(len(table), (n,), generator=generator)]
+        return torch.tensor(self.cfg.test_counts).repeat_interleave(self.cfg.test_images_per_count)[:n]
+
+
+def to_model_batch(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """uint8 images -> float images in [-1, 1]; every other tensor unchanged."""
+    out = dict(batch)
+    out["images"] = batch["images"].float() / 127.5 - 1.0
+    return out
+
+
+class SceneStream:
+    """An endless stream of freshly rendered training batches (nothing touches the disk).
+
+    Each batch is a dict like a collated ``SceneDataset`` batch: ``images`` in [-1, 1] plus the
+    scene tensors and ``centers``; make the conditioning with ``batch_conditioning``.
+    """
+
+    def __init__(
+        self, cfg: DataConfig, batch_size: int, seed: int | torch.Generator = 0,
+        split: Split = "train", device: torch.device | str = "cpu",
+    ) -> None:
+        _check_split(split)
+        if batch_size < 1:
+            raise ConfigError(f"batch_size {batch_size}: expected a positive integer")
+        self.source = SceneSource(cfg, device)
+        self.batch_size, self.split = batch_size, split
+        self.generator = as_generator(seed)
+
+    def next_batch(self) -> dict[str, Tensor]:
+        cfg = self.source.cfg
+        if self.split == "train":
+            counts = self.source.draw_counts("train", self.batch_size, self.generator)
+        else:
+            table = torch.tensor(cfg.test_counts)
+            counts = table[torch.randint(len(table), (self.batch_size,), generator=self.generator)]
+        return to_model_batch(self.source.render(counts, self.generator, cfg.slots(self.split)))
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        while True:
+            yield self.next_batch()
+
+
+# ----- the on-disk cache ------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def _shard_ok(root: Path, split: str, name: str, entry: dict | None) -> bool:
+    """A shard may be used only if both files exist with the recorded size and checksum."""
+    if not entry:
+        return False
+    for suffix in (".safetensors", ".json"):
+        path = root / split / f"{name}{suffix}"
+        rec = entry.get(suffix.lstrip("."))
+        if rec is None or not path.is_file() or path.stat().st_size != rec["bytes"]:
+            return False
+        if _sha256(path) != rec["sha256"]:
+            return False
+    return True
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create ``folder`` and prove it accepts files, or raise a ``DataError`` naming it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".locodiff-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise DataError(
+            f"cannot write to {str(folder)!r} ({e.strerror or e}); choose another output folder"
+        ) from None
+
+
+def _read_manifest(root: Path, cfg: DataConfig) -> dict:
+    path = root / "manifest.json"
+    fresh = {"format": FORMAT_VERSION, "key": cfg.cache_key(), "splits": {s: {} for s in SPLITS}}
+    if not path.is_file():
+        return fresh
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return fresh  # unreadable: every shard is re-verified from scratch
+    if manifest.get("key") != cfg.cache_key() or not isinstance(manifest.get("splits"), dict):
+        return fresh
+    for s in SPLITS:
+        manifest["splits"].setdefault(s, {})
+    return manifest
+
+
+def build_shard(source: SceneSource, split: Split, index: int) -> tuple[dict[str, Tensor], list[dict]]:
+    """Render shard ``index`` of ``split``: its tensors and its scenes as JSON-able dicts."""
+    cfg = source.cfg
+    start = index * cfg.shard_size
+    n = min(cfg.shard_size, cfg.split_size(split) - start)
+    gen = torch.Generator().manual_seed(shard_seed(cfg.seed, split, index))
+    if split == "train":
+        counts = source.draw_counts("train", n, gen)
+    else:
+        counts = source.draw_counts("test", cfg.split_size("test"), gen)[start : start + n]
+    parts = [
+        source.render(counts[s : s + RENDER_BATCH], gen, cfg.slots(split), masks=cfg.save_masks)
+        for s in range(0, n, RENDER_BATCH)
+    ]
+    tensors = {k: torch.cat([p[k] for p in parts]).cpu().contiguous() for k in parts[0]}
+    scenes = [s.to_dict() for s in SceneBatch.from_tensors(tensors).to_scenes()]
+    return tensors, scenes
+
+
+def _write_shard(root: Path, split: str, name: str, tensors: dict[str, Tensor], scenes: list[dict], meta: dict) -> dict:
+    folder = root / split
+    entry = {"images": int(tensors["images"].shape[0])}
+    tensor_path, json_path = folder / f"{name}.safetensors", folder / f"{name}.json"
+    with atomic_path(tensor_path) as tmp:
+        # one metadata key: safetensors stores a map whose key order is not stable across runs
+        save_file(tensors, str(tmp), metadata={"locodiff": json.dumps(meta, sort_keys=True)})
+    write_json_atomic(json_path, {"scenes": scenes, **meta})
+    for key, path in (("safetensors", tensor_path), ("json", json_path)):
+        entry[key] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return entry
+
+
+def build_dataset(
+    cfg: DataConfig,
+    out_dir: str | Path,
+    splits: tuple[str, ...] = SPLITS,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> Path:
+    """Make sure every shard of ``splits`` exists and is intact; render the missing ones.
+
+    Returns the cache folder. Safe to interrupt and call again: finished shards are kept.
+    """
+    device = resolve_device(device)
+    root = dataset_root(cfg, out_dir)
+    ensure_writable(root)
+    write_json_atomic(root / "config.json", {"format": FORMAT_VERSION, "data": to_dict(cfg)})
+    manifest = _read_manifest(root, cfg)
+    todo = []
+    for split in splits:
+        _check_split(split)
+        entries = manifest["splits"][split]
+        for i in range(cfg.num_shards(split)):
+            if not _shard_ok(root, split, shard_name(i), entries.get(shard_name(i))):
+                todo.append((split, i))
+    source = SceneSource(cfg, device) if todo else None
+    from tqdm.auto import tqdm
+
+    total = sum(min(cfg.shard_size, cfg.split_size(s) - i * cfg.shard_size) for s, i in todo)
+    with tqdm(total=total, unit="img", desc="render", disable=not progress) as bar:
+        for split, i in todo:
+            tensors, scenes = build_shard(source, split, i)
+            meta = {"split": split, "index": i, "key": cfg.cache_key(), "format": FORMAT_VERSION}
+            entry = _write_shard(root, split, shard_name(i), tensors, scenes, meta)
+            manifest["splits"][split][shard_name(i)] = entry
+            write_json_atomic(root / "manifest.json", manifest)
+            bar.update(entry["images"])
+    return root
+
+
+# ----- reading ---------------------------------------------------------------------------------
+class SceneDataset(Dataset):
+    """The images and scenes of one split of a built cache, held in memory.
+
+    Items are dicts: ``images`` float [3, H, W] in [-1, 1], the ``SceneBatch`` fields of the
+    image (``shape``, ``color``, ``material``, ``size``, ``positions``, ``rotations``, ``mask``),
+    ``centers`` [N, 2], ``visible_pixels`` and ``counts``. The default collate stacks them; turn a
+    batch into a ``Conditioning`` with ``batch_conditioning(batch, policy, generator)``.
+    ``counts`` restricts the split to images with those object counts (e.g. one k of the test
+    split). Shards are verified against the manifest before use.
+    """
+
+    def __init__(self, root: str | Path, split: Split = "train", counts: tuple[int, ...] | None = None, verify: bool = True):
+        _check_split(split)
+        self.root, self.split = Path(root), split
+        self.tensors = self._load(verify)
+        keep = torch.ones(len(self.tensors["images"]), dtype=torch.bool)
+        if counts is not None:
+            keep = torch.isin(self.tensors["counts"], torch.tensor(list(counts)))
+        self.index = keep.nonzero(as_tuple=True)[0]
+
+    @classmethod
+    def from_config(
+        cls, cfg: DataConfig, out_dir: str | Path, split: Split = "train",
+        counts: tuple[int, ...] | None = None, build: bool = True, progress: bool = False,
+    ) -> "SceneDataset":
+        """Open a split, first building (or repairing) the cache when ``build`` is set."""
+        root = build_dataset(cfg, out_dir, (split,), progress=progress) if build else dataset_root(cfg, out_dir)
+        return cls(root, split, counts)
+
+    def _load(self, verify: bool) -> dict[str, Tensor]:
+        manifest_path = self.root / "manifest.json"
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            entries = manifest["splits"][self.split]
+        except (OSError, json.JSONDecodeError, KeyError):
+            raise DataError(
+                f"no readable manifest for split {self.split!r} in {str(self.root)!r}; "
+                "build it with `locodiff render`"
+            ) from None
+        if not entries:
+            raise DataError(f"split {self.split!r} in {str(self.root)!r} has no shards; run `locodiff render`")
+        parts = []
+        for name in sorted(entries):
+            path = self.root / self.split / f"{name}.safetensors"
+            if verify and not _shard_ok(self.root, self.split, name, entries[name]):
+                raise DataError(
+                    f"shard {str(path)!r} is missing, partial or corrupted (size or checksum "
+                    "mismatch); run `locodiff render` again to rebuild it"
+                )
+            try:
+                parts.append(load_file(str(path)))
+            except (OSError, SafetensorError) as e:
+                raise DataError(f"shard {str(path)!r} is unreadable ({e}); run `locodiff render` to rebuild it") from None
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        j = self.index[i]
+        item = {k: v[j] for k, v in self.tensors.items()}
+        return to_model_batch(item)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.tensors["images"].shape[-1])
