@@ -8,6 +8,7 @@ lives in the stage subpackages so that it can be called from Python just the sam
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -41,6 +42,31 @@ def resolve_config(preset: str, config: Optional[Path], sets: Optional[list[str]
         typer.echo(json.dumps(to_dict(cfg), indent=2))
         raise typer.Exit(0)
     return cfg
+
+
+@contextmanager
+def fail_cleanly():
+    """Turn locodiff's input errors into one red line and exit code 2 (no traceback)."""
+    try:
+        yield
+    except LocodiffError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+
+
+def parse_counts(text: str) -> list[int]:
+    """'0-10' or '1,2,5' or '3' -> list of ints."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                lo, hi = part.split("-")
+                out.extend(range(int(lo), int(hi) + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected counts like 0-10 or 1,2,5") from None
+    return out
 
 
 @app.callback()
@@ -90,6 +116,86 @@ def render(
         f"{d.split_size('train')} train and {d.split_size('test')} test images at "
         f"{d.resolution}x{d.resolution}; contact sheet: {root / 'contact_sheet.png'}"
     )
+
+
+@app.command()
+def train(
+    model: str = typer.Argument(..., help="Name of a model of the study config ([models.NAME])."),
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    dry_run: bool = DryRunOpt,
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder (default: <out_dir>/models/<name>-<hash>)."),
+    on_the_fly: bool = typer.Option(False, "--on-the-fly", help="Render batches during training instead of using the cached data set."),
+) -> None:
+    """Train one model of the study (renders the data set first if needed). Re-running resumes."""
+    from .scenes.dataset import build_dataset
+    from .study import run_config
+    from .study import run_dir as default_run_dir
+    from .train.run import train_run
+
+    cfg = resolve_config(preset, config, set_, False)
+    with fail_cleanly():
+        if model not in cfg.models:
+            raise LocodiffError(f"no model named {model!r} in the config; models: {sorted(cfg.models)}")
+        spec = cfg.models[model]
+        rcfg = run_config(cfg, model, spec)
+        if dry_run:
+            typer.echo(json.dumps(to_dict(rcfg), indent=2))
+            raise typer.Exit(0)
+        folder = run_dir or default_run_dir(cfg, model, spec)
+        data_root = None if on_the_fly else build_dataset(cfg.data, cfg.out_dir, ("train",), progress=True)
+        result = train_run(rcfg, folder, data_root=data_root)
+    typer.echo(f"{model}: {result.images_seen} images, final loss {result.final_loss:.4f}, "
+               f"{result.images_per_s:.0f} img/s; run folder {folder}")
+
+
+@app.command()
+def sample(
+    run: Path = typer.Argument(..., help="A training run folder."),
+    locations: Optional[str] = typer.Option(None, "--locations", help='JSON list of (x, y) in [0, 1], e.g. "[[0.3,0.6],[0.7,0.4]]".'),
+    counts: str = typer.Option("1-3", "--counts", help="Object counts to sample when no --locations are given, e.g. 0-10."),
+    per_count: int = typer.Option(8, "--per-count", help="Images per count (or per location set)."),
+    steps: int = typer.Option(18, "--steps", help="Heun sampler steps."),
+    guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance scale (1 = none)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for noise and test scenes."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: RUN/samples)."),
+) -> None:
+    """Sample images from a trained run: a PNG grid (one row per count) and a .safetensors file."""
+    from .train.sampling import sample_run
+
+    with fail_cleanly():
+        loc_list = None
+        if locations is not None:
+            try:
+                loc_list = json.loads(locations)
+            except json.JSONDecodeError as e:
+                raise LocodiffError(f"--locations is not valid JSON: {e}") from None
+        paths = sample_run(run, out or run / "samples", loc_list, parse_counts(counts), per_count,
+                           steps, guidance, seed)
+    for p in paths:
+        typer.echo(str(p))
+
+
+@app.command()
+def study(
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    dry_run: bool = DryRunOpt,
+    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated stages to run (data,train,evaluate,locality,report)."),
+) -> None:
+    """Run the whole study: render, train every model, evaluate, probe locality, write the report.
+
+    Finished work is cached by config hash: re-running skips it, an interrupted study resumes.
+    """
+    from .study import run_study
+
+    cfg = resolve_config(preset, config, set_, dry_run)
+    with fail_cleanly():
+        result = run_study(cfg, only.split(",") if only else None)
+    total = sum(result.stage_seconds.values())
+    typer.echo(f"study finished in {total:.0f} s; results in {result.out_dir}")
 
 
 def main() -> None:  # pragma: no cover

@@ -10,18 +10,76 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .config import ConfigError, from_dict, load_toml, merge, parse_set_option
+from .models import ModelConfig
+from .scenes.dataset import DataConfig
+from .train.config import TrainConfig
 
 PRESETS = ("micro", "quick", "paper")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the study: an architecture trained on data labelled by one policy."""
+
+    role: Literal["exp1", "exp2", "exp3", "baseline"] = "exp1"  # which experiment it stands for
+    label_policy: Literal["all", "one"] = "all"  # which objects' locations are conditioners
+    model: ModelConfig = field(default_factory=ModelConfig)  # architecture (image_size = data's)
+    train: TrainConfig = field(default_factory=TrainConfig)  # the study's [train] + overrides
+    enabled: bool = True  # skip this model without deleting its section
+    description: str = ""  # one line for the report
+
+
+@dataclass(frozen=True)
+class LocalityOptions:
+    """What the locality probe measures for every model of the study."""
+
+    sigmas: tuple[float, ...] = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0)  # noise levels probed
+    scenes: int = 8  # test scenes (with 1-3 objects) per model
+    pixels: int = 32  # probed output pixels per scene
+    radius_px: float = 4.0  # headline radius of the conditional-locality index
 
 
 @dataclass(frozen=True)
 class StudyConfig:
     seed: int = 0  # master seed; every stage derives its generators from it
     out_dir: str = "runs"  # where run folders and caches are written
-    # Stage sections are added as the stages land (data, model, train, evaluate, locality, ...).
+    data: DataConfig = field(default_factory=DataConfig)  # scenes, rendering and data-set sizes
+    train: TrainConfig = field(default_factory=TrainConfig)  # defaults for every model
+    models: dict[str, ModelSpec] = field(default_factory=dict)  # the study's models by name
+    locality: LocalityOptions = field(default_factory=LocalityOptions)
+    jobs: int = 1  # models trained at once (processes); on a 2-core CPU 2 jobs x 1 thread is fastest
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise ConfigError(f"jobs={self.jobs}: expected >= 1")
+        for name, spec in self.models.items():
+            if spec.model.image_size != self.data.resolution:
+                raise ConfigError(
+                    f"models.{name}.model.image_size={spec.model.image_size} differs from "
+                    f"data.resolution={self.data.resolution}; leave it unset to follow the data"
+                )
+
+    def enabled_models(self) -> dict[str, ModelSpec]:
+        return {k: v for k, v in self.models.items() if v.enabled}
+
+
+def _fill_model_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """Each model's train table overlays the study's; image_size follows data.resolution."""
+    data = dict(data)
+    resolution = data.get("data", {}).get("resolution", DataConfig().resolution)
+    models = {}
+    for name, spec in (data.get("models") or {}).items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"models.{name}: expected a table, got {spec!r}")
+        spec = dict(spec)
+        spec["train"] = merge(data.get("train", {}), spec.get("train", {}))
+        spec["model"] = merge({"image_size": resolution}, spec.get("model", {}))
+        models[name] = spec
+    data["models"] = models
+    return data
 
 
 def preset_dict(name: str) -> dict[str, Any]:
@@ -42,4 +100,4 @@ def load_study_config(
         data = merge(data, load_toml(path))
     for s in sets or []:
         data = merge(data, parse_set_option(s))
-    return from_dict(StudyConfig, data)
+    return from_dict(StudyConfig, _fill_model_defaults(data))
