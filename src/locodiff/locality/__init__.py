@@ -1,0 +1,55 @@
+"""Locality probe: does a denoiser's score at a pixel depend only on nearby pixels (pixel
+locality) and only on nearby conditioners (conditional locality)?
+
+- ``jacobian``: batched Jacobian engines (pixel rows, full, colouring, conditioners, randomized);
+- ``stats``: mass fractions, effective radii, the conditional-locality index, confidence intervals;
+- ``probe``: ``probe_locality`` -> ``LocalityResult`` (save/load/merge);
+- ``figures``: heat maps and curves from saved results (imported on demand: needs matplotlib).
+"""
+
+from .jacobian import (
+    LocalityError,
+    MassEstimate,
+    colored_pixel_jacobian,
+    conditioner_jacobian,
+    conditioner_sensitivity,
+    full_pixel_jacobian,
+    hutchinson_mass,
+    naive_pixel_jacobian,
+    parameter_jacobian,
+    pixel_jacobian,
+)
+from .probe import (
+    LocalityResult,
+    SamplingError,
+    SigmaSummary,
+    merge_results,
+    probe_locality,
+    sample_pixels,
+    sampling_error,
+    summarize,
+)
+from .stats import (
+    ConditionalLocality,
+    Estimate,
+    IndexSummary,
+    PixelLocality,
+    bootstrap_mean,
+    conditional_locality,
+    conditional_locality_index,
+    effective_radius,
+    mass_within,
+    normal_mean,
+    pixel_locality,
+    row_energy,
+)
+
+__all__ = [
+    "ConditionalLocality", "Estimate", "IndexSummary", "LocalityError", "LocalityResult",
+    "MassEstimate", "PixelLocality", "SamplingError", "SigmaSummary", "bootstrap_mean",
+    "colored_pixel_jacobian", "conditional_locality", "conditional_locality_index",
+    "conditioner_jacobian", "conditioner_sensitivity", "effective_radius", "full_pixel_jacobian",
+    "hutchinson_mass", "mass_within", "merge_results", "naive_pixel_jacobian", "normal_mean",
+    "parameter_jacobian", "pixel_jacobian", "pixel_locality", "probe_locality", "row_energy",
+    "sample_pixels", "sampling_error", "summarize",
+]
