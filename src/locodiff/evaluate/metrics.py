@@ -1,0 +1,312 @@
+"""Length-generalization metrics: did the model draw the requested objects, and only them?
+
+Everything here works on plain numbers (numpy arrays of locations), not on images, so it can be
+checked against hand-computed cases and reused on any detector's output.
+
+Per image, requested locations and detected centres are paired by the Hungarian algorithm
+(``scipy.optimize.linear_sum_assignment``); a pair counts as a *match* only when the two points
+are within a tolerance radius in pixels. Pairs further apart are treated as "not placed" plus
+"one extra object", which is what they are to a reader of the sample grid.
+
+Per requested count ``k`` (over all images asked for ``k`` objects):
+- ``count``: share of images with exactly ``k`` detections;
+- ``placed``: share of images where every requested location is matched (extras allowed);
+- ``success``: both at once — exactly the requested objects, each where it was asked for;
+- ``precision`` / ``recall``: matched pairs over all detections / over all requested objects
+  (pooled over the images; recall is DESIGN §6's "match");
+- ``loc_error_px``: mean distance of matched pairs in pixels;
+- ``count_error_hist``: how often ``detected - k`` took each value;
+- Wilson 95% intervals for the three accuracies.
+
+Summaries over k, for a trained range (default 1-3) and an extrapolation range (default 4-10):
+the largest k whose accuracy is at least a threshold, and the normalised area under the
+accuracy-vs-k curve (1.0 = perfect everywhere in the range).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from ..errors import LocodiffError
+
+# Matching radius at the reference resolution; it scales linearly with the image side.
+REFERENCE_TOLERANCE_PX = 3.0
+REFERENCE_RESOLUTION = 32
+ACCURACY_KINDS = ("count", "placed", "success")
+
+
+class EvalError(LocodiffError, ValueError):
+    """An evaluation input is out of range, inconsistent or impossible to score."""
+
+
+def default_tolerance_px(resolution: int) -> float:
+    """3 px at 32x32, scaled with the side (1.5 px at 16, 6 px at 64): objects scale with it."""
+    return REFERENCE_TOLERANCE_PX * resolution / REFERENCE_RESOLUTION
+
+
+# ----- one image ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageMatch:
+    """How one image's detections pair up with its requested locations."""
+
+    n_requested: int
+    n_detected: int
+    pairs: list[tuple[int, int]]  # (requested index, detection index), matches only
+    distances_px: list[float]  # distance of each matched pair, in pixels
+    n_color_checked: int = 0  # matched pairs whose requested colour was given
+    n_color_correct: int = 0  # ... and whose detected colour agrees
+
+    @property
+    def n_matched(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def count_correct(self) -> bool:
+        return self.n_detected == self.n_requested
+
+    @property
+    def all_placed(self) -> bool:
+        return self.n_matched == self.n_requested
+
+    @property
+    def success(self) -> bool:
+        return self.count_correct and self.all_placed
+
+    def to_dict(self) -> dict:
+        return {
+            "n_requested": self.n_requested,
+            "n_detected": self.n_detected,
+            "pairs": [list(p) for p in self.pairs],
+            "distances_px": [round(d, 4) for d in self.distances_px],
+            "n_color_checked": self.n_color_checked,
+            "n_color_correct": self.n_color_correct,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ImageMatch":
+        return cls(
+            d["n_requested"], d["n_detected"], [tuple(p) for p in d["pairs"]], list(d["distances_px"]),
+            d.get("n_color_checked", 0), d.get("n_color_correct", 0),
+        )
+
+
+def _as_points(points, name: str) -> np.ndarray:
+    arr = np.asarray(points, dtype=np.float64).reshape(-1, 2) if len(points) else np.zeros((0, 2))
+    if not np.isfinite(arr).all():
+        raise EvalError(f"{name} contain NaN or infinite values: {arr.tolist()}")
+    return arr
+
+
+def match_locations(
+    requested: Sequence[Sequence[float]] | np.ndarray,
+    detected: Sequence[Sequence[float]] | np.ndarray,
+    image_size: tuple[int, int],
+    tolerance_px: float,
+) -> ImageMatch:
+    """Pair requested locations with detected centres; both in the Conditioning convention.
+
+    ``image_size`` is (height, width): distances are measured in pixels so that the tolerance
+    means the same thing on any image. Pairs further apart than ``tolerance_px`` get a cost so
+    large that the assignment first maximises the number of pairs within tolerance and only then
+    minimises their total distance (plain distance-Hungarian can trade one good pair for two
+    mediocre ones and lose a match).
+    """
+    if tolerance_px <= 0:
+        raise EvalError(f"tolerance_px={tolerance_px}: expected a positive radius in pixels")
+    req = _as_points(requested, "requested locations")
+    det = _as_points(detected, "detected centres")
+    h, w = image_size
+    scale = np.array([w, h], dtype=np.float64)
+    if len(req) == 0 or len(det) == 0:
+        return ImageMatch(len(req), len(det), [], [])
+    dist = np.linalg.norm((req[:, None, :] - det[None, :, :]) * scale, axis=-1)
+    too_far = dist > tolerance_px
+    big = 1e6 * (1.0 + dist.max())
+    rows, cols = linear_sum_assignment(np.where(too_far, big, dist))
+    pairs, distances = [], []
+    for r, c in zip(rows.tolist(), cols.tolist()):
+        if not too_far[r, c]:
+            pairs.append((r, c))
+            distances.append(float(dist[r, c]))
+    return ImageMatch(len(req), len(det), pairs, distances)
+
+
+def score_colors(match: ImageMatch, requested_colors: Sequence[int] | None, detected_colors: Sequence[int]) -> ImageMatch:
+    """Record how many matched pairs also have the requested colour (``-1`` = not requested)."""
+    if requested_colors is None:
+        return match
+    checked = correct = 0
+    for r, d in match.pairs:
+        if requested_colors[r] >= 0:
+            checked += 1
+            correct += int(detected_colors[d] == requested_colors[r])
+    match.n_color_checked, match.n_color_correct = checked, correct
+    return match
+
+
+# ----- confidence intervals ----------------------------------------------------------------------
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% for z = 1.96).
+
+    Chosen over the normal approximation because it stays inside [0, 1] and is sensible at
+    0% and 100% with few samples — exactly where per-k accuracies sit. No trials: (0, 1).
+    """
+    if trials < 0 or not 0 <= successes <= trials:
+        raise EvalError(f"wilson_interval: expected 0 <= successes <= trials, got {successes}/{trials}")
+    if trials == 0:
+        return (0.0, 1.0)
+    p = successes / trials
+    z2 = z * z
+    denom = 1 + z2 / trials
+    center = (p + z2 / (2 * trials)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials))
+    return (max(0.0, center - half), min(1.0, center + half))
+
+
+# ----- per count k -------------------------------------------------------------------------------
+
+
+@dataclass
+class CountMetrics:
+    """Scores of all images that were asked for ``k`` objects."""
+
+    k: int
+    n_images: int
+    count: float  # accuracies in [0, 1]
+    placed: float
+    success: float
+    count_ci: tuple[float, float]
+    placed_ci: tuple[float, float]
+    success_ci: tuple[float, float]
+    precision: float | None  # None where undefined (no detections at all)
+    recall: float | None  # None for k = 0
+    loc_error_px: float | None  # None when nothing was matched
+    mean_detected: float
+    count_error_hist: dict[int, int] = field(default_factory=dict)  # detected - k -> images
+    color_accuracy: float | None = None  # matched pairs with the requested colour; None if none asked
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["count_error_hist"] = {str(e): n for e, n in sorted(self.count_error_hist.items())}
+        for kind in ACCURACY_KINDS:
+            d[f"{kind}_ci"] = list(d[f"{kind}_ci"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CountMetrics":
+        d = dict(d)
+        d["count_error_hist"] = {int(e): n for e, n in d["count_error_hist"].items()}
+        for kind in ACCURACY_KINDS:
+            d[f"{kind}_ci"] = tuple(d[f"{kind}_ci"])
+        return cls(**d)
+
+
+def count_metrics(k: int, matches: Sequence[ImageMatch], z: float = 1.96) -> CountMetrics:
+    """Aggregate the matches of images that requested ``k`` objects."""
+    if not matches:
+        raise EvalError(f"no images to score for k={k}")
+    bad = [m.n_requested for m in matches if m.n_requested != k]
+    if bad:
+        raise EvalError(f"an image scored under k={k} requested {bad[0]} objects")
+    n = len(matches)
+    hits = {
+        "count": sum(m.count_correct for m in matches),
+        "placed": sum(m.all_placed for m in matches),
+        "success": sum(m.success for m in matches),
+    }
+    n_det = sum(m.n_detected for m in matches)
+    n_match = sum(m.n_matched for m in matches)
+    distances = [d for m in matches for d in m.distances_px]
+    hist = Counter(m.n_detected - k for m in matches)
+    color_checked = sum(m.n_color_checked for m in matches)
+    return CountMetrics(
+        k=k,
+        n_images=n,
+        count=hits["count"] / n,
+        placed=hits["placed"] / n,
+        success=hits["success"] / n,
+        count_ci=wilson_interval(hits["count"], n, z),
+        placed_ci=wilson_interval(hits["placed"], n, z),
+        success_ci=wilson_interval(hits["success"], n, z),
+        precision=n_match / n_det if n_det else None,
+        recall=n_match / (k * n) if k else None,
+        loc_error_px=float(np.mean(distances)) if distances else None,
+        mean_detected=n_det / n,
+        count_error_hist=dict(sorted(hist.items())),
+        color_accuracy=sum(m.n_color_correct for m in matches) / color_checked if color_checked else None,
+    )
+
+
+# ----- summaries over k --------------------------------------------------------------------------
+
+
+def largest_k_above(accuracy: dict[int, float], threshold: float = 0.5, ks: Iterable[int] | None = None) -> int | None:
+    """The largest k (among ``ks``, default all) whose accuracy is >= ``threshold``; None if none.
+
+    Not required to be contiguous: a model that fails at k=6 by chance but succeeds at k=7 is
+    credited with 7; read it beside the per-k table.
+    """
+    candidates = [k for k in (accuracy if ks is None else ks) if k in accuracy and accuracy[k] >= threshold]
+    return max(candidates) if candidates else None
+
+
+def normalized_auc(accuracy: dict[int, float], k_range: tuple[int, int]) -> float | None:
+    """Area under accuracy-vs-k over ``k_range`` (inclusive), divided by its width.
+
+    Trapezoid rule over the evaluated k inside the range, so 1.0 means perfect at every k and the
+    number is comparable between ranges of different widths. A single evaluated k gives its own
+    accuracy; no evaluated k in the range gives None.
+    """
+    lo, hi = k_range
+    ks = sorted(k for k in accuracy if lo <= k <= hi)
+    if not ks:
+        return None
+    if len(ks) == 1:
+        return float(accuracy[ks[0]])
+    ys = [accuracy[k] for k in ks]
+    area = sum((ks[i + 1] - ks[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(len(ks) - 1))
+    return float(area / (ks[-1] - ks[0]))
+
+
+@dataclass(frozen=True)
+class SummaryOptions:
+    trained_range: tuple[int, int] = (1, 3)  # counts seen in training
+    extrapolation_range: tuple[int, int] = (4, 10)  # counts never seen
+    threshold: float = 0.5  # for "largest k with accuracy >= threshold"
+
+    def validate(self) -> "SummaryOptions":
+        for name in ("trained_range", "extrapolation_range"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi:
+                raise EvalError(f"{name}={(lo, hi)}: expected 0 <= low <= high")
+        if not 0 < self.threshold <= 1:
+            raise EvalError(f"threshold={self.threshold}: expected a value in (0, 1]")
+        return self
+
+
+def summarize(per_k: dict[int, CountMetrics], options: SummaryOptions | None = None) -> dict:
+    """Headline numbers for every accuracy kind, per range: largest k >= threshold and AUC."""
+    opts = (options or SummaryOptions()).validate()
+    out: dict = {
+        "threshold": opts.threshold,
+        "trained_range": list(opts.trained_range),
+        "extrapolation_range": list(opts.extrapolation_range),
+    }
+    for kind in ACCURACY_KINDS:
+        acc = {k: getattr(m, kind) for k, m in per_k.items()}
+        for label, (lo, hi) in (("trained", opts.trained_range), ("extrapolation", opts.extrapolation_range)):
+            ks = [k for k in acc if lo <= k <= hi]
+            out[f"{kind}_largest_k_{label}"] = largest_k_above(acc, opts.threshold, ks)
+            out[f"{kind}_auc_{label}"] = normalized_auc(acc, (lo, hi))
+        out[f"{kind}_largest_k"] = largest_k_above(acc, opts.threshold)
+    return out

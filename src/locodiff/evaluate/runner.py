@@ -1,0 +1,409 @@
+"""Evaluate any ``Denoiser`` on length generalization: ask for k objects, count what it draws.
+
+For every requested count k the runner takes ``per_count`` test conditionings with k locations,
+samples one image per conditioning, detects the objects, and matches them to the requested
+locations (``metrics.py``). Files in ``out_dir``:
+
+    eval_config.json     what was asked (checked on resume: a different config is an error)
+    eval.jsonl           one line per sample: k, requested locations, detections, matches
+    samples/k03.png      the first ``grid_per_count`` samples of each k, side by side
+    eval.json            summary + per-k table (derived from eval.jsonl)
+    samples.png          grid with detections drawn over the samples (one row per k)
+    accuracy.png         accuracy against k
+
+Resuming: the lines of each k are appended only once the whole k is done, so an interrupted run
+keeps every finished k and redoes only the one in progress (a partial k is dropped). Each k has
+its own random stream (conditionings and noise), so results do not depend on which k's were
+already done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..conditioning import Conditioning
+from ..denoiser import Denoiser
+from ..io import append_jsonl, atomic_path, read_jsonl, write_json_atomic, write_text_atomic
+from ..imaging import to_uint8
+from .detector import ColorDetector, Detections, Detector
+from .heatmap import HeatmapConfig, load_or_train_detector
+from .figures import accuracy_plot, detection_grid
+from .metrics import (
+    CountMetrics, EvalError, ImageMatch, SummaryOptions, count_metrics, default_tolerance_px,
+    match_locations, score_colors, summarize,
+)
+
+# (k, n, generator) -> n conditionings with exactly k locations each
+ConditioningFactory = Callable[[int, int, torch.Generator], Conditioning]
+DETECTORS = ("heatmap", "color")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    counts: tuple[int, ...] = tuple(range(11))  # requested object counts k
+    per_count: int = 64  # samples per k
+    batch_size: int = 32  # samples per sampler call
+    sampler: str = "heun"  # heun | euler | stochastic (diffusion.get_sampler)
+    steps: int = 18  # sampler steps
+    tolerance_px: float | None = None  # match radius; None = 3 px at 32x32, scaled with resolution
+    trained_range: tuple[int, int] = (1, 3)  # counts seen in training (for the summary)
+    extrapolation_range: tuple[int, int] = (4, 10)  # counts never seen (for the summary)
+    threshold: float = 0.5  # "largest k with accuracy >= threshold"
+    grid_per_count: int = 8  # samples per k shown in samples.png
+    max_count: int = 10  # largest k accepted (the test scenes and detector support 0..10)
+    seed: int = 0  # conditionings and noise of k come from (seed, k)
+    min_separation: float | None = 0.15  # test scenes' image-plane separation (None = the data config's 0.12)
+    detector: str = "heatmap"  # heatmap (learned, cached) | color (training-free, separated scenes only)
+    heatmap: HeatmapConfig = field(default_factory=HeatmapConfig)  # options of the learned detector
+
+    def validate(self) -> "EvalConfig":
+        if not self.counts:
+            raise EvalError("evaluate.counts is empty: give at least one object count")
+        bad = [k for k in self.counts if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= self.max_count]
+        if bad:
+            raise EvalError(
+                f"evaluate.counts contains {bad[0]!r}: expected integers from 0 to max_count={self.max_count}"
+            )
+        if len(set(self.counts)) != len(self.counts):
+            raise EvalError(f"evaluate.counts {list(self.counts)} contains duplicates")
+        for name in ("per_count", "batch_size", "steps"):
+            if getattr(self, name) < 1:
+                raise EvalError(f"evaluate.{name}={getattr(self, name)}: expected an integer >= 1")
+        if self.grid_per_count < 0:
+            raise EvalError(f"evaluate.grid_per_count={self.grid_per_count}: expected an integer >= 0")
+        if self.detector not in DETECTORS:
+            raise EvalError(f"evaluate.detector={self.detector!r}: expected one of {list(DETECTORS)}")
+        if self.min_separation is not None and not 0 <= self.min_separation < 1:
+            raise EvalError(f"evaluate.min_separation={self.min_separation}: expected a number in [0, 1)")
+        if self.tolerance_px is not None and not self.tolerance_px > 0:
+            raise EvalError(f"evaluate.tolerance_px={self.tolerance_px}: expected a positive radius in pixels")
+        self.summary_options()
+        return self
+
+    def summary_options(self) -> SummaryOptions:
+        return SummaryOptions(self.trained_range, self.extrapolation_range, self.threshold).validate()
+
+
+@dataclass
+class EvalResult:
+    per_k: dict[int, CountMetrics]
+    summary: dict
+    out_dir: Path
+    resolution: int
+    detector: str
+    config: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return {
+            "summary": self.summary,
+            "per_k": [self.per_k[k].to_dict() for k in sorted(self.per_k)],
+            "resolution": self.resolution,
+            "detector": self.detector,
+            "config": asdict(self.config),
+        }
+
+    def markdown(self) -> str:
+        """The per-k table as Markdown, for reports and the terminal."""
+        return per_k_markdown(self.per_k)
+
+
+# ----- where test conditionings come from ----------------------------------------------------------
+
+def scene_conditionings(data_cfg, min_separation: float | None = None) -> ConditioningFactory:
+    """Conditionings from freshly sampled test scenes of ``data_cfg`` (a ``scenes.DataConfig``).
+
+    The locations are projected 3-D centres of physically plausible scenes (objects on the floor,
+    apart, visible), and the attributes of the sampled objects come along for attribute scoring.
+    ``min_separation`` overrides the scene config's image-plane separation.
+    """
+    from ..scenes import SceneSampler, make_conditioning
+    from ..scenes.camera import Camera
+
+    scene_cfg = data_cfg.scene if min_separation is None else replace(data_cfg.scene, min_separation=min_separation)
+    sampler = SceneSampler(scene_cfg, data_cfg.camera)
+    camera = Camera(data_cfg.camera)
+
+    def make(k: int, n: int, generator: torch.Generator) -> Conditioning:
+        scenes = sampler.sample(k, generator, batch_size=n, slots=max(k, 1))
+        centers = camera.project(scenes.centers_3d())[0] * scenes.mask[..., None]
+        return make_conditioning(scenes, centers, "all")
+
+    return make
+
+
+def dataset_conditionings(dataset) -> ConditioningFactory:
+    """Conditionings from a built test split (a ``scenes.SceneDataset``), in stored order.
+
+    The generator is unused: the test split is already a fixed random draw.
+    """
+    from ..scenes import batch_conditioning
+
+    counts = dataset.tensors["counts"][dataset.index]
+
+    def make(k: int, n: int, generator: torch.Generator) -> Conditioning:
+        rows = dataset.index[(counts == k).nonzero(as_tuple=True)[0]]
+        if len(rows) < n:
+            raise EvalError(f"the test split has {len(rows)} images with {k} objects but {n} were asked for")
+        rows = rows[:n]
+        batch = {name: t[rows] for name, t in dataset.tensors.items()}
+        cond = batch_conditioning(batch, "all")
+        return Conditioning(cond.locations[:, : max(k, 1)], cond.mask[:, : max(k, 1)],
+                            None if cond.attributes is None else cond.attributes[:, : max(k, 1)])
+
+    return make
+
+
+# ----- checks ---------------------------------------------------------------------------------------
+
+def check_conditioning(cond: Conditioning, k: int, n: int, min_separation: float) -> None:
+    """Test conditionings must hold k in-image locations, far enough apart for the detector."""
+    if not isinstance(cond, Conditioning):
+        raise EvalError(f"make_test_conditionings returned {type(cond).__name__}, expected a Conditioning")
+    if cond.batch_size != n:
+        raise EvalError(f"make_test_conditionings returned {cond.batch_size} conditionings for k={k}, expected {n}")
+    counts = cond.counts()
+    if (counts != k).any():
+        bad = int(counts[counts != k][0])
+        raise EvalError(f"a conditioning for k={k} holds {bad} locations")
+    cond.validate()
+    if k < 2:
+        return
+    loc = cond.locations.detach().cpu().double()
+    dist = torch.cdist(loc, loc) + torch.eye(loc.shape[1], dtype=loc.dtype) * 10
+    pair = cond.mask[:, :, None].cpu() & cond.mask[:, None, :].cpu()
+    dist = torch.where(pair, dist, torch.full_like(dist, 10.0))
+    closest = dist.amin((1, 2))
+    if (closest < min_separation).any():
+        b = int(closest.argmin())
+        i, j = divmod(int(dist[b].argmin()), dist.shape[-1])
+        raise EvalError(
+            f"requested locations {loc[b, i].tolist()} and {loc[b, j].tolist()} (image {b}, k={k}) are "
+            f"{float(closest[b]):.3f} of the image side apart; the detector separates objects only "
+            f">= {min_separation:.3f} apart. Sample test scenes with min_separation >= {min_separation:.3f}"
+        )
+
+
+class _ShapeChecked:
+    """Wraps a denoiser so that a wrong output shape is named here, not deep inside a sampler."""
+
+    def __init__(self, denoiser: Denoiser, k: int) -> None:
+        self.denoiser, self.k = denoiser, k
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
+        out = self.denoiser(x, sigma, cond)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise EvalError(
+                f"the denoiser returned shape {shape} for input of shape {tuple(x.shape)} (k={self.k}); "
+                "it must return an x0 estimate shaped like its input"
+            )
+        return out
+
+
+def _check_images(x: Tensor, n: int, resolution: int, k: int) -> None:
+    if x.shape != (n, 3, resolution, resolution):
+        raise EvalError(
+            f"the sampler returned images of shape {tuple(x.shape)} for k={k}, expected "
+            f"{(n, 3, resolution, resolution)}: does the denoiser work at {resolution}x{resolution}?"
+        )
+    if not torch.isfinite(x).all():
+        raise EvalError(f"the denoiser produced NaN or infinite pixels at k={k}")
+
+
+def _k_seed(seed: int, k: int) -> int:
+    digest = hashlib.sha256(f"locodiff-eval/{seed}/{k}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+# ----- the runner -------------------------------------------------------------------------------------
+
+def evaluate_denoiser(
+    denoiser: Denoiser,
+    detector: Detector,
+    make_test_conditionings: ConditioningFactory,
+    resolution: int,
+    out_dir: str | Path,
+    config: EvalConfig | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> EvalResult:
+    """Sample ``per_count`` images for every k, detect and score them; resumable (see module doc).
+
+    ``denoiser`` is any ``Denoiser`` producing [B, 3, resolution, resolution] images in [-1, 1];
+    ``detector`` e.g. ``load_or_train_detector(data_cfg, cache)``; ``make_test_conditionings``
+    e.g. ``scene_conditionings(data_cfg)``.
+    """
+    from tqdm.auto import tqdm
+
+    from ..diffusion import get_sampler
+
+    cfg = (config or EvalConfig()).validate()
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or not 8 <= resolution <= 1024:
+        raise EvalError(f"resolution {resolution!r}: expected an integer image side from 8 to 1024")
+    fixed = getattr(detector, "resolution", None)
+    if fixed is not None and fixed != resolution:
+        raise EvalError(f"the detector works at {fixed}x{fixed} but the images are {resolution}x{resolution}")
+    det_max = getattr(detector, "max_objects", None) or getattr(getattr(detector, "config", None), "max_objects", None)
+    if det_max is not None and max(cfg.counts) > det_max:
+        raise EvalError(f"k={max(cfg.counts)} is above the {det_max} objects the detector was trained on")
+    sample = get_sampler(cfg.sampler)
+    tolerance = cfg.tolerance_px or default_tolerance_px(resolution)
+    out = Path(out_dir)
+    records = _start_or_resume(out, cfg, resolution, detector.name)
+    done = {k for k in cfg.counts if k in records}
+
+    todo = [k for k in cfg.counts if k not in done]
+    bar = tqdm(total=len(todo) * cfg.per_count, desc="evaluate", unit="img", disable=not progress)
+    for k in todo:
+        bar.set_postfix(k=k)
+        gen = torch.Generator().manual_seed(_k_seed(cfg.seed, k))
+        cond = make_test_conditionings(k, cfg.per_count, gen)
+        check_conditioning(cond, k, cfg.per_count, detector.min_separation)
+        lines, strip = [], []
+        for start in range(0, cfg.per_count, cfg.batch_size):
+            part = cond[start : start + cfg.batch_size]
+            noise = torch.randn(part.batch_size, 3, resolution, resolution, generator=gen)
+            x = sample(_ShapeChecked(denoiser, k), noise.to(device), part.to(device), cfg.steps, generator=gen)
+            _check_images(x, part.batch_size, resolution, k)
+            images = x.detach().float().cpu().clamp(-1, 1)
+            dets = detector(images, value_range=(-1.0, 1.0))
+            lines += [_record(k, start + i, part[i], d, resolution, tolerance) for i, d in enumerate(dets)]
+            if len(strip) < cfg.grid_per_count:
+                strip += list(to_uint8(images[: cfg.grid_per_count - len(strip)]))
+            bar.update(part.batch_size)
+        if strip:
+            _save_strip(out / "samples" / f"k{k:02d}.png", np.stack(strip))
+        for line in lines:  # only complete k's reach the log
+            append_jsonl(out / "eval.jsonl", line)
+        records[k] = lines
+    bar.close()
+    return finalize(out, cfg, resolution, detector.name, records)
+
+
+def build_detector(data_cfg, config: EvalConfig, resolution: int, cache_dir: str | Path, progress: bool = False) -> Detector:
+    """The detector ``config.detector`` names, for images that look like ``data_cfg``'s renders.
+
+    ``heatmap`` is loaded from ``cache_dir`` or trained there first (minutes on a CPU, once per
+    look of the data); ``color`` is calibrated on the spot for ``resolution``.
+    """
+    from ..scenes import Renderer, SceneSampler
+
+    if config.detector == "heatmap":
+        return load_or_train_detector(data_cfg, cache_dir, config.heatmap, progress=progress)
+    renderer = Renderer(resolution, data_cfg.supersample, data_cfg.camera)
+    return ColorDetector.calibrate(renderer, SceneSampler(data_cfg.scene, data_cfg.camera), generator=config.seed)
+
+
+def evaluate_model(
+    denoiser: Denoiser,
+    data_cfg,
+    out_dir: str | Path,
+    config: EvalConfig | None = None,
+    cache_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> EvalResult:
+    """``evaluate_denoiser`` with everything derived from the data config: the study's entry point.
+
+    Test conditionings come from freshly sampled scenes of ``data_cfg`` (``config.min_separation``
+    overrides their separation); the detector is built by ``build_detector`` and cached in
+    ``cache_dir`` (default: ``<out_dir>/../detectors``).
+    """
+    cfg = (config or EvalConfig()).validate()
+    cache = Path(cache_dir) if cache_dir is not None else Path(out_dir).parent / "detectors"
+    detector = build_detector(data_cfg, cfg, data_cfg.resolution, cache, progress)
+    factory = scene_conditionings(data_cfg, cfg.min_separation)
+    return evaluate_denoiser(denoiser, detector, factory, data_cfg.resolution, out_dir, cfg, device, progress)
+
+
+def _record(k: int, index: int, cond: Conditioning, det: Detections, resolution: int, tolerance: float) -> dict:
+    requested = cond.locations[0][cond.mask[0]].detach().cpu().double().numpy()
+    colors = None
+    if cond.attributes is not None:
+        colors = [int(c) for c in cond.attributes[0][cond.mask[0]][:, 0].tolist()]
+    m = match_locations(requested, det.centers, (resolution, resolution), tolerance)
+    score_colors(m, colors, det.color_index)
+    return {
+        "k": k, "index": index,
+        "requested": np.round(requested, 5).tolist(), "requested_colors": colors,
+        "detections": det.to_dict(), **m.to_dict(),
+        "count_correct": m.count_correct, "placed": m.all_placed, "success": m.success,
+    }
+
+
+def _save_strip(path: Path, images: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.concatenate(list(images), axis=1)).save(tmp, format="PNG")
+
+
+def _load_strip(path: Path, side: int) -> np.ndarray:
+    if not path.is_file():
+        return np.zeros((0, side, side, 3), np.uint8)
+    arr = np.asarray(Image.open(path).convert("RGB"))
+    return np.stack(np.split(arr, arr.shape[1] // side, axis=1)) if arr.shape[1] >= side else arr[None]
+
+
+def _start_or_resume(out: Path, cfg: EvalConfig, resolution: int, detector: str) -> dict[int, list[dict]]:
+    """Check that an existing run asked the same; return its complete k's, dropping partial ones."""
+    settings = {"config": json.loads(json.dumps(asdict(cfg))), "resolution": resolution, "detector": detector}
+    path = out / "eval_config.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        ignore = {"counts", "grid_per_count"}  # adding counts later is a legitimate resume
+        def strip(s: dict) -> dict:
+            return {**s, "config": {k: v for k, v in s["config"].items() if k not in ignore}}
+        if strip(old) != strip(settings):
+            raise EvalError(
+                f"{str(out)!r} holds an evaluation with different settings ({path.name}); "
+                "choose another output folder or delete it to start over"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, settings)
+    by_k: dict[int, list[dict]] = {}
+    for rec in read_jsonl(out / "eval.jsonl"):
+        by_k.setdefault(int(rec["k"]), []).append(rec)
+    complete = {k: sorted(v, key=lambda r: r["index"]) for k, v in by_k.items()
+                if sorted(r["index"] for r in v) == list(range(cfg.per_count))}
+    if len(complete) != len(by_k):  # rewrite the log without partial k's
+        lines = [json.dumps(r) for k in sorted(complete) for r in complete[k]]
+        write_text_atomic(out / "eval.jsonl", "".join(line + "\n" for line in lines))
+    return complete
+
+
+def finalize(out: Path, cfg: EvalConfig, resolution: int, detector: str, records: dict[int, list[dict]]) -> EvalResult:
+    """Per-k metrics, summary, eval.json and the figures from the records of the asked counts."""
+    per_k = {k: count_metrics(k, [ImageMatch.from_dict(r) for r in records[k]]) for k in cfg.counts}
+    result = EvalResult(per_k, summarize(per_k, cfg.summary_options()), out, resolution, detector, cfg)
+    write_json_atomic(out / "eval.json", result.to_dict())
+    write_text_atomic(out / "eval.md", result.markdown())
+    rows = [(k, _load_strip(out / "samples" / f"k{k:02d}.png", resolution), records[k][: cfg.grid_per_count]) for k in cfg.counts]
+    if cfg.grid_per_count:
+        detection_grid(rows, out / "samples.png")
+    accuracy_plot(per_k, out / "accuracy.png", cfg.trained_range, title=f"{detector} detector, {resolution}x{resolution}")
+    return result
+
+
+def per_k_markdown(per_k: dict[int, CountMetrics]) -> str:
+    def fmt(v, digits=2):
+        return "–" if v is None else f"{v:.{digits}f}"
+
+    lines = [
+        "| k | n | count | placed | success | precision | recall | loc. err (px) | mean detected |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for k in sorted(per_k):
+        m = per_k[k]
+        lines.append(
+            f"| {k} | {m.n_images} | {fmt(m.count)} | {fmt(m.placed)} | {fmt(m.success)} | {fmt(m.precision)} "
+            f"| {fmt(m.recall)} | {fmt(m.loc_error_px)} | {fmt(m.mean_detected, 1)} |"
+        )
+    return "\n".join(lines) + "\n"

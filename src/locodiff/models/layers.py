@@ -1,0 +1,274 @@
+"""Building blocks shared by the denoiser family.
+
+Everything here is written for ``torch.func`` (jacrev / vjp / jvp / vmap): no in-place updates of
+tensors that may carry gradients, no ``.item()`` and no Python branches on tensor values in any
+``forward``. Attention goes through ``attention()``, i.e. ``F.scaled_dot_product_attention``
+(or the plain formula for bfloat16 on CPU); forward-mode AD (``jvp``, ``jacfwd``) is not
+implemented by PyTorch's fused CPU attention kernels, so wrap such calls in
+``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from ..conditioning import ATTRIBUTE_NAMES, Conditioning
+from ..scenes import vocab
+from ..scenes.encodings import fourier_features, gaussian_bumps, pixel_grid
+
+# Vocabulary size of each attribute column of ``Conditioning.attributes``, in column order.
+ATTRIBUTE_SIZES = {
+    "color": len(vocab.COLOR_NAMES),
+    "shape": len(vocab.SHAPES),
+    "size": len(vocab.SIZE_NAMES),
+    "material": len(vocab.MATERIALS),
+}
+
+
+# ----- conditioning hygiene ----------------------------------------------------------------------
+def clean(cond: Conditioning) -> Conditioning:
+    """The same set with padded slots overwritten by harmless values.
+
+    Padded slots may hold anything, NaN included; ``mask * NaN`` is still NaN, so masking after
+    encoding is not enough. Overwriting first (with ``torch.where``, which also blocks their
+    gradient) guarantees that no stored padding value can reach a model output.
+    """
+    locations = torch.where(cond.mask[..., None], cond.locations, 0.5)
+    attributes = None
+    if cond.attributes is not None:
+        attributes = torch.where(cond.mask[..., None], cond.attributes, -1)
+    return Conditioning(locations, cond.mask, attributes)
+
+
+# ----- noise-level embedding ---------------------------------------------------------------------
+class NoiseEmbedding(nn.Module):
+    """``c_noise = ln(sigma) / 4`` -> [B, out_dim] vector that modulates every residual block.
+
+    sin/cos of ``c_noise`` at log-spaced frequencies 1 .. 32 rad per unit; ``c_noise`` spans about
+    [-1.6, 1.1] for sigma in [0.002, 80], so the slowest features vary smoothly over the whole
+    range while the fastest turns by ~0.8 rad for a 10 % change of sigma. A two-layer MLP follows.
+    """
+
+    def __init__(self, features: int, out_dim: int, max_freq: float = 32.0) -> None:
+        super().__init__()
+        freqs = torch.exp(torch.linspace(0.0, math.log(max_freq), features // 2))
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * (features // 2), out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim)
+        )
+
+    def forward(self, c_noise: Tensor) -> Tensor:
+        angles = c_noise.to(self.freqs.dtype)[:, None] * self.freqs
+        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
+
+
+# ----- normalisation -----------------------------------------------------------------------------
+class PixelNorm(nn.Module):
+    """LayerNorm over channels at each pixel separately.
+
+    Unlike GroupNorm, whose statistics pool the whole image (a global operation), this keeps a
+    pixel's output a function of that pixel's features only, so it preserves exact locality.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.norm(rearrange(x, "b c h w -> b h w c"))
+        return rearrange(y, "b h w c -> b c h w")
+
+
+def modulate(h: Tensor, emb_proj: Tensor) -> Tensor:
+    """Scale/shift ``h`` [B,C,H,W] by ``emb_proj`` [B,2C] (adaptive normalisation)."""
+    scale, shift = rearrange(emb_proj, "b (two c) -> two b c 1 1", two=2).unbind(0)
+    return h * (1 + scale) + shift
+
+
+# ----- UNet blocks -------------------------------------------------------------------------------
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, the noise embedding as scale/shift in between, plus a skip."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = modulate(self.norm2(h), self.emb(F.silu(emb)))
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+def heads_for(channels: int, head_dim: int) -> int:
+    return max(1, channels // head_dim)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` over [B, heads, L, d] tensors; ``mask`` True = may attend.
+
+    ``F.scaled_dot_product_attention`` (fused, memory-efficient: the right choice on GPUs and for
+    long sequences), except for bfloat16 on CPU: there, in torch 2.13, the fused kernel's
+    forward + backward is 3-5x slower than the plain formula at this project's sizes (<= 256
+    queries; measured for benchmarks/train.py). The plain formula takes the softmax in float32.
+    """
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = torch.einsum("bnld,bnkd->bnlk", q, k).float() * q.shape[-1] ** -0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.einsum("bnlk,bnkd->bnld", scores.softmax(dim=-1).to(v.dtype), v)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over all pixels of a feature map (a global operation)."""
+
+    def __init__(self, channels: int, heads: int, groups: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        height = x.shape[-2]
+        q, k, v = rearrange(
+            self.qkv(self.norm(x)), "b (three n d) h w -> three b n (h w) d", three=3, n=self.heads
+        ).unbind(0)
+        out = attention(q, k, v)
+        return x + self.proj(rearrange(out, "b n (h w) d -> b (n d) h w", h=height))
+
+
+class CrossAttention(nn.Module):
+    """Pixels attend to conditioner tokens; optionally with a pixel-position term on the queries.
+
+    A convolutional UNet knows little about absolute position, so a query built from features
+    alone cannot ask "is there a token at *my* location?". Adding a projection of Fourier features
+    of the pixel's own coordinates to the query lets ``q . k`` compare pixel and token positions
+    directly (in a quick experiment it made cross-attention learn placement faster and
+    length-generalize further).
+    Pixel frequencies stop at the grid's Nyquist limit (2**(n-1) <= resolution / 2).
+    """
+
+    def __init__(
+        self, channels: int, token_dim: int, heads: int, groups: int, position_freqs: int
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        self.position_freqs = position_freqs
+        self.norm = nn.GroupNorm(groups, channels)
+        self.q = nn.Linear(channels, channels)
+        self.position = nn.Linear(4 * position_freqs, channels) if position_freqs else None
+        self.kv = nn.Linear(token_dim, 2 * channels)
+        self.proj = nn.Linear(channels, channels)
+
+    def forward(self, x: Tensor, tokens: Tensor, token_mask: Tensor) -> Tensor:
+        height, width = x.shape[-2:]
+        q = self.q(rearrange(self.norm(x), "b c h w -> b (h w) c"))
+        if self.position is not None:
+            grid = pixel_grid(height, width, x.device, x.dtype).reshape(height * width, 2)
+            q = q + self.position(fourier_features(grid, self.position_freqs))
+        k, v = self.kv(tokens).chunk(2, dim=-1)
+        q, k, v = (rearrange(t, "b l (n d) -> b n l d", n=self.heads) for t in (q, k, v))
+        out = attention(q, k, v, token_mask[:, None, None, :])
+        out = self.proj(rearrange(out, "b n l d -> b l (n d)"))
+        return x + rearrange(out, "b (h w) c -> b c h w", h=height)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2, then a 3x3 conv that already narrows to the finer level's width
+    (the conv at the finer resolution is the costliest layer of a small UNet)."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+# ----- conditioner encoders ----------------------------------------------------------------------
+class AttributeEmbedding(nn.Module):
+    """Sum of one learned embedding per attribute column; index -1 ("not given") has its own row."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.tables = nn.ModuleList(
+            nn.Embedding(ATTRIBUTE_SIZES[name] + 1, dim) for name in ATTRIBUTE_NAMES
+        )
+
+    def forward(self, cond: Conditioning) -> Tensor:
+        """[B, N, dim]; the conditioning should have been ``clean``-ed."""
+        if cond.attributes is None:
+            shape = (*cond.mask.shape, len(ATTRIBUTE_NAMES))
+            attrs = torch.zeros(shape, dtype=torch.long, device=cond.device)
+        else:
+            attrs = cond.attributes + 1  # -1 (not given) -> row 0
+        return sum(table(attrs[..., i]) for i, table in enumerate(self.tables))
+
+
+class TokenEncoder(nn.Module):
+    """Conditioner set -> tokens [B, N, dim]: an MLP of each location's Fourier features,
+    plus attribute embeddings when enabled. Padded slots yield (ignored) tokens too."""
+
+    def __init__(self, dim: int, n_freqs: int, use_attributes: bool) -> None:
+        super().__init__()
+        self.n_freqs = n_freqs
+        self.inp = nn.Linear(4 * n_freqs, dim)
+        self.attributes = AttributeEmbedding(dim) if use_attributes else None
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, cond: Conditioning) -> Tensor:
+        cond = clean(cond)
+        features = fourier_features(cond.locations, self.n_freqs).to(self.inp.weight.dtype)
+        h = self.inp(features)
+        if self.attributes is not None:
+            h = h + self.attributes(cond)
+        return self.out(F.silu(h))
+
+
+class ConditionerMaps(nn.Module):
+    """Rasterise the set onto a pixel grid: [B, 1 (+ attr_dim), H, W].
+
+    Channel 0 is the sum of the conditioners' Gaussian bumps. With attributes, each further
+    channel is ``sum_j bump_j * embedding(attributes_j)``: the attributes are painted where the
+    object should be, so they stay exactly as local as the bumps. With a ``cutoff`` the bumps
+    (and so everything painted) are exactly zero farther than ``cutoff * sigma_px`` pixels from
+    their conditioner.
+    """
+
+    def __init__(
+        self, use_attributes: bool, attr_dim: int = 8, cutoff: float | None = None
+    ) -> None:
+        super().__init__()
+        self.cutoff = cutoff
+        self.attributes = AttributeEmbedding(attr_dim) if use_attributes else None
+        self.channels = 1 + (attr_dim if use_attributes else 0)
+
+    def forward(self, cond: Conditioning, height: int, width: int, sigma_px: float) -> Tensor:
+        cond = clean(cond)
+        bumps = gaussian_bumps(cond, height, width, sigma_px, cutoff=self.cutoff)  # [B, N, H, W]
+        maps = [bumps.sum(1, keepdim=True)]
+        if self.attributes is not None:
+            maps.append(torch.einsum("bnhw,bnd->bdhw", bumps, self.attributes(cond)))
+        return torch.cat(maps, dim=1)

@@ -1,0 +1,166 @@
+"""The evaluation runner end to end, on reference models whose scores are known exactly."""
+
+import json
+
+import pytest
+import torch
+
+from locodiff.conditioning import Conditioning
+from locodiff.evaluate import (
+    ColorDetector, EvalConfig, EvalError, FixedImageDenoiser, OracleDenoiser, evaluate_denoiser,
+    scene_conditionings,
+)
+from locodiff.scenes import DataConfig, Renderer, SceneConfig, SceneSampler
+
+RES = 32
+COUNTS = (0, 1, 2, 3)
+# Far-apart objects: the training-free detector is exact on these, so any score below 100% for
+# the oracle would be the runner's fault.
+DATA = DataConfig(resolution=RES, scene=SceneConfig(min_separation=0.3, max_objects=4), test_counts=(0, 1, 2, 3, 4))
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    return Renderer(RES, 2)
+
+
+@pytest.fixture(scope="module")
+def detector(renderer):
+    return ColorDetector.calibrate(renderer, SceneSampler(DATA.scene), generator=0, n_scenes=128)
+
+
+def config(**kw):
+    base = dict(counts=COUNTS, per_count=6, batch_size=4, steps=2, grid_per_count=3,
+                trained_range=(1, 2), extrapolation_range=(3, 3), max_count=4)
+    return EvalConfig(**{**base, **kw})
+
+
+def test_perfect_model_scores_100_percent(renderer, detector, tmp_path):
+    res = evaluate_denoiser(OracleDenoiser(renderer), detector, scene_conditionings(DATA), RES, tmp_path,
+                            config(), progress=False)
+    for k in COUNTS:
+        m = res.per_k[k]
+        assert (m.count, m.placed, m.success) == (1.0, 1.0, 1.0), f"k={k}: {m}"
+        assert m.loc_error_px is None or m.loc_error_px < 1.0
+        if k:
+            assert m.color_accuracy == 1.0  # the oracle renders the requested colours
+    assert res.summary["success_largest_k"] == 3
+    assert res.summary["success_auc_trained"] == 1.0
+    for name in ("eval.json", "eval.jsonl", "eval.md", "samples.png", "accuracy.png", "samples/k02.png"):
+        assert (tmp_path / name).is_file(), name
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert [row["k"] for row in saved["per_k"]] == list(COUNTS)
+    lines = (tmp_path / "eval.jsonl").read_text().splitlines()
+    assert len(lines) == 6 * len(COUNTS)
+    rec = json.loads(lines[-1])
+    assert rec["k"] == 3 and len(rec["requested"]) == 3 and rec["success"] is True
+
+
+def copy3_image(renderer):
+    cond = Conditioning.from_lists([[(0.25, 0.4), (0.55, 0.75), (0.8, 0.35)]])
+    return OracleDenoiser(renderer)(torch.zeros(1, 3, RES, RES), torch.ones(1), cond)[0]
+
+
+def test_copy_three_model_scores_exactly_as_expected(renderer, detector, tmp_path):
+    res = evaluate_denoiser(FixedImageDenoiser(copy3_image(renderer)), detector, scene_conditionings(DATA), RES,
+                            tmp_path, config(), progress=False)
+    for k in COUNTS:
+        m = res.per_k[k]
+        assert m.count == (1.0 if k == 3 else 0.0)
+        assert m.mean_detected == 3.0
+        assert m.count_error_hist == {3 - k: 6}
+    assert res.per_k[0].placed == 1.0 and res.per_k[0].success == 0.0  # nothing asked, 3 extras
+    assert res.per_k[0].precision == 0.0
+    # Requested locations are random; the fixed objects rarely sit within 3 px of them.
+    assert res.per_k[3].success < 0.5
+    assert res.summary["count_largest_k"] == 3
+
+
+class Recording:
+    """Wraps a denoiser and remembers which counts it was asked for; can refuse some."""
+
+    def __init__(self, inner, refuse=()):
+        self.inner, self.refuse, self.seen = inner, set(refuse), set()
+
+    def __call__(self, x, sigma, cond):
+        ks = set(cond.counts().tolist())
+        if ks & self.refuse:
+            raise AssertionError(f"asked again for finished counts {ks & self.refuse}")
+        self.seen |= ks
+        return self.inner(x, sigma, cond)
+
+
+def test_resume_skips_finished_counts_and_redoes_partial_ones(renderer, detector, tmp_path):
+    oracle = OracleDenoiser(renderer)
+    first = evaluate_denoiser(Recording(oracle), detector, scene_conditionings(DATA), RES, tmp_path,
+                              config(counts=(0, 1)), progress=False)
+    # Simulate a run killed half-way through k=2: some of its lines already in the log.
+    with open(tmp_path / "eval.jsonl", "a") as f:
+        f.write(json.dumps({"k": 2, "index": 0, "n_requested": 2, "n_detected": 0, "pairs": [], "distances_px": []}) + "\n")
+    again = Recording(oracle, refuse={0, 1})
+    res = evaluate_denoiser(again, detector, scene_conditionings(DATA), RES, tmp_path, config(counts=(0, 1, 2)),
+                            progress=False)
+    assert again.seen == {2}
+    assert res.per_k[0] == first.per_k[0] and res.per_k[1] == first.per_k[1]
+    assert res.per_k[2].n_images == 6 and res.per_k[2].success == 1.0  # the stale partial line was dropped
+    ks = [json.loads(line)["k"] for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert ks.count(2) == 6
+
+
+def test_resume_refuses_different_settings(renderer, detector, tmp_path):
+    oracle = OracleDenoiser(renderer)
+    evaluate_denoiser(oracle, detector, scene_conditionings(DATA), RES, tmp_path, config(counts=(0,)), progress=False)
+    with pytest.raises(EvalError, match="different settings"):
+        evaluate_denoiser(oracle, detector, scene_conditionings(DATA), RES, tmp_path, config(counts=(0,), steps=3),
+                          progress=False)
+
+
+def test_bad_inputs_raise_clear_errors(renderer, detector, tmp_path):
+    oracle = OracleDenoiser(renderer)
+    conds = scene_conditionings(DATA)
+    with pytest.raises(EvalError, match="from 0 to max_count=4"):
+        evaluate_denoiser(oracle, detector, conds, RES, tmp_path / "a", config(counts=(0, 5)), progress=False)
+    with pytest.raises(EvalError, match="max_count=10"):
+        EvalConfig(counts=(11,)).validate()
+    with pytest.raises(EvalError, match="per_count"):
+        EvalConfig(per_count=0).validate()
+
+    def too_close(k, n, gen):
+        return Conditioning.from_lists([[(0.5, 0.5), (0.52, 0.5)]] * n)
+
+    with pytest.raises(EvalError, match="apart"):
+        evaluate_denoiser(oracle, detector, too_close, RES, tmp_path / "b", config(counts=(2,)), progress=False)
+
+    def wrong_count(k, n, gen):
+        return Conditioning.from_lists([[(0.5, 0.5)]] * n)
+
+    with pytest.raises(EvalError, match="holds 1 locations"):
+        evaluate_denoiser(oracle, detector, wrong_count, RES, tmp_path / "c", config(counts=(2,)), progress=False)
+
+    def small(x, sigma, cond):
+        return torch.zeros(x.shape[0], 3, RES // 2, RES // 2)
+
+    with pytest.raises(EvalError, match="shape"):
+        evaluate_denoiser(small, detector, conds, RES, tmp_path / "d", config(counts=(1,), steps=1), progress=False)
+
+    def nan(x, sigma, cond):
+        return torch.full_like(x, float("nan"))
+
+    with pytest.raises(EvalError, match="NaN"):
+        evaluate_denoiser(nan, detector, conds, RES, tmp_path / "e", config(counts=(1,), steps=1), progress=False)
+    with pytest.raises(EvalError, match="detector works at 32x32"):
+        evaluate_denoiser(oracle, detector, conds, 64, tmp_path / "f", config(counts=(1,)), progress=False)
+
+
+def test_conditionings_from_the_test_split(tmp_path):
+    from locodiff.evaluate import dataset_conditionings
+    from locodiff.scenes import SceneDataset
+
+    data = DataConfig(resolution=16, train_images=0, test_images_per_count=3, test_counts=(0, 1, 2), shard_size=4)
+    make = dataset_conditionings(SceneDataset.from_config(data, tmp_path, split="test"))
+    for k in (0, 1, 2):
+        cond = make(k, 3, torch.Generator())
+        assert cond.batch_size == 3 and (cond.counts() == k).all()
+        assert cond.attributes is not None
+    with pytest.raises(EvalError, match="has 3 images with 2 objects"):
+        make(2, 4, torch.Generator())

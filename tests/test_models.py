@@ -1,0 +1,269 @@
+"""The denoiser family: shapes, the padded-set contract, torch.func transforms, configs."""
+
+import pytest
+import torch
+from torch.func import jacfwd, jacrev, jvp, vjp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from locodiff.conditioning import Conditioning
+from locodiff.config import from_dict, to_dict
+from locodiff.errors import ConfigError
+from locodiff.models import ModelConfig, available_architectures, build_network, describe
+
+torch.set_num_threads(2)
+
+ARCHS = available_architectures()
+SIZE = 16
+
+
+def tiny(arch: str, **overrides) -> ModelConfig:
+    """A model small enough for fast tests, with every mechanism switched on."""
+    base = dict(arch=arch, image_size=SIZE, channels=(8, 16), norm_groups=4, head_dim=8, token_dim=16)
+    if arch == "local":
+        base.update(local_radius=3, local_width=16)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+def make(arch: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_network(tiny(arch, **overrides)).eval()
+
+
+def random_cond(counts: list[int], slots: int, seed: int = 1, attributes: bool = False) -> Conditioning:
+    g = torch.Generator().manual_seed(seed)
+    loc = torch.rand(len(counts), slots, 2, generator=g)
+    mask = torch.arange(slots)[None, :] < torch.tensor(counts)[:, None]
+    attrs = None
+    if attributes:
+        highs = torch.tensor([8, 3, 2, 2])
+        attrs = (torch.rand(len(counts), slots, 4, generator=g) * highs).long()
+    return Conditioning(loc, mask, attrs)
+
+
+def inputs(batch: int, seed: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, SIZE, SIZE, generator=g), torch.randn(batch, generator=g)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_mixed_counts_in_one_batch_match_each_image_alone(arch):
+    net = make(arch)
+    cond = random_cond([0, 1, 10], slots=10)
+    x, c = inputs(3)
+    with torch.no_grad():
+        out = net(x, c, cond)
+        assert out.shape == x.shape and torch.isfinite(out).all()
+        for b in range(3):
+            alone = net(x[b : b + 1], c[b : b + 1], cond[b])
+            torch.testing.assert_close(out[b : b + 1], alone, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_padded_slots_are_ignored_even_when_nan(arch):
+    net = make(arch, use_attributes=True)
+    cond = random_cond([0, 2, 3], slots=3, attributes=True)
+    garbage = Conditioning(
+        torch.where(cond.mask[..., None], cond.locations, torch.nan),
+        cond.mask,
+        torch.where(cond.mask[..., None], cond.attributes, 99),
+    )
+    wider = cond.pad_to(7)  # more padded slots
+    x, c = inputs(3)
+    with torch.no_grad():
+        ref = net(x, c, cond)
+        torch.testing.assert_close(net(x, c, garbage), ref, atol=0, rtol=0)
+        torch.testing.assert_close(net(x, c, wider), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_zero_conditioners_is_the_null_however_it_is_padded(arch):
+    net = make(arch)
+    x, c = inputs(2)
+    no_slots = Conditioning(torch.zeros(2, 0, 2), torch.zeros(2, 0, dtype=torch.bool))
+    with torch.no_grad():
+        null = net(x, c, Conditioning.empty(2))
+        torch.testing.assert_close(net(x, c, no_slots), null, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(net(x, c, random_cond([0, 0], slots=5)), null, atol=1e-6, rtol=1e-6)
+        one = net(x, c, Conditioning.from_lists([[(0.5, 0.5)], [(0.3, 0.6)]]))
+    assert (one - null).abs().max() > 1e-4, "a conditioner must change the output"
+
+
+def test_cross_attention_with_zero_tokens_attends_only_to_the_null_token():
+    net = make("cross_attention")
+    context = net.mechanism.encode(Conditioning.empty(2, slots=3), SIZE, SIZE)
+    assert context.mask.tolist() == [[True, False, False, False]] * 2
+    torch.testing.assert_close(context.tokens[:, 0], net.mechanism.null.expand(2, -1))
+
+
+# PyTorch loads its forward-mode decompositions through the deprecated torch.jit.script.
+JIT_WARNING = "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+
+
+@pytest.mark.filterwarnings(JIT_WARNING)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_reverse_and_forward_mode_agree(arch):
+    """<u, J v> from jvp equals <J^T u, v> from vjp, for pixels and for locations."""
+    net = make(arch).double()
+    x, c = (t.double() for t in inputs(2))
+    cond = random_cond([1, 3], slots=3)
+    loc = cond.locations.double()
+    g = torch.Generator().manual_seed(5)
+    u = torch.randn(x.shape, generator=g, dtype=torch.float64)
+
+    def f(x, loc):
+        return net(x, c, cond.with_locations(loc))
+
+    v_x = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    v_loc = torch.randn(loc.shape, generator=g, dtype=torch.float64)
+    with sdpa_kernel(SDPBackend.MATH):
+        _, jv = jvp(f, (x, loc), (v_x, v_loc))
+    _, pullback = vjp(f, x, loc)
+    jtu_x, jtu_loc = pullback(u)
+    forward = (u * jv).sum()
+    reverse = (jtu_x * v_x).sum() + (jtu_loc * v_loc).sum()
+    torch.testing.assert_close(forward, reverse, rtol=1e-8, atol=1e-10)
+    assert jtu_loc[0, 1:].abs().max() == 0, "padded slots must get no gradient"
+    assert jtu_loc[1].abs().min() > 0
+
+
+@pytest.mark.filterwarnings(JIT_WARNING)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_jacobians_and_vmap_over_vjp(arch):
+    net = make(arch)
+    x, c = inputs(1)
+    cond = Conditioning.from_lists([[(0.1, 0.1), (0.25, 0.15)]])  # near the cropped corner
+
+    def of_locations(loc):  # a corner crop of the output keeps the Jacobian small
+        return net(x, c, cond.with_locations(loc))[..., :4, :4]
+
+    # The math attention kernel: forward mode needs it, and the fused kernel's backward has no
+    # vmap batching rule (vmap over vjp would fall back to a slow per-sample loop).
+    with sdpa_kernel(SDPBackend.MATH):
+        jac = jacrev(of_locations)(cond.locations)
+        assert jac.shape == (1, 3, 4, 4, 1, 2, 2) and jac.abs().max() > 0
+        torch.testing.assert_close(jacfwd(of_locations)(cond.locations), jac, atol=1e-5, rtol=1e-4)
+        # Probe a few output pixels at once: vmap over one-hot cotangents (pixel-Jacobian rows).
+        _, pullback = vjp(lambda x: net(x, c, cond), x)
+        probes = torch.zeros(3, *x.shape)
+        for k, (i, j) in enumerate([(0, 0), (5, 9), (15, 15)]):
+            probes[k, 0, 0, i, j] = 1.0
+        rows = vmap(pullback)(probes)[0]
+    for k in range(3):
+        torch.testing.assert_close(rows[k], pullback(probes[k])[0], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bf16_autocast_runs(arch):
+    net = make(arch)
+    x, c = inputs(2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x, c, random_cond([1, 3], slots=3))
+    assert out.shape == x.shape and torch.isfinite(out.float()).all()
+
+
+@pytest.mark.parametrize(
+    "arch, overrides, shape",
+    [
+        (
+            "spatial",
+            dict(channels=(8, 16, 16), res_blocks=2, image_channels=1, bump_cutoff=2.0),
+            (2, 1, 16, 32),
+        ),
+        (
+            "cross_attention",
+            dict(channels=(8, 16, 16), attention_resolutions=(), query_position=False),
+            (2, 3, 8, 12),
+        ),
+        ("global", dict(channels=(8,), use_attributes=True), (2, 3, 5, 7)),
+        ("local", dict(local_radius=1, image_channels=2), (2, 2, 7, 9)),
+    ],
+)
+def test_other_shapes_and_options(arch, overrides, shape):
+    net = make(arch, **overrides)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        out = net(x, torch.zeros(shape[0]), random_cond([1, 3], slots=3))
+    assert out.shape == x.shape
+
+
+def test_unet_rejects_sizes_it_cannot_halve():
+    with pytest.raises(ValueError, match="multiple of 2"):
+        make("spatial")(torch.randn(1, 3, 9, 10), torch.zeros(1), Conditioning.empty(1))
+
+
+def test_plain_attention_for_cpu_bf16_matches_the_fused_kernel():
+    from locodiff.models.layers import attention
+
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(2, 2, 9, 8, generator=g) for _ in range(3))
+    mask = torch.tensor([[True] * 9, [True] + [False] * 8])[:, None, None, :]
+    fused = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    plain = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
+    assert plain.dtype == torch.bfloat16
+    torch.testing.assert_close(plain.float(), fused, atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(attention(q, k, v, mask), fused)
+
+
+# ----- configuration -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        ({"arch": "unet"}, "unknown architecture"),
+        ({"channels": ()}, "model.channels is empty"),
+        ({"channels": (32, 0)}, "widths must be >= 1"),
+        ({"channels": (30, 64)}, "norm_groups=8 must divide"),
+        ({"image_size": 30}, "cannot be halved 2 times"),
+        ({"attention_resolutions": (12,)}, "not a level of this UNet"),
+        ({"arch": "cross_attention", "cross_attention_resolutions": (64,)}, "levels are [32, 16, 8]"),
+        ({"arch": "spatial", "query_position": True}, "model.query_position=True has no effect"),
+        ({"arch": "global", "cross_attention_resolutions": (8,)}, "applies to ['cross_attention']"),
+        ({"arch": "spatial", "local_radius": 4}, "applies to ['local']"),
+        ({"arch": "cross_attention", "bump_cutoff": 3.0}, "applies to ['local', 'spatial']"),
+        ({"arch": "local", "attention_resolutions": (8,)}, "local architecture has no self-attention"),
+        ({"arch": "local", "local_radius": 0}, "local_radius=0"),
+        ({"n_freqs": 12}, "n_freqs=12"),
+        ({"dropout": 1.0}, "dropout=1.0"),
+        ({"bump_sigma_px": 0.0}, "bump_sigma_px=0.0"),
+        ({"arch": "local", "bump_cutoff": -1.0}, "bump_cutoff=-1.0"),
+        ({"channels": (56, 64), "head_dim": 16}, "does not split into 3 heads"),
+    ],
+)
+def test_config_errors_name_the_option(options, fragment):
+    with pytest.raises(ConfigError) as e:
+        ModelConfig(**options)
+    assert fragment in str(e.value)
+
+
+def test_config_from_toml_style_dict_and_resolution():
+    cfg = from_dict(ModelConfig, {"arch": "cross_attention", "channels": [32, 64, 64]})
+    assert cfg.channels == (32, 64, 64)
+    r = cfg.resolved()
+    assert r.attention_resolutions == (8,)
+    assert r.cross_attention_resolutions == (16, 8)
+    assert r.query_position is True and r.local_radius is None
+    local = ModelConfig(arch="local").resolved()
+    assert (local.local_radius, local.local_width, local.bump_cutoff) == (8, 64, 3.0)
+    assert local.attention_resolutions == ()
+    assert r.resolved() == r
+    assert from_dict(ModelConfig, to_dict(r)) == r  # the saved form loads back
+
+
+def test_describe_reports_quick_sizes_and_locality():
+    infos = {a: describe(ModelConfig(arch=a)) for a in ARCHS}
+    for info in infos.values():
+        assert 300_000 < info.param_count < 1_500_000
+    assert infos["local"].receptive_field == 8
+    assert infos["local"].conditioner_window == pytest.approx(8 + 3 * 1.5)
+    for a in ("cross_attention", "spatial", "global"):
+        assert infos[a].receptive_field is None and infos[a].conditioner_window is None
+        assert infos[a].conv_radius > 32  # the conv path alone already spans a 32x32 image
+
+
+def test_query_position_term_changes_the_network():
+    on = make("cross_attention")
+    off = make("cross_attention", query_position=False)
+    assert sum(p.numel() for p in on.parameters()) > sum(p.numel() for p in off.parameters())
+    blocks = [m for m in on.modules() if m.__class__.__name__ == "CrossAttention"]
+    # Pixel frequencies stop at the level's Nyquist limit: 16 px -> 4, 8 px -> 3.
+    assert sorted({b.position_freqs for b in blocks}) == [3, 4]
