@@ -177,6 +177,94 @@ def sample(
         typer.echo(str(p))
 
 
+RunArg = typer.Argument(..., help="A training run folder (<out_dir>/models/<name>-<hash>).")
+DeviceOpt = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda.")
+
+
+@app.command()
+def evaluate(
+    run: Path = RunArg,
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    dry_run: bool = DryRunOpt,
+    counts: Optional[str] = typer.Option(None, "--counts", help="Object counts to evaluate, e.g. 0-10 (default: the config's)."),
+    per_count: Optional[int] = typer.Option(None, "--per-count", help="Samples per count (default: the config's)."),
+    device: str = DeviceOpt,
+) -> None:
+    """Length generalization of a trained run: sample k objects for each k, detect, score.
+
+    Options come from the config's [evaluate] section; results go to RUN/eval-<hash>/ (resumable),
+    the detector is cached under <out_dir>/detectors.
+    """
+    import dataclasses
+
+    from .evaluate import evaluate_run
+
+    cfg = resolve_config(preset, config, set_, False)
+    with fail_cleanly():
+        ev = cfg.evaluate
+        if counts is not None:
+            ev = dataclasses.replace(ev, counts=tuple(parse_counts(counts)))
+        if per_count is not None:
+            ev = dataclasses.replace(ev, per_count=per_count)
+        ev.validate()
+        if dry_run:
+            typer.echo(json.dumps(to_dict(ev), indent=2))
+            raise typer.Exit(0)
+        result = evaluate_run(run, ev, Path(cfg.out_dir) / "detectors", device, progress=True)
+    typer.echo(result.markdown())
+    typer.echo(f"results in {result.out_dir}")
+
+
+@app.command()
+def locality(
+    run: Path = RunArg,
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    dry_run: bool = DryRunOpt,
+) -> None:
+    """Locality of a trained run's score: Jacobians w.r.t. pixels and conditioners per noise level.
+
+    Options come from the config's [locality] section; results go to RUN/locality-<hash>/.
+    """
+    from .locality.run import probe_run
+    from .locality.probe import LocalityResult
+    from .scenes.dataset import build_dataset
+    from .train.run import read_run_config
+
+    cfg = resolve_config(preset, config, set_, False)
+    if dry_run:
+        typer.echo(json.dumps(to_dict(cfg.locality), indent=2))
+        raise typer.Exit(0)
+    with fail_cleanly():
+        run_cfg = read_run_config(run)
+        data_root = build_dataset(run_cfg.data, cfg.out_dir, ("test",), progress=True)
+        folder = probe_run(run, data_root, cfg.locality, cfg.seed, progress=True)
+    result = LocalityResult.load(folder)
+    typer.echo("sigma   index  chance  normalised")
+    for s in result.summaries:
+        typer.echo(f"{s.sigma:<7g} {s.index.index.mean:.3f}  {s.index.chance.mean:.3f}   {s.index.normalised.mean:.3f}")
+    typer.echo(f"results in {folder}")
+
+
+@app.command()
+def report(
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    dry_run: bool = DryRunOpt,
+) -> None:
+    """(Re)write the study report from whatever the other stages have finished so far."""
+    from .report import write_report
+
+    cfg = resolve_config(preset, config, set_, dry_run)
+    with fail_cleanly():
+        path = write_report(cfg, Path(cfg.out_dir) / "report")
+    typer.echo(f"report: {path} and {path.with_suffix('.html')}")
+
+
 @app.command()
 def study(
     preset: str = PresetOpt,

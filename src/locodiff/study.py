@@ -17,9 +17,10 @@ and small convolutions do not split well).
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,9 +31,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from .config import config_hash, to_dict
 from .errors import ConfigError
-from .io import read_jsonl, write_json_atomic
+from .evaluate.heatmap import detector_key
+from .evaluate.runner import EvalConfig, build_detector, eval_folder, evaluate_run
+from .io import atomic_path, read_jsonl, write_json_atomic
+from .locality.run import probe_folder, probe_run
+from .report import write_report
 from .scenes.dataset import build_dataset, dataset_root
-from .study_config import ModelSpec, StudyConfig
+from .scenes.figures import data_contact_sheet
+from .study_config import LocalityOptions, ModelSpec, StudyConfig
 from .train.checkpoint import latest_checkpoint, read_state
 from .train.run import RunConfig, train_run
 
@@ -59,13 +65,75 @@ def is_trained(cfg: StudyConfig, name: str, spec: ModelSpec) -> bool:
     return images_trained(run_dir(cfg, name, spec)) >= spec.train.total_images
 
 
-# ----- stages ---------------------------------------------------------------------------------
+# ----- running jobs in worker processes --------------------------------------------------------
 
 
-def stage_data(cfg: StudyConfig, console: Console) -> Path:
-    root = build_dataset(cfg.data, cfg.out_dir, progress=True)
-    console.print(f"  data: {root}")
-    return root
+@dataclass
+class Job:
+    """One unit of parallel work: ``fn(*args)`` in a worker, progress polled from its files."""
+
+    fn: Callable
+    args: tuple
+    total: int = 1
+    poll: Callable[[], int] | None = None  # completed units, read from files the job writes
+
+
+def worker_threads(cfg: StudyConfig) -> int:
+    return torch.get_num_threads() if cfg.jobs == 1 else 1
+
+
+def run_jobs(jobs: dict[str, Job], workers: int, console: Console) -> dict[str, object]:
+    """Run every job in ``workers`` spawned processes with one live progress bar per job.
+
+    With one worker the jobs run one after another in a thread of this process instead (no
+    start-up cost, same live progress). All jobs run to the end even if one fails (their finished work is kept); then the first
+    failure is raised with the worker's own message.
+    """
+    if not jobs:
+        return {}
+    results: dict[str, object] = {}
+    errors: list[BaseException] = []
+    pool_cm = (ThreadPoolExecutor(max_workers=1) if workers == 1 else
+               ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")))
+    with pool_cm as pool, _progress(console) as bar:
+        tasks = {n: bar.add_task(n, total=j.total, completed=_poll(j)) for n, j in jobs.items()}
+        futures = {n: pool.submit(j.fn, *j.args) for n, j in jobs.items()}
+        pending = set(futures)
+        while pending:
+            time.sleep(0.5)
+            for n in sorted(pending):
+                bar.update(tasks[n], completed=_poll(jobs[n]))
+                if futures[n].done():
+                    pending.discard(n)
+                    try:
+                        results[n] = futures[n].result()
+                        bar.update(tasks[n], completed=jobs[n].total)
+                    except Exception as e:  # noqa: BLE001 - reported after the others finish
+                        console.print(f"  [red]{n} failed: {e}")
+                        errors.append(e)
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _poll(job: Job) -> int:
+    try:
+        return min(job.total, job.poll()) if job.poll else 0
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _last_record(path: Path, key: str) -> int:
+    records = read_jsonl(path) if path.exists() else []
+    return int(records[-1][key]) if records else 0
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("  {task.description:<18}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+
+
+# ----- workers (top level so that spawned processes can import them) -----------------------------
 
 
 def _train_worker(run_cfg: RunConfig, folder: str, data_root: str, threads: int) -> dict:
@@ -75,49 +143,139 @@ def _train_worker(run_cfg: RunConfig, folder: str, data_root: str, threads: int)
             "images_per_s": result.images_per_s, "final_loss": result.final_loss}
 
 
-def stage_train(cfg: StudyConfig, data_root: Path, console: Console) -> dict[str, Path]:
-    """Train every enabled model not yet finished, ``cfg.jobs`` at a time, with live progress."""
+def _detector_worker(data_cfg, eval_cfg: EvalConfig, cache: str, threads: int) -> str:
+    torch.set_num_threads(threads)
+    return build_detector(data_cfg, eval_cfg, data_cfg.resolution, cache).name
+
+
+def _eval_worker(folder: str, eval_cfg: EvalConfig, cache: str, device: str, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    return evaluate_run(folder, eval_cfg, cache, device).summary
+
+
+def _locality_worker(folder: str, data_root: str, options: LocalityOptions, seed: int, threads: int) -> str:
+    torch.set_num_threads(threads)
+    return str(probe_run(folder, data_root, options, seed))
+
+
+# ----- stages ---------------------------------------------------------------------------------
+
+
+def stage_data(cfg: StudyConfig, console: Console) -> Path:
+    root = build_dataset(cfg.data, cfg.out_dir, progress=True)
+    sheet = root / "contact_sheet.png"
+    if not sheet.exists():
+        with atomic_path(sheet) as tmp:
+            data_contact_sheet(cfg.data).save(tmp, format="PNG")
+    console.print(f"  data: {root}")
+    return root
+
+
+def detector_cache(cfg: StudyConfig) -> Path:
+    return Path(cfg.out_dir) / "detectors"
+
+
+def needs_detector_training(cfg: StudyConfig) -> bool:
+    if cfg.evaluate.detector != "heatmap":
+        return False
+    key = detector_key(cfg.data, cfg.evaluate.heatmap.validate())
+    return not (detector_cache(cfg) / f"heatmap-{key}" / "detector.safetensors").is_file()
+
+
+def stage_train(cfg: StudyConfig, data_root: Path, console: Console, with_detector: bool = False) -> None:
+    """Train every enabled model not yet finished, ``cfg.jobs`` at a time, with live progress.
+
+    With ``with_detector`` the evaluation's learned detector trains alongside when not cached.
+    """
     models = cfg.enabled_models()
-    folders = {name: run_dir(cfg, name, spec) for name, spec in models.items()}
-    todo = [n for n, s in models.items() if not is_trained(cfg, n, s)]
-    for name in models:
-        if name not in todo:
-            console.print(f"  {name}: trained already ({folders[name].name})")
-    if not todo:
-        return folders
-    threads = max(1, (torch.get_num_threads() if cfg.jobs == 1 else 1))
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=ctx) as pool, _progress(console) as bar:
-        tasks = {n: bar.add_task(n, total=models[n].train.total_images,
-                                 completed=images_trained(folders[n])) for n in todo}
-        futures = {
-            n: pool.submit(_train_worker, run_config(cfg, n, models[n]), str(folders[n]),
-                           str(data_root), threads)
-            for n in todo
-        }
-        while not all(f.done() for f in futures.values()):
-            for n in todo:
-                bar.update(tasks[n], completed=_latest_images(folders[n]))
-            time.sleep(1.0)
-        for n, f in futures.items():
-            info = f.result()  # re-raises a worker's error with its message
-            bar.update(tasks[n], completed=info["images_seen"])
-            console.print(f"  {n}: {info['images_seen']} images in {info['wall_s']:.0f} s "
+    threads = worker_threads(cfg)
+    jobs: dict[str, Job] = {}
+    for name, spec in models.items():
+        folder = run_dir(cfg, name, spec)
+        if is_trained(cfg, name, spec):
+            console.print(f"  {name}: trained already ({folder.name})")
+            continue
+        jobs[name] = Job(_train_worker, (run_config(cfg, name, spec), str(folder), str(data_root), threads),
+                         spec.train.total_images, lambda f=folder: _last_record(f / "metrics.jsonl", "images_seen"))
+    if with_detector and needs_detector_training(cfg):
+        folder = detector_cache(cfg) / f"heatmap-{detector_key(cfg.data, cfg.evaluate.heatmap)}"
+        jobs["detector"] = Job(_detector_worker, (cfg.data, cfg.evaluate, str(detector_cache(cfg)), threads),
+                               cfg.evaluate.heatmap.train_images,
+                               lambda: _last_record(folder / "training_log.jsonl", "images_seen"))
+    for name, info in run_jobs(jobs, cfg.jobs, console).items():
+        if name in models:
+            console.print(f"  {name}: {info['images_seen']} images in {info['wall_s']:.0f} s "
                           f"({info['images_per_s']:.0f} img/s), final loss {info['final_loss']:.4f}")
-    return folders
 
 
-def _latest_images(folder: Path) -> int:
-    records = read_jsonl(folder / "metrics.jsonl")
-    return records[-1]["images_seen"] if records else 0
+def stage_evaluate(cfg: StudyConfig, console: Console) -> None:
+    """Length generalization of every trained model (cached per checkpoint and eval config)."""
+    if needs_detector_training(cfg):
+        run_jobs({"detector": Job(_detector_worker, (cfg.data, cfg.evaluate, str(detector_cache(cfg)),
+                                                     torch.get_num_threads()))}, 1, console)
+    ev = cfg.evaluate
+    total = ev.per_count * len(ev.counts)
+    jobs = {}
+    for name, folder in trained_runs(cfg).items():
+        out = eval_folder(folder, ev, latest_checkpoint(folder).name)
+        if (out / "eval.json").is_file():
+            console.print(f"  {name}: evaluated already ({out.name})")
+            continue
+        jobs[name] = Job(_eval_worker, (str(folder), ev, str(detector_cache(cfg)), study_device(cfg),
+                                        worker_threads(cfg)),
+                         total, lambda o=out: sum(1 for _ in open(o / "eval.jsonl")) if (o / "eval.jsonl").exists() else 0)
+    run_jobs(jobs, cfg.jobs, console)
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("  {task.description:<16}"), BarColumn(), TextColumn("{task.completed}/{task.total} img"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+def stage_locality(cfg: StudyConfig, data_root: Path, console: Console) -> None:
+    """Jacobian locality probe of every trained model (cached per checkpoint and options)."""
+    jobs = {}
+    for name, folder in trained_runs(cfg).items():
+        out = probe_folder(folder, cfg.locality, latest_checkpoint(folder).name)
+        if (out / "summary.json").is_file():
+            console.print(f"  {name}: probed already ({out.name})")
+            continue
+        jobs[name] = Job(_locality_worker, (str(folder), str(data_root), cfg.locality, cfg.seed, worker_threads(cfg)))
+    run_jobs(jobs, cfg.jobs, console)
+
+
+def stage_report(cfg: StudyConfig, console: Console) -> Path:
+    path = write_report(cfg, Path(cfg.out_dir) / "report")
+    console.print(f"  report: {path}")
+    return path
+
+
+def trained_runs(cfg: StudyConfig) -> dict[str, Path]:
+    """Run folders of the enabled models; an untrained one is an error naming the fix."""
+    runs = {}
+    for name, spec in cfg.enabled_models().items():
+        folder = run_dir(cfg, name, spec)
+        if latest_checkpoint(folder) is None:
+            raise ConfigError(f"model {name!r} is not trained yet ({folder}); run the train stage first")
+        runs[name] = folder
+    return runs
+
+
+def study_device(cfg: StudyConfig) -> str:
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.device
 
 
 # ----- the driver -----------------------------------------------------------------------------
+
+
+def record_timing(out: Path, stage: str, seconds: float, cfg_hash: str) -> None:
+    """Keep each stage's latest wall time in ``timings.json`` (a cached stage records ~0 s)."""
+    path = out / "timings.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        data = {}
+    if data.get("config_hash") != cfg_hash:
+        data = {"config_hash": cfg_hash, "stage_seconds": {}}
+    data["stage_seconds"][stage] = round(seconds, 2)
+    write_json_atomic(path, data)
 
 
 @dataclass
@@ -146,16 +304,18 @@ def run_study(
     runs = {n: run_dir(cfg, n, s) for n, s in cfg.enabled_models().items()}
     stage_fns: dict[str, Callable[[], object]] = {
         "data": lambda: stage_data(cfg, console),
-        "train": lambda: stage_train(cfg, data_root, console),
+        "train": lambda: stage_train(cfg, data_root, console, with_detector="evaluate" in only),
+        "evaluate": lambda: stage_evaluate(cfg, console),
+        "locality": lambda: stage_locality(cfg, data_root, console),
+        "report": lambda: stage_report(cfg, console),
     }
     for i, stage in enumerate(STAGES):
-        if stage not in only or stage not in stage_fns:
+        if stage not in only:
             continue
         console.rule(f"[bold]stage {i + 1}/{len(STAGES)}: {stage}")
         start = time.perf_counter()
         stage_fns[stage]()
         seconds[stage] = time.perf_counter() - start
         console.print(f"  {stage} done in {seconds[stage]:.1f} s")
-    timing_path = out / "timings.json"
-    write_json_atomic(timing_path, {"stage_seconds": seconds, "config_hash": config_hash(cfg)})
+        record_timing(out, stage, seconds[stage], config_hash(cfg))
     return StudyResult(out, seconds, runs)

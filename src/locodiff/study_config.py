@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import ConfigError, from_dict, load_toml, merge, parse_set_option
+from .evaluate.runner import EvalConfig
 from .models import ModelConfig
 from .scenes.dataset import DataConfig
 from .train.config import TrainConfig
@@ -40,6 +41,18 @@ class LocalityOptions:
     scenes: int = 8  # test scenes (with 1-3 objects) per model
     pixels: int = 32  # probed output pixels per scene
     radius_px: float = 4.0  # headline radius of the conditional-locality index
+    counts: tuple[int, ...] = (1, 2, 3)  # object counts of the probed test scenes
+
+    def __post_init__(self) -> None:
+        if not self.sigmas or min(self.sigmas) <= 0:
+            raise ConfigError(f"locality.sigmas={list(self.sigmas)}: expected positive noise levels")
+        for name in ("scenes", "pixels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"locality.{name}={getattr(self, name)}: expected >= 1")
+        if not self.radius_px > 0:
+            raise ConfigError(f"locality.radius_px={self.radius_px}: expected a positive radius in pixels")
+        if not self.counts or min(self.counts) < 1:
+            raise ConfigError(f"locality.counts={list(self.counts)}: expected object counts >= 1")
 
 
 @dataclass(frozen=True)
@@ -49,7 +62,9 @@ class StudyConfig:
     data: DataConfig = field(default_factory=DataConfig)  # scenes, rendering and data-set sizes
     train: TrainConfig = field(default_factory=TrainConfig)  # defaults for every model
     models: dict[str, ModelSpec] = field(default_factory=dict)  # the study's models by name
+    evaluate: EvalConfig = field(default_factory=EvalConfig)  # length generalization per k
     locality: LocalityOptions = field(default_factory=LocalityOptions)
+    device: str = "auto"  # evaluation and locality device: auto (cuda if available) | cpu | cuda[:N]
     jobs: int = 1  # models trained at once (processes); on a 2-core CPU 2 jobs x 1 thread is fastest
 
     def __post_init__(self) -> None:
@@ -61,6 +76,13 @@ class StudyConfig:
                     f"models.{name}.model.image_size={spec.model.image_size} differs from "
                     f"data.resolution={self.data.resolution}; leave it unset to follow the data"
                 )
+
+        self.evaluate.validate()
+        missing = [k for k in self.locality.counts if k not in self.data.test_counts]
+        if missing:
+            raise ConfigError(
+                f"locality.counts {missing} are not in data.test_counts={list(self.data.test_counts)}"
+            )
 
     def enabled_models(self) -> dict[str, ModelSpec]:
         return {k: v for k, v in self.models.items() if v.enabled}

@@ -19,14 +19,16 @@ from .metrics import (
 )
 from .oracle import FixedImageDenoiser, OracleDenoiser
 from .runner import (
-    EvalConfig, EvalResult, build_detector, dataset_conditionings, evaluate_denoiser, evaluate_model,
+    EvalConfig, EvalResult, build_detector, dataset_conditionings, eval_folder, evaluate_denoiser,
+    evaluate_model, evaluate_run,
     scene_conditionings,
 )
 from .validation import PERTURBATIONS, validate_detector, validation_markdown
 
 __all__ = [
     "ColorDetector", "ColorDetectorConfig", "CountMetrics", "Detections", "Detector", "DetectorError",
-    "EvalConfig", "EvalError", "EvalResult", "build_detector", "evaluate_model", "FixedImageDenoiser", "HeatmapConfig", "HeatmapDetector",
+    "EvalConfig", "EvalError", "EvalResult", "build_detector", "eval_folder", "evaluate_model",
+    "evaluate_run", "FixedImageDenoiser", "HeatmapConfig", "HeatmapDetector",
     "ImageMatch", "OracleDenoiser", "PERTURBATIONS", "SummaryOptions", "count_metrics",
     "dataset_conditionings", "default_tolerance_px", "evaluate_denoiser", "largest_k_above",
     "load_detector", "load_or_train_detector", "match_locations", "normalized_auc",

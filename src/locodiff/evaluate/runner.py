@@ -325,6 +325,28 @@ def evaluate_model(
     return evaluate_denoiser(denoiser, detector, factory, data_cfg.resolution, out_dir, cfg, device, progress)
 
 
+def eval_folder(run_dir: str | Path, config: EvalConfig, checkpoint: str) -> Path:
+    """Where the evaluation of ``run_dir``'s ``checkpoint`` under ``config`` is stored."""
+    from ..config import config_hash
+
+    return Path(run_dir) / f"eval-{config_hash({'config': asdict(config), 'checkpoint': checkpoint})}"
+
+
+def evaluate_run(run_dir: str | Path, config: EvalConfig, cache_dir: str | Path,
+                 device: str | torch.device = "cpu", progress: bool = False) -> EvalResult:
+    """Evaluate the latest EMA weights of a training run (the study's and ``locodiff evaluate``'s
+    entry point); results go to ``run_dir/eval-<hash>/`` and resume like ``evaluate_denoiser``."""
+    from ..train.checkpoint import latest_checkpoint
+    from ..train.run import load_denoiser
+
+    ckpt = latest_checkpoint(Path(run_dir))
+    if ckpt is None:
+        raise EvalError(f"run {run_dir} has no checkpoint yet; train it before evaluating")
+    denoiser, run_cfg = load_denoiser(Path(run_dir))
+    return evaluate_model(denoiser.to(device), run_cfg.data, eval_folder(run_dir, config, ckpt.name),
+                          config, cache_dir, device, progress)
+
+
 def _record(k: int, index: int, cond: Conditioning, det: Detections, resolution: int, tolerance: float) -> dict:
     requested = cond.locations[0][cond.mask[0]].detach().cpu().double().numpy()
     colors = None

@@ -302,7 +302,13 @@ def build_dataset(
     device = resolve_device(device)
     root = dataset_root(cfg, out_dir)
     ensure_writable(root)
-    write_json_atomic(root / "config.json", {"format": FORMAT_VERSION, "data": to_dict(cfg)})
+    stamp = {"format": FORMAT_VERSION, "data": to_dict(cfg)}
+    try:
+        same = json.loads((root / "config.json").read_text()) == json.loads(json.dumps(stamp))
+    except (OSError, json.JSONDecodeError):
+        same = False
+    if not same:  # a finished cache is left untouched
+        write_json_atomic(root / "config.json", stamp)
     manifest = _read_manifest(root, cfg)
     todo = []
     for split in splits:

@@ -1,0 +1,76 @@
+"""Probe a trained run on its own test scenes: the study's (and ``locodiff locality``'s) entry point.
+
+The probed scenes are the first test images with the requested object counts (taken in turn
+from each count, so 1-, 2- and 3-object scenes are equally represented), conditioned on every
+object's location, whatever labels the model was trained with: the question is how the model
+uses each conditioner it is given at test time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..config import config_hash, to_dict
+from ..errors import LocodiffError
+from .jacobian import LocalityError
+from .probe import SUMMARY_FILE, LocalityResult, probe_locality
+
+
+def probe_scenes(data_root: str | Path, counts: Sequence[int], n: int):
+    """``n`` test images (and their all-object conditionings) with object counts in ``counts``."""
+    from ..conditioning import Conditioning
+    from ..scenes import SceneDataset, batch_conditioning
+    from ..scenes.dataset import to_model_batch
+
+    data = SceneDataset(data_root, "test", tuple(counts))
+    by_count = {k: (data.tensors["counts"][data.index] == k).nonzero(as_tuple=True)[0] for k in counts}
+    order: list[int] = []
+    for i in range(max((len(v) for v in by_count.values()), default=0)):
+        order.extend(int(v[i]) for v in by_count.values() if i < len(v))
+    if len(order) < n:
+        raise LocalityError(
+            f"the test split holds {len(order)} scenes with {list(counts)} objects but the probe asks "
+            f"for {n}; raise data.test_images_per_count or lower locality.scenes"
+        )
+    rows = data.index[torch.tensor(order[:n])]
+    batch = to_model_batch({k: v[rows] for k, v in data.tensors.items()})
+    cond = batch_conditioning(batch, "all")
+    slots = max(int(cond.counts().max()), 1)
+    cond = Conditioning(cond.locations[:, :slots], cond.mask[:, :slots],
+                          None if cond.attributes is None else cond.attributes[:, :slots])
+    return batch["images"], cond
+
+
+def probe_folder(run_dir: Path, options, checkpoint: str) -> Path:
+    """Where the probe of ``run_dir``'s ``checkpoint`` with ``options`` is stored."""
+    return Path(run_dir) / f"locality-{config_hash({'options': to_dict(options), 'checkpoint': checkpoint})}"
+
+
+def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0, progress: bool = False) -> Path:
+    """Probe the latest EMA weights of ``run_dir``; cached in ``run_dir/locality-<hash>/``.
+
+    ``options`` is a ``study_config.LocalityOptions``. Returns the result folder.
+    """
+    from ..train.checkpoint import latest_checkpoint
+    from ..train.run import load_denoiser
+
+    run_dir = Path(run_dir)
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise LocodiffError(f"run {run_dir} has no checkpoint yet; train it before probing locality")
+    folder = probe_folder(run_dir, options, ckpt.name)
+    if (folder / SUMMARY_FILE).is_file():
+        return folder
+    denoiser, run_cfg = load_denoiser(run_dir)
+    images, cond = probe_scenes(data_root, options.counts, options.scenes)
+    result = probe_locality(
+        denoiser, images, cond, options.sigmas, options.pixels, torch.Generator().manual_seed(seed),
+        radius=options.radius_px, progress=progress,
+        meta={"run": run_dir.name, "model": run_cfg.name, "checkpoint": ckpt.name,
+              "arch": run_cfg.model.arch, "label_policy": run_cfg.label_policy},
+    )
+    result.save(folder)
+    return folder

@@ -1,0 +1,258 @@
+"""The study report: what was trained, how far each model length-generalizes, how local its
+score is, and whether the two go together. Built only from files the other stages wrote, so it
+can be regenerated at any time (``locodiff report``) and shows whatever has finished so far.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..io import read_jsonl, write_text_atomic
+from .document import Figure, Section, Table, Text, to_html, to_markdown
+
+
+@dataclass
+class ModelFacts:
+    """Everything the report says about one model, read from its run folder."""
+
+    name: str
+    role: str
+    arch: str
+    label_policy: str
+    description: str
+    params: int
+    folder: Path
+    images_seen: int = 0
+    images_per_s: float | None = None
+    train_seconds: float | None = None
+    final_loss: float | None = None
+    evaluation: dict | None = None  # eval.json
+    eval_dir: Path | None = None
+    locality_dir: Path | None = None
+
+
+def gather(cfg) -> list[ModelFacts]:
+    from ..evaluate.runner import eval_folder
+    from ..locality.run import probe_folder
+    from ..models import describe
+    from ..study import run_dir
+    from ..train.checkpoint import latest_checkpoint, read_state
+
+    facts = []
+    for name, spec in cfg.enabled_models().items():
+        folder = run_dir(cfg, name, spec)
+        f = ModelFacts(name, spec.role, spec.model.arch, spec.label_policy, spec.description,
+                       describe(spec.model).param_count, folder)
+        ckpt = latest_checkpoint(folder) if folder.exists() else None
+        if ckpt is not None:
+            f.images_seen = read_state(ckpt)["images_seen"]
+            last = (read_jsonl(folder / "metrics.jsonl") or [{}])[-1]
+            f.images_per_s, f.train_seconds, f.final_loss = last.get("images_per_s"), last.get("wall_s"), last.get("loss")
+            ev = eval_folder(folder, cfg.evaluate, ckpt.name)
+            if (ev / "eval.json").is_file():
+                f.evaluation, f.eval_dir = json.loads((ev / "eval.json").read_text()), ev
+            loc = probe_folder(folder, cfg.locality, ckpt.name)
+            if (loc / "summary.json").is_file():
+                f.locality_dir = loc
+        facts.append(f)
+    return facts
+
+
+# ----- numbers the text is written from ------------------------------------------------------------
+
+
+def success_at(f: ModelFacts, k: int) -> float | None:
+    rows = {r["k"]: r for r in (f.evaluation or {}).get("per_k", [])}
+    return rows[k]["success"] if k in rows else None
+
+
+def learned_conditioner(f: ModelFacts, threshold: float) -> bool | None:
+    """Does the model place a single requested object? Failure at larger k means nothing otherwise."""
+    s = success_at(f, 1)
+    return None if s is None else s >= threshold
+
+
+def locality_summary(folder: Path) -> dict:
+    return json.loads((folder / "summary.json").read_text())
+
+
+def mean_normalised_index(summary: dict) -> float:
+    return float(np.mean([s["index"]["normalised"]["mean"] for s in summary["summaries"]]))
+
+
+def rank_correlation(a: list[float], b: list[float]) -> float:
+    """Spearman's rho (average ranks for ties); nan when either side is constant."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(a), rankdata(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+# ----- sections ------------------------------------------------------------------------------------
+
+
+def setup_section(cfg, facts: list[ModelFacts], timings: dict) -> Section:
+    d = cfg.data
+    sec = Section("Setup", [Text(
+        f"Data: {d.train_images} training scenes with {min(d.train_counts)}–{max(d.train_counts)} objects "
+        f"at {d.resolution}×{d.resolution} (supersampling {d.supersample}×{d.supersample}); test scenes "
+        f"with {min(d.test_counts)}–{max(d.test_counts)} objects. Conditioners: the image-plane location of "
+        "each labelled object. Label policy `all` labels every object of a training image; `one` labels "
+        "a single random object (the others are unlabelled background).")])
+    rows = [[f.name, f.role, f.arch, f.label_policy, f"{f.params / 1e6:.2f}M", f.images_seen,
+             None if f.images_per_s is None else round(f.images_per_s),
+             None if f.train_seconds is None else _duration(f.train_seconds), f.final_loss]
+            for f in facts]
+    sec.blocks.append(Table(["model", "role", "architecture", "labels", "params", "images", "img/s",
+                             "train time", "final loss"], rows))
+    described = [f"**{f.name}**: {f.description}" for f in facts if f.description]
+    sec.blocks += [Text(line) for line in described]
+    if timings:
+        parts = ", ".join(f"{k} {_duration(v)}" for k, v in timings.items())
+        sec.blocks.append(Text(f"Wall time of the latest run of each stage: {parts} (a cached stage shows ~0)."))
+    return sec
+
+
+def generalization_section(cfg, facts: list[ModelFacts], figures: Path) -> Section:
+    from .figures import success_vs_k
+
+    from ..evaluate.metrics import default_tolerance_px
+
+    ev = cfg.evaluate
+    tolerance = ev.tolerance_px or default_tolerance_px(cfg.data.resolution)
+    sec = Section("Length generalization")
+    done = [f for f in facts if f.evaluation]
+    if not done:
+        sec.blocks.append(Text("No model has been evaluated yet (run the evaluate stage)."))
+        return sec
+    sec.blocks.append(Text(
+        f"For each k, {ev.per_count} test conditionings with k locations; one sample each "
+        f"({ev.sampler}, {ev.steps} steps); a detector finds the objects. **success** = exactly k objects "
+        f"and every requested location matched within {tolerance:g} px; trained range k = {ev.trained_range[0]}–{ev.trained_range[1]}."))
+    ks = sorted({r["k"] for f in done for r in f.evaluation["per_k"]})
+    rows = []
+    for f in done:
+        s = f.evaluation["summary"]
+        rows.append([f.name] + [success_at(f, k) for k in ks] +
+                    [s.get("success_auc_trained"), s.get("success_auc_extrapolation"), s.get("success_largest_k")])
+    sec.blocks.append(Table(["model"] + [f"k={k}" for k in ks] + ["AUC trained", "AUC extrap.", "largest k ≥ thr."],
+                            rows, "Success rate per requested object count."))
+    path = success_vs_k({f.name: f.evaluation for f in done}, figures / "success_vs_k.png", ev.trained_range)
+    sec.blocks.append(Figure(path, "Success against k for every model (95% Wilson intervals); grey: trained range."))
+    for f in done:
+        unlearned = learned_conditioner(f, ev.threshold) is False
+        if unlearned:
+            sec.blocks.append(Text(
+                f"**Caution — {f.name} has not learned its conditioner**: success at k=1 is "
+                f"{success_at(f, 1):.2f} < {ev.threshold}. Its failures at larger k say nothing about "
+                "locality; train it longer before reading them."))
+        grid = f.eval_dir / "samples.png"
+        if grid.exists():
+            target = figures / f"samples_{f.name}.png"
+            shutil.copyfile(grid, target)
+            sec.blocks.append(Figure(target, f"{f.name}: samples per k with requested (o) and detected (x) objects."))
+    return sec
+
+
+def locality_section(cfg, facts: list[ModelFacts], figures: Path) -> Section:
+    from ..locality.figures import conditioner_sensitivity_figure, index_vs_sigma_figure, save_figure
+    from ..locality.probe import LocalityResult
+
+    sec = Section("Locality of the learned score")
+    done = [f for f in facts if f.locality_dir]
+    if not done:
+        sec.blocks.append(Text("No model has been probed yet (run the locality stage)."))
+        return sec
+    loc = cfg.locality
+    summaries = {f.name: locality_summary(f.locality_dir) for f in done}
+    sec.blocks.append(Text(
+        f"Jacobians of the score on {loc.scenes} test scenes with {', '.join(map(str, loc.counts))} objects, "
+        f"{loc.pixels} probed pixels each, conditioned on every object's location. The **conditional-locality "
+        f"index** is the share of a conditioner's squared influence on the output that falls within "
+        f"{loc.radius_px:g} px of its own location (1 = purely local; chance = the share of the image that "
+        "disc covers). The normalised index (index − chance) / (1 − chance) is 0 at chance and 1 when local."))
+    sigmas = summaries[done[0].name]["sigmas"]
+    rows = [[f.name] + [s["index"]["normalised"]["mean"] for s in summaries[f.name]["summaries"]] +
+            [mean_normalised_index(summaries[f.name])] for f in done]
+    sec.blocks.append(Table(["model"] + [f"σ={s:g}" for s in sigmas] + ["mean"], rows,
+                            "Normalised conditional-locality index per noise level."))
+    fig = index_vs_sigma_figure({n: s for n, s in summaries.items()})
+    sec.blocks.append(Figure(save_figure(fig, figures / "locality_index.png"),
+                             "Conditional-locality index against noise level (dotted: chance)."))
+    for f in done:
+        result = LocalityResult.load(f.locality_dir)
+        if "cond_sensitivity" in result.arrays:
+            path = save_figure(conditioner_sensitivity_figure(result, scene=0), figures / f"cond_sensitivity_{f.name}.png")
+            sec.blocks.append(Figure(path, f"{f.name}: where each conditioner changes the score, per noise level."))
+    return sec
+
+
+def findings_section(cfg, facts: list[ModelFacts]) -> Section:
+    """Plain statements computed from the numbers above; nothing here is written by hand."""
+    sec = Section("Findings")
+    thr = cfg.evaluate.threshold
+    both = [f for f in facts if f.evaluation and f.locality_dir]
+    for f in facts:
+        if not f.evaluation:
+            continue
+        s = f.evaluation["summary"]
+        line = (f"**{f.name}** ({f.arch}, labels `{f.label_policy}`): success at k=1 "
+                f"{success_at(f, 1) if success_at(f, 1) is not None else float('nan'):.2f}, "
+                f"largest k with success ≥ {thr}: {s.get('success_largest_k')}, "
+                f"success AUC over k = {s['extrapolation_range'][0]}–{s['extrapolation_range'][1]}: "
+                f"{s.get('success_auc_extrapolation', float('nan')):.2f}")
+        if f.locality_dir:
+            line += f"; mean normalised locality index {mean_normalised_index(locality_summary(f.locality_dir)):.2f}"
+        learned = learned_conditioner(f, thr)
+        line += "." if learned is not False else " — conditioner not learned, so this is not evidence either way."
+        sec.blocks.append(Text(line))
+    usable = [f for f in both if learned_conditioner(f, thr)]
+    if len(usable) >= 3:
+        idx = [mean_normalised_index(locality_summary(f.locality_dir)) for f in usable]
+        auc = [f.evaluation["summary"].get("success_auc_extrapolation") or 0.0 for f in usable]
+        rho = rank_correlation(idx, auc)
+        sec.blocks.append(Text(
+            f"Across the {len(usable)} models that learned their conditioner, the rank correlation between "
+            f"mean locality index and extrapolation AUC is {rho:.2f} (Spearman; few models, read it as a "
+            "direction, not a test)."))
+    elif both:
+        sec.blocks.append(Text("Fewer than three models learned their conditioner and were probed, so no "
+                               "correlation between locality and generalization is reported."))
+    return sec
+
+
+# ----- entry point -------------------------------------------------------------------------------
+
+
+def write_report(cfg, out_dir: str | Path) -> Path:
+    """Write ``report.md``, ``report.html`` (self-contained) and ``figures/`` into ``out_dir``."""
+    from ..scenes.dataset import dataset_root
+
+    out = Path(out_dir)
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    facts = gather(cfg)
+    timings_path = Path(cfg.out_dir) / "timings.json"
+    timings = json.loads(timings_path.read_text()).get("stage_seconds", {}) if timings_path.exists() else {}
+    sections = [setup_section(cfg, facts, timings)]
+    sheet = dataset_root(cfg.data, cfg.out_dir) / "contact_sheet.png"
+    if sheet.exists():
+        shutil.copyfile(sheet, figures / "data.png")
+        sections[0].blocks.append(Figure(figures / "data.png", "Rendered scenes, one row per object count."))
+    sections += [generalization_section(cfg, facts, figures), locality_section(cfg, facts, figures),
+                 findings_section(cfg, facts)]
+    title = "locodiff study report"
+    write_text_atomic(out / "report.md", to_markdown(title, sections, out))
+    write_text_atomic(out / "report.html", to_html(title, sections))
+    return out / "report.md"

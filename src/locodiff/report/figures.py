@@ -1,0 +1,39 @@
+"""Figures that compare models (one model's figures live with its stage)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..io import atomic_path  # noqa: E402
+
+
+def success_vs_k(evaluations: Mapping[str, dict], path: str | Path, trained_range: tuple[int, int] = (1, 3),
+                 kind: str = "success") -> Path:
+    """Accuracy (``kind``) against requested k for several models, from their eval.json dicts."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    ax.axvspan(trained_range[0] - 0.5, trained_range[1] + 0.5, color="0.9")
+    for i, (name, ev) in enumerate(evaluations.items()):
+        rows = sorted(ev["per_k"], key=lambda r: r["k"])
+        ks = np.array([r["k"] for r in rows])
+        acc = np.array([r[kind] for r in rows])
+        lo, hi = np.array([r[f"{kind}_ci"] for r in rows]).T
+        ax.plot(ks, acc, "o-", ms=3, lw=1.2, color=f"C{i}", label=name)
+        ax.fill_between(ks, lo, hi, color=f"C{i}", alpha=0.15, lw=0)
+    ax.set_xlabel("requested objects k")
+    ax.set_ylabel(f"{kind} rate")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path
