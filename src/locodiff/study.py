@@ -33,12 +33,14 @@ from .config import config_hash, to_dict
 from .errors import ConfigError
 from .evaluate.heatmap import detector_key
 from .evaluate.runner import EvalConfig, build_detector, eval_folder, evaluate_run
+from .evaluate.validation import validate_detector
 from .io import atomic_path, read_jsonl, write_json_atomic
 from .locality.run import probe_folder, probe_run
 from .report import write_report
 from .scenes.dataset import build_dataset, dataset_root
 from .scenes.figures import data_contact_sheet
 from .study_config import LocalityOptions, ModelSpec, StudyConfig
+from .intervene.subject import InterventionSpec, subject_checkpoint, write_intervention
 from .train.checkpoint import latest_checkpoint, read_state
 from .train.run import RunConfig, train_run
 
@@ -202,6 +204,8 @@ def stage_train(cfg: StudyConfig, data_root: Path, console: Console, with_detect
         jobs["detector"] = Job(_detector_worker, (cfg.data, cfg.evaluate, str(detector_cache(cfg)), threads),
                                cfg.evaluate.heatmap.train_images,
                                lambda: _last_record(folder / "training_log.jsonl", "images_seen"))
+    # Longest first, so that the slowest model does not start last and leave a core idle.
+    jobs = dict(sorted(jobs.items(), key=lambda item: -item[1].total))
     for name, info in run_jobs(jobs, cfg.jobs, console).items():
         if name in models:
             console.print(f"  {name}: {info['images_seen']} images in {info['wall_s']:.0f} s "
@@ -214,10 +218,11 @@ def stage_evaluate(cfg: StudyConfig, console: Console) -> None:
         run_jobs({"detector": Job(_detector_worker, (cfg.data, cfg.evaluate, str(detector_cache(cfg)),
                                                      torch.get_num_threads()))}, 1, console)
     ev = cfg.evaluate
+    write_detector_ceiling(cfg)
     total = ev.per_count * len(ev.counts)
     jobs = {}
     for name, folder in trained_runs(cfg).items():
-        out = eval_folder(folder, ev, latest_checkpoint(folder).name)
+        out = eval_folder(folder, ev, subject_checkpoint(folder).name)
         if (out / "eval.json").is_file():
             console.print(f"  {name}: evaluated already ({out.name})")
             continue
@@ -227,11 +232,32 @@ def stage_evaluate(cfg: StudyConfig, console: Console) -> None:
     run_jobs(jobs, cfg.jobs, console)
 
 
+def ceiling_path(cfg: StudyConfig) -> Path:
+    ev = cfg.evaluate
+    key = config_hash({"data": to_dict(cfg.data), "detector": ev.detector, "heatmap": to_dict(ev.heatmap),
+                       "counts": ev.counts, "per_count": ev.per_count, "min_separation": ev.min_separation,
+                       "tolerance_px": ev.tolerance_px, "seed": ev.seed})
+    return detector_cache(cfg) / f"ceiling-{key}.json"
+
+
+def write_detector_ceiling(cfg: StudyConfig) -> Path:
+    """The detector's accuracy on ground-truth renders of the test scenes: the ceiling that every
+    model score must be read against (cached)."""
+    path = ceiling_path(cfg)
+    if not path.is_file():
+        ev = cfg.evaluate
+        detector = build_detector(cfg.data, ev, cfg.data.resolution, detector_cache(cfg))
+        table = validate_detector(detector, cfg.data, (cfg.data.resolution,), ev.counts, ev.per_count,
+                                  {"clean": (0.0, 0.0)}, ev.min_separation, seed=ev.seed)
+        write_json_atomic(path, table)
+    return path
+
+
 def stage_locality(cfg: StudyConfig, data_root: Path, console: Console) -> None:
     """Jacobian locality probe of every trained model (cached per checkpoint and options)."""
     jobs = {}
     for name, folder in trained_runs(cfg).items():
-        out = probe_folder(folder, cfg.locality, latest_checkpoint(folder).name)
+        out = probe_folder(folder, cfg.locality, subject_checkpoint(folder).name)
         if (out / "summary.json").is_file():
             console.print(f"  {name}: probed already ({out.name})")
             continue
@@ -245,15 +271,28 @@ def stage_report(cfg: StudyConfig, console: Console) -> Path:
     return path
 
 
+def intervention_dir(cfg: StudyConfig, name: str, spec: InterventionSpec) -> Path:
+    base = cfg.models[spec.base]
+    key = config_hash({"base": run_config(cfg, spec.base, base).identity_hash(), "spec": to_dict(spec)})
+    return Path(cfg.out_dir) / "models" / f"{name}-{key}"
+
+
+def subject_dirs(cfg: StudyConfig) -> dict[str, Path]:
+    """Folders of everything the study evaluates: enabled models, then interventions."""
+    dirs = {n: run_dir(cfg, n, s) for n, s in cfg.enabled_models().items()}
+    dirs.update({n: intervention_dir(cfg, n, s) for n, s in cfg.enabled_interventions().items()})
+    return dirs
+
+
 def trained_runs(cfg: StudyConfig) -> dict[str, Path]:
-    """Run folders of the enabled models; an untrained one is an error naming the fix."""
-    runs = {}
+    """Subject folders, ready to load; an untrained model is an error naming the fix."""
     for name, spec in cfg.enabled_models().items():
         folder = run_dir(cfg, name, spec)
         if latest_checkpoint(folder) is None:
             raise ConfigError(f"model {name!r} is not trained yet ({folder}); run the train stage first")
-        runs[name] = folder
-    return runs
+    for name, spec in cfg.enabled_interventions().items():
+        write_intervention(intervention_dir(cfg, name, spec), spec, run_dir(cfg, spec.base, cfg.models[spec.base]))
+    return subject_dirs(cfg)
 
 
 def study_device(cfg: StudyConfig) -> str:
@@ -301,7 +340,7 @@ def run_study(
     write_json_atomic(out / "study_config.json", to_dict(cfg))
     seconds: dict[str, float] = {}
     data_root = dataset_root(cfg.data, cfg.out_dir)
-    runs = {n: run_dir(cfg, n, s) for n, s in cfg.enabled_models().items()}
+    runs = subject_dirs(cfg)
     stage_fns: dict[str, Callable[[], object]] = {
         "data": lambda: stage_data(cfg, console),
         "train": lambda: stage_train(cfg, data_root, console, with_detector="evaluate" in only),

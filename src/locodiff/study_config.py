@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from .config import ConfigError, from_dict, load_toml, merge, parse_set_option
 from .evaluate.runner import EvalConfig
+from .intervene.subject import InterventionSpec
 from .models import ModelConfig
 from .scenes.dataset import DataConfig
 from .train.config import TrainConfig
@@ -62,6 +63,7 @@ class StudyConfig:
     data: DataConfig = field(default_factory=DataConfig)  # scenes, rendering and data-set sizes
     train: TrainConfig = field(default_factory=TrainConfig)  # defaults for every model
     models: dict[str, ModelSpec] = field(default_factory=dict)  # the study's models by name
+    interventions: dict[str, InterventionSpec] = field(default_factory=dict)  # post hoc, on trained models
     evaluate: EvalConfig = field(default_factory=EvalConfig)  # length generalization per k
     locality: LocalityOptions = field(default_factory=LocalityOptions)
     device: str = "auto"  # evaluation and locality device: auto (cuda if available) | cpu | cuda[:N]
@@ -77,6 +79,14 @@ class StudyConfig:
                     f"data.resolution={self.data.resolution}; leave it unset to follow the data"
                 )
 
+        for name, spec in self.interventions.items():
+            if name in self.models:
+                raise ConfigError(f"interventions.{name}: the name is taken by a model; choose another")
+            if spec.enabled and (spec.base not in self.models or not self.models[spec.base].enabled):
+                raise ConfigError(
+                    f"interventions.{name}.base={spec.base!r} is not an enabled model of the study; "
+                    f"models: {sorted(self.enabled_models())}"
+                )
         self.evaluate.validate()
         missing = [k for k in self.locality.counts if k not in self.data.test_counts]
         if missing:
@@ -86,6 +96,9 @@ class StudyConfig:
 
     def enabled_models(self) -> dict[str, ModelSpec]:
         return {k: v for k, v in self.models.items() if v.enabled}
+
+    def enabled_interventions(self) -> dict[str, InterventionSpec]:
+        return {k: v for k, v in self.interventions.items() if v.enabled}
 
 
 def _fill_model_defaults(data: dict[str, Any]) -> dict[str, Any]:

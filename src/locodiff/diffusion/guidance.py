@@ -81,7 +81,9 @@ class ScoreComposition(nn.Module):
     - a ``Conditioning`` (batch 1 or B) meaning the background, e.g. "an empty scene";
     - another Denoiser, e.g. a model trained on empty scenes (called with null conditioning).
 
-    ``weights``: None (all 1), a float, or a tensor [N] per slot or [B, N] per image and slot.
+    ``weights``: None (all 1), a float, a tensor [N] per slot, [B, N] per image and slot, or
+    [B, N, H, W] per pixel (spatial windows, as in masked composition); or a callable
+    ``(cond, x) -> tensor`` of one of those shapes, evaluated at every call.
     All single-conditioner passes (and the background pass, if it uses the same model) are
     concatenated into one call, or calls of at most ``chunk_size`` images.
     """
@@ -134,7 +136,8 @@ class ScoreComposition(nn.Module):
         d_single = out[: len(img)]
         d_back = out[len(img) :] if own_background else d_back.to(out.dtype)
 
-        w = self._weights(b, n, x)[img, slot].reshape(-1, 1, 1, 1)
+        w = self._weights(cond, x)[img, slot]
+        w = w[:, None] if w.ndim == 3 else w.reshape(-1, 1, 1, 1)
         diffs = w * (d_single - d_back[img])
         return d_back.index_add(0, img, diffs)
 
@@ -151,16 +154,20 @@ class ScoreComposition(nn.Module):
             )
         return bg
 
-    def _weights(self, b: int, n: int, x: Tensor) -> Tensor:
-        """Weights as a [B, N] tensor."""
+    def _weights(self, cond: Conditioning, x: Tensor) -> Tensor:
+        """Weights as a [B, N] or [B, N, H, W] tensor."""
+        b, n = cond.batch_size, cond.slots
         if self.weights is None:
             return x.new_ones(b, n)
-        w = torch.as_tensor(self.weights).to(dtype=x.dtype, device=x.device)
+        weights = self.weights(cond, x) if callable(self.weights) else self.weights
+        w = torch.as_tensor(weights).to(dtype=x.dtype, device=x.device)
         if w.ndim == 0 or tuple(w.shape) in ((n,), (b, n)):
             return w.expand(b, n)
+        if tuple(w.shape) == (b, n, *x.shape[-2:]):
+            return w
         raise DiffusionError(
-            f"weights of shape {tuple(w.shape)} do not fit {b} images x {n} slots; "
-            f"expected a float, [{n}] (one per slot) or [{b}, {n}]"
+            f"weights of shape {tuple(w.shape)} do not fit {b} images x {n} slots; expected a "
+            f"float, [{n}] (one per slot), [{b}, {n}] or [{b}, {n}, {x.shape[-2]}, {x.shape[-1]}] (per pixel)"
         )
 
 

@@ -336,13 +336,12 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig, cache_dir: str | Path,
                  device: str | torch.device = "cpu", progress: bool = False) -> EvalResult:
     """Evaluate the latest EMA weights of a training run (the study's and ``locodiff evaluate``'s
     entry point); results go to ``run_dir/eval-<hash>/`` and resume like ``evaluate_denoiser``."""
-    from ..train.checkpoint import latest_checkpoint
-    from ..train.run import load_denoiser
+    from ..intervene.subject import load_subject, subject_checkpoint
 
-    ckpt = latest_checkpoint(Path(run_dir))
+    ckpt = subject_checkpoint(run_dir)
     if ckpt is None:
         raise EvalError(f"run {run_dir} has no checkpoint yet; train it before evaluating")
-    denoiser, run_cfg = load_denoiser(Path(run_dir))
+    denoiser, run_cfg = load_subject(run_dir)
     return evaluate_model(denoiser.to(device), run_cfg.data, eval_folder(run_dir, config, ckpt.name),
                           config, cache_dir, device, progress)
 

@@ -54,22 +54,21 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
 
     ``options`` is a ``study_config.LocalityOptions``. Returns the result folder.
     """
-    from ..train.checkpoint import latest_checkpoint
-    from ..train.run import load_denoiser
+    from ..intervene.subject import load_subject, subject_checkpoint
 
     run_dir = Path(run_dir)
-    ckpt = latest_checkpoint(run_dir)
+    ckpt = subject_checkpoint(run_dir)
     if ckpt is None:
         raise LocodiffError(f"run {run_dir} has no checkpoint yet; train it before probing locality")
     folder = probe_folder(run_dir, options, ckpt.name)
     if (folder / SUMMARY_FILE).is_file():
         return folder
-    denoiser, run_cfg = load_denoiser(run_dir)
+    denoiser, run_cfg = load_subject(run_dir)
     images, cond = probe_scenes(data_root, options.counts, options.scenes)
     result = probe_locality(
         denoiser, images, cond, options.sigmas, options.pixels, torch.Generator().manual_seed(seed),
         radius=options.radius_px, progress=progress,
-        meta={"run": run_dir.name, "model": run_cfg.name, "checkpoint": ckpt.name,
+        meta={"run": run_dir.name, "model": run_dir.name.rsplit("-", 1)[0], "checkpoint": ckpt.name,
               "arch": run_cfg.model.arch, "label_policy": run_cfg.label_policy},
     )
     result.save(folder)

@@ -1,0 +1,80 @@
+"""Interventions in a study: a trained model wrapped so that its score is made local, stored as
+a folder beside the training runs so that evaluation and the locality probe treat both alike.
+
+    <out_dir>/models/<name>-<hash>/intervention.json    the spec and the base run's folder
+
+``load_subject(folder)`` loads either kind: a training run's EMA denoiser, or the intervention
+built on its base run's latest EMA weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ..config import from_dict, to_dict
+from ..errors import ConfigError, LocodiffError
+from ..io import write_json_atomic
+
+INTERVENTION_FILE = "intervention.json"
+FORMS = ("masked_composition",)
+
+
+@dataclass(frozen=True)
+class InterventionSpec:
+    """A post hoc intervention on one trained model of the study (no retraining)."""
+
+    base: str = "exp2"  # name of the study model it is applied to
+    form: Literal["masked_composition"] = "masked_composition"  # see intervene.masked
+    radius_px: float = 3.0  # window radius around each location, in pixels of the image
+    softness_px: float = 0.5  # width of the window's soft edge
+    role: Literal["exp1", "exp2", "exp3", "baseline"] = "exp3"
+    enabled: bool = True
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.radius_px <= 0:
+            raise ConfigError(f"intervention radius_px={self.radius_px}: expected > 0 pixels")
+        if self.softness_px < 0:
+            raise ConfigError(f"intervention softness_px={self.softness_px}: expected >= 0")
+
+
+def write_intervention(folder: Path, spec: InterventionSpec, base_run: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"spec": to_dict(spec), "base_run": str(Path(base_run).resolve())}
+    path = folder / INTERVENTION_FILE
+    if not path.exists() or json.loads(path.read_text()) != record:
+        write_json_atomic(path, record)
+
+
+def read_intervention(folder: Path) -> tuple[InterventionSpec, Path]:
+    try:
+        record = json.loads((Path(folder) / INTERVENTION_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise LocodiffError(f"{folder}/{INTERVENTION_FILE} is missing or unreadable: {e}") from None
+    return from_dict(InterventionSpec, record["spec"]), Path(record["base_run"])
+
+
+def subject_checkpoint(folder: str | Path) -> Path | None:
+    """The checkpoint a subject's results belong to (for an intervention: its base run's)."""
+    from ..train.checkpoint import latest_checkpoint
+
+    folder = Path(folder)
+    if (folder / INTERVENTION_FILE).is_file():
+        folder = read_intervention(folder)[1]
+    return latest_checkpoint(folder) if folder.exists() else None
+
+
+def load_subject(folder: str | Path):
+    """``(denoiser, run_config)`` of a training run or of an intervention folder."""
+    from ..train.run import load_denoiser
+    from .masked import masked_composition
+
+    folder = Path(folder)
+    if not (folder / INTERVENTION_FILE).is_file():
+        return load_denoiser(folder)
+    spec, base_run = read_intervention(folder)
+    denoiser, run_cfg = load_denoiser(base_run)
+    return masked_composition(denoiser, spec.radius_px, "null", spec.softness_px), run_cfg
