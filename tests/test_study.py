@@ -122,7 +122,104 @@ def test_cli_verbs_on_a_finished_study(finished):
     res = runner.invoke(app, ["locality", str(folder), *base])
     assert res.exit_code == 0, res.output
     assert "normalised" in res.output
-    res = runner.invoke(app, ["report", *base])
+    res = runner.invoke(app, ["report", str(finished.out_dir)])
     assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["report", str(folder)])  # not a study folder
+    assert res.exit_code == 2 and "study_config.json" in res.output
     res = runner.invoke(app, ["evaluate", str(folder.parent / "missing"), *base])
     assert res.exit_code == 2 and "error" in res.output
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium on this machine (.ci/run installs Debian's package)")
+def test_report_renders_in_a_real_browser(finished, tmp_path):
+    """Headless Chromium loads report.html: every embedded figure decodes and no section is empty."""
+    import subprocess
+
+    html_path = Path(finished.out_dir) / "report" / "report.html"
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
+    dom = subprocess.run(cmd + ["--dump-dom", html_path.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    body = re.search(r"<body([^>]*)>", dom)
+    assert body, dom[:500]
+    n_images = int(re.search(r'data-images="(\d+)"', body.group(1)).group(1))
+    n_ok = int(re.search(r'data-images-ok="(\d+)"', body.group(1)).group(1))
+    assert n_images >= 8 and n_ok == n_images
+    sections = re.split(r"<h2>", dom.split("</h1>", 1)[1])[1:]
+    assert len(sections) >= 5
+    for sec in sections:
+        title, content = sec.split("</h2>", 1)
+        assert re.search(r"<(p|table|figure|pre)\b", content), f"section {title!r} is empty"
+    shot = tmp_path / "shot.png"
+    subprocess.run(cmd + [f"--screenshot={shot}", "--window-size=1000,1400", html_path.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
+
+
+def test_a_stopped_training_resumes_from_its_checkpoint(tmp_path):
+    """A study stopped mid-train (here: a shorter schedule) continues where it stopped."""
+    short = micro(tmp_path, "models.exp1.train.total_images=32")
+    run_study(short, only=["data", "train"], console=quiet())
+    full = micro(tmp_path)
+    folder = run_dir(full, "exp1", full.models["exp1"])
+    assert folder == run_dir(short, "exp1", short.models["exp1"])  # schedule is not identity
+    steps_before = len((folder / "metrics.jsonl").read_text().splitlines())
+    run_study(full, only=["train"], console=quiet())
+    log = (folder / "log.txt").read_text()
+    assert "resum" in log.lower()
+    images = [json.loads(line)["images_seen"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert images[-1] == 64 and len(images) > steps_before and images == sorted(images)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            kids.append(int(status.parent.name))
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc to find worker processes")
+def test_sigterm_stops_the_worker_processes_too(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "locodiff.cli", "study", "-p", "micro", "-s", f"out_dir={str(tmp_path)!r}",
+           "-s", "jobs=2", "-s", "train.total_images=1000000", "--only", "data,train"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(tmp_path.glob("models/*/metrics.jsonl")):
+            time.sleep(0.5)
+        assert list(tmp_path.glob("models/*/metrics.jsonl")), "training never started"
+        workers = [p for p in _children(proc.pid) if "multiprocessing" in _cmdline(p)]
+        assert workers
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+        assert rc == 130, proc.stderr.read()
+        time.sleep(1.0)
+        assert [p for p in workers if "multiprocessing" in _cmdline(p)] == []
+    finally:  # never leave a million-image training behind, whatever failed above
+        proc.kill()
+        for p in workers:
+            if "multiprocessing" in _cmdline(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""

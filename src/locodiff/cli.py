@@ -31,7 +31,7 @@ SetOpt = typer.Option(None, "--set", "-s", help="Override one option, e.g. --set
 DryRunOpt = typer.Option(False, "--dry-run", help="Print the resolved config as JSON and exit.")
 
 
-def resolve_config(preset: str, config: Optional[Path], sets: Optional[list[str]], dry_run: bool) -> StudyConfig:
+def resolve_config(preset: str | None, config: Optional[Path], sets: Optional[list[str]], dry_run: bool) -> StudyConfig:
     """Load the config or exit with a readable error; with ``dry_run`` print it and exit."""
     try:
         cfg = load_study_config(preset, config, sets or [])
@@ -251,15 +251,26 @@ def locality(
 
 @app.command()
 def report(
+    study_dir: Optional[Path] = typer.Argument(None, help="A study's out_dir: redraw its report from its study_config.json."),
     preset: str = PresetOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     dry_run: bool = DryRunOpt,
 ) -> None:
-    """(Re)write the study report from whatever the other stages have finished so far."""
+    """(Re)write the study report from whatever the other stages have finished so far.
+
+    Nothing is recomputed: tables and figures are redrawn from the saved results.
+    """
     from .report import write_report
 
-    cfg = resolve_config(preset, config, set_, dry_run)
+    if study_dir is not None:
+        saved = study_dir / "study_config.json"
+        if not saved.is_file():
+            typer.secho(f"error: {saved} not found; is {study_dir} a study's out_dir?", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2)
+        cfg = resolve_config(None, saved, [f"out_dir={str(study_dir)!r}"] + list(set_ or []), dry_run)
+    else:
+        cfg = resolve_config(preset, config, set_, dry_run)
     with fail_cleanly():
         path = write_report(cfg, Path(cfg.out_dir) / "report")
     typer.echo(f"report: {path} and {path.with_suffix('.html')}")
@@ -281,10 +292,19 @@ def study(
 
     cfg = resolve_config(preset, config, set_, dry_run)
     with fail_cleanly():
-        result = run_study(cfg, only.split(",") if only else None)
+        try:
+            result = run_study(cfg, only.split(",") if only else None)
+        except KeyboardInterrupt:
+            typer.secho("interrupted: finished work is kept; run the same command again to resume",
+                        fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(130)
     total = sum(result.stage_seconds.values())
     typer.echo(f"study finished in {total:.0f} s; results in {result.out_dir}")
 
 
 def main() -> None:  # pragma: no cover
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -146,6 +146,22 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
 
 
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """A config from TOML, or from JSON (e.g. the ``study_config.json`` a study saves)."""
+    path = Path(path)
+    if path.suffix.lower() != ".json":
+        return load_toml(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a JSON object at the top level")
+    return data
+
+
 def config_hash(obj: Any, length: int = 12) -> str:
     """Stable short hash of a config (dataclass or dict), for cache keys and run folders."""
     text = json.dumps(to_dict(obj), sort_keys=True, separators=(",", ":"))

@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,7 +34,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .config import config_hash, to_dict
-from .errors import ConfigError
+from .errors import ConfigError, LocodiffError
 from .evaluate.heatmap import detector_key
 from .evaluate.runner import EvalConfig, build_detector, eval_folder, evaluate_run
 from .evaluate.validation import validate_detector
@@ -45,6 +49,10 @@ from .train.checkpoint import latest_checkpoint, read_state
 from .train.run import RunConfig, train_run
 
 STAGES = ("data", "train", "evaluate", "locality", "report")
+
+
+class StudyError(LocodiffError, RuntimeError):
+    """A stage could not finish (e.g. a worker process died); finished work is kept."""
 
 
 def run_config(cfg: StudyConfig, name: str, spec: ModelSpec) -> RunConfig:
@@ -97,7 +105,7 @@ def run_jobs(jobs: dict[str, Job], workers: int, console: Console) -> dict[str, 
     errors: list[BaseException] = []
     pool_cm = (ThreadPoolExecutor(max_workers=1) if workers == 1 else
                ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")))
-    with pool_cm as pool, _progress(console) as bar:
+    with pool_cm as pool, _progress(console) as bar, _stop_workers_on_interrupt(pool):
         tasks = {n: bar.add_task(n, total=j.total, completed=_poll(j)) for n, j in jobs.items()}
         futures = {n: pool.submit(j.fn, *j.args) for n, j in jobs.items()}
         pending = set(futures)
@@ -114,8 +122,35 @@ def run_jobs(jobs: dict[str, Job], workers: int, console: Console) -> dict[str, 
                         console.print(f"  [red]{n} failed: {e}")
                         errors.append(e)
     if errors:
+        if isinstance(errors[0], BrokenProcessPool):
+            raise StudyError(
+                "a worker process died (killed from outside, or out of memory?); finished work and the "
+                "last checkpoints are kept: run the same command again to resume"
+            ) from None
         raise errors[0]
     return results
+
+
+@contextmanager
+def _stop_workers_on_interrupt(pool):
+    """On Ctrl-C or SIGTERM stop the worker processes too, instead of leaving them training
+    orphaned; every run resumes from its last checkpoint on the next call."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, interrupt) if in_main else None
+    try:
+        yield
+    except KeyboardInterrupt:
+        processes = list((getattr(pool, "_processes", None) or {}).values())  # empty for threads
+        for process in processes:
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _poll(job: Job) -> int:

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import ConfigError, from_dict, load_toml, merge, parse_set_option
+from .config import ConfigError, from_dict, load_config_file, merge, parse_set_option
 from .evaluate.runner import EvalConfig
 from .intervene.subject import InterventionSpec
 from .models import ModelConfig
@@ -132,7 +132,7 @@ def load_study_config(
     """Preset, then file, then ``--set`` overrides, validated into a ``StudyConfig``."""
     data: dict[str, Any] = preset_dict(preset) if preset else {}
     if path is not None:
-        data = merge(data, load_toml(path))
+        data = merge(data, load_config_file(path))
     for s in sets or []:
         data = merge(data, parse_set_option(s))
     return from_dict(StudyConfig, _fill_model_defaults(data))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import read_jsonl, write_text_atomic
-from .document import Figure, Section, Table, Text, to_html, to_markdown
+from .document import Code, Figure, Section, Table, Text, to_html, to_markdown
 
 
 @dataclass
@@ -277,6 +277,90 @@ def findings_section(cfg, facts: list[ModelFacts]) -> Section:
     return sec
 
 
+def summary_section(cfg, facts: list[ModelFacts]) -> Section:
+    """The question and the answer in three sentences, written from the numbers."""
+    sec = Section("Summary")
+    sec.blocks.append(Text(
+        "**Question**: do the models that draw more objects than they were trained on (1–3) have local "
+        "conditional scores — each pixel's score depending only on nearby pixels and on the conditioners "
+        "acting near it — while the models that fail do not?"))
+    thr = cfg.evaluate.threshold
+    judged = [f for f in facts if f.evaluation]
+    if not judged:
+        sec.blocks.append(Text("**Answer**: nothing has been evaluated yet."))
+        return sec
+    learned = [f for f in judged if learned_conditioner(f, thr)]
+    auc = {f.name: f.evaluation["summary"].get(f"{headline(f)}_auc_extrapolation") or 0.0 for f in learned}
+    ranked = sorted(learned, key=lambda f: -auc[f.name])
+    parts = [f"{f.name} {auc[f.name]:.2f}" for f in ranked]
+    not_learned = [f.name for f in judged if f not in learned]
+    text = (f"**Answer (measured here)**: extrapolation to k = {cfg.evaluate.extrapolation_range[0]}–"
+            f"{cfg.evaluate.extrapolation_range[1]} (AUC of each model's headline accuracy): "
+            + (", ".join(parts) if parts else "no model learned its conditioner") + ".")
+    if not_learned:
+        text += f" Not learned their conditioner (no evidence either way): {', '.join(not_learned)}."
+    probed = [f for f in learned if f.locality_dir]
+    if probed:
+        idx = {f.name: mean_normalised_index(locality_summary(f.locality_dir)) for f in probed}
+        text += " Mean normalised conditional-locality index: " + ", ".join(
+            f"{n} {v:.2f}" for n, v in sorted(idx.items(), key=lambda kv: -kv[1])) + "."
+        if len(probed) >= 3:
+            rho = rank_correlation([idx[f.name] for f in probed], [auc[f.name] for f in probed])
+            text += (f" Rank correlation between the two: {rho:.2f} — "
+                     + ("the more local models generalize further, as the paper argues." if rho > 0.5 else
+                        "no clear support for the paper's claim on these models." if rho < 0.2 else
+                        "weak support for the paper's claim."))
+    sec.blocks.append(Text(text))
+    return sec
+
+
+def scatter_block(cfg, facts: list[ModelFacts], figures: Path) -> list:
+    from .figures import locality_vs_generalization
+
+    points = {}
+    for f in facts:
+        if f.evaluation and f.locality_dir and learned_conditioner(f, cfg.evaluate.threshold):
+            points[f.name] = (mean_normalised_index(locality_summary(f.locality_dir)),
+                              f.evaluation["summary"].get(f"{headline(f)}_auc_extrapolation") or 0.0)
+    if len(points) < 2:
+        return []
+    path = locality_vs_generalization(points, figures / "locality_vs_generalization.png")
+    return [Figure(path, "Each model that learned its conditioner: mean normalised conditional-locality index "
+                         "against extrapolation AUC of its headline accuracy.")]
+
+
+def reproducibility_section(cfg) -> Section:
+    import os
+    import platform
+    import sys
+
+    import torch
+
+    from .. import __version__
+    from ..config import to_dict
+
+    versions = {"locodiff": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+                "numpy": np.__version__}
+    try:
+        import diffusers
+
+        versions["diffusers"] = diffusers.__version__
+    except ImportError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    sec = Section("Reproduce")
+    sec.blocks.append(Text(
+        f"Software: {', '.join(f'{k} {v}' for k, v in versions.items())}. Hardware: {platform.machine()} "
+        f"{platform.system()}, {os.cpu_count()} CPU cores, GPU: {gpu}. Master seed {cfg.seed}; every stage "
+        "derives its generators from it."))
+    sec.blocks.append(Text(
+        f"Rerun everything (finished work is reused): `locodiff study -c {cfg.out_dir}/study_config.json`; "
+        f"redraw this report from the saved results without recomputing anything: `locodiff report {cfg.out_dir}`. "
+        "The full resolved configuration:"))
+    sec.blocks.append(Code(json.dumps(to_dict(cfg), indent=1)))
+    return sec
+
+
 # ----- entry point -------------------------------------------------------------------------------
 
 
@@ -290,13 +374,15 @@ def write_report(cfg, out_dir: str | Path) -> Path:
     facts = gather(cfg)
     timings_path = Path(cfg.out_dir) / "timings.json"
     timings = json.loads(timings_path.read_text()).get("stage_seconds", {}) if timings_path.exists() else {}
-    sections = [setup_section(cfg, facts, timings)]
+    sections = [summary_section(cfg, facts), setup_section(cfg, facts, timings)]
     sheet = dataset_root(cfg.data, cfg.out_dir) / "contact_sheet.png"
     if sheet.exists():
         shutil.copyfile(sheet, figures / "data.png")
-        sections[0].blocks.append(Figure(figures / "data.png", "Rendered scenes, one row per object count."))
+        sections[1].blocks.append(Figure(figures / "data.png", "Rendered scenes, one row per object count."))
+    findings = findings_section(cfg, facts)
+    findings.blocks += scatter_block(cfg, facts, figures)
     sections += [generalization_section(cfg, facts, figures), locality_section(cfg, facts, figures),
-                 findings_section(cfg, facts)]
+                 findings, reproducibility_section(cfg)]
     title = "locodiff study report"
     write_text_atomic(out / "report.md", to_markdown(title, sections, out))
     write_text_atomic(out / "report.html", to_html(title, sections))

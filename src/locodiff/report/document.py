@@ -28,7 +28,12 @@ class Figure:
     caption: str = ""
 
 
-Block = Union[Text, Table, Figure]
+@dataclass
+class Code:
+    text: str  # preformatted (configs, commands)
+
+
+Block = Union[Text, Table, Figure, Code]
 
 
 @dataclass
@@ -52,6 +57,8 @@ def to_markdown(title: str, sections: Sequence[Section], root: Path) -> str:
         for b in sec.blocks:
             if isinstance(b, Text):
                 out += [b.text, ""]
+            elif isinstance(b, Code):
+                out += ["```", b.text.rstrip(), "```", ""]
             elif isinstance(b, Table):
                 if b.caption:
                     out += [b.caption, ""]
@@ -80,6 +87,8 @@ def to_html(title: str, sections: Sequence[Section]) -> str:
         for b in sec.blocks:
             if isinstance(b, Text):
                 body.append(f"<p>{_inline(b.text)}</p>")
+            elif isinstance(b, Code):
+                body.append(f"<pre>{html.escape(b.text)}</pre>")
             elif isinstance(b, Table):
                 if b.caption:
                     body.append(f"<p class='cap'>{_inline(b.caption)}</p>")
@@ -93,6 +102,11 @@ def to_html(title: str, sections: Sequence[Section]) -> str:
     style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto;line-height:1.45}"
              "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding:2px 6px;"
              "text-align:right}th{background:#eee}img{max-width:100%;image-rendering:pixelated}"
-             "figcaption,.cap{color:#555;font-size:90%}code{background:#f3f3f3}")
+             "figcaption,.cap{color:#555;font-size:90%}code{background:#f3f3f3}"
+             "pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:85%}")
+    # Marks on <body> how many images decoded, so a headless browser can check the page.
+    check = ("<script>addEventListener('load',()=>{const i=[...document.images];"
+             "document.body.dataset.images=i.length;"
+             "document.body.dataset.imagesOk=i.filter(e=>e.complete&&e.naturalWidth>0).length})</script>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+            f"<style>{style}</style></head><body>{''.join(body)}{check}</body></html>")

@@ -37,3 +37,22 @@ def success_vs_k(evaluations: Mapping[str, dict], path: str | Path, trained_rang
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return path
+
+
+def locality_vs_generalization(points: Mapping[str, tuple[float, float]], path: str | Path) -> Path:
+    """One labelled point per model: (mean normalised locality index, extrapolation AUC)."""
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    for i, (name, (x, y)) in enumerate(points.items()):
+        ax.scatter([x], [y], color=f"C{i}", s=30)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("mean normalised conditional-locality index")
+    ax.set_ylabel("extrapolation AUC (headline accuracy)")
+    ax.set_xlim(min(-0.05, min(x for x, _ in points.values()) - 0.05), 1.02)
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path

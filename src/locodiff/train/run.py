@@ -25,7 +25,7 @@ from ..errors import CheckpointError
 from ..io import write_json_atomic
 from ..models import ModelConfig, build_network
 from ..scenes.dataset import DataConfig
-from .checkpoint import latest_checkpoint, load_weights
+from .checkpoint import latest_checkpoint, load_weights, read_state
 from .config import TrainConfig
 from .loop import BatchSource, TrainResult, train_loop
 
@@ -112,6 +112,9 @@ def train_run(
     source = source if source is not None else default_source(cfg, data_root)
     prepare_run_dir(cfg, run_dir)
     net = build_model(cfg)
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None:
+        _log(run_dir, f"resume from {ckpt.name} ({read_state(ckpt)['images_seen']} images)")
     _log(run_dir, f"start: {cfg.name} arch={cfg.model.arch} policy={cfg.label_policy} "
                   f"params={sum(p.numel() for p in net.parameters())} torch={torch.__version__} "
                   f"host={platform.node()} threads={torch.get_num_threads()}")
