@@ -103,3 +103,12 @@ def test_trained_run_loads_as_denoiser(tmp_path):
         load_denoiser(empty)
     with pytest.raises(CheckpointError, match="not a locodiff run folder"):
         load_denoiser(tmp_path / "missing")
+
+
+def test_locality_penalty_trains_and_is_part_of_the_run_identity(tmp_path):
+    plain, penalised = tiny_run(), tiny_run(locality_penalty=0.5, locality_window_px=2.0)
+    assert plain.identity_hash() != penalised.identity_hash()
+    # Without a penalty its window changes nothing, so it must not change the identity either.
+    assert plain.identity_hash() == tiny_run(locality_window_px=5.0).identity_hash()
+    result = train_run(penalised, tmp_path / "run", source=StreamBatches(TINY_DATA, "all", 3), progress=False)
+    assert result.images_seen == 64 and torch.isfinite(torch.tensor(result.final_loss))

@@ -224,17 +224,25 @@ def locality(
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     dry_run: bool = DryRunOpt,
+    sigmas: Optional[str] = typer.Option(None, "--sigmas", help="Comma-separated noise levels, e.g. 0.05,0.5,5 (default: the config's)."),
+    scenes: Optional[int] = typer.Option(None, "--scenes", help="Test scenes to probe (default: the config's)."),
+    pixels: Optional[int] = typer.Option(None, "--pixels", help="Probed output pixels per scene (default: the config's)."),
 ) -> None:
     """Locality of a trained run's score: Jacobians w.r.t. pixels and conditioners per noise level.
 
-    Options come from the config's [locality] section; results go to RUN/locality-<hash>/.
+    Options come from the config's [locality] section (or the flags); results go to
+    RUN/locality-<hash>/ (a repeated call with the same options reuses them).
     """
     from .locality.run import probe_run
     from .locality.probe import LocalityResult
     from .scenes.dataset import build_dataset
     from .train.run import read_run_config
 
-    cfg = resolve_config(preset, config, set_, False)
+    extra = list(set_ or [])
+    if sigmas is not None:
+        extra.append(f"locality.sigmas=[{sigmas}]")
+    extra += [f"locality.{k}={v}" for k, v in (("scenes", scenes), ("pixels", pixels)) if v is not None]
+    cfg = resolve_config(preset, config, extra, False)
     if dry_run:
         typer.echo(json.dumps(to_dict(cfg.locality), indent=2))
         raise typer.Exit(0)

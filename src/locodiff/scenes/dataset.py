@@ -321,7 +321,7 @@ def build_dataset(
     from tqdm.auto import tqdm
 
     total = sum(min(cfg.shard_size, cfg.split_size(s) - i * cfg.shard_size) for s, i in todo)
-    with tqdm(total=total, unit="img", desc="render", disable=not progress) as bar:
+    with tqdm(total=total, unit="img", desc="render", disable=not progress or not todo) as bar:
         for split, i in todo:
             tensors, scenes = build_shard(source, split, i)
             meta = {"split": split, "index": i, "key": cfg.cache_key(), "format": FORMAT_VERSION}

@@ -52,6 +52,9 @@ class RunConfig:
         d = to_dict(dataclasses.replace(self, name="", model=self.model.resolved()))
         for key in SCHEDULE_ONLY:
             d["train"].pop(key)
+        if d["train"]["locality_penalty"] == 0:  # no penalty: its options change nothing
+            d["train"].pop("locality_penalty")
+            d["train"].pop("locality_window_px")
         return config_hash(d)
 
 
@@ -103,6 +106,15 @@ def default_source(cfg: RunConfig, data_root: Path | None = None) -> BatchSource
     return StreamBatches(cfg.data, cfg.label_policy, cfg.seed)
 
 
+def training_loss(train: TrainConfig):
+    """The EDM loss, plus the conditional-locality penalty when ``train.locality_penalty > 0``."""
+    if train.locality_penalty == 0:
+        return EDMLoss()
+    from ..intervene.training import LocalityPenaltyLoss
+
+    return LocalityPenaltyLoss(train.locality_penalty, train.locality_window_px)
+
+
 def train_run(
     cfg: RunConfig, run_dir: Path, source: BatchSource | None = None, data_root: Path | None = None,
     on_checkpoint=None, progress: bool = True,
@@ -119,7 +131,7 @@ def train_run(
                   f"params={sum(p.numel() for p in net.parameters())} torch={torch.__version__} "
                   f"host={platform.node()} threads={torch.get_num_threads()}")
     result = train_loop(
-        run_dir, net, EDMPrecond, EDMLoss(), source, cfg.train, cfg.seed, cfg.identity_hash(),
+        run_dir, net, EDMPrecond, training_loss(cfg.train), source, cfg.train, cfg.seed, cfg.identity_hash(),
         on_checkpoint=on_checkpoint, progress=progress,
     )
     _log(run_dir, f"stop: {result}")
