@@ -226,7 +226,7 @@ def pixel_jacobian(
         out, vjp_fn = vjp(target_fn(denoiser, sigma, cond, target), x)
         c_out = out.shape[1]
         per_pixel = c_out if channels == "each" else 1
-        make = _pixel_cotangent_maker(flat, out.shape, channels, out.dtype)
+        make = pixel_cotangent_maker(flat, out.shape, channels, out.dtype)
         rows = batched_vjp(vjp_fn, n_pix * per_pixel, make, chunk_size)  # [rows, B, C, H, W]
     if channels == "each":
         rows = rows.reshape(n_pix, c_out, *rows.shape[1:]).permute(2, 0, 1, 3, 4, 5)
@@ -235,7 +235,7 @@ def pixel_jacobian(
     return rows.contiguous()
 
 
-def _pixel_cotangent_maker(flat: Tensor, out_shape, channels: str, dtype) -> Callable:
+def pixel_cotangent_maker(flat: Tensor, out_shape, channels: str, dtype) -> Callable:
     """Cotangents for rows ``a..b``: one-hots at each image's pixel (all channels or one)."""
     b, c_out, h, w = out_shape
     hw = h * w
