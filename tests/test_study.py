@@ -66,6 +66,12 @@ def test_the_local_model_is_more_local_than_the_attention_model(finished):
         index[name] = sum(s["index"]["normalised"]["mean"] for s in summaries) / len(summaries)
     assert index["exp3_local"] > index["exp1"] + 0.2
     assert index["exp3_masked"] > index["exp2"] + 0.2
+    # Feature space: a local network's concept directions for different grid cells barely overlap.
+    cos = {}
+    for name in ("exp1", "exp3_local"):
+        (probe,) = subject_dirs(finished)[name].glob("locality-*")
+        cos[name] = json.loads((probe / "features.json").read_text())["offdiag_abs_mean"]
+    assert cos["exp3_local"] < 0.2 < cos["exp1"]
 
 
 def test_rerun_skips_finished_work(finished):

@@ -43,6 +43,8 @@ class LocalityOptions:
     pixels: int = 32  # probed output pixels per scene
     radius_px: float = 4.0  # headline radius of the conditional-locality index
     counts: tuple[int, ...] = (1, 2, 3)  # object counts of the probed test scenes
+    feature_sigma: float = 1.0  # noise level of the feature-space concept directions
+    feature_grid: int = 3  # concepts: one conditioner at each cell of a grid x grid lattice
 
     def __post_init__(self) -> None:
         if not self.sigmas or min(self.sigmas) <= 0:
@@ -52,6 +54,11 @@ class LocalityOptions:
                 raise ConfigError(f"locality.{name}={getattr(self, name)}: expected >= 1")
         if not self.radius_px > 0:
             raise ConfigError(f"locality.radius_px={self.radius_px}: expected a positive radius in pixels")
+        if not self.feature_sigma > 0 or self.feature_grid < 2:
+            raise ConfigError(
+                f"locality.feature_sigma={self.feature_sigma} / feature_grid={self.feature_grid}: "
+                "expected a positive noise level and a grid of at least 2 x 2"
+            )
         if not self.counts or min(self.counts) < 1:
             raise ConfigError(f"locality.counts={list(self.counts)}: expected object counts >= 1")
 

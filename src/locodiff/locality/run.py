@@ -16,6 +16,7 @@ import torch
 from ..config import config_hash, to_dict
 from ..errors import LocodiffError
 from .jacobian import LocalityError
+from .feature_space import FEATURES_FILE, feature_run
 from .probe import SUMMARY_FILE, LocalityResult, probe_locality
 
 
@@ -61,10 +62,17 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
     if ckpt is None:
         raise LocodiffError(f"run {run_dir} has no checkpoint yet; train it before probing locality")
     folder = probe_folder(run_dir, options, ckpt.name)
-    if (folder / SUMMARY_FILE).is_file():
+    if (folder / SUMMARY_FILE).is_file() and (folder / FEATURES_FILE).is_file():
         return folder
     denoiser, run_cfg = load_subject(run_dir)
     images, cond = probe_scenes(data_root, options.counts, options.scenes)
+    if not (folder / SUMMARY_FILE).is_file():
+        _probe(folder, run_dir, run_cfg, ckpt, denoiser, images, cond, options, seed, progress)
+    feature_run(folder, denoiser, images, options.feature_sigma, options.feature_grid, seed)
+    return folder
+
+
+def _probe(folder, run_dir, run_cfg, ckpt, denoiser, images, cond, options, seed, progress) -> None:
     result = probe_locality(
         denoiser, images, cond, options.sigmas, options.pixels, torch.Generator().manual_seed(seed),
         radius=options.radius_px, progress=progress,
@@ -72,4 +80,3 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
               "arch": run_cfg.model.arch, "label_policy": run_cfg.label_policy},
     )
     result.save(folder)
-    return folder

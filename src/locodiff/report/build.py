@@ -235,12 +235,35 @@ def locality_section(cfg, facts: list[ModelFacts], figures: Path) -> Section:
     fig = index_vs_sigma_figure({n: s for n, s in summaries.items()})
     sec.blocks.append(Figure(save_figure(fig, figures / "locality_index.png"),
                              "Conditional-locality index against noise level (dotted: chance)."))
+    sec.blocks += feature_blocks(cfg, done, figures)
     for f in done:
         result = LocalityResult.load(f.locality_dir)
         if "cond_sensitivity" in result.arrays:
             path = save_figure(conditioner_sensitivity_figure(result, scene=0), figures / f"cond_sensitivity_{f.name}.png")
             sec.blocks.append(Figure(path, f"{f.name}: where each conditioner changes the score, per noise level."))
     return sec
+
+
+def feature_blocks(cfg, done: list[ModelFacts], figures: Path) -> list:
+    """Feature-space composition: cosines between the feature directions of different concepts."""
+    from ..locality.feature_space import load_features
+    from .figures import cosine_matrices
+
+    feats = {f.name: load_features(f.locality_dir) for f in done}
+    feats = {n: v for n, v in feats.items() if v}
+    if not feats:
+        return []
+    loc = cfg.locality
+    rows = [[n, v["block"], v["offdiag_abs_mean"]] for n, v in feats.items()]
+    path = cosine_matrices({n: v["cosine"] for n, v in feats.items()}, figures / "feature_cosines.png")
+    return [
+        Text(f"**Feature space.** Concept i = one conditioner at cell i of a {loc.feature_grid}×{loc.feature_grid} "
+             f"grid; its direction is the mean feature of a block under that conditioner minus the mean under "
+             f"the null conditioning (same noisy test images, σ = {loc.feature_sigma:g}). Projective composition "
+             "in feature space needs near-orthogonal directions: off-diagonal cosines near 0."),
+        Table(["model", "block", "mean abs. cosine, off-diagonal"], rows),
+        Figure(path, "Cosine similarity between concept directions (rows/columns: grid cells, row by row)."),
+    ]
 
 
 def findings_section(cfg, facts: list[ModelFacts]) -> Section:

@@ -56,3 +56,21 @@ def locality_vs_generalization(points: Mapping[str, tuple[float, float]], path: 
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return path
+
+
+def cosine_matrices(matrices: Mapping[str, list], path: str | Path) -> Path:
+    """One heat map per model of a concept-by-concept cosine matrix, on a shared -1..1 scale."""
+    n = len(matrices)
+    fig, axes = plt.subplots(1, n, figsize=(2.4 * n + 0.6, 2.5), squeeze=False)
+    im = None
+    for ax, (name, m) in zip(axes[0], matrices.items()):
+        im = ax.imshow(np.array(m, dtype=float), vmin=-1, vmax=1, cmap="RdBu_r")
+        ax.set_title(name, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path
