@@ -128,6 +128,12 @@ def test_cli_verbs_on_a_finished_study(finished):
     res = runner.invoke(app, ["locality", str(folder), *base])
     assert res.exit_code == 0, res.output
     assert "normalised" in res.output
+    exp2 = run_dir(finished, "exp2", finished.models["exp2"])
+    res = runner.invoke(app, ["intervene", str(exp2), *base, "--radius", "2", "--no-locality",
+                              "-s", "evaluate.counts=[2]", "-s", "evaluate.per_count=1"])
+    assert res.exit_code == 0, res.output
+    (made,) = exp2.parent.glob("exp2-masked-*")
+    assert (made / "intervention.json").is_file() and list(made.glob("eval-*/eval.json"))
     res = runner.invoke(app, ["report", str(finished.out_dir)])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["report", str(folder)])  # not a study folder

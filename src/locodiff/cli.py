@@ -258,6 +258,46 @@ def locality(
 
 
 @app.command()
+def intervene(
+    run: Path = RunArg,
+    radius: float = typer.Option(3.0, "--radius", help="Window radius around each location, in pixels."),
+    softness: float = typer.Option(0.5, "--softness", help="Width of the window's soft edge, in pixels."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name of the intervention folder (default: <run>-masked)."),
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    locality_too: bool = typer.Option(True, "--locality/--no-locality", help="Also probe the intervention's locality."),
+    device: str = DeviceOpt,
+) -> None:
+    """Make a trained run's score local post hoc (masked composition), then evaluate it.
+
+    No retraining: each conditioner acts only within --radius pixels of its location. The result
+    is a folder beside the run (intervention.json, eval-*/, locality-*/) that every verb accepts.
+    """
+    from .config import config_hash
+    from .evaluate import evaluate_run
+    from .intervene.subject import InterventionSpec, write_intervention
+    from .locality.run import probe_run
+    from .scenes.dataset import build_dataset
+    from .train.run import read_run_config
+
+    cfg = resolve_config(preset, config, set_, False)
+    with fail_cleanly():
+        run_cfg = read_run_config(run)
+        spec = InterventionSpec(base=run.name, radius_px=radius, softness_px=softness,
+                                description=f"masked composition of {run.name}, r = {radius:g} px")
+        label = name or f"{run.name.rsplit('-', 1)[0]}-masked"
+        folder = run.parent / f"{label}-{config_hash({'base': run.name, 'spec': spec})}"
+        write_intervention(folder, spec, run)
+        result = evaluate_run(folder, cfg.evaluate, Path(cfg.out_dir) / "detectors", device, progress=True)
+        typer.echo(result.markdown())
+        if locality_too:
+            data_root = build_dataset(run_cfg.data, cfg.out_dir, ("test",), progress=True)
+            probe_run(folder, data_root, cfg.locality, cfg.seed, progress=True)
+    typer.echo(f"results in {folder}")
+
+
+@app.command()
 def report(
     study_dir: Optional[Path] = typer.Argument(None, help="A study's out_dir: redraw its report from its study_config.json."),
     preset: str = PresetOpt,
