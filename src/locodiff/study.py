@@ -239,8 +239,9 @@ def stage_train(cfg: StudyConfig, data_root: Path, console: Console, with_detect
         jobs["detector"] = Job(_detector_worker, (cfg.data, cfg.evaluate, str(detector_cache(cfg)), threads),
                                cfg.evaluate.heatmap.train_images,
                                lambda: _last_record(folder / "training_log.jsonl", "images_seen"))
-    # Longest first, so that the slowest model does not start last and leave a core idle.
-    jobs = dict(sorted(jobs.items(), key=lambda item: -item[1].total))
+    # Longest models first, so that the slowest does not start last and leave a core idle; the
+    # detector (slower per image than any model here) goes first of all.
+    jobs = dict(sorted(jobs.items(), key=lambda item: (item[0] != "detector", -item[1].total)))
     for name, info in run_jobs(jobs, cfg.jobs, console).items():
         if name in models:
             console.print(f"  {name}: {info['images_seen']} images in {info['wall_s']:.0f} s "

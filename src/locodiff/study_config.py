@@ -79,6 +79,8 @@ class StudyConfig:
     def __post_init__(self) -> None:
         if self.jobs < 1:
             raise ConfigError(f"jobs={self.jobs}: expected >= 1")
+        if "detector" in self.models:
+            raise ConfigError("models.detector: the name is reserved for the evaluation's detector; choose another")
         for name, spec in self.models.items():
             if spec.model.image_size != self.data.resolution:
                 raise ConfigError(
