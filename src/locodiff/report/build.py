@@ -53,6 +53,21 @@ def gather(cfg) -> list[ModelFacts]:
     return facts
 
 
+def training_time(records: list[dict]) -> tuple[float | None, float | None, float | None]:
+    """(seconds spent training, mean images/s, last loss) from metrics.jsonl, summed over every
+    tick so that a resumed run counts all its sessions (``wall_s`` restarts at each resume)."""
+    seconds, images, previous = 0.0, 0, 0
+    for r in records:
+        done = r["images_seen"] - previous
+        if done > 0 and r.get("images_per_s"):
+            seconds += done / r["images_per_s"]
+            images += done
+        previous = r["images_seen"]
+    if not images:
+        return None, None, None
+    return seconds, images / seconds, records[-1].get("loss")
+
+
 def _read_results(cfg, f: ModelFacts, train_dir: Path) -> ModelFacts:
     """Training facts from ``train_dir``, evaluation and locality results from ``f.folder``."""
     from ..evaluate.runner import eval_folder
@@ -63,8 +78,7 @@ def _read_results(cfg, f: ModelFacts, train_dir: Path) -> ModelFacts:
     if ckpt is None:
         return f
     f.images_seen = read_state(ckpt)["images_seen"]
-    last = (read_jsonl(train_dir / "metrics.jsonl") or [{}])[-1]
-    f.images_per_s, f.train_seconds, f.final_loss = last.get("images_per_s"), last.get("wall_s"), last.get("loss")
+    f.train_seconds, f.images_per_s, f.final_loss = training_time(read_jsonl(train_dir / "metrics.jsonl"))
     ev = eval_folder(f.folder, cfg.evaluate, ckpt.name)
     if (ev / "eval.json").is_file():
         f.evaluation, f.eval_dir = json.loads((ev / "eval.json").read_text()), ev
