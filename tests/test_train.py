@@ -112,3 +112,10 @@ def test_locality_penalty_trains_and_is_part_of_the_run_identity(tmp_path):
     assert plain.identity_hash() == tiny_run(locality_window_px=5.0).identity_hash()
     result = train_run(penalised, tmp_path / "run", source=StreamBatches(TINY_DATA, "all", 3), progress=False)
     assert result.images_seen == 64 and torch.isfinite(torch.tensor(result.final_loss))
+
+
+def test_sample_grids_at_the_interval_and_at_the_end(tmp_path):
+    cfg = tiny_run(sample_every_images=32, sample_steps=2)
+    train_run(cfg, tmp_path / "run", source=StreamBatches(TINY_DATA, "all", 3), progress=False)
+    grids = sorted(p.name for p in (tmp_path / "run" / "samples").glob("grid-*.png"))
+    assert grids == ["grid-0000000032.png", "grid-0000000064.png"]

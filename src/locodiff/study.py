@@ -341,7 +341,8 @@ def study_device(cfg: StudyConfig) -> str:
 
 
 def record_timing(out: Path, stage: str, seconds: float, cfg_hash: str) -> None:
-    """Keep each stage's latest wall time in ``timings.json`` (a cached stage records ~0 s)."""
+    """Add a stage's wall time to ``timings.json``: per stage, the time spent on the current
+    config over every run (a resumed run adds its part, a cached stage adds ~0)."""
     path = out / "timings.json"
     try:
         data = json.loads(path.read_text())
@@ -349,7 +350,7 @@ def record_timing(out: Path, stage: str, seconds: float, cfg_hash: str) -> None:
         data = {}
     if data.get("config_hash") != cfg_hash:
         data = {"config_hash": cfg_hash, "stage_seconds": {}}
-    data["stage_seconds"][stage] = round(seconds, 2)
+    data["stage_seconds"][stage] = round(data["stage_seconds"].get(stage, 0.0) + seconds, 2)
     write_json_atomic(path, data)
 
 

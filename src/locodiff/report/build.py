@@ -168,7 +168,7 @@ def setup_section(cfg, facts: list[ModelFacts], timings: dict) -> Section:
     sec.blocks += [Text(line) for line in described]
     if timings:
         parts = ", ".join(f"{k} {_duration(v)}" for k, v in timings.items())
-        sec.blocks.append(Text(f"Wall time of the latest run of each stage: {parts} (a cached stage shows ~0)."))
+        sec.blocks.append(Text(f"Wall time per stage, summed over every run of this configuration: {parts}."))
     return sec
 
 

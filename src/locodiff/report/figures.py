@@ -14,6 +14,14 @@ import numpy as np  # noqa: E402
 from ..io import atomic_path  # noqa: E402
 
 
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
 def success_vs_k(evaluations: Mapping[str, dict], path: str | Path, trained_range: tuple[int, int] = (1, 3),
                  kind: str = "success") -> Path:
     """Accuracy (``kind``) against requested k for several models, from their eval.json dicts."""
@@ -32,11 +40,7 @@ def success_vs_k(evaluations: Mapping[str, dict], path: str | Path, trained_rang
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def locality_vs_generalization(points: Mapping[str, tuple[float, float]], path: str | Path) -> Path:
@@ -51,11 +55,7 @@ def locality_vs_generalization(points: Mapping[str, tuple[float, float]], path: 
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def cosine_matrices(matrices: Mapping[str, list], path: str | Path) -> Path:
@@ -69,8 +69,4 @@ def cosine_matrices(matrices: Mapping[str, list], path: str | Path) -> Path:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

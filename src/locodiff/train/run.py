@@ -106,6 +106,25 @@ def default_source(cfg: RunConfig, data_root: Path | None = None) -> BatchSource
     return StreamBatches(cfg.data, cfg.label_policy, cfg.seed)
 
 
+def _with_sample_grids(cfg: RunConfig, run_dir: Path, then=None):
+    """Checkpoint callback writing ``samples/grid-<images>.png`` whenever ``sample_every_images``
+    has been crossed since the last grid, and at the end of training."""
+    every, total = cfg.train.sample_every_images, cfg.train.total_images
+
+    def on_checkpoint(ema_net, images_seen: int) -> None:
+        from .sampling import training_grid
+
+        grids = sorted((run_dir / "samples").glob("grid-*.png"))
+        last = int(grids[-1].stem.split("-")[1]) if grids else 0
+        if images_seen >= total or (every > 0 and images_seen // every > last // every):
+            with torch.no_grad():
+                training_grid(ema_net, cfg.data, images_seen, run_dir / "samples", cfg.train.sample_steps)
+        if then is not None:
+            then(ema_net, images_seen)
+
+    return on_checkpoint
+
+
 def training_loss(train: TrainConfig):
     """The EDM loss, plus the conditional-locality penalty when ``train.locality_penalty > 0``."""
     if train.locality_penalty == 0:
@@ -132,7 +151,7 @@ def train_run(
                   f"host={platform.node()} threads={torch.get_num_threads()}")
     result = train_loop(
         run_dir, net, EDMPrecond, training_loss(cfg.train), source, cfg.train, cfg.seed, cfg.identity_hash(),
-        on_checkpoint=on_checkpoint, progress=progress,
+        on_checkpoint=_with_sample_grids(cfg, run_dir, on_checkpoint), progress=progress,
     )
     _log(run_dir, f"stop: {result}")
     return result

@@ -39,13 +39,30 @@ def generate(denoiser, cond: Conditioning, resolution: int, steps: int = 18, gui
              seed: int = 0, batch_size: int = 64) -> torch.Tensor:
     """Heun samples for every row of ``cond`` (in chunks), images in [-1, 1]."""
     model = denoiser if guidance == 1.0 else ClassifierFreeGuidance(denoiser, guidance)
+    params = getattr(denoiser, "parameters", None)
+    device = next(params()).device if params is not None and any(True for _ in params()) else torch.device("cpu")
     gen = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, cond.batch_size, batch_size):
-        part = cond[start: start + batch_size]
-        noise = torch.randn(part.batch_size, 3, resolution, resolution, generator=gen)
-        out.append(sample_heun(model, noise, part, steps))
+        part = cond[start: start + batch_size].to(device)
+        noise = torch.randn(part.batch_size, 3, resolution, resolution, generator=gen).to(device)
+        out.append(sample_heun(model, noise, part, steps).cpu())
     return torch.cat(out)
+
+
+GRID_COUNTS = (1, 2, 3, 5, 8)  # a training-time grid: the trained range and two counts beyond
+
+
+def training_grid(net, data: DataConfig, images_seen: int, out_dir: Path, steps: int, per_count: int = 6) -> Path:
+    """Samples of the current EMA weights for a few counts, one row per count:
+    ``out_dir/grid-<images>.png`` (the same requested scenes at every point of training)."""
+    from ..diffusion import EDMPrecond
+
+    denoiser = EDMPrecond(net).eval()
+    _, cond = requested_scenes(data, GRID_COUNTS, per_count, seed=0)
+    images = generate(denoiser, cond, data.resolution, steps, seed=0)
+    scale = max(1, 96 // data.resolution)
+    return save_png(image_grid(images, nrow=per_count, scale=scale), Path(out_dir) / f"grid-{images_seen:010d}.png")
 
 
 def sample_run(
