@@ -389,3 +389,46 @@ def test_save_and_load_round_trip(tmp_path):
     unet_only = load_diffusers_unet(tmp_path / "unet", prompt=ad.prompt)  # ../scheduler
     with torch.no_grad():
         torch.testing.assert_close(unet_only(x, 0.7), ad(x, 0.7), rtol=0, atol=0)
+
+
+# ----- probe-diffusers -------------------------------------------------------------------------
+
+
+def test_token_concentration_tells_spread_from_confined_influence():
+    from locodiff.adapters.probe import token_concentration
+
+    spread = torch.ones(1, 2, 40)
+    confined = torch.zeros(1, 2, 40)
+    confined[:, :, :4] = 1.0
+    assert torch.allclose(token_concentration(spread, 0.1), torch.full((2,), 0.1, dtype=torch.float64))
+    assert torch.allclose(token_concentration(confined, 0.1), torch.ones(2, dtype=torch.float64))
+    assert torch.isnan(token_concentration(torch.zeros(1, 1, 10))).all()
+
+
+def test_probe_diffusers_cli_on_a_saved_tiny_sdxl(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from locodiff.cli import app
+
+    ad = make_adapter(sdxl=True)
+    ad.unet.save_pretrained(tmp_path / "model" / "unet")
+    ad_sched("epsilon").save_pretrained(tmp_path / "model" / "scheduler")
+    p = ad.prompt
+    save_file({"encoder_hidden_states": p.encoder_hidden_states.contiguous(), "text_embeds": p.text_embeds.contiguous(),
+               "time_ids": p.time_ids.contiguous()}, str(tmp_path / "prompt.safetensors"))
+    args = ["probe-diffusers", "--model", str(tmp_path / "model"), "--embeddings", str(tmp_path / "prompt.safetensors"),
+            "--latent-size", str(SIZE), "--sigmas", "0.5,3", "--pixels", "4", "--out", str(tmp_path / "out")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "out" / "probe.json").read_text())
+    assert [r["sigma"] for r in result["per_sigma"]] == [0.5, 3.0]
+    for r in result["per_sigma"]:
+        assert len(r["token_concentration"]) == TOKENS
+        assert 0 <= r["mass_within_radius"] <= 1 and 0.1 <= r["token_concentration_mean"] <= 1.0 + 1e-9
+    assert (tmp_path / "out" / "token_concentration.png").stat().st_size > 1000
+    bad = CliRunner().invoke(app, ["probe-diffusers", "--model", str(tmp_path / "nope"), "--embeddings",
+                                   str(tmp_path / "prompt.safetensors")])
+    assert bad.exit_code == 2 and "nope" in bad.output

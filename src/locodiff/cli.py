@@ -190,6 +190,7 @@ def evaluate(
     dry_run: bool = DryRunOpt,
     counts: Optional[str] = typer.Option(None, "--counts", help="Object counts to evaluate, e.g. 0-10 (default: the config's)."),
     per_count: Optional[int] = typer.Option(None, "--per-count", help="Samples per count (default: the config's)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the test conditionings and noise (default: the config's)."),
     device: str = DeviceOpt,
 ) -> None:
     """Length generalization of a trained run: sample k objects for each k, detect, score.
@@ -208,6 +209,8 @@ def evaluate(
             ev = dataclasses.replace(ev, counts=tuple(parse_counts(counts)))
         if per_count is not None:
             ev = dataclasses.replace(ev, per_count=per_count)
+        if seed is not None:
+            ev = dataclasses.replace(ev, seed=seed)
         ev.validate()
         if dry_run:
             typer.echo(json.dumps(to_dict(ev), indent=2))
@@ -295,6 +298,50 @@ def intervene(
             data_root = build_dataset(run_cfg.data, cfg.out_dir, ("test",), progress=True)
             probe_run(folder, data_root, cfg.locality, cfg.seed, progress=True)
     typer.echo(f"results in {folder}")
+
+
+@app.command("probe-diffusers")
+def probe_diffusers_cmd(
+    model: Path = typer.Option(..., "--model", help="Local folder of a diffusers pipeline or UNet (never downloaded)."),
+    embeddings: Path = typer.Option(..., "--embeddings", help=".safetensors with encoder_hidden_states [1,T,D] (+ text_embeds, time_ids for SDXL)."),
+    latents_file: Optional[Path] = typer.Option(None, "--latents", help=".safetensors with 'latents' [B,C,H,W] (default: standard normal)."),
+    latent_size: int = typer.Option(32, "--latent-size", help="Side of the random latents when --latents is not given."),
+    sigmas: str = typer.Option("0.5,2,8", "--sigmas", help="Comma-separated noise levels (within the model's range)."),
+    pixels: int = typer.Option(16, "--pixels", help="Probed output pixels per latent."),
+    radius: float = typer.Option(2.0, "--radius", help="Radius (latent pixels) of the spatial-locality share."),
+    dtype: str = typer.Option("float32", "--dtype", help="UNet precision: float32 or bfloat16."),
+    device: str = DeviceOpt,
+    out: Path = typer.Option(Path("runs/probe-diffusers"), "--out", "-o", help="Output folder."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the latents, noise and probed pixels."),
+) -> None:
+    """Spatial and per-token conditional locality of a diffusers UNet (SD 1.x/2.x, SDXL) in latent space."""
+    import torch
+
+    from .adapters.probe import load_prompt_file, probe_diffusers, summary_lines, write_probe
+
+    with fail_cleanly():
+        from .adapters import load_diffusers_unet
+
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(dtype)
+        if torch_dtype is None:
+            raise LocodiffError(f"--dtype {dtype!r}: expected float32 or bfloat16")
+        prompt = load_prompt_file(embeddings)
+        adapter = load_diffusers_unet(model, torch_dtype, device, prompt=prompt)
+        channels = adapter.unet.config.in_channels
+        if latents_file is not None:
+            from safetensors.torch import load_file
+
+            lat = load_file(str(latents_file)).get("latents")
+            if lat is None:
+                raise LocodiffError(f"{latents_file} has no tensor named 'latents'")
+        else:
+            lat = torch.randn(1, channels, latent_size, latent_size, generator=torch.Generator().manual_seed(seed))
+        result = probe_diffusers(adapter, lat.float().to(device), [float(s) for s in sigmas.split(",")], pixels,
+                                 radius, seed=seed, progress=True)
+        path = write_probe(result, out)
+    for line in summary_lines(result):
+        typer.echo(line)
+    typer.echo(f"results in {path.parent}")
 
 
 @app.command()
