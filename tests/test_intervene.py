@@ -136,3 +136,14 @@ def test_penalty_gradients_reach_the_network():
     loss = LocalityPenaltyLoss(weight=10.0)(Net(), x0, cond, torch.Generator().manual_seed(3)).mean()
     loss.backward()
     assert net.weight.grad is not None and net.weight.grad.abs().sum() > 0
+
+
+def test_penalty_on_a_fraction_of_the_batch_is_rescaled_and_skips_the_rest():
+    x0, cond = _batch()
+    g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    base = LocalityPenaltyLoss(weight=0.0)(GlobalToy(), x0, cond, g())
+    full = LocalityPenaltyLoss(weight=1.0)(GlobalToy(), x0, cond, g()) - base
+    half = LocalityPenaltyLoss(weight=1.0, fraction=0.5)(GlobalToy(), x0, cond, g()) - base
+    assert torch.allclose(half[:2], 2 * full[:2], rtol=1e-5) and (half[2:] == 0).all()
+    with pytest.raises(ConfigError, match="fraction"):
+        LocalityPenaltyLoss(fraction=0.0)

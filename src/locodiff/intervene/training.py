@@ -11,7 +11,9 @@ for one random present conditioner j per image and a random unit direction v (an
 sample of every conditioner's off-window sensitivity). The derivative is taken as a finite
 difference on purpose: it costs one extra forward pass, stays differentiable with respect to
 the weights through any kernel (fused attention has no forward-mode AD), and at eps = 1e-2 of
-the image side it is within a fraction of a pixel of the derivative.
+the image side it is within a fraction of a pixel of the derivative. With ``fraction < 1`` only
+that share of each batch gets the extra pass, its penalty scaled by ``1 / fraction`` so that the
+expected loss is unchanged while the cost drops from ~2x to ~(1 + fraction)x.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class LocalityPenaltyLoss:
     weight: float = 1.0
     window_px: float = 3.0
     eps: float = 1e-2
+    fraction: float = 1.0
     base: EDMLoss = field(default_factory=EDMLoss)
 
     def __post_init__(self) -> None:
@@ -43,6 +46,8 @@ class LocalityPenaltyLoss:
             raise ConfigError(f"locality penalty weight={self.weight}: expected >= 0")
         if self.window_px <= 0 or self.eps <= 0:
             raise ConfigError(f"locality penalty window_px={self.window_px}, eps={self.eps}: expected > 0")
+        if not 0 < self.fraction <= 1:
+            raise ConfigError(f"locality penalty fraction={self.fraction}: expected in (0, 1]")
 
     def __call__(self, denoiser: Denoiser, x0: Tensor, cond: Conditioning,
                  generator: torch.Generator | None = None) -> Tensor:
@@ -54,12 +59,14 @@ class LocalityPenaltyLoss:
         d = denoiser(x, sigma, cond)
         loss = lam * (d.float() - x0.float()).square().flatten(1).mean(1)
         moved, outside, has = self._perturbation(cond, x0, generator)
+        if self.fraction < 1:  # the batch is already shuffled: penalise its first share
+            has = has & (torch.arange(b, device=x0.device) < max(1, round(self.fraction * b)))
         if self.weight == 0 or not has.any():
             return loss
         d_moved = denoiser(x[has], sigma[has], moved[has])
         change = (d_moved.float() - d[has].float()) / self.eps
         penalty = lam[has] * (change.square() * outside[has][:, None]).flatten(1).mean(1)
-        return loss.index_add(0, has.nonzero(as_tuple=True)[0], self.weight * penalty)
+        return loss.index_add(0, has.nonzero(as_tuple=True)[0], (self.weight / self.fraction) * penalty)
 
     def _perturbation(self, cond: Conditioning, x0: Tensor, generator: torch.Generator | None):
         """Conditioning with one random present conditioner moved by eps, the [B,H,W] region

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -43,8 +44,14 @@ def grid_locations(n: int) -> Tensor:
 
 @torch.no_grad()
 def concept_cosines(denoiser: nn.Module, images: Tensor, sigma: float, block: str | None = None,
-                    grid: int = 3, generator: torch.Generator | None = None) -> dict:
-    """Cosine matrix of the concept directions at ``block`` of ``denoiser.net`` (an ``EDMPrecond``)."""
+                    grid: int = 3, generator: torch.Generator | None = None,
+                    colors: Sequence[int] = ()) -> dict:
+    """Cosine matrices of concept directions at ``block`` of ``denoiser.net`` (an ``EDMPrecond``).
+
+    Location concepts: one conditioner at each cell of a ``grid`` x ``grid`` lattice. With
+    ``colors`` (palette indices, for a model that reads attributes) also colour concepts: one
+    conditioner at the image centre with each colour (shape, size and material fixed to index 0).
+    """
     from ..adapters.features import capture_features, cosine_matrix, mean_difference_vectors
 
     net = denoiser.net
@@ -52,7 +59,7 @@ def concept_cosines(denoiser: nn.Module, images: Tensor, sigma: float, block: st
     b = images.shape[0]
     x = images + sigma * torch.randn(images.shape, generator=generator, dtype=images.dtype)
     s = torch.full((b,), float(sigma))
-    locations = grid_locations(grid)
+    present = torch.ones(b, 1, dtype=torch.bool)
 
     def features(cond: Conditioning) -> Tensor:
         with capture_features(net, block) as store:
@@ -61,22 +68,33 @@ def concept_cosines(denoiser: nn.Module, images: Tensor, sigma: float, block: st
             raise ValueError(f"block {block!r} did not run in the forward pass; choose one that is called")
         return store[block].float()
 
+    def summary(concepts: list[Tensor]) -> dict:
+        cos = cosine_matrix(mean_difference_vectors(concepts, background))
+        off = cos[~torch.eye(cos.shape[0], dtype=torch.bool)]
+        return {"cosine": cos.tolist(), "offdiag_abs_mean": float(off.abs().nanmean())}
+
     background = features(Conditioning.empty(b))
-    concepts = [features(Conditioning(loc.expand(b, 1, 2).clone(), torch.ones(b, 1, dtype=torch.bool)))
-                for loc in locations]
-    cos = cosine_matrix(mean_difference_vectors(concepts, background))
-    k = cos.shape[0]
-    off = cos[~torch.eye(k, dtype=torch.bool)]
-    return {"block": block, "sigma": float(sigma), "grid": grid, "locations": locations.tolist(),
-            "cosine": cos.tolist(), "offdiag_abs_mean": float(off.abs().nanmean())}
+    locations = grid_locations(grid)
+    out = {"block": block, "sigma": float(sigma), "grid": grid, "locations": locations.tolist(),
+           **summary([features(Conditioning(loc.expand(b, 1, 2).clone(), present)) for loc in locations])}
+    if colors:
+        centre = torch.full((b, 1, 2), 0.5)
+        concepts = []
+        for c in colors:
+            attrs = torch.tensor([c, 0, 0, 0]).expand(b, 1, 4).clone()  # (color, shape, size, material)
+            concepts.append(features(Conditioning(centre, present, attrs)))
+        out["colors"] = {"palette": list(colors), **summary(concepts)}
+    return out
 
 
-def feature_run(folder: Path, denoiser: nn.Module, images: Tensor, sigma: float, grid: int, seed: int) -> Path | None:
+def feature_run(folder: Path, denoiser: nn.Module, images: Tensor, sigma: float, grid: int, seed: int,
+                colors: Sequence[int] = ()) -> Path | None:
     """Write ``features.json`` into a probe folder (skipped for denoisers without a ``net``)."""
     path = Path(folder) / FEATURES_FILE
     if path.is_file() or not hasattr(denoiser, "net"):
         return path if path.is_file() else None
-    result = concept_cosines(denoiser, images, sigma, grid=grid, generator=torch.Generator().manual_seed(seed))
+    result = concept_cosines(denoiser, images, sigma, grid=grid, generator=torch.Generator().manual_seed(seed),
+                             colors=colors)
     write_json_atomic(path, result)
     return path
 

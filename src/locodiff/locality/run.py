@@ -15,6 +15,7 @@ import torch
 
 from ..config import config_hash, to_dict
 from ..errors import LocodiffError
+from ..scenes import vocab
 from .jacobian import LocalityError
 from .feature_space import FEATURES_FILE, feature_run
 from .probe import SUMMARY_FILE, LocalityResult, probe_locality
@@ -68,7 +69,9 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
     images, cond = probe_scenes(data_root, options.counts, options.scenes)
     if not (folder / SUMMARY_FILE).is_file():
         _probe(folder, run_dir, run_cfg, ckpt, denoiser, images, cond, options, seed, progress)
-    feature_run(folder, denoiser, images, options.feature_sigma, options.feature_grid, seed)
+    colors = ([vocab.index_of("color", c) for c in run_cfg.data.scene.colors]
+              if run_cfg.model.use_attributes else [])
+    feature_run(folder, denoiser, images, options.feature_sigma, options.feature_grid, seed, colors)
     return folder
 
 

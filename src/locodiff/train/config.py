@@ -28,6 +28,7 @@ class TrainConfig:
     time_budget_s: float = 0.0  # stop early (checkpointing) after this wall time; 0 = none
     locality_penalty: float = 0.0  # weight of the off-window conditioner-sensitivity penalty (intervene.training)
     locality_window_px: float = 3.0  # window radius of that penalty, in pixels
+    locality_fraction: float = 1.0  # share of each batch the penalty is computed on (cost ~ 1 + fraction)
 
     def __post_init__(self) -> None:
         positive = ["total_images", "batch_size", "log_every_images", "checkpoint_every_images"]
@@ -38,10 +39,11 @@ class TrainConfig:
             raise ConfigError(f"train.label_dropout={self.label_dropout}: expected in [0, 1)")
         if self.lr <= 0:
             raise ConfigError(f"train.lr={self.lr}: expected > 0")
-        if self.locality_penalty < 0 or self.locality_window_px <= 0:
+        if self.locality_penalty < 0 or self.locality_window_px <= 0 or not 0 < self.locality_fraction <= 1:
             raise ConfigError(
-                f"train.locality_penalty={self.locality_penalty} / locality_window_px={self.locality_window_px}: "
-                "expected a weight >= 0 and a window radius > 0"
+                f"train.locality_penalty={self.locality_penalty} / locality_window_px={self.locality_window_px} / "
+                f"locality_fraction={self.locality_fraction}: "
+                "expected a weight >= 0, a window radius > 0 and a fraction in (0, 1]"
             )
         if self.keep_checkpoints < 1:
             raise ConfigError(f"train.keep_checkpoints={self.keep_checkpoints}: expected >= 1")

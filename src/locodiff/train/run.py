@@ -55,6 +55,8 @@ class RunConfig:
         if d["train"]["locality_penalty"] == 0:  # no penalty: its options change nothing
             d["train"].pop("locality_penalty")
             d["train"].pop("locality_window_px")
+        if d["train"].get("locality_fraction") == 1.0:  # the default: keep hashes of earlier runs
+            d["train"].pop("locality_fraction")
         return config_hash(d)
 
 
@@ -131,7 +133,7 @@ def training_loss(train: TrainConfig):
         return EDMLoss()
     from ..intervene.training import LocalityPenaltyLoss
 
-    return LocalityPenaltyLoss(train.locality_penalty, train.locality_window_px)
+    return LocalityPenaltyLoss(train.locality_penalty, train.locality_window_px, fraction=train.locality_fraction)
 
 
 def train_run(
