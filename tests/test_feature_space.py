@@ -42,3 +42,39 @@ def test_without_colours_only_locations_are_measured():
 def test_a_block_that_does_not_run_is_a_clear_error():
     with pytest.raises((ValueError, KeyError), match="block"):
         concept_cosines(tiny("cross_attention"), torch.zeros(1, 3, 16, 16), 1.0, block="no.such.block")
+
+
+def test_colour_concepts_follow_the_data_palette_for_attribute_models_only():
+    from dataclasses import replace
+
+    from locodiff.locality.run import colour_concepts
+    from locodiff.scenes import vocab
+    from locodiff.study import run_config
+    from locodiff.study_config import load_study_config
+
+    cfg = load_study_config("quick")
+    plain = run_config(cfg, "exp1", cfg.models["exp1"])
+    assert colour_concepts(plain) == []
+    coloured = run_config(cfg, "exp1_color", cfg.models["exp1_color"])
+    assert colour_concepts(coloured) == list(range(len(vocab.COLOR_NAMES)))
+    two = replace(coloured, data=replace(coloured.data, scene=replace(coloured.data.scene, colors=("red", "blue"))))
+    assert colour_concepts(two) == [vocab.color_index("red"), vocab.color_index("blue")]
+
+
+def test_report_shows_colour_cosines_and_accuracy(tmp_path):
+    from locodiff.report.build import ModelFacts, colour_blocks
+    from locodiff.report.document import Figure, Table
+    from locodiff.study_config import load_study_config
+
+    cfg = load_study_config("quick")
+    eye = torch.eye(3).tolist()
+    feats = {"exp1_color": {"colors": {"palette": [0, 1, 2], "cosine": eye, "offdiag_abs_mean": 0.0}},
+             "exp1": {"cosine": eye}}
+    fact = ModelFacts("exp1_color", "exp1", "cross_attention", "all", "", 1, tmp_path,
+                      evaluation={"per_k": [{"k": k, "color_accuracy": 0.5} for k in cfg.evaluate.counts]})
+    blocks = colour_blocks(cfg, [fact], feats, tmp_path)
+    tables = [b for b in blocks if isinstance(b, Table)]
+    assert [r[0] for r in tables[0].rows] == ["exp1_color"]
+    assert tables[1].rows[0][1:] == [0.5] * len(cfg.evaluate.counts)
+    assert all(b.path.is_file() for b in blocks if isinstance(b, Figure))
+    assert colour_blocks(cfg, [fact], {"exp1": {"cosine": eye}}, tmp_path) == []

@@ -69,10 +69,16 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
     images, cond = probe_scenes(data_root, options.counts, options.scenes)
     if not (folder / SUMMARY_FILE).is_file():
         _probe(folder, run_dir, run_cfg, ckpt, denoiser, images, cond, options, seed, progress)
-    colors = ([vocab.index_of("color", c) for c in run_cfg.data.scene.colors]
-              if run_cfg.model.use_attributes else [])
-    feature_run(folder, denoiser, images, options.feature_sigma, options.feature_grid, seed, colors)
+    feature_run(folder, denoiser, images, options.feature_sigma, options.feature_grid, seed,
+                colour_concepts(run_cfg))
     return folder
+
+
+def colour_concepts(run_cfg) -> list[int]:
+    """Palette indices of the data's colours for a model that reads attributes, else none."""
+    if not run_cfg.model.use_attributes:
+        return []
+    return [vocab.color_index(c) for c in run_cfg.data.scene.colors]
 
 
 def _probe(folder, run_dir, run_cfg, ckpt, denoiser, images, cond, options, seed, progress) -> None:

@@ -277,7 +277,41 @@ def feature_blocks(cfg, done: list[ModelFacts], figures: Path) -> list:
              "in feature space needs near-orthogonal directions: off-diagonal cosines near 0."),
         Table(["model", "block", "mean abs. cosine, off-diagonal"], rows),
         Figure(path, "Cosine similarity between concept directions (rows/columns: grid cells, row by row)."),
+        *colour_blocks(cfg, done, feats, figures),
     ]
+
+
+def colour_blocks(cfg, done: list[ModelFacts], feats: dict[str, dict], figures: Path) -> list:
+    """Colour concepts of attribute-conditioned models: feature cosines and colour accuracy per k."""
+    from ..scenes import vocab
+    from .figures import cosine_matrices
+
+    colours = {n: v["colors"] for n, v in feats.items() if v.get("colors")}
+    if not colours:
+        return []
+    names = {n: [vocab.COLOR_NAMES[i] for i in c["palette"]] for n, c in colours.items()}
+    path = cosine_matrices({n: c["cosine"] for n, c in colours.items()}, figures / "colour_cosines.png")
+    acc_rows = []
+    for f in done:
+        if f.name in colours and f.evaluation:
+            per_k = {r["k"]: r.get("color_accuracy") for r in f.evaluation["per_k"]}
+            acc_rows.append([f.name, *[per_k.get(k) for k in cfg.evaluate.counts]])
+    blocks = [
+        Text("**Colour concepts.** For models that read object attributes: concept i = one conditioner at "
+             "the image centre with colour i (other attributes fixed), directions and cosines as above. "
+             "Composition of colour with location in feature space needs these directions to be "
+             "distinguishable (off-diagonal well below 1). Palette: " + ", ".join(next(iter(names.values()))) + "."),
+        Table(["model", "mean abs. cosine between colours, off-diagonal"],
+              [[n, c["offdiag_abs_mean"]] for n, c in colours.items()]),
+        Figure(path, "Cosine similarity between colour concept directions (rows/columns: palette order)."),
+    ]
+    if acc_rows:
+        blocks += [
+            Text("Colour accuracy: of the requested objects the detector matched to a detection, the share "
+                 "whose detected colour is the requested one, per number of objects k."),
+            Table(["model", *[f"k={k}" for k in cfg.evaluate.counts]], acc_rows),
+        ]
+    return blocks
 
 
 def findings_section(cfg, facts: list[ModelFacts]) -> Section:
