@@ -289,7 +289,7 @@ def colour_blocks(cfg, done: list[ModelFacts], feats: dict[str, dict], figures: 
     colours = {n: v["colors"] for n, v in feats.items() if v.get("colors")}
     if not colours:
         return []
-    names = {n: [vocab.COLOR_NAMES[i] for i in c["palette"]] for n, c in colours.items()}
+    palette = ", ".join(vocab.COLOR_NAMES[i] for i in next(iter(colours.values()))["palette"])
     path = cosine_matrices({n: c["cosine"] for n, c in colours.items()}, figures / "colour_cosines.png")
     acc_rows = []
     for f in done:
@@ -300,7 +300,7 @@ def colour_blocks(cfg, done: list[ModelFacts], feats: dict[str, dict], figures: 
         Text("**Colour concepts.** For models that read object attributes: concept i = one conditioner at "
              "the image centre with colour i (other attributes fixed), directions and cosines as above. "
              "Composition of colour with location in feature space needs these directions to be "
-             "distinguishable (off-diagonal well below 1). Palette: " + ", ".join(next(iter(names.values()))) + "."),
+             f"distinguishable (off-diagonal well below 1). Palette: {palette}."),
         Table(["model", "mean abs. cosine between colours, off-diagonal"],
               [[n, c["offdiag_abs_mean"]] for n, c in colours.items()]),
         Figure(path, "Cosine similarity between colour concept directions (rows/columns: palette order)."),
