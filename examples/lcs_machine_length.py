@@ -18,12 +18,11 @@ from pathlib import Path
 
 import torch
 
-from locodiff.config import from_dict, load_config_file
 from locodiff.evaluate.runner import EvalConfig, evaluate_model
 from locodiff.intervene.lcs_machine import LCSMachine
 from locodiff.scenes.dataset import SceneDataset, dataset_root
 from locodiff.study import detector_cache
-from locodiff.study_config import StudyConfig
+from locodiff.study_config import load_study_config
 
 
 def main() -> None:
@@ -39,7 +38,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="default: <study>/lcs_machine-<policy>")
     args = parser.parse_args()
 
-    cfg = from_dict(StudyConfig, load_config_file(args.study / "study_config.json"))
+    saved = args.study / "study_config.json"
+    if not saved.is_file():
+        parser.error(f"{saved} not found; run the study first (make quick) or pass --study")
+    cfg = load_study_config(None, saved, [f"out_dir={str(args.study)!r}"])
     data = SceneDataset(dataset_root(cfg.data, cfg.out_dir), "train")
     machine = LCSMachine.from_dataset(data, args.policy, max_images=args.images,
                                       generator=torch.Generator().manual_seed(cfg.seed),
