@@ -316,6 +316,28 @@ def test_feature_sensitivity_wrt_locations_on_locodiff_unet():
     torch.testing.assert_close(sens_r, want[:, :, [2, 6], [3, 6]])
 
 
+def test_sampled_token_map_estimates_the_exact_one():
+    ad = make_adapter(sdxl=True)
+    x = latents(1)
+    exact = token_sensitivity(ad, x, 1.0, mode="forward")  # [1, T, H, W]
+    gen = torch.Generator().manual_seed(0)
+    few = token_sensitivity(ad, x, 1.0, mode="sampled", probes=2, generator=gen)
+    many = token_sensitivity(ad, x, 1.0, mode="sampled", probes=200, generator=gen)
+    assert few.shape == many.shape == exact.shape
+    energy = exact.pow(2).sum((2, 3))  # per token: unbiased, so close with many probes
+    torch.testing.assert_close(many.pow(2).sum((2, 3)), energy, rtol=0.1, atol=0)
+    err_few = (few.pow(2).sum((2, 3)) / energy - 1).abs().mean()
+    err_many = (many.pow(2).sum((2, 3)) / energy - 1).abs().mean()
+    assert err_many < err_few
+    picked = token_sensitivity(ad, x, 1.0, mode="sampled", probes=2, pixels=[[0, 1], [3, 2]],
+                               generator=torch.Generator().manual_seed(5))
+    again = token_sensitivity(ad, x, 1.0, mode="sampled", probes=2,
+                              generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(picked, again[:, :, [0, 3], [1, 2]])
+    with pytest.raises(FeatureError, match="probes"):
+        token_sensitivity(ad, x, 1.0, mode="sampled", probes=0)
+
+
 def test_feature_sensitivity_wrt_tokens_on_diffusers_unet():
     ad = make_adapter(sdxl=True)
     x = latents(1)

@@ -376,6 +376,8 @@ def token_sensitivity(
     mode: SensitivityMode = "auto",
     channels: Channels = "each",
     chunk_size: int = 32,
+    probes: int = 1,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Per-token conditional-locality map: ``|d target_i / d e_k|``, the norm over the embedding
     dimension (and the output channels) of how the score at output pixel ``i`` changes with the
@@ -387,13 +389,15 @@ def token_sensitivity(
     pixel and output channel, unless the ``T x D`` embedding scalars (one JVP each, a JVP
     costing about two VJPs) are fewer. For a real text encoder (D = 768..2048) reverse mode
     always wins, even for the whole map; forward mode only pays for toy embeddings.
+    ``mode="sampled"`` estimates the whole map from ``probes`` random tangents per token
+    (``T x probes`` JVPs): the affordable whole map for a real model.
     """
     x = as_image_batch(x)
     p = adapter._resolve_prompt(prompt, x.shape[0])
     g = adapter.token_fn(x, sigma, p, target)
     return input_sensitivity(
         g, p.encoder_hidden_states, pixels=pixels, mode=mode, channels=channels,
-        chunk_size=chunk_size,
+        chunk_size=chunk_size, probes=probes, generator=generator,
     )
 
 
