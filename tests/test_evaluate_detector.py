@@ -8,7 +8,7 @@ from locodiff.conditioning import Conditioning
 from locodiff.evaluate import ColorDetector, Detections, DetectorError, HeatmapConfig, HeatmapDetector
 from locodiff.evaluate.detector import palette_index
 from locodiff.evaluate.heatmap import (
-    HeatmapNet, _targets, load_detector, load_or_train_detector, save_detector, train_heatmap_detector,
+    SHAPE, HeatmapNet, _targets, load_detector, load_or_train_detector, save_detector, train_heatmap_detector,
 )
 from locodiff.evaluate.metrics import default_tolerance_px, match_locations
 from locodiff.evaluate.oracle import OracleDenoiser
@@ -105,12 +105,13 @@ def test_heatmap_targets_peak_at_centres():
     mask = torch.tensor([[True, False]])
     masks = torch.zeros(1, 2, 64, 64, dtype=torch.bool)
     masks[0, 0, 28:36, 12:20] = True
-    t = _targets(centers, mask, masks, torch.tensor([[3, 5]]), cfg)
+    t = _targets(centers, mask, masks, torch.tensor([[3, 5]]), torch.tensor([[2, 1]]), cfg)
     assert t["peak"].sum() == 1 and t["peak"][0, 16, 8]  # centre (8, 16) px lies in pixel (row 16, col 8)
     assert t["heat"][0, 16, 8] == 1.0 and t["heat"][0, 3, 25] < 1e-3  # the masked slot leaves no bump
     # offsets point from each pixel centre to the object centre (8.0, 16.0) in pixels
     assert torch.allclose(t["offset"][0, :, 16, 8], torch.tensor([-0.5, -0.5]))
     assert t["fg"][0].sum() == 16 and (t["color"][0][t["fg"][0]] == 3).all()
+    assert (t["shape"][0][t["fg"][0]] == 2).all()
 
 
 def test_heatmap_detector_decodes_any_size_and_round_trips(tmp_path):
@@ -137,11 +138,12 @@ def test_heatmap_detector_peaks_become_detections():
 
     class Fixed(torch.nn.Module):
         def forward(self, x):
-            y = torch.full((x.shape[0], 12, 32, 32), -10.0)
+            y = torch.full((x.shape[0], SHAPE.stop, 32, 32), -10.0)
             y[:, 0, 10, 20] = 5.0  # one peak
             y[:, 1, 10, 20], y[:, 2, 10, 20] = 0.25, -0.5  # sub-pixel offset
             y[:, 3, 9:12, 19:22] = 5.0  # 9 foreground pixels
             y[:, 4 + 2, 9:12, 19:22] = 5.0  # colour 2
+            y[:, SHAPE.start + 1, 9:12, 19:22] = 5.0  # shape 1
             return y
 
     det.net = Fixed()
@@ -149,7 +151,8 @@ def test_heatmap_detector_peaks_become_detections():
     assert isinstance(d, Detections) and len(d) == 1
     np.testing.assert_allclose(d.centers[0], [(20.5 + 0.25) / 32, (10.5 - 0.5) / 32])
     assert d.areas[0] == 9 * 4  # 9 working pixels = 36 pixels of a 64x64 image
-    assert d.color_index[0] == 2
+    assert d.color_index[0] == 2 and d.shape_index[0] == 1
+    assert Detections.from_dict(d.to_dict()).shape_index.tolist() == [1]
 
 
 def test_heatmap_training_resumes_and_caches(tmp_path, monkeypatch):

@@ -5,8 +5,8 @@ import math
 import pytest
 
 from locodiff.evaluate.metrics import (
-    EvalError, ImageMatch, SummaryOptions, count_metrics, default_tolerance_px, largest_k_above,
-    match_locations, normalized_auc, score_colors, summarize, wilson_interval,
+    CountMetrics, EvalError, ImageMatch, SummaryOptions, count_metrics, default_tolerance_px, largest_k_above,
+    match_locations, normalized_auc, score_attributes, score_colors, summarize, wilson_interval,
 )
 
 SIZE = (32, 32)
@@ -120,6 +120,27 @@ def test_color_scoring_counts_matched_pairs_only():
     assert count_metrics(3, [m]).color_accuracy == 0.5
     back = ImageMatch.from_dict(m.to_dict())
     assert back == m
+
+
+def test_attribute_scoring_splits_seen_and_heldout_combinations():
+    # requested (colour, shape): (1, 0) seen, (2, 1) held out, (3, 2) held out but not matched
+    m = match_locations(px((5, 5), (20, 20), (28, 4)), px((20, 20), (5, 5)), SIZE, 3)
+    score_attributes(m, [1, 2, 3], [0, 1, 2], detected_colors=[2, 1], detected_shapes=[0, 0],
+                     heldout=[(1, 2), (2, 3)])
+    # pair (0 -> det 1): colour 1 right, shape 0 right; pair (1 -> det 0): colour 2 right, shape 0 wrong
+    assert (m.n_color_checked, m.n_color_correct) == (2, 2)
+    assert (m.n_shape_checked, m.n_shape_correct) == (2, 1)
+    assert (m.n_seen_checked, m.n_seen_correct) == (1, 1)
+    assert (m.n_heldout_checked, m.n_heldout_correct) == (1, 0)
+    cm = count_metrics(3, [m])
+    assert (cm.color_accuracy, cm.shape_accuracy) == (1.0, 0.5)
+    assert (cm.seen_combo_accuracy, cm.heldout_combo_accuracy) == (1.0, 0.0)
+    assert cm.attribute_counts["heldout_checked"] == 1
+    assert ImageMatch.from_dict(m.to_dict()) == m
+    assert CountMetrics.from_dict(cm.to_dict()) == cm
+    # a detector without shapes: colours still scored, no shape or combination scores
+    score_attributes(m, [1, 2, 3], [0, 1, 2], detected_colors=[2, 1], detected_shapes=None, heldout=[(1, 2)])
+    assert (m.n_color_checked, m.n_shape_checked, m.n_seen_checked, m.n_heldout_checked) == (2, 0, 0, 0)
 
 
 def test_largest_k_above():

@@ -164,3 +164,37 @@ def test_conditionings_from_the_test_split(tmp_path):
         assert cond.attributes is not None
     with pytest.raises(EvalError, match="has 3 images with 2 objects"):
         make(2, 4, torch.Generator())
+
+
+def test_combinations_are_scored_as_seen_or_held_out(renderer, detector, tmp_path):
+    """The oracle draws what was asked; a detector that calls every object a cube then gets a
+    combination right exactly when a cube was asked, and held-out pairs are counted apart."""
+    import numpy as np
+
+    from locodiff.scenes import vocab
+
+    class CubesOnly:
+        name, min_separation = "cubes-only", detector.min_separation
+
+        def __call__(self, images, value_range=(0.0, 1.0)):
+            dets = detector(images, value_range)
+            for d in dets:
+                d.shape_index = np.zeros(len(d), dtype=np.int64)
+            return dets
+
+    holdout = vocab.combo_indices([("cube", "red"), ("sphere", "blue"), ("cylinder", "gray")])
+    res = evaluate_denoiser(OracleDenoiser(renderer), CubesOnly(), scene_conditionings(DATA), RES, tmp_path,
+                            config(counts=(2, 3), per_count=12), progress=False, holdout=holdout)
+    records = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    for k in (2, 3):
+        objects = [(r["requested_shapes"][i], r["requested_colors"][i]) for r in records if r["k"] == k
+                   for i, _ in r["pairs"]]  # matched objects only are scored
+        held = [p for p in objects if p in set(holdout)]
+        seen = [p for p in objects if p not in set(holdout)]
+        counts = res.per_k[k].attribute_counts
+        assert counts.get("heldout_checked", 0) == len(held) and counts["seen_checked"] == len(seen)
+        assert counts.get("heldout_correct", 0) == sum(s == 0 for s, _ in held)
+        assert counts["seen_correct"] == sum(s == 0 for s, _ in seen)
+        assert res.per_k[k].color_accuracy == 1.0
+        assert res.per_k[k].shape_accuracy == pytest.approx(sum(s == 0 for s, _ in objects) / len(objects))
+    assert any(sum(r["requested_heldout"]) for r in records)  # the test did exercise held-out pairs

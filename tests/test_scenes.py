@@ -131,6 +131,23 @@ def test_sampler_respects_attribute_subsets():
     assert (scenes.size[m] == vocab.SIZE_NAMES.index("small")).all()
 
 
+def test_sampler_excludes_combinations_and_keeps_the_rest():
+    held = (("cube", "red"), ("sphere", "blue"))
+    cfg = SceneConfig(colors=("red", "blue"), exclude_combos=held)
+    scenes = SceneSampler(cfg).sample(3, 0, batch_size=64)
+    idx = vocab.combo_indices(held)
+    assert not vocab.has_combo(scenes.shape, scenes.color, scenes.mask, idx).any()
+    m = scenes.mask
+    drawn = set(zip(scenes.shape[m].tolist(), scenes.color[m].tolist()))
+    assert drawn == set(cfg.allowed_combos()) and len(drawn) == 4  # 3 shapes x 2 colours - 2
+    unrestricted = SceneSampler(SceneConfig(colors=("red", "blue"))).sample(3, 0, batch_size=64)
+    assert vocab.has_combo(unrestricted.shape, unrestricted.color, unrestricted.mask, idx).any()
+    with pytest.raises(ConfigError, match="leaves no"):
+        SceneConfig(shapes=("cube",), colors=("red",), exclude_combos=(("cube", "red"),)).validate()
+    with pytest.raises(SceneError, match="unknown color 'pink'"):
+        SceneConfig(exclude_combos=(("cube", "pink"),)).validate()
+
+
 def test_count_above_max_is_rejected():
     with pytest.raises(SceneError, match="above max_objects=10"):
         SceneSampler().sample(11, 0, batch_size=1)

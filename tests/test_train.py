@@ -119,3 +119,32 @@ def test_sample_grids_at_the_interval_and_at_the_end(tmp_path):
     train_run(cfg, tmp_path / "run", source=StreamBatches(TINY_DATA, "all", 3), progress=False)
     grids = sorted(p.name for p in (tmp_path / "run" / "samples").glob("grid-*.png"))
     assert grids == ["grid-0000000032.png", "grid-0000000064.png"]
+
+
+def test_held_out_combinations_never_reach_training(tmp_path):
+    from locodiff.config import ConfigError
+    from locodiff.scenes import vocab
+    from locodiff.scenes.dataset import SceneDataset, build_dataset
+    from locodiff.train.data import CachedBatches
+
+    held = (("cube", "red"), ("sphere", "gray"), ("cylinder", "blue"))
+    idx = vocab.combo_indices(held)
+    dataset = SceneDataset(build_dataset(TINY_DATA, tmp_path), "train")
+    t = {k: v[dataset.index] for k, v in dataset.tensors.items()}
+    hit = vocab.has_combo(t["shape"], t["color"], t["mask"], idx)
+    assert 0 < hit.sum() < len(hit)  # the split holds some held-out pairs, and other scenes too
+    cached = CachedBatches(dataset, "all", 0, idx)
+    assert cached.n == int((~hit).sum())
+    assert not vocab.has_combo(cached.tensors["shape"], cached.tensors["color"], cached.tensors["mask"], idx).any()
+    stream = StreamBatches(TINY_DATA, "all", 0, idx)
+    scenes = stream.source.sampler.sample(3, 0, batch_size=64)
+    assert not vocab.has_combo(scenes.shape, scenes.color, scenes.mask, idx).any()
+
+    run = dataclasses.replace(tiny_run(), holdout_combos=held)
+    assert run.holdout_indices() == idx
+    assert run.identity_hash() != tiny_run().identity_hash()
+    with pytest.raises(ConfigError, match="never drawn"):
+        dataclasses.replace(tiny_run(), data=dataclasses.replace(
+            TINY_DATA, scene=dataclasses.replace(TINY_DATA.scene, colors=("red",))), holdout_combos=(("cube", "blue"),))
+    with pytest.raises(ConfigError, match="unknown shape"):
+        dataclasses.replace(tiny_run(), holdout_combos=(("cone", "red"),))

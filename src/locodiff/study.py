@@ -57,8 +57,8 @@ class StudyError(LocodiffError, RuntimeError):
 
 def run_config(cfg: StudyConfig, name: str, spec: ModelSpec) -> RunConfig:
     return RunConfig(
-        name=name, seed=cfg.seed, label_policy=spec.label_policy, data=cfg.data,
-        model=spec.model, train=spec.train,
+        name=name, seed=cfg.seed, label_policy=spec.label_policy, holdout_combos=spec.holdout_combos,
+        data=cfg.data, model=spec.model, train=spec.train,
     )
 
 

@@ -32,6 +32,7 @@ class ModelSpec:
     train: TrainConfig = field(default_factory=TrainConfig)  # the study's [train] + overrides
     enabled: bool = True  # skip this model without deleting its section
     description: str = ""  # one line for the report
+    holdout_combos: tuple[tuple[str, str], ...] = ()  # (shape, colour) pairs never shown in training
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,11 @@ class StudyConfig:
                     f"models.{name}.model.image_size={spec.model.image_size} differs from "
                     f"data.resolution={self.data.resolution}; leave it unset to follow the data"
                 )
+
+        from .train.run import RunConfig
+
+        for name, spec in self.models.items():  # held-out pairs name real, drawable combinations
+            RunConfig(name=f"models.{name}", data=self.data, holdout_combos=spec.holdout_combos)
 
         for name, spec in self.interventions.items():
             if name in self.models:

@@ -47,6 +47,7 @@ class Detections:
     areas: np.ndarray  # [M] pixels of the input image assigned to the object
     colors: np.ndarray  # [M, 3] mean RGB in [0, 1]
     color_index: np.ndarray  # [M] index into vocab.COLOR_NAMES
+    shape_index: np.ndarray | None = None  # [M] index into vocab.SHAPES; None: not classified
 
     def __len__(self) -> int:
         return len(self.centers)
@@ -63,6 +64,7 @@ class Detections:
             "areas": np.round(self.areas, 2).tolist(),
             "colors": np.round(self.colors, 4).tolist(),
             "color_index": [int(c) for c in self.color_index],
+            **({} if self.shape_index is None else {"shape_index": [int(c) for c in self.shape_index]}),
         }
 
     @classmethod
@@ -73,6 +75,7 @@ class Detections:
             np.asarray(d["areas"], dtype=np.float64),
             np.asarray(d["colors"], dtype=np.float64).reshape(-1, 3),
             np.asarray(d["color_index"], dtype=np.int64),
+            None if d.get("shape_index") is None else np.asarray(d["shape_index"], dtype=np.int64),
         )
 
 

@@ -14,7 +14,8 @@ and predicts per pixel:
 - a centre heat map (CenterNet-style: a Gaussian bump at every projected 3-D centre),
 - a sub-pixel offset from the pixel to the nearest centre,
 - an object-vs-floor mask (areas), and
-- the object's palette colour (attribute evaluation).
+- the object's palette colour and shape (attribute evaluation; a detection takes the
+  probabilities averaged over its pixels).
 Detections are heat-map peaks (3x3 local maxima above ``threshold``); their centre is the peak
 pixel plus its predicted offset. Training renders scenes with 0..10 objects on the fly, at a mix
 of resolutions, with Gaussian blur, pixel noise and colour jitter like samplers leave.
@@ -43,7 +44,7 @@ from ..io import append_jsonl, atomic_path, write_json_atomic
 from ..scenes import vocab
 from .detector import Detections, DetectorError, to_unit_images
 
-DETECTOR_VERSION = 1  # bump when the network, targets or decoding change meaning
+DETECTOR_VERSION = 2  # bump when the network, targets or decoding change meaning
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,10 @@ def _conv(c_in: int, c_out: int, stride: int = 1, dilation: int = 1) -> nn.Modul
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, padding=dilation, dilation=dilation), nn.SiLU())
 
 
-N_COLORS = len(vocab.COLOR_NAMES)
-HEAT, OFFSET, FOREGROUND, COLOR = 0, slice(1, 3), 3, slice(4, 4 + N_COLORS)  # output channels
+N_COLORS, N_SHAPES = len(vocab.COLOR_NAMES), len(vocab.SHAPES)
+HEAT, OFFSET, FOREGROUND = 0, slice(1, 3), 3  # output channels
+COLOR = slice(4, 4 + N_COLORS)
+SHAPE = slice(4 + N_COLORS, 4 + N_COLORS + N_SHAPES)
 
 
 class HeatmapNet(nn.Module):
@@ -104,12 +107,12 @@ class HeatmapNet(nn.Module):
         self.enc3 = nn.Sequential(_conv(w2, w3, stride=2), _conv(w3, w3), _conv(w3, w3, dilation=2))
         self.dec2 = _conv(w3 + w2, w2)
         self.dec1 = nn.Sequential(_conv(w2 + w1, w1), _conv(w1, w1))
-        self.head = nn.Conv2d(w1, 4 + N_COLORS, 1)
+        self.head = nn.Conv2d(w1, SHAPE.stop, 1)
         with torch.no_grad():
             self.head.bias[HEAT] = -4.0  # start with "no object anywhere": stable focal loss
 
     def forward(self, images: Tensor) -> Tensor:
-        """[B, 3, R, R] in [0, 1] -> [B, 4 + colours, R, R] raw outputs."""
+        """[B, 3, R, R] in [0, 1] -> [B, 4 + colours + shapes, R, R] raw outputs."""
         b, _, h, w = images.shape
         ys = (torch.arange(h, device=images.device) + 0.5) / h * 2 - 1
         xs = (torch.arange(w, device=images.device) + 0.5) / w * 2 - 1
@@ -163,13 +166,14 @@ class HeatmapDetector:
         heat = torch.sigmoid(y[:, HEAT])
         peaks = (heat == F.max_pool2d(heat[:, None], 3, 1, 1)[:, 0]) & (heat > self.config.threshold)
         fg = torch.sigmoid(y[:, FOREGROUND]) > 0.5
-        colour_prob = torch.softmax(y[:, COLOR], 1)
+        colour_prob, shape_prob = torch.softmax(y[:, COLOR], 1), torch.softmax(y[:, SHAPE], 1)
         return [
-            self._objects(peaks[b], heat[b], y[b, OFFSET], fg[b], colour_prob[b], small[b], (side / wr) ** 2)
+            self._objects(peaks[b], heat[b], y[b, OFFSET], fg[b], colour_prob[b], shape_prob[b], small[b],
+                          (side / wr) ** 2)
             for b in range(len(x))
         ]
 
-    def _objects(self, peaks, heat, offset, fg, colour_prob, img, area_scale) -> Detections:
+    def _objects(self, peaks, heat, offset, fg, colour_prob, shape_prob, img, area_scale) -> Detections:
         rows, cols = peaks.nonzero(as_tuple=True)
         if len(rows) == 0:
             return Detections.empty()
@@ -188,18 +192,21 @@ class HeatmapDetector:
         w = member.float()
         colors = torch.einsum("mhw,chw->mc", w, img) / counts[:, None]
         colour_idx = torch.einsum("mhw,chw->mc", w, colour_prob).argmax(1)
+        shape_idx = torch.einsum("mhw,chw->mc", w, shape_prob).argmax(1)
         return Detections(
             centers=centers.double().numpy(),
             scores=heat[rows, cols].double().numpy(),
             areas=(counts * area_scale).double().numpy(),
             colors=colors.double().numpy(),
             color_index=colour_idx.numpy().astype(np.int64),
+            shape_index=shape_idx.numpy().astype(np.int64),
         )
 
 
 # ----- training --------------------------------------------------------------------------------
 
-def _targets(centers: Tensor, mask: Tensor, masks: Tensor, colors: Tensor, cfg: HeatmapConfig) -> dict[str, Tensor]:
+def _targets(centers: Tensor, mask: Tensor, masks: Tensor, colors: Tensor, shapes: Tensor,
+             cfg: HeatmapConfig) -> dict[str, Tensor]:
     """Per-pixel training targets at the working resolution from one rendered batch."""
     wr = cfg.work_resolution
     b, n = mask.shape
@@ -224,8 +231,13 @@ def _targets(centers: Tensor, mask: Tensor, masks: Tensor, colors: Tensor, cfg: 
     cover = cover.reshape(b, n, wr, wr)
     owner = torch.cat([1 - cover.sum(1, keepdim=True).clamp(max=1), cover], 1).argmax(1)  # 0 = floor
     fg = owner > 0
-    colour = torch.cat([torch.zeros(b, 1, dtype=torch.long), colors.cpu().long()], 1).gather(1, owner.reshape(b, -1)).reshape(b, wr, wr)
-    return {"heat": heat, "peak": peak, "offset": offset, "near": near, "fg": fg, "color": colour}
+
+    def per_pixel(attribute: Tensor) -> Tensor:  # the owning object's attribute (0 on the floor)
+        table = torch.cat([torch.zeros(b, 1, dtype=torch.long), attribute.cpu().long()], 1)
+        return table.gather(1, owner.reshape(b, -1)).reshape(b, wr, wr)
+
+    return {"heat": heat, "peak": peak, "offset": offset, "near": near, "fg": fg,
+            "color": per_pixel(colors), "shape": per_pixel(shapes)}
 
 
 def _focal_loss(logit: Tensor, heat: Tensor, peak: Tensor) -> Tensor:
@@ -243,8 +255,10 @@ def detector_loss(y: Tensor, t: dict[str, Tensor]) -> tuple[Tensor, dict[str, fl
     fg = F.binary_cross_entropy_with_logits(y[:, FOREGROUND], t["fg"].float())
     fgw = t["fg"].float()
     colour = (F.cross_entropy(y[:, COLOR], t["color"], reduction="none") * fgw).sum() / fgw.sum().clamp(min=1)
-    total = heat + offset + fg + 0.5 * colour
-    return total, {"heat": heat.item(), "offset": offset.item(), "fg": fg.item(), "color": colour.item()}
+    shape = (F.cross_entropy(y[:, SHAPE], t["shape"], reduction="none") * fgw).sum() / fgw.sum().clamp(min=1)
+    total = heat + offset + fg + 0.5 * colour + 0.5 * shape
+    return total, {"heat": heat.item(), "offset": offset.item(), "fg": fg.item(), "color": colour.item(),
+                   "shape": shape.item()}
 
 
 def gaussian_blur(images: Tensor, sigma_px: Tensor | float) -> Tensor:
@@ -347,7 +361,7 @@ def train_heatmap_detector(data_cfg, cfg: HeatmapConfig | None = None, folder: s
         scenes = sampler.sample(counts, gen, slots=cfg.max_objects)
         side = sides[int(torch.randint(len(sides), (1,), generator=gen))]
         rendered = renderers[side](scenes)
-        targets = _targets(rendered.centers, scenes.mask.cpu(), rendered.masks.cpu(), scenes.color, cfg)
+        targets = _targets(rendered.centers, scenes.mask.cpu(), rendered.masks.cpu(), scenes.color, scenes.shape, cfg)
         x = _augment(rendered.images.cpu(), cfg, gen)
         loss, parts = detector_loss(net(x.to(device)).cpu(), targets)
         opt.zero_grad(set_to_none=True)

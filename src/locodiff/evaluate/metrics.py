@@ -39,6 +39,9 @@ from ..errors import LocodiffError
 REFERENCE_TOLERANCE_PX = 3.0
 REFERENCE_RESOLUTION = 32
 ACCURACY_KINDS = ("count", "placed", "success")
+# attribute scores kept per image as (checked, correct) counts
+ATTRIBUTE_KINDS = ("color", "shape", "seen", "heldout")
+ATTRIBUTE_COUNTS = tuple(f"{kind}_{what}" for kind in ATTRIBUTE_KINDS for what in ("checked", "correct"))
 
 
 class EvalError(LocodiffError, ValueError):
@@ -63,6 +66,14 @@ class ImageMatch:
     distances_px: list[float]  # distance of each matched pair, in pixels
     n_color_checked: int = 0  # matched pairs whose requested colour was given
     n_color_correct: int = 0  # ... and whose detected colour agrees
+    n_shape_checked: int = 0  # matched pairs whose requested shape was given (and classified)
+    n_shape_correct: int = 0  # ... and whose detected shape agrees
+    # (shape, colour) combinations: matched pairs with both given, split by whether the model saw
+    # that combination in training; "correct" = colour and shape both right
+    n_seen_checked: int = 0
+    n_seen_correct: int = 0
+    n_heldout_checked: int = 0
+    n_heldout_correct: int = 0
 
     @property
     def n_matched(self) -> int:
@@ -86,15 +97,14 @@ class ImageMatch:
             "n_detected": self.n_detected,
             "pairs": [list(p) for p in self.pairs],
             "distances_px": [round(d, 4) for d in self.distances_px],
-            "n_color_checked": self.n_color_checked,
-            "n_color_correct": self.n_color_correct,
+            **{f"n_{name}": getattr(self, f"n_{name}") for name in ATTRIBUTE_COUNTS},
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImageMatch":
         return cls(
             d["n_requested"], d["n_detected"], [tuple(p) for p in d["pairs"]], list(d["distances_px"]),
-            d.get("n_color_checked", 0), d.get("n_color_correct", 0),
+            **{f"n_{name}": d.get(f"n_{name}", 0) for name in ATTRIBUTE_COUNTS},
         )
 
 
@@ -141,14 +151,42 @@ def match_locations(
 
 def score_colors(match: ImageMatch, requested_colors: Sequence[int] | None, detected_colors: Sequence[int]) -> ImageMatch:
     """Record how many matched pairs also have the requested colour (``-1`` = not requested)."""
-    if requested_colors is None:
-        return match
-    checked = correct = 0
+    return score_attributes(match, requested_colors, None, detected_colors, None)
+
+
+def score_attributes(
+    match: ImageMatch,
+    requested_colors: Sequence[int] | None,
+    requested_shapes: Sequence[int] | None,
+    detected_colors: Sequence[int],
+    detected_shapes: Sequence[int] | None,
+    heldout: Iterable[tuple[int, int]] = (),
+) -> ImageMatch:
+    """Record, over matched pairs, whether the detected colour and shape are the requested ones.
+
+    ``-1`` marks an attribute that was not requested; ``detected_shapes=None`` means the detector
+    does not classify shapes. Pairs with both a colour and a shape requested are also scored as a
+    combination, split by whether ``(shape, colour)`` is in ``heldout`` (never seen in training).
+    """
+    held = {(int(s), int(c)) for s, c in heldout}
+    counts = dict.fromkeys(ATTRIBUTE_COUNTS, 0)
+
+    def tally(kind: str, ok: bool) -> None:
+        counts[f"{kind}_checked"] += 1
+        counts[f"{kind}_correct"] += int(ok)
+
     for r, d in match.pairs:
-        if requested_colors[r] >= 0:
-            checked += 1
-            correct += int(detected_colors[d] == requested_colors[r])
-    match.n_color_checked, match.n_color_correct = checked, correct
+        colour = requested_colors[r] if requested_colors is not None else -1
+        shape = requested_shapes[r] if requested_shapes is not None and detected_shapes is not None else -1
+        if colour >= 0:
+            tally("color", int(detected_colors[d]) == colour)
+        if shape >= 0:
+            tally("shape", int(detected_shapes[d]) == shape)
+        if colour >= 0 and shape >= 0:
+            both = int(detected_colors[d]) == colour and int(detected_shapes[d]) == shape
+            tally("heldout" if (shape, colour) in held else "seen", both)
+    for name, value in counts.items():
+        setattr(match, f"n_{name}", value)
     return match
 
 
@@ -194,6 +232,10 @@ class CountMetrics:
     mean_detected: float
     count_error_hist: dict[int, int] = field(default_factory=dict)  # detected - k -> images
     color_accuracy: float | None = None  # matched pairs with the requested colour; None if none asked
+    shape_accuracy: float | None = None  # ... with the requested shape
+    seen_combo_accuracy: float | None = None  # ... with colour and shape right, seen combinations
+    heldout_combo_accuracy: float | None = None  # ... the same, combinations held out of training
+    attribute_counts: dict[str, int] = field(default_factory=dict)  # summed per-image counts
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -228,7 +270,12 @@ def count_metrics(k: int, matches: Sequence[ImageMatch], z: float = 1.96) -> Cou
     n_match = sum(m.n_matched for m in matches)
     distances = [d for m in matches for d in m.distances_px]
     hist = Counter(m.n_detected - k for m in matches)
-    color_checked = sum(m.n_color_checked for m in matches)
+    totals = {name: sum(getattr(m, f"n_{name}") for m in matches) for name in ATTRIBUTE_COUNTS}
+
+    def rate(kind: str) -> float | None:
+        checked = totals[f"{kind}_checked"]
+        return totals[f"{kind}_correct"] / checked if checked else None
+
     return CountMetrics(
         k=k,
         n_images=n,
@@ -243,7 +290,11 @@ def count_metrics(k: int, matches: Sequence[ImageMatch], z: float = 1.96) -> Cou
         loc_error_px=float(np.mean(distances)) if distances else None,
         mean_detected=n_det / n,
         count_error_hist=dict(sorted(hist.items())),
-        color_accuracy=sum(m.n_color_correct for m in matches) / color_checked if color_checked else None,
+        color_accuracy=rate("color"),
+        shape_accuracy=rate("shape"),
+        seen_combo_accuracy=rate("seen"),
+        heldout_combo_accuracy=rate("heldout"),
+        attribute_counts={k: v for k, v in totals.items() if v},
     )
 
 

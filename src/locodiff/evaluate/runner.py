@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..conditioning import Conditioning
+from ..conditioning import ATTRIBUTE_NAMES, Conditioning
 from ..denoiser import Denoiser
 from ..io import append_jsonl, atomic_path, read_jsonl, write_json_atomic, write_text_atomic
 from ..imaging import to_uint8
@@ -39,7 +39,7 @@ from .heatmap import HeatmapConfig, load_or_train_detector
 from .figures import accuracy_plot, detection_grid
 from .metrics import (
     CountMetrics, EvalError, ImageMatch, SummaryOptions, count_metrics, default_tolerance_px,
-    match_locations, score_colors, summarize,
+    match_locations, score_attributes, summarize,
 )
 
 # (k, n, generator) -> n conditionings with exactly k locations each
@@ -235,12 +235,15 @@ def evaluate_denoiser(
     config: EvalConfig | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    holdout: tuple[tuple[int, int], ...] = (),
 ) -> EvalResult:
     """Sample ``per_count`` images for every k, detect and score them; resumable (see module doc).
 
     ``denoiser`` is any ``Denoiser`` producing [B, 3, resolution, resolution] images in [-1, 1];
     ``detector`` e.g. ``load_or_train_detector(data_cfg, cache)``; ``make_test_conditionings``
-    e.g. ``scene_conditionings(data_cfg)``.
+    e.g. ``scene_conditionings(data_cfg)``. When the conditionings carry attributes, matched
+    objects are also scored for colour and shape, and ``holdout`` ((shape, colour) index pairs the
+    model never saw in training) splits the combination accuracy into seen and held-out pairs.
     """
     from tqdm.auto import tqdm
 
@@ -276,7 +279,8 @@ def evaluate_denoiser(
             _check_images(x, part.batch_size, resolution, k)
             images = x.detach().float().cpu().clamp(-1, 1)
             dets = detector(images, value_range=(-1.0, 1.0))
-            lines += [_record(k, start + i, part[i], d, resolution, tolerance) for i, d in enumerate(dets)]
+            lines += [_record(k, start + i, part[i], d, resolution, tolerance, holdout)
+                      for i, d in enumerate(dets)]
             if len(strip) < cfg.grid_per_count:
                 strip += list(to_uint8(images[: cfg.grid_per_count - len(strip)]))
             bar.update(part.batch_size)
@@ -311,6 +315,7 @@ def evaluate_model(
     cache_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    holdout: tuple[tuple[int, int], ...] = (),
 ) -> EvalResult:
     """``evaluate_denoiser`` with everything derived from the data config: the study's entry point.
 
@@ -322,7 +327,8 @@ def evaluate_model(
     cache = Path(cache_dir) if cache_dir is not None else Path(out_dir).parent / "detectors"
     detector = build_detector(data_cfg, cfg, data_cfg.resolution, cache, progress)
     factory = scene_conditionings(data_cfg, cfg.min_separation)
-    return evaluate_denoiser(denoiser, detector, factory, data_cfg.resolution, out_dir, cfg, device, progress)
+    return evaluate_denoiser(denoiser, detector, factory, data_cfg.resolution, out_dir, cfg, device, progress,
+                             holdout)
 
 
 def eval_folder(run_dir: str | Path, config: EvalConfig, checkpoint: str) -> Path:
@@ -343,19 +349,24 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig, cache_dir: str | Path,
         raise EvalError(f"run {run_dir} has no checkpoint yet; train it before evaluating")
     denoiser, run_cfg = load_subject(run_dir)
     return evaluate_model(denoiser.to(device), run_cfg.data, eval_folder(run_dir, config, ckpt.name),
-                          config, cache_dir, device, progress)
+                          config, cache_dir, device, progress, run_cfg.holdout_indices())
 
 
-def _record(k: int, index: int, cond: Conditioning, det: Detections, resolution: int, tolerance: float) -> dict:
+def _record(k: int, index: int, cond: Conditioning, det: Detections, resolution: int, tolerance: float,
+            holdout: tuple[tuple[int, int], ...] = ()) -> dict:
     requested = cond.locations[0][cond.mask[0]].detach().cpu().double().numpy()
-    colors = None
+    colors = shapes = None
     if cond.attributes is not None:
-        colors = [int(c) for c in cond.attributes[0][cond.mask[0]][:, 0].tolist()]
+        attrs = cond.attributes[0][cond.mask[0]]
+        colors = [int(c) for c in attrs[:, ATTRIBUTE_NAMES.index("color")].tolist()]
+        shapes = [int(c) for c in attrs[:, ATTRIBUTE_NAMES.index("shape")].tolist()]
     m = match_locations(requested, det.centers, (resolution, resolution), tolerance)
-    score_colors(m, colors, det.color_index)
+    score_attributes(m, colors, shapes, det.color_index, det.shape_index, holdout)
+    held = None if shapes is None else [int((s, c) in set(holdout)) for s, c in zip(shapes, colors)]
     return {
         "k": k, "index": index,
         "requested": np.round(requested, 5).tolist(), "requested_colors": colors,
+        "requested_shapes": shapes, "requested_heldout": held,
         "detections": det.to_dict(), **m.to_dict(),
         "count_correct": m.count_correct, "placed": m.all_placed, "success": m.success,
     }

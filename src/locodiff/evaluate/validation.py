@@ -17,7 +17,7 @@ import torch
 
 from .detector import Detector
 from .heatmap import gaussian_blur
-from .metrics import count_metrics, default_tolerance_px, match_locations, score_colors
+from .metrics import count_metrics, default_tolerance_px, match_locations, score_attributes
 
 # name -> (blur sigma in pixels of the image, noise std in [0, 1] units)
 PERTURBATIONS: dict[str, tuple[float, float]] = {
@@ -48,7 +48,7 @@ def validate_detector(
     progress: bool = False,
 ) -> dict:
     """Per (resolution, perturbation, k): count / placed / success accuracy, recall, precision,
-    location error (px) and colour accuracy of the detector on renders of ``data_cfg``'s scenes.
+    location error (px), colour and shape accuracy of the detector on renders of ``data_cfg``'s scenes.
 
     ``detector`` is one detector for every resolution or a function ``resolution -> detector``
     (the colour detector is calibrated per resolution). Returns a JSON-able dict; format it with
@@ -75,13 +75,16 @@ def validate_detector(
                 matches = []
                 for b, d in enumerate(dets):
                     m = match_locations(out.centers[b][scenes.mask[b]].cpu().numpy(), d.centers, (res, res), default_tolerance_px(res))
-                    matches.append(score_colors(m, scenes.color[b][scenes.mask[b]].tolist(), d.color_index))
+                    present = scenes.mask[b]
+                    matches.append(score_attributes(m, scenes.color[b][present].tolist(), scenes.shape[b][present].tolist(),
+                                                    d.color_index, d.shape_index))
                 cm = count_metrics(k, matches)
                 rows.append({
                     "resolution": res, "perturbation": name, "k": k, "n": cm.n_images,
                     "count": cm.count, "placed": cm.placed, "success": cm.success,
                     "precision": cm.precision, "recall": cm.recall, "loc_error_px": cm.loc_error_px,
-                    "color_accuracy": cm.color_accuracy, "count_error_hist": {str(e): n for e, n in cm.count_error_hist.items()},
+                    "color_accuracy": cm.color_accuracy, "shape_accuracy": cm.shape_accuracy,
+                    "count_error_hist": {str(e): n for e, n in cm.count_error_hist.items()},
                 })
     first = detectors[resolutions[0]]
     return {
@@ -102,12 +105,17 @@ def _overall(rows: list[dict]) -> dict:
     summary: dict = {}
     for res, by_p in out.items():
         for p, rs in by_p.items():
-            errs = [x["loc_error_px"] for x in rs if x["loc_error_px"] is not None]
+            def mean_of(key: str) -> float | None:
+                values = [x.get(key) for x in rs if x.get(key) is not None]
+                return float(np.mean(values)) if values else None
+
             summary.setdefault(res, {})[p] = {
                 "count": float(np.mean([x["count"] for x in rs])),
                 "success": float(np.mean([x["success"] for x in rs])),
                 "min_success": float(min(x["success"] for x in rs)),
-                "loc_error_px": float(np.mean(errs)) if errs else None,
+                "loc_error_px": mean_of("loc_error_px"),
+                "color_accuracy": mean_of("color_accuracy"),
+                "shape_accuracy": mean_of("shape_accuracy"),
             }
     return summary
 

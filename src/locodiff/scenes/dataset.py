@@ -98,8 +98,16 @@ class DataConfig:
         counts = self.train_counts if split == "train" else self.test_counts
         return max(max(counts), 1)
 
+    def identity(self) -> dict:
+        """``to_dict`` without options left at a default that earlier versions lacked, so that
+        adding such an option does not change the hashes of existing caches and runs."""
+        d = to_dict(self)
+        if not d["scene"]["exclude_combos"]:
+            d["scene"].pop("exclude_combos")
+        return d
+
     def cache_key(self) -> str:
-        return config_hash({"format": FORMAT_VERSION, "data": to_dict(self)})
+        return config_hash({"format": FORMAT_VERSION, "data": self.identity()})
 
 
 def _check_split(split: str) -> None:

@@ -44,6 +44,7 @@ class SceneConfig:
     colors: tuple[str, ...] = vocab.COLOR_NAMES  # allowed colours
     materials: tuple[str, ...] = vocab.MATERIALS  # allowed materials
     sizes: tuple[str, ...] = vocab.SIZE_NAMES  # allowed sizes
+    exclude_combos: tuple[tuple[str, str], ...] = ()  # (shape, colour) pairs never drawn
     floor_extent: float = 3.0  # object positions are drawn from [-extent, extent]^2
     min_distance: float = 0.25  # min gap between objects' footprints, floor units
     min_separation: float = 0.12  # min image-plane distance between centres, fraction of the side
@@ -59,6 +60,7 @@ class SceneConfig:
         vocab.check_subset("material", self.materials, vocab.MATERIALS)
         vocab.check_subset("size", self.sizes, vocab.SIZE_NAMES)
         vocab.size_values()
+        self.allowed_combos()
         checks = [
             ("floor_extent", self.floor_extent > 0, "a positive number"),
             ("min_distance", self.min_distance >= 0, "a number >= 0"),
@@ -77,6 +79,17 @@ class SceneConfig:
             if not ok:
                 raise ConfigError(f"scene.{name}={getattr(self, name)!r}: expected {expected}")
         return self
+
+
+    def allowed_combos(self) -> tuple[tuple[int, int], ...]:
+        """Every allowed (shape, colour) index pair that is not excluded."""
+        excluded = set(vocab.combo_indices(self.exclude_combos))
+        pairs = tuple((vocab.shape_index(s), vocab.color_index(c)) for s in self.shapes for c in self.colors)
+        allowed = tuple(p for p in pairs if p not in excluded)
+        if not allowed:
+            raise ConfigError(f"scene.exclude_combos={[list(p) for p in self.exclude_combos]} leaves no "
+                              "(shape, colour) combination to draw")
+        return allowed
 
 
 def as_generator(seed_or_generator: int | torch.Generator) -> torch.Generator:
@@ -99,6 +112,7 @@ class SceneSampler:
         self._colors = torch.tensor([vocab.color_index(s) for s in c.colors])
         self._materials = torch.tensor([vocab.material_index(s) for s in c.materials])
         self._sizes = torch.tensor([vocab.size_index(s) for s in c.sizes])
+        self._combos = torch.tensor(c.allowed_combos()) if c.exclude_combos else None  # [P, 2]
         self._renderer = Renderer(c.visibility_resolution, 1, camera, threads=threads)
 
     # ----- public ---------------------------------------------------------------------------
@@ -196,8 +210,12 @@ class SceneSampler:
         """One round of slot-by-slot placement; returns the scenes and which ones succeeded."""
         c, b, r = self.config, len(counts), self.config.candidates
         scenes = SceneBatch.empty(b, n_slots)
-        scenes.shape[:] = self._draw(self._shapes, (b, n_slots), gen)
-        scenes.color[:] = self._draw(self._colors, (b, n_slots), gen)
+        if self._combos is None:  # shape and colour independent
+            scenes.shape[:] = self._draw(self._shapes, (b, n_slots), gen)
+            scenes.color[:] = self._draw(self._colors, (b, n_slots), gen)
+        else:  # uniform over the allowed pairs
+            pair = self._draw(self._combos, (b, n_slots), gen)
+            scenes.shape[:], scenes.color[:] = pair[..., 0], pair[..., 1]
         scenes.material[:] = self._draw(self._materials, (b, n_slots), gen)
         scenes.size[:] = self._draw(self._sizes, (b, n_slots), gen)
         scenes.rotations[:] = torch.rand(b, n_slots, generator=gen) * (2 * math.pi)

@@ -6,6 +6,9 @@ Colour values are CLEVR's own sRGB triples; sizes are object half-extents in flo
 
 from __future__ import annotations
 
+import torch
+from torch import Tensor
+
 from ..errors import SceneError
 
 SHAPES: tuple[str, ...] = ("cube", "sphere", "cylinder")
@@ -58,6 +61,27 @@ def check_subset(kind: str, names: tuple[str, ...], options: tuple[str, ...]) ->
     if len(set(names)) != len(names):
         raise SceneError(f"the allowed {kind}s {list(names)} contain duplicates")
     return tuple(names)
+
+
+def combo_indices(pairs) -> tuple[tuple[int, int], ...]:
+    """``(shape, colour)`` name pairs -> vocabulary index pairs, checking every name."""
+    out = []
+    for pair in pairs:
+        if len(pair) != 2:
+            raise SceneError(f"combination {list(pair)!r}: expected a [shape, colour] pair, e.g. [\"cube\", \"red\"]")
+        out.append((shape_index(pair[0]), color_index(pair[1])))
+    if len(set(out)) != len(out):
+        raise SceneError(f"the combinations {[list(p) for p in pairs]} contain duplicates")
+    return tuple(out)
+
+
+def has_combo(shape: Tensor, color: Tensor, mask: Tensor, pairs: tuple[tuple[int, int], ...]) -> Tensor:
+    """[B] bool: whether a scene (``[B, N]`` index tensors) holds an object with a listed
+    ``(shape, colour)`` index pair."""
+    hit = torch.zeros(mask.shape, dtype=torch.bool, device=mask.device)
+    for s, c in pairs:
+        hit |= (shape == s) & (color == c)
+    return (hit & mask).any(-1)
 
 
 def size_values() -> tuple[float, ...]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 
 from ..conditioning import Conditioning
+from ..scenes import vocab
 from ..scenes.conditioners import LabelPolicy, batch_conditioning
 from ..scenes.dataset import DataConfig, SceneDataset, SceneSource, to_model_batch
 from .loop import step_generator
@@ -16,13 +19,24 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
 
 
 class CachedBatches:
-    """Batches drawn from a cached split: a fresh permutation every epoch, seeded by the epoch."""
+    """Batches drawn from a cached split: a fresh permutation every epoch, seeded by the epoch.
 
-    def __init__(self, dataset: SceneDataset, policy: LabelPolicy, seed: int) -> None:
-        self.tensors = {k: v[dataset.index] for k, v in dataset.tensors.items()}
-        self.n = len(dataset)
+    ``holdout`` lists (shape, colour) index pairs held out of training: every scene holding an
+    object with such a pair (labelled or not) is skipped, so the model never sees the pair.
+    """
+
+    def __init__(self, dataset: SceneDataset, policy: LabelPolicy, seed: int,
+                 holdout: tuple[tuple[int, int], ...] = ()) -> None:
+        tensors = dataset.tensors
+        keep = dataset.index
+        if holdout:
+            held = vocab.has_combo(tensors["shape"][keep], tensors["color"][keep], tensors["mask"][keep], holdout)
+            keep = keep[~held]
+        self.tensors = {k: v[keep] for k, v in tensors.items()}
+        self.n = len(keep)
         if self.n == 0:
-            raise ValueError("the training split is empty")
+            raise ValueError("the training split is empty" + (" once the held-out combinations are removed"
+                                                              if holdout else ""))
         self.policy, self.seed = policy, seed
 
     def indices(self, step: int, size: int) -> Tensor:
@@ -42,7 +56,11 @@ class CachedBatches:
 class StreamBatches:
     """Batches rendered on the fly; the scenes of step ``s`` depend only on ``(seed, s)``."""
 
-    def __init__(self, cfg: DataConfig, policy: LabelPolicy, seed: int) -> None:
+    def __init__(self, cfg: DataConfig, policy: LabelPolicy, seed: int,
+                 holdout: tuple[tuple[int, int], ...] = ()) -> None:
+        if holdout:  # the sampler never draws a held-out pair
+            names = tuple((vocab.SHAPES[s], vocab.COLOR_NAMES[c]) for s, c in holdout)
+            cfg = replace(cfg, scene=replace(cfg.scene, exclude_combos=cfg.scene.exclude_combos + names))
         self.source = SceneSource(cfg)
         self.cfg, self.policy, self.seed = cfg, policy, seed
 

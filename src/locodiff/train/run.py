@@ -21,7 +21,7 @@ import torch
 
 from ..config import config_hash, from_dict, to_dict
 from ..diffusion import EDMLoss, EDMPrecond
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError, LocodiffError
 from ..io import write_json_atomic
 from ..models import ModelConfig, build_network
 from ..scenes.dataset import DataConfig
@@ -43,13 +43,39 @@ class RunConfig:
     name: str = "model"  # label used in reports
     seed: int = 0  # initialisation and data-order seed
     label_policy: Literal["all", "one"] = "all"  # which objects' locations are conditioners
+    # (shape, colour) pairs held out of training: scenes holding any such object are skipped
+    holdout_combos: tuple[tuple[str, str], ...] = ()
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        self.holdout_indices()
+
+    def holdout_indices(self) -> tuple[tuple[int, int], ...]:
+        """The held-out pairs as (shape, colour) vocabulary indices, checked against the data:
+        a pair the data never draws would be held out of nothing."""
+        from ..scenes import vocab
+
+        try:
+            pairs = vocab.combo_indices(self.holdout_combos)
+        except LocodiffError as e:
+            raise ConfigError(f"{self.name}: holdout_combos: {e}") from None
+        drawn = set(self.data.scene.allowed_combos())
+        missing = [list(n) for n, p in zip(self.holdout_combos, pairs) if p not in drawn]
+        if missing:
+            raise ConfigError(f"{self.name}: holdout_combos {missing} are never drawn by data.scene "
+                              f"(shapes {list(self.data.scene.shapes)}, colors {list(self.data.scene.colors)})")
+        if len(pairs) == len(drawn):
+            raise ConfigError(f"{self.name}: holdout_combos holds out every (shape, colour) pair of the data")
+        return pairs
+
     def identity_hash(self) -> str:
         """Hash of what determines the weights (schedule-only training options excluded)."""
         d = to_dict(dataclasses.replace(self, name="", model=self.model.resolved()))
+        d["data"] = self.data.identity()
+        if not d["holdout_combos"]:  # the default: keep hashes of earlier runs
+            d.pop("holdout_combos")
         for key in SCHEDULE_ONLY:
             d["train"].pop(key)
         if d["train"]["locality_penalty"] == 0:  # no penalty: its options change nothing
@@ -103,9 +129,10 @@ def default_source(cfg: RunConfig, data_root: Path | None = None) -> BatchSource
     from ..scenes.dataset import SceneDataset
     from .data import CachedBatches, StreamBatches
 
+    holdout = cfg.holdout_indices()
     if data_root is not None:
-        return CachedBatches(SceneDataset(data_root, "train"), cfg.label_policy, cfg.seed)
-    return StreamBatches(cfg.data, cfg.label_policy, cfg.seed)
+        return CachedBatches(SceneDataset(data_root, "train"), cfg.label_policy, cfg.seed, holdout)
+    return StreamBatches(cfg.data, cfg.label_policy, cfg.seed, holdout)
 
 
 def _with_sample_grids(cfg: RunConfig, run_dir: Path, then=None):
