@@ -152,6 +152,8 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--chunk", type=int, help="VJPs/JVPs per vmapped chunk (default 32; 8 with --full)")
     ap.add_argument("--probes", type=int, default=1, help="random tangents per token, sampled map")
+    ap.add_argument("--words", type=int, help="prompt tokens mapped one by one, the rest grouped "
+                                              "(default 4; 12 with --full)")
     ap.add_argument("--sigma", type=float, default=1.0, help="EDM noise level (SDXL: 0.029-14.6)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (1: do not fight other jobs on a small machine)")
@@ -214,6 +216,11 @@ def main(argv=None) -> None:
     with measure(t, "map_sampled", dev):
         map_s = token_sensitivity(ad, x, sigma, mode="sampled", probes=args.probes,
                                   chunk_size=args.chunk, generator=torch.Generator().manual_seed(1))
+    words = min(args.words or (12 if full else 4), tokens - 1)
+    groups = [[i] for i in range(words)] + [list(range(words, tokens))]
+    with measure(t, "map_words", dev):
+        token_sensitivity(ad, x, sigma, mode="sampled", probes=args.probes, chunk_size=args.chunk,
+                          generator=torch.Generator().manual_seed(2), groups=groups)
     exact = map_f if not full else None
     if full:  # the exact map is out of reach: compare at the probed pixels (row 1's exact rows)
         t["map_exact"] = (t["tok"][0] / (n_pix * 4) * size * size * 4, float("nan"))
@@ -248,6 +255,8 @@ def main(argv=None) -> None:
         row(f"token map, all {size * size} px: forward vs reverse", "map_fwd", "map_rev",
             f"{tokens * d} JVPs vs {size * size * c} VJPs; max rel. diff {map_err:.1e}")
     exact_how = ("extrapolated from row 1" if full else "forward mode, run")
+    row(f"token map, all px: {words} tokens + padding group vs {tokens} tokens", "map_words",
+        "map_sampled", f"{(words + 1) * args.probes} vs {tokens * args.probes} JVPs (both sampled)")
     row(f"token map, all {size * size} px: sampled ({args.probes}/token) vs exact", "map_sampled",
         "map_exact", f"{tokens * args.probes} JVPs vs exact {exact_how}; token energy err "
         f"{energy_err:.2f}, entry corr {entry_corr:.2f}")

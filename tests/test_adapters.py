@@ -336,6 +336,12 @@ def test_sampled_token_map_estimates_the_exact_one():
     torch.testing.assert_close(picked, again[:, :, [0, 3], [1, 2]])
     with pytest.raises(FeatureError, match="probes"):
         token_sensitivity(ad, x, 1.0, mode="sampled", probes=0)
+    # groups: a group's squared map is the sum of its members' (estimated jointly)
+    grouped = token_sensitivity(ad, x, 1.0, mode="sampled", probes=200, groups=[[0], [1, 2, 3]], generator=gen)
+    assert grouped.shape == (1, 2, *exact.shape[2:])
+    torch.testing.assert_close(grouped[:, 1].pow(2).sum(), exact[:, 1:4].pow(2).sum(), rtol=0.1, atol=0)
+    with pytest.raises(FeatureError, match="groups"):
+        token_sensitivity(ad, x, 1.0, mode="sampled", groups=[[0], [99]])
 
 
 def test_feature_sensitivity_wrt_tokens_on_diffusers_unet():

@@ -135,6 +135,7 @@ def test_attribute_scoring_splits_seen_and_heldout_combinations():
     cm = count_metrics(3, [m])
     assert (cm.color_accuracy, cm.shape_accuracy) == (1.0, 0.5)
     assert (cm.seen_combo_accuracy, cm.heldout_combo_accuracy) == (1.0, 0.0)
+    assert (cm.seen_color_accuracy, cm.heldout_color_accuracy) == (1.0, 1.0)
     assert cm.attribute_counts["heldout_checked"] == 1
     assert ImageMatch.from_dict(m.to_dict()) == m
     assert CountMetrics.from_dict(cm.to_dict()) == cm

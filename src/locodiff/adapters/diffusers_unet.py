@@ -52,7 +52,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -378,6 +378,7 @@ def token_sensitivity(
     chunk_size: int = 32,
     probes: int = 1,
     generator: torch.Generator | None = None,
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> Tensor:
     """Per-token conditional-locality map: ``|d target_i / d e_k|``, the norm over the embedding
     dimension (and the output channels) of how the score at output pixel ``i`` changes with the
@@ -390,14 +391,15 @@ def token_sensitivity(
     costing about two VJPs) are fewer. For a real text encoder (D = 768..2048) reverse mode
     always wins, even for the whole map; forward mode only pays for toy embeddings.
     ``mode="sampled"`` estimates the whole map from ``probes`` random tangents per token
-    (``T x probes`` JVPs): the affordable whole map for a real model.
+    (``T x probes`` JVPs): the affordable whole map for a real model; ``groups`` (lists of token
+    indices, e.g. each word alone and the padding together) measures groups jointly.
     """
     x = as_image_batch(x)
     p = adapter._resolve_prompt(prompt, x.shape[0])
     g = adapter.token_fn(x, sigma, p, target)
     return input_sensitivity(
         g, p.encoder_hidden_states, pixels=pixels, mode=mode, channels=channels,
-        chunk_size=chunk_size, probes=probes, generator=generator,
+        chunk_size=chunk_size, probes=probes, generator=generator, groups=groups,
     )
 
 

@@ -278,6 +278,7 @@ def input_sensitivity(
     chunk_size: int = 32,
     probes: int = 1,
     generator: torch.Generator | None = None,
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> Tensor:
     """How strongly each conditioner moves each output pixel: ``|d fn(theta)[b, :, i] /
     d theta[b, k]|``, the Frobenius norm over the conditioner's vector (``theta[b, k, ...]``) and
@@ -298,7 +299,10 @@ def input_sensitivity(
       ``probes`` random Gaussian tangents per conditioner (Hutchinson: ``E|J v|^2 = |J|_F^2``),
       ``K * probes`` JVPs for every output pixel at once, whatever the conditioner's length. The
       squared map's relative error per pixel is about ``sqrt(2 / (probes * C))`` for ``C``
-      output channels; maps averaged over pixels or images are much tighter.
+      output channels; maps averaged over pixels or images are much tighter. ``groups`` (lists
+      of conditioner indices) measures each group jointly — its map is the root of the sum of
+      its members' squared maps — for ``len(groups) * probes`` JVPs: e.g. a prompt's padding
+      tokens as one group beside its real tokens one by one. Returns ``[B, G, ...]`` then.
     Memory stays bounded: squared entries are accumulated chunk by chunk (``chunk_size`` passes
     at a time), never the whole Jacobian.
     """
@@ -322,11 +326,14 @@ def input_sensitivity(
         if mode == "reverse":
             return _reverse_sensitivity(fn, theta, pixels, channels, chunk_size)
         if mode == "sampled":
-            sens = _sampled_sensitivity(fn, theta, channels, chunk_size, probes, generator)
+            member = _group_matrix(groups, k, theta.device)
+            sens = _sampled_sensitivity(fn, theta, channels, chunk_size, probes, generator, member)
             if pixels is None:
                 return sens
             flat = flat_pixel_index(pixels, b, *sens.shape[-2:]).to(sens.device)
-            return sens.flatten(2).gather(2, flat[:, None, :].expand(-1, k, -1))
+            return sens.flatten(2).gather(2, flat[:, None, :].expand(-1, sens.shape[1], -1))
+        if groups is not None:
+            raise FeatureError("groups are measured by mode='sampled' only")
     raise FeatureError(f"mode={mode!r}: expected 'auto', 'forward', 'reverse' or 'sampled'")
 
 
@@ -356,23 +363,37 @@ def _forward_sensitivity(fn, theta: Tensor, channels: str, chunk_size: int) -> T
     return acc.sqrt().transpose(0, 1).contiguous()
 
 
+def _group_matrix(groups: Sequence[Sequence[int]] | None, k: int, device) -> Tensor:
+    """[G, K] 0/1 membership of conditioners in groups (default: every conditioner alone)."""
+    if groups is None:
+        return torch.eye(k, device=device)
+    member = torch.zeros(len(groups), k, device=device)
+    for g, items in enumerate(groups):
+        if len(items) == 0 or min(items) < 0 or max(items) >= k:
+            raise FeatureError(f"groups[{g}]={list(items)}: expected a non-empty list of indices in 0..{k - 1}")
+        member[g, list(items)] = 1.0
+    if len(groups) == 0:
+        raise FeatureError("groups is empty: expected at least one group of conditioners")
+    return member
+
+
 def _sampled_sensitivity(fn, theta: Tensor, channels: str, chunk_size: int, probes: int,
-                         generator: torch.Generator | None) -> Tensor:
-    """Hutchinson estimate of ``_forward_sensitivity``: ``probes`` Gaussian tangents per
-    conditioner, each on that conditioner's values only -> [B, K, H, W]."""
+                         generator: torch.Generator | None, member: Tensor) -> Tensor:
+    """Hutchinson estimate of ``_forward_sensitivity``: ``probes`` Gaussian tangents per group
+    of conditioners (``member [G, K]``), each on that group's values only -> [B, G, H, W]."""
     if probes < 1:
         raise FeatureError(f"probes={probes}: expected at least one random tangent per conditioner")
-    b, k = theta.shape[:2]
+    k = member.shape[0]  # groups
     n_dirs = k * probes
     group_of = torch.arange(n_dirs, device=theta.device) // probes
-    noise = torch.randn(n_dirs, b, *theta.shape[2:], generator=generator, dtype=torch.float32)
+    noise = torch.randn(n_dirs, *theta.shape, generator=generator, dtype=torch.float32)
     noise = noise.to(device=theta.device, dtype=theta.dtype)
+    shape = (1, 1, theta.shape[1]) + (1,) * (theta.ndim - 2)
     acc: Tensor | None = None
 
     def tangents(a: int, c: int) -> Tensor:
-        t = torch.zeros(c - a, *theta.shape, dtype=theta.dtype, device=theta.device)
-        t[torch.arange(c - a), :, group_of[a:c]] = noise[a:c]
-        return t
+        mask = member[group_of[a:c]].to(theta.dtype).reshape(c - a, *shape[1:])  # [n, 1, K, 1...]
+        return noise[a:c] * mask
 
     for a in range(0, n_dirs, chunk_size):
         c = min(a + chunk_size, n_dirs)

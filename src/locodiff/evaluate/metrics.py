@@ -40,7 +40,7 @@ REFERENCE_TOLERANCE_PX = 3.0
 REFERENCE_RESOLUTION = 32
 ACCURACY_KINDS = ("count", "placed", "success")
 # attribute scores kept per image as (checked, correct) counts
-ATTRIBUTE_KINDS = ("color", "shape", "seen", "heldout")
+ATTRIBUTE_KINDS = ("color", "shape", "seen", "heldout", "seen_color", "heldout_color")
 ATTRIBUTE_COUNTS = tuple(f"{kind}_{what}" for kind in ATTRIBUTE_KINDS for what in ("checked", "correct"))
 
 
@@ -69,11 +69,16 @@ class ImageMatch:
     n_shape_checked: int = 0  # matched pairs whose requested shape was given (and classified)
     n_shape_correct: int = 0  # ... and whose detected shape agrees
     # (shape, colour) combinations: matched pairs with both given, split by whether the model saw
-    # that combination in training; "correct" = colour and shape both right
+    # that combination in training; "correct" = colour and shape both right (``*_color``: the
+    # colour alone right, readable where shapes are hard to classify)
     n_seen_checked: int = 0
     n_seen_correct: int = 0
     n_heldout_checked: int = 0
     n_heldout_correct: int = 0
+    n_seen_color_checked: int = 0
+    n_seen_color_correct: int = 0
+    n_heldout_color_checked: int = 0
+    n_heldout_color_correct: int = 0
 
     @property
     def n_matched(self) -> int:
@@ -183,8 +188,9 @@ def score_attributes(
         if shape >= 0:
             tally("shape", int(detected_shapes[d]) == shape)
         if colour >= 0 and shape >= 0:
-            both = int(detected_colors[d]) == colour and int(detected_shapes[d]) == shape
-            tally("heldout" if (shape, colour) in held else "seen", both)
+            split = "heldout" if (shape, colour) in held else "seen"
+            tally(split, int(detected_colors[d]) == colour and int(detected_shapes[d]) == shape)
+            tally(f"{split}_color", int(detected_colors[d]) == colour)
     for name, value in counts.items():
         setattr(match, f"n_{name}", value)
     return match
@@ -235,6 +241,8 @@ class CountMetrics:
     shape_accuracy: float | None = None  # ... with the requested shape
     seen_combo_accuracy: float | None = None  # ... with colour and shape right, seen combinations
     heldout_combo_accuracy: float | None = None  # ... the same, combinations held out of training
+    seen_color_accuracy: float | None = None  # colour right, seen combinations
+    heldout_color_accuracy: float | None = None  # colour right, held-out combinations
     attribute_counts: dict[str, int] = field(default_factory=dict)  # summed per-image counts
 
     def to_dict(self) -> dict:
@@ -294,6 +302,8 @@ def count_metrics(k: int, matches: Sequence[ImageMatch], z: float = 1.96) -> Cou
         shape_accuracy=rate("shape"),
         seen_combo_accuracy=rate("seen"),
         heldout_combo_accuracy=rate("heldout"),
+        seen_color_accuracy=rate("seen_color"),
+        heldout_color_accuracy=rate("heldout_color"),
         attribute_counts={k: v for k, v in totals.items() if v},
     )
 

@@ -57,8 +57,7 @@ def concept_cosines(denoiser: nn.Module, images: Tensor, sigma: float, block: st
     net = denoiser.net
     block = block or default_block(net)
     b = images.shape[0]
-    x = images + sigma * torch.randn(images.shape, generator=generator, dtype=images.dtype)
-    s = torch.full((b,), float(sigma))
+    x, s = _noisy(images, sigma, generator)
     present = torch.ones(b, 1, dtype=torch.bool)
 
     def features(cond: Conditioning) -> Tensor:
@@ -87,14 +86,123 @@ def concept_cosines(denoiser: nn.Module, images: Tensor, sigma: float, block: st
     return out
 
 
+def _noisy(images: Tensor, sigma: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    x = images + sigma * torch.randn(images.shape, generator=generator, dtype=images.dtype)
+    return x, torch.full((images.shape[0],), float(sigma))
+
+
+@torch.no_grad()
+def attribute_concepts(denoiser: nn.Module, images: Tensor, sigma: float, colors: Sequence[int],
+                       shapes: Sequence[int], block: str | None = None,
+                       generator: torch.Generator | None = None,
+                       heldout: Sequence[tuple[int, int]] = ()) -> dict:
+    """Is a block's response to an object's colour and shape *additive* (a two-way decomposition)?
+
+    ``mu[c, s]`` is the block's mean feature with one conditioner at the image centre with colour
+    ``c`` and shape ``s`` (size and material index 0). Writing ``mu[c, s] = m + a_c + b_s + r_cs``
+    (grand mean, colour effect, shape effect, interaction), a model whose features compose colour
+    and shape has small interactions — a held-out pair's features are then predicted by the
+    pairs it was trained on — and colour directions ``a_c`` orthogonal to shape directions
+    ``b_s``. Returns the additive share of the variance ``1 - |r|^2 / |mu - m|^2``, the cosine
+    matrices of ``a`` and of ``b``, the mean |cos| between the two families, and (with
+    ``heldout`` (shape, colour) pairs) each pair's relative interaction, seen vs held out.
+    """
+    from ..adapters.features import capture_features, cosine_matrix
+
+    net = denoiser.net
+    block = block or default_block(net)
+    x, s = _noisy(images, sigma, generator)
+    b = images.shape[0]
+    centre, present = torch.full((b, 1, 2), 0.5), torch.ones(b, 1, dtype=torch.bool)
+    mu = []
+    for c in colors:
+        for sh in shapes:
+            attrs = torch.tensor([c, sh, 0, 0]).expand(b, 1, 4).clone()  # (color, shape, size, material)
+            with capture_features(net, block) as store:
+                denoiser(x, s, Conditioning(centre, present, attrs))
+            mu.append(store[block].double().reshape(b, -1).mean(0))
+    mu = torch.stack(mu).reshape(len(colors), len(shapes), -1)
+    grand = mu.mean((0, 1))
+    a, bs = mu.mean(1) - grand, mu.mean(0) - grand
+    resid = mu - grand - a[:, None] - bs[None]
+    total = (mu - grand).pow(2).sum()
+    cross = torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(bs, dim=1).T
+    rel = resid.norm(dim=-1) / (mu - grand).norm(dim=-1).clamp_min(1e-30)  # [colors, shapes]
+    held = {(int(sh), int(c)) for sh, c in heldout}
+    is_held = torch.tensor([[(sh, c) in held for sh in shapes] for c in colors])
+
+    def mean_or_none(values: Tensor) -> float | None:
+        return float(values.mean()) if values.numel() else None
+
+    def offdiag(cos: Tensor) -> float:
+        return float(cos[~torch.eye(cos.shape[0], dtype=torch.bool)].abs().nanmean()) if len(cos) > 1 else 0.0
+
+    cos_a, cos_b = cosine_matrix(a), cosine_matrix(bs)
+    return {
+        "block": block, "sigma": float(sigma), "colors": list(colors), "shapes": list(shapes),
+        "additive_share": float(1 - resid.pow(2).sum() / total) if total > 0 else None,
+        "color_cosine": cos_a.tolist(), "color_offdiag_abs_mean": offdiag(cos_a),
+        "shape_cosine": cos_b.tolist(), "shape_offdiag_abs_mean": offdiag(cos_b),
+        "color_shape_abs_cos_mean": float(cross.abs().mean()),
+        "interaction": rel.tolist(),
+        "interaction_seen_mean": mean_or_none(rel[~is_held]),
+        "interaction_heldout_mean": mean_or_none(rel[is_held]),
+    }
+
+
+def feature_conditional_locality(denoiser: nn.Module, images: Tensor, cond: Conditioning, sigma: float,
+                                 radius_px: float, block: str | None = None,
+                                 generator: torch.Generator | None = None) -> dict:
+    """Conditional locality *inside* the network: how much of each conditioner's effect on a
+    block's feature map (|d features / d location|, forward mode, all feature pixels) falls
+    within ``radius_px`` image pixels of the conditioner's own location.
+
+    The share is 1 for a conditioner that only touches the features near where it points and
+    about the area fraction of the disc for one that reaches everywhere. Returns the mean over
+    conditioners (and test scenes), the chance level for the same discs, and the map size.
+    """
+    from ..adapters.features import feature_fn, input_sensitivity
+
+    net = denoiser.net
+    block = block or default_block(net)
+    x, s = _noisy(images, sigma, generator)
+    loc = cond.locations.detach()
+    f = feature_fn(net, block, lambda theta: denoiser(x, s, cond.with_locations(theta)))
+    sens = input_sensitivity(f, loc, mode="forward")  # [B, K, h, w]
+    _, _, h, w = sens.shape
+    side = images.shape[-1]
+    ys, xs = (torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    dist = ((gx - loc[..., 0, None, None]).pow(2) + (gy - loc[..., 1, None, None]).pow(2)).sqrt() * side
+    inside = (dist <= radius_px).double()
+    energy = sens.double().pow(2)
+    total = energy.sum((2, 3))
+    valid = cond.mask & (total > 0)
+    share = (energy * inside).sum((2, 3)) / total.clamp_min(1e-300)
+    area = inside.mean((2, 3))
+    return {"block": block, "sigma": float(sigma), "radius_px": float(radius_px), "feature_map": [h, w],
+            "mass_within": float(share[valid].mean()) if valid.any() else None,
+            "chance": float(area[valid].mean()) if valid.any() else None,
+            "conditioners": int(valid.sum())}
+
+
 def feature_run(folder: Path, denoiser: nn.Module, images: Tensor, sigma: float, grid: int, seed: int,
-                colors: Sequence[int] = ()) -> Path | None:
-    """Write ``features.json`` into a probe folder (skipped for denoisers without a ``net``)."""
+                colors: Sequence[int] = (), shapes: Sequence[int] = (), heldout: Sequence[tuple[int, int]] = (),
+                cond: Conditioning | None = None, radius_px: float | None = None) -> Path | None:
+    """Write ``features.json`` into a probe folder (skipped for denoisers without a ``net``):
+    location concept cosines, colour x shape decomposition (``colors`` and ``shapes`` given) and
+    feature-space conditional locality (``cond`` and ``radius_px`` given)."""
     path = Path(folder) / FEATURES_FILE
     if path.is_file() or not hasattr(denoiser, "net"):
         return path if path.is_file() else None
     result = concept_cosines(denoiser, images, sigma, grid=grid, generator=torch.Generator().manual_seed(seed),
                              colors=colors)
+    if colors and shapes:
+        result["attributes"] = attribute_concepts(denoiser, images, sigma, colors, shapes,
+                                                  generator=torch.Generator().manual_seed(seed), heldout=heldout)
+    if cond is not None and radius_px is not None and bool(cond.mask.any()):
+        result["conditional_locality"] = feature_conditional_locality(
+            denoiser, images, cond, sigma, radius_px, generator=torch.Generator().manual_seed(seed))
     write_json_atomic(path, result)
     return path
 

@@ -70,7 +70,8 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
     if not (folder / SUMMARY_FILE).is_file():
         _probe(folder, run_dir, run_cfg, ckpt, denoiser, images, cond, options, seed, progress)
     feature_run(folder, denoiser, images, options.feature_sigma, options.feature_grid, seed,
-                colour_concepts(run_cfg))
+                colour_concepts(run_cfg), shape_concepts(run_cfg), run_cfg.holdout_indices(),
+                cond=cond, radius_px=options.radius_px)
     return folder
 
 
@@ -79,6 +80,13 @@ def colour_concepts(run_cfg) -> list[int]:
     if not run_cfg.model.use_attributes:
         return []
     return [vocab.color_index(c) for c in run_cfg.data.scene.colors]
+
+
+def shape_concepts(run_cfg) -> list[int]:
+    """Shape indices of the data's shapes for a model that reads attributes, else none."""
+    if not run_cfg.model.use_attributes:
+        return []
+    return [vocab.shape_index(s) for s in run_cfg.data.scene.shapes]
 
 
 def _probe(folder, run_dir, run_cfg, ckpt, denoiser, images, cond, options, seed, progress) -> None:
