@@ -164,3 +164,27 @@ def test_feature_run_on_a_real_attribute_model(tmp_path):
     assert out["attributes"]["interaction_heldout_mean"] is not None
     loc = out["conditional_locality"]
     assert loc["conditioners"] == 3 and 0 < loc["chance"] < 1 and 0 <= loc["mass_within"] <= 1
+
+
+def test_report_shows_a_diffusers_probe_when_one_was_run(tmp_path):
+    from locodiff.adapters.probe import write_probe
+    from locodiff.report.build import diffusers_section
+    from locodiff.report.document import Figure, Table
+    from locodiff.study_config import load_study_config
+
+    cfg = load_study_config("micro", sets=[f"out_dir={str(tmp_path)!r}"])
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    empty = diffusers_section(cfg, figures)
+    assert not any(isinstance(b, Table) for b in empty.blocks)
+    result = {"latent_shape": [1, 4, 8, 8], "sigmas": [0.5, 2.0], "n_pixels": 4, "radius_px": 2.0,
+              "top_share": 0.1, "chance_concentration": 0.1,
+              "per_sigma": [{"sigma": s, "mass_within_radius": 0.8, "effective_radius_90": 1.5,
+                             "token_concentration": [0.2, None, 0.3], "token_concentration_mean": 0.25}
+                            for s in (0.5, 2.0)]}
+    write_probe(result, tmp_path / "probe-diffusers")
+    sec = diffusers_section(cfg, figures)
+    (table,) = [b for b in sec.blocks if isinstance(b, Table)]
+    assert [r[0] for r in table.rows] == [0.5, 2.0] and table.rows[0][3] == 0.25
+    (fig,) = [b for b in sec.blocks if isinstance(b, Figure)]
+    assert fig.path.is_file() and fig.path.parent == figures

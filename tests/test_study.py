@@ -35,7 +35,7 @@ def finished(tmp_path_factory):
 
 def test_every_stage_writes_its_results(finished):
     cfg = finished
-    assert set(subject_dirs(cfg)) == {"exp1", "exp2", "exp3_local", "exp3_masked"}
+    assert set(subject_dirs(cfg)) == {"exp1", "exp2", "exp3_local", "exp3_masked", "exp1_combo"}
     for name, folder in subject_dirs(cfg).items():
         (eval_dir,) = folder.glob("eval-*")
         summary = json.loads((eval_dir / "eval.json").read_text())
@@ -72,6 +72,22 @@ def test_the_local_model_is_more_local_than_the_attention_model(finished):
         (probe,) = subject_dirs(finished)[name].glob("locality-*")
         cos[name] = json.loads((probe / "features.json").read_text())["offdiag_abs_mean"]
     assert cos["exp3_local"] < 0.2 < cos["exp1"]
+
+
+def test_held_out_combinations_run_through_every_stage(finished):
+    folder = subject_dirs(finished)["exp1_combo"]
+    assert len(json.loads((folder / "config.json").read_text())["holdout_combos"]) == 6
+    (eval_dir,) = folder.glob("eval-*")
+    lines = [json.loads(line) for line in (eval_dir / "eval.jsonl").read_text().splitlines()]
+    assert all(r["requested_shapes"] is not None for r in lines if r["k"])
+    assert sum(sum(r["requested_heldout"]) for r in lines if r["k"]) > 0  # test scenes ask for held-out pairs
+    (probe,) = folder.glob("locality-*")
+    feats = json.loads((probe / "features.json").read_text())
+    assert "attributes" in feats and feats["attributes"]["interaction_heldout_mean"] is not None
+    assert feats["conditional_locality"]["conditioners"] > 0
+    md = (Path(finished.out_dir) / "report" / "report.md").read_text()
+    assert "**Held-out combinations.**" in md and "| exp1_combo | 6 |" in md
+    assert "## Large text-to-image models" in md and "No diffusers model has been probed" in md
 
 
 def test_rerun_skips_finished_work(finished):

@@ -143,8 +143,10 @@ def test_held_out_combinations_never_reach_training(tmp_path):
     run = dataclasses.replace(tiny_run(), holdout_combos=held)
     assert run.holdout_indices() == idx
     assert run.identity_hash() != tiny_run().identity_hash()
-    with pytest.raises(ConfigError, match="never drawn"):
-        dataclasses.replace(tiny_run(), data=dataclasses.replace(
-            TINY_DATA, scene=dataclasses.replace(TINY_DATA.scene, colors=("red",))), holdout_combos=(("cube", "blue"),))
+    red_only = dataclasses.replace(TINY_DATA, scene=dataclasses.replace(TINY_DATA.scene, colors=("red",)))
+    assert dataclasses.replace(tiny_run(), data=red_only, holdout_combos=(("cube", "blue"),)).holdout_indices()
+    with pytest.raises(ConfigError, match="every"):
+        dataclasses.replace(tiny_run(), data=red_only,
+                            holdout_combos=(("cube", "red"), ("sphere", "red"), ("cylinder", "red")))
     with pytest.raises(ConfigError, match="unknown shape"):
         dataclasses.replace(tiny_run(), holdout_combos=(("cone", "red"),))

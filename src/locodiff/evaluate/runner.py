@@ -35,7 +35,7 @@ from ..denoiser import Denoiser
 from ..io import append_jsonl, atomic_path, read_jsonl, write_json_atomic, write_text_atomic
 from ..imaging import to_uint8
 from .detector import ColorDetector, Detections, Detector
-from .heatmap import HeatmapConfig, load_or_train_detector
+from .heatmap import DETECTOR_VERSION, HeatmapConfig, load_or_train_detector
 from .figures import accuracy_plot, detection_grid
 from .metrics import (
     CountMetrics, EvalError, ImageMatch, SummaryOptions, count_metrics, default_tolerance_px,
@@ -335,7 +335,10 @@ def eval_folder(run_dir: str | Path, config: EvalConfig, checkpoint: str) -> Pat
     """Where the evaluation of ``run_dir``'s ``checkpoint`` under ``config`` is stored."""
     from ..config import config_hash
 
-    return Path(run_dir) / f"eval-{config_hash({'config': asdict(config), 'checkpoint': checkpoint})}"
+    key = {"config": asdict(config), "checkpoint": checkpoint}
+    if config.detector == "heatmap":  # a retrained detector (new version) scores afresh, elsewhere
+        key["detector_version"] = DETECTOR_VERSION
+    return Path(run_dir) / f"eval-{config_hash(key)}"
 
 
 def evaluate_run(run_dir: str | Path, config: EvalConfig, cache_dir: str | Path,
