@@ -448,7 +448,8 @@ def test_probe_diffusers_cli_on_a_saved_tiny_sdxl(tmp_path):
     save_file({"encoder_hidden_states": p.encoder_hidden_states.contiguous(), "text_embeds": p.text_embeds.contiguous(),
                "time_ids": p.time_ids.contiguous()}, str(tmp_path / "prompt.safetensors"))
     args = ["probe-diffusers", "--model", str(tmp_path / "model"), "--embeddings", str(tmp_path / "prompt.safetensors"),
-            "--latent-size", str(SIZE), "--sigmas", "0.5,3", "--pixels", "4", "--out", str(tmp_path / "out")]
+            "--latent-size", str(SIZE), "--sigmas", "0.5,3", "--pixels", "4", "--out", str(tmp_path / "out"),
+            "--words", "2", "--probes", "2"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     result = json.loads((tmp_path / "out" / "probe.json").read_text())
@@ -457,6 +458,12 @@ def test_probe_diffusers_cli_on_a_saved_tiny_sdxl(tmp_path):
         assert len(r["token_concentration"]) == TOKENS
         assert 0 <= r["mass_within_radius"] <= 1 and 0.1 <= r["token_concentration_mean"] <= 1.0 + 1e-9
     assert (tmp_path / "out" / "token_concentration.png").stat().st_size > 1000
+    from safetensors.torch import load_file
+
+    maps = load_file(str(tmp_path / "out" / "token_maps.safetensors"))["maps"]
+    assert maps.shape == (2, 3, SIZE, SIZE) and (maps >= 0).all() and maps.sum() > 0  # 2 words + padding
+    assert result["map_words"] == 2 and len(result["per_sigma"][0]["map_concentration"]) == 3
+    assert (tmp_path / "out" / "token_maps.png").is_file()
     bad = CliRunner().invoke(app, ["probe-diffusers", "--model", str(tmp_path / "nope"), "--embeddings",
                                    str(tmp_path / "prompt.safetensors")])
     assert bad.exit_code == 2 and "nope" in bad.output

@@ -313,6 +313,8 @@ def probe_diffusers_cmd(
     device: str = DeviceOpt,
     out: Path = typer.Option(Path("runs/probe-diffusers"), "--out", "-o", help="Output folder."),
     seed: int = typer.Option(0, "--seed", help="Seed of the latents, noise and probed pixels."),
+    words: int = typer.Option(0, "--words", help="Also map every latent pixel for the first N tokens (the rest as one padding group): (N+1) x probes JVPs per sigma."),
+    probes: int = typer.Option(1, "--probes", help="Random tangents per mapped token (--words): more = less noisy maps."),
 ) -> None:
     """Spatial and per-token conditional locality of a diffusers UNet (SD 1.x/2.x, SDXL) in latent space."""
     import torch
@@ -337,7 +339,7 @@ def probe_diffusers_cmd(
         else:
             lat = torch.randn(1, channels, latent_size, latent_size, generator=torch.Generator().manual_seed(seed))
         result = probe_diffusers(adapter, lat.float().to(device), [float(s) for s in sigmas.split(",")], pixels,
-                                 radius, seed=seed, progress=True)
+                                 radius, seed=seed, progress=True, words=words, probes=probes)
         path = write_probe(result, out)
     for line in summary_lines(result):
         typer.echo(line)

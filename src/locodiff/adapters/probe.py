@@ -39,10 +39,16 @@ def token_concentration(sensitivity: Tensor, top_share: float = 0.1) -> Tensor:
 
 def probe_diffusers(
     adapter, latents: Tensor, sigmas: Sequence[float], n_pixels: int = 16, radius_px: float = 2.0,
-    top_share: float = 0.1, seed: int = 0, progress: bool = False,
+    top_share: float = 0.1, seed: int = 0, progress: bool = False, words: int = 0, probes: int = 1,
 ) -> dict:
     """Spatial and per-token conditional locality of ``adapter`` (a ``DiffusersDenoiser`` holding
-    its prompt) at each sigma; returns a JSON-able summary."""
+    its prompt) at each sigma; returns a JSON-able summary.
+
+    With ``words > 0`` also the whole per-token map at every latent pixel of the first image, for
+    the first ``words`` tokens one by one and the remaining (padding) tokens as one group, each
+    estimated from ``probes`` random tangents (``(words + 1) * probes`` JVPs per sigma); the maps
+    ride along under the key ``"_token_maps"`` ([sigmas, words + 1, H, W], not JSON) for
+    ``write_probe`` to save."""
     from ..locality.probe import probe_locality, sample_pixels
     from .diffusers_unet import token_sensitivity
 
@@ -55,6 +61,12 @@ def probe_diffusers(
                              radius=radius_px, pixels=pixels, keep_maps=False, progress=progress, n_boot=200)
     r_index = spatial.radii.index(float(radius_px))
     noise = torch.randn(latents.shape, generator=gen, dtype=latents.dtype)
+    tokens = adapter.prompt.tokens
+    if words < 0 or (words and tokens < 2):
+        raise LocodiffError(f"words={words}: expected 0 (no whole maps) or a count below the {tokens} prompt tokens")
+    words = min(words, tokens - 1)
+    groups = [[i] for i in range(words)] + [list(range(words, tokens))]
+    maps = []
     per_sigma = []
     for sigma, summary in zip(spatial.sigmas, spatial.summaries):
         sens = token_sensitivity(adapter, latents + sigma * noise, sigma, pixels=pixels)  # [B, T, P]
@@ -66,9 +78,18 @@ def probe_diffusers(
             "token_concentration": [None if math.isnan(v) else v for v in conc.tolist()],
             "token_concentration_mean": float(conc.nanmean()),
         })
-    return {"latent_shape": list(latents.shape), "sigmas": list(spatial.sigmas), "n_pixels": n_pixels,
-            "radius_px": radius_px, "top_share": top_share, "chance_concentration": top_share,
-            "per_sigma": per_sigma}
+        if words:
+            whole = token_sensitivity(adapter, latents[:1] + sigma * noise[:1], sigma, mode="sampled",
+                                      probes=probes, groups=groups, generator=gen)  # [1, words + 1, H, W]
+            maps.append(whole[0].float().cpu())
+            whole_conc = token_concentration(whole.flatten(2), top_share)
+            per_sigma[-1]["map_concentration"] = [None if math.isnan(v) else v for v in whole_conc.tolist()]
+    result = {"latent_shape": list(latents.shape), "sigmas": list(spatial.sigmas), "n_pixels": n_pixels,
+              "radius_px": radius_px, "top_share": top_share, "chance_concentration": top_share,
+              "per_sigma": per_sigma}
+    if words:
+        result.update(map_words=words, map_probes=probes, _token_maps=torch.stack(maps))
+    return result
 
 
 def write_probe(result: dict, out_dir: str | Path) -> Path:
@@ -77,8 +98,19 @@ def write_probe(result: dict, out_dir: str | Path) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    result = dict(result)
+    maps = result.pop("_token_maps", None)
     write_json_atomic(out / "probe.json", result)
     import matplotlib.pyplot as plt
+
+    if maps is not None:
+        from safetensors.torch import save_file
+
+        from ..io import atomic_path
+
+        with atomic_path(out / "token_maps.safetensors") as tmp:
+            save_file({"maps": maps.contiguous()}, str(tmp))
+        save_figure(_token_map_figure(maps, result), out / "token_maps.png")
 
     fig, ax = plt.subplots(figsize=(5.0, 3.2))
     for i, row in enumerate(result["per_sigma"]):
@@ -93,6 +125,25 @@ def write_probe(result: dict, out_dir: str | Path) -> Path:
     save_figure(fig, out / "token_concentration.png")
     plt.close(fig)
     return out / "probe.json"
+
+
+def _token_map_figure(maps: Tensor, result: dict):
+    """One row per sigma, one panel per mapped token (the last: the padding group)."""
+    import matplotlib.pyplot as plt
+
+    n_sigma, n_maps = maps.shape[:2]
+    fig, axes = plt.subplots(n_sigma, n_maps, figsize=(1.1 * n_maps, 1.15 * n_sigma), squeeze=False)
+    for i in range(n_sigma):
+        for j in range(n_maps):
+            ax = axes[i, j]
+            ax.imshow(maps[i, j].numpy(), cmap="magma")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title("pad" if j == n_maps - 1 else f"t{j}", fontsize=7)
+        axes[i, 0].set_ylabel(f"σ={result['sigmas'][i]:g}", fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def load_prompt_file(path: str | Path):
