@@ -467,3 +467,29 @@ def test_probe_diffusers_cli_on_a_saved_tiny_sdxl(tmp_path):
     bad = CliRunner().invoke(app, ["probe-diffusers", "--model", str(tmp_path / "nope"), "--embeddings",
                                    str(tmp_path / "prompt.safetensors")])
     assert bad.exit_code == 2 and "nope" in bad.output
+
+
+def test_block_pixel_sensitivity_against_autograd_and_locality():
+    from locodiff.adapters.features import block_pixel_sensitivity, replaced_block_fn
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 5, 3, padding=1), torch.nn.Tanh())
+    x = torch.randn(2, 3, 6, 6)
+    fn = replaced_block_fn(net, "0", "1", lambda: net(x))
+    theta = net[0](x).detach()
+    torch.testing.assert_close(fn(theta), net[1](theta))  # the replaced block feeds the target
+    pix = [[2, 3], [0, 0]]
+    sens = block_pixel_sensitivity(fn, theta, pix, probes=400, generator=torch.Generator().manual_seed(1))
+    assert sens.shape == (2, 2, 6, 6)
+    exact = torch.zeros(2, 2, 6, 6)
+    for b in range(2):
+        for p, (r, c) in enumerate(pix):
+            for ch in range(5):
+                t = theta.clone().requires_grad_(True)
+                (g,) = torch.autograd.grad(net[1](t)[b, ch, r, c], t)
+                exact[b, p] += g[b].pow(2).sum(0)
+    exact = exact.sqrt()
+    torch.testing.assert_close(sens.pow(2).sum((2, 3)), exact.pow(2).sum((2, 3)), rtol=0.15, atol=0)
+    assert (sens[:, 0, :1, :] == 0).all() and (sens[:, 0, 1:4, 2:5] > 0).all()  # a 3x3 conv: 3x3 support
+    with pytest.raises(FeatureError, match="probes"):
+        block_pixel_sensitivity(fn, theta, pix, probes=0)

@@ -188,3 +188,36 @@ def test_report_shows_a_diffusers_probe_when_one_was_run(tmp_path):
     assert [r[0] for r in table.rows] == [0.5, 2.0] and table.rows[0][3] == 0.25
     (fig,) = [b for b in sec.blocks if isinstance(b, Figure)]
     assert fig.path.is_file() and fig.path.parent == figures
+
+
+class ToyBlocks(torch.nn.Module):
+    """middle.0 = 1x1 conv of the image; middle.1 = a 3x3 conv (local) or a global mixing."""
+
+    class GlobalMix(torch.nn.Module):
+        def forward(self, f):
+            return 0.1 * f + f.mean((2, 3), keepdim=True) * 3.0  # mostly the whole map
+
+    def __init__(self, local: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Module()
+        second = torch.nn.Conv2d(4, 4, 3, padding=1) if local else ToyBlocks.GlobalMix()
+        self.net.middle = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), second)
+
+    def forward(self, x, sigma, cond):
+        return self.net.middle(x)
+
+
+def test_block_locality_tells_a_convolution_from_global_mixing():
+    from locodiff.conditioning import Conditioning
+    from locodiff.locality.feature_space import block_locality, previous_block
+
+    assert previous_block(None, "middle.1") == "middle.0" and previous_block(None, "middle.0") is None
+    images = torch.rand(2, 3, 16, 16)
+    cond = Conditioning.from_lists([[(0.3, 0.3)], [(0.5, 0.5)]])
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    conv = block_locality(ToyBlocks(True), images, cond, 1.0, radius_px=1.5, generator=gen())
+    mix = block_locality(ToyBlocks(False), images, cond, 1.0, radius_px=1.5, generator=gen())
+    assert conv["source"] == "middle.0" and conv["block"] == "middle.1" and conv["feature_map"] == [16, 16]
+    assert conv["mass_within"] > 0.99  # a 3x3 kernel lies within 1.5 px
+    assert mix["mass_within"] < 0.5 and mix["chance"] == pytest.approx(conv["chance"]) and mix["chance"] < 0.05

@@ -167,6 +167,65 @@ def feature_fn(
     return f
 
 
+def replaced_block_fn(
+    model: nn.Module, source: str, target: str, call: Callable[[], Any]
+) -> Callable[[Tensor], Tensor]:
+    """``theta -> output of target`` when block ``source`` outputs ``theta`` instead of what it
+    computed: the function whose Jacobian says which features of ``source`` a ``target``
+    feature depends on. ``call()`` runs the model; the forward pass stops after ``target``."""
+    module = resolve_blocks(model, [source])[source]
+
+    def f(theta: Tensor) -> Tensor:
+        def swap(mod: nn.Module, args: Any, output: Any) -> Tensor:
+            if not isinstance(output, Tensor) or output.shape != theta.shape:
+                raise FeatureError(f"block {source!r} must output one tensor of shape {tuple(theta.shape)} "
+                                   "to be replaced")
+            return theta
+
+        handle = module.register_forward_hook(swap)
+        try:
+            return feature_fn(model, target, lambda _: call())(theta)
+        finally:
+            handle.remove()
+
+    return f
+
+
+def block_pixel_sensitivity(
+    fn: Callable[[Tensor], Tensor], theta: Tensor, pixels, *, probes: int = 4,
+    generator: torch.Generator | None = None, chunk_size: int = 32,
+) -> Tensor:
+    """How strongly each probed output pixel depends on each input pixel of a feature map:
+    ``[B, P, Hin, Win]``, the norm over input channels of ``d fn(theta)[b, :, p] / d theta[b]``
+    with the output channels folded by ``probes`` random projections (Hutchinson, unbiased in
+    the squared norm). ``fn`` maps ``theta [B, Cin, Hin, Win]`` to ``[B, C, H, W]``; ``pixels``
+    as in ``pixel_jacobian`` (at the output's resolution)."""
+    theta = _check_theta(theta, min_dims=3)
+    if probes < 1:
+        raise FeatureError(f"probes={probes}: expected at least one random projection per pixel")
+    with transform_context():
+        out, vjp_fn = vjp(fn, theta)
+        b, c_out, h, w = _output_shape(out)
+        flat = flat_pixel_index(pixels, b, h, w).to(out.device)  # [B, P]
+        n_pix = flat.shape[1]
+        n_rows = n_pix * probes
+        noise = torch.randn(n_rows, b, c_out, generator=generator, dtype=torch.float32).to(out)
+
+        def cotangents(a: int, z: int) -> Tensor:
+            cot = torch.zeros(z - a, b, c_out, h * w, dtype=out.dtype, device=out.device)
+            rows = torch.arange(a, z, device=out.device)
+            where = flat[:, rows // probes].T  # [n, B]
+            cot.scatter_(3, where[:, :, None, None].expand(-1, -1, c_out, 1), noise[a:z, :, :, None])
+            return cot.reshape(z - a, b, c_out, h, w)
+
+        acc = torch.zeros(n_pix, b, *theta.shape[2:], dtype=_acc_dtype(out.dtype), device=out.device)
+        for a in range(0, n_rows, chunk_size):
+            z = min(a + chunk_size, n_rows)
+            rows = batched_vjp(vjp_fn, z - a, lambda i, j: cotangents(a + i, a + j), chunk_size)
+            acc.index_add_(0, torch.arange(a, z, device=out.device) // probes, rows.to(acc.dtype).pow(2).sum(2))
+    return (acc / probes).sqrt().transpose(0, 1).contiguous()
+
+
 # ----- mean differences ----------------------------------------------------------------------
 
 

@@ -169,21 +169,64 @@ def feature_conditional_locality(denoiser: nn.Module, images: Tensor, cond: Cond
     loc = cond.locations.detach()
     f = feature_fn(net, block, lambda theta: denoiser(x, s, cond.with_locations(theta)))
     sens = input_sensitivity(f, loc, mode="forward")  # [B, K, h, w]
-    _, _, h, w = sens.shape
-    side = images.shape[-1]
-    ys, xs = (torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    dist = ((gx - loc[..., 0, None, None]).pow(2) + (gy - loc[..., 1, None, None]).pow(2)).sqrt() * side
-    inside = (dist <= radius_px).double()
-    energy = sens.double().pow(2)
-    total = energy.sum((2, 3))
-    valid = cond.mask & (total > 0)
-    share = (energy * inside).sum((2, 3)) / total.clamp_min(1e-300)
-    area = inside.mean((2, 3))
+    share, area = _share_within(sens.double().pow(2), loc, images.shape[-1], radius_px)
+    h, w = sens.shape[-2:]
+    valid = cond.mask & (sens.pow(2).sum((2, 3)) > 0)
     return {"block": block, "sigma": float(sigma), "radius_px": float(radius_px), "feature_map": [h, w],
             "mass_within": float(share[valid].mean()) if valid.any() else None,
             "chance": float(area[valid].mean()) if valid.any() else None,
             "conditioners": int(valid.sum())}
+
+
+def previous_block(net: nn.Module, block: str) -> str | None:
+    """The block before ``block`` in its container (``middle.1`` -> ``middle.0``), if any."""
+    container, _, index = block.rpartition(".")
+    if not index.isdigit() or int(index) == 0:
+        return None
+    return f"{container}.{int(index) - 1}" if container else str(int(index) - 1)
+
+
+def _share_within(energy: Tensor, centres: Tensor, side: int, radius_px: float) -> tuple[Tensor, Tensor]:
+    """Share of each map's energy ``[..., h, w]`` within ``radius_px`` image pixels of its centre
+    ``[..., 2]`` (x, y in [0, 1]), and the area share of that disc (chance)."""
+    h, w = energy.shape[-2:]
+    ys, xs = (torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    dist = ((gx - centres[..., 0, None, None]).pow(2) + (gy - centres[..., 1, None, None]).pow(2)).sqrt() * side
+    inside = (dist <= radius_px).double()
+    total = energy.sum((-2, -1))
+    return (energy * inside).sum((-2, -1)) / total.clamp_min(1e-300), inside.mean((-2, -1))
+
+
+def block_locality(denoiser: nn.Module, images: Tensor, cond: Conditioning, sigma: float, radius_px: float,
+                   block: str | None = None, source: str | None = None, pixels: int = 8, probes: int = 4,
+                   generator: torch.Generator | None = None) -> dict | None:
+    """Spatial locality *between blocks*: for sampled feature pixels of ``block``, the share of
+    their dependence on the previous block's feature map (``source``) that lies within
+    ``radius_px`` image pixels (Jacobian through the block, output channels folded by random
+    projections). Convolutions give 1 at a radius covering their kernel; attention over the
+    whole map spreads it. None when ``block`` has no previous block."""
+    from ..adapters.features import block_pixel_sensitivity, capture_features, replaced_block_fn
+
+    net = denoiser.net
+    block = block or default_block(net)
+    source = source or previous_block(net, block)
+    if source is None:
+        return None
+    x, s = _noisy(images, sigma, generator)
+    with torch.no_grad(), capture_features(net, [source, block]) as store:
+        denoiser(x, s, cond)
+    theta, out = store[source], store[block]
+    b, _, h, w = out.shape
+    flat = torch.stack([torch.randperm(h * w, generator=generator)[:pixels] for _ in range(b)])  # [B, P]
+    fn = replaced_block_fn(net, source, block, lambda: denoiser(x, s, cond))
+    rows_cols = torch.stack([flat // w, flat % w], -1)  # [B, P, 2]
+    sens = block_pixel_sensitivity(fn, theta, rows_cols, probes=probes, generator=generator)  # [B, P, hs, ws]
+    centres = torch.stack([(flat % w + 0.5) / w, (flat // w + 0.5) / h], -1)
+    share, chance = _share_within(sens.double().pow(2), centres, images.shape[-1], radius_px)
+    return {"block": block, "source": source, "radius_px": float(radius_px), "feature_map": [h, w],
+            "source_map": list(theta.shape[-2:]), "mass_within": float(share.mean()),
+            "chance": float(chance.mean()), "pixels": int(share.numel())}
 
 
 def feature_run(folder: Path, denoiser: nn.Module, images: Tensor, sigma: float, grid: int, seed: int,
@@ -203,6 +246,10 @@ def feature_run(folder: Path, denoiser: nn.Module, images: Tensor, sigma: float,
     if cond is not None and radius_px is not None and bool(cond.mask.any()):
         result["conditional_locality"] = feature_conditional_locality(
             denoiser, images, cond, sigma, radius_px, generator=torch.Generator().manual_seed(seed))
+        between = block_locality(denoiser, images, cond, sigma, radius_px,
+                                 generator=torch.Generator().manual_seed(seed))
+        if between is not None:
+            result["block_locality"] = between
     write_json_atomic(path, result)
     return path
 

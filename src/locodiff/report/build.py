@@ -270,9 +270,9 @@ def feature_blocks(cfg, done: list[ModelFacts], figures: Path) -> list:
     loc = cfg.locality
 
     def locality_cells(v: dict) -> list:
-        c = v.get("conditional_locality") or {}
+        c, b = v.get("conditional_locality") or {}, v.get("block_locality") or {}
         size = "×".join(map(str, c["feature_map"])) if c.get("feature_map") else None
-        return [c.get("mass_within"), c.get("chance"), size]
+        return [c.get("mass_within"), c.get("chance"), size, b.get("source"), b.get("mass_within"), b.get("chance")]
 
     rows = [[n, v["block"], v["offdiag_abs_mean"], *locality_cells(v)] for n, v in feats.items()]
     path = cosine_matrices({n: v["cosine"] for n, v in feats.items()}, figures / "feature_cosines.png")
@@ -284,9 +284,12 @@ def feature_blocks(cfg, done: list[ModelFacts], figures: Path) -> list:
              "locality* is the conditional-locality index inside the network: the share of each "
              "conditioner's squared effect on the block's feature map (Jacobian w.r.t. its location, on the "
              f"probed test scenes) that falls within {loc.radius_px:g} image px of where it points; chance = "
-             "the share of the feature map that disc covers."),
-        Table(["model", "block", "mean abs. cosine, off-diagonal", "feature locality", "chance", "feature map"],
-              rows),
+             "the share of the feature map that disc covers. *Between blocks*: for sampled feature pixels "
+             "of the block, the share of their Jacobian w.r.t. the previous block's feature map within the "
+             "same radius (spatial locality inside the network; convolutions are local, attention over the "
+             "map need not be)."),
+        Table(["model", "block", "mean abs. cosine, off-diagonal", "feature locality", "chance", "feature map",
+               "previous block", "between blocks", "chance"], rows),
         Figure(path, "Cosine similarity between concept directions (rows/columns: grid cells, row by row)."),
         *colour_blocks(cfg, done, feats, figures),
         *combination_blocks(cfg, done, feats),
