@@ -221,3 +221,21 @@ def test_block_locality_tells_a_convolution_from_global_mixing():
     assert conv["source"] == "middle.0" and conv["block"] == "middle.1" and conv["feature_map"] == [16, 16]
     assert conv["mass_within"] > 0.99  # a 3x3 kernel lies within 1.5 px
     assert mix["mass_within"] < 0.5 and mix["chance"] == pytest.approx(conv["chance"]) and mix["chance"] < 0.05
+
+
+def test_pair_accuracy_splits_matched_objects_by_pair(tmp_path):
+    import json
+
+    from locodiff.report.build import pair_accuracy, pair_means
+
+    rec = {"requested_shapes": [0, 1, 2], "requested_colors": [1, 2, 3], "pairs": [[0, 1], [1, 0]],
+           "detections": {"color_index": [2, 1], "shape_index": [0, 0]}}
+    legacy = {"requested_shapes": None, "requested_colors": None, "pairs": [[0, 0]],
+              "detections": {"color_index": [0]}}
+    (tmp_path / "eval.jsonl").write_text(json.dumps(rec) + "\n" + json.dumps(legacy) + "\n")
+    acc = pair_accuracy(tmp_path, {(1, 2)})  # requested object 1 = (shape 1, colour 2): held out
+    # object 0 -> detection 1: colour 1 right, shape 0 right; object 1 -> detection 0: colour 2 right, shape wrong
+    assert acc["out_color"] == (1.0, 1) and acc["out_both"] == (1.0, 1)
+    assert acc["in_color"] == (1.0, 1) and acc["in_both"] == (0.0, 1)
+    means = pair_means([[0.1, 0.2], [0.3, 0.4]], colors=[5, 6], shapes=[0, 1], pairs={(1, 5)})
+    assert means["in"] == pytest.approx(0.2) and means["out"] == pytest.approx((0.1 + 0.3 + 0.4) / 3)

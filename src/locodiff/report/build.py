@@ -329,57 +329,84 @@ def colour_blocks(cfg, done: list[ModelFacts], feats: dict[str, dict], figures: 
     return blocks
 
 
-def pooled_attribute_accuracy(evaluation: dict, kind: str) -> tuple[float | None, int]:
-    """Accuracy of one attribute kind (``color``, ``heldout``, ...) pooled over every k, and the
-    number of matched objects it is measured on."""
-    checked = sum(r.get("attribute_counts", {}).get(f"{kind}_checked", 0) for r in evaluation["per_k"])
-    correct = sum(r.get("attribute_counts", {}).get(f"{kind}_correct", 0) for r in evaluation["per_k"])
-    return (correct / checked if checked else None), checked
+def pair_accuracy(eval_dir: Path, pairs: set[tuple[int, int]]) -> dict[str, tuple[float | None, int]]:
+    """From ``eval.jsonl``: over matched objects of every k, the share with colour right and with
+    colour and shape right, on the (shape, colour) index ``pairs`` (``"in"``) and on the others
+    (``"out"``); each as (accuracy, objects)."""
+    tally = {f"{where}_{what}": [0, 0] for where in ("in", "out") for what in ("color", "both")}
+    for rec in read_jsonl(eval_dir / "eval.jsonl"):
+        shapes, colours = rec.get("requested_shapes"), rec.get("requested_colors")
+        det_shapes = rec["detections"].get("shape_index")
+        if not shapes or colours is None or det_shapes is None:
+            continue
+        det_colours = rec["detections"]["color_index"]
+        for r, d in rec["pairs"]:
+            where = "in" if (shapes[r], colours[r]) in pairs else "out"
+            colour_ok = det_colours[d] == colours[r]
+            for what, ok in (("color", colour_ok), ("both", colour_ok and det_shapes[d] == shapes[r])):
+                tally[f"{where}_{what}"][0] += int(ok)
+                tally[f"{where}_{what}"][1] += 1
+    return {k: ((c / n if n else None), n) for k, (c, n) in tally.items()}
 
 
 def combination_blocks(cfg, done: list[ModelFacts], feats: dict[str, dict]) -> list:
-    """Held-out (shape, colour) combinations: accuracy on seen vs never-seen pairs, and whether the
-    model's features decompose additively into colour and shape."""
+    """Held-out (shape, colour) combinations: every attribute model scored on the pairs some model
+    of the study never saw in training and on the other pairs, so a model that saw every pair is
+    the control; beside it, whether its features decompose additively into colour and shape."""
     from ..scenes import vocab
 
+    held = {n: vocab.combo_indices(spec.holdout_combos) for n, spec in cfg.enabled_models().items()
+            if spec.holdout_combos}
+    pairs = set().union(*held.values()) if held else set()
     rows = []
     for f in done:
         attrs = (feats.get(f.name) or {}).get("attributes")
-        if not attrs or not f.evaluation:
+        if not attrs or not f.evaluation or f.eval_dir is None:
             continue
-        acc = {kind: pooled_attribute_accuracy(f.evaluation, kind)
-               for kind in ("color", "shape", "seen", "heldout", "seen_color", "heldout_color")}
-        spec = cfg.models.get(f.name)
-        held = len(spec.holdout_combos) if spec is not None else 0
-        rows.append([f.name, held, acc["color"][0], acc["shape"][0], acc["seen"][0],
-                     f"{_num(acc['heldout'][0])} (n={acc['heldout'][1]})", acc["seen_color"][0],
-                     acc["heldout_color"][0], attrs["additive_share"], attrs["interaction_seen_mean"],
-                     attrs["interaction_heldout_mean"], attrs["color_shape_abs_cos_mean"]])
-    if not rows:
+        acc = pair_accuracy(f.eval_dir, pairs)
+        inter = pair_means(attrs["interaction"], attrs["colors"], attrs["shapes"], pairs)
+        per_k = f.evaluation["per_k"]
+        shape_counts = [r.get("attribute_counts", {}) for r in per_k]
+        n_shape = sum(c.get("shape_checked", 0) for c in shape_counts)
+        shape_acc = sum(c.get("shape_correct", 0) for c in shape_counts) / n_shape if n_shape else None
+        rows.append([f.name, len(held.get(f.name, ())), shape_acc,
+                     acc["out_both"][0], f"{_num(acc['in_both'][0])} (n={acc['in_both'][1]})",
+                     acc["out_color"][0], acc["in_color"][0], attrs["additive_share"], inter["out"], inter["in"],
+                     attrs["color_shape_abs_cos_mean"]])
+    if not rows or not pairs:
         return []
-    ceiling = [r.get("shape_accuracy") for r in detector_ceiling(cfg).values() if r.get("shape_accuracy") is not None]
-    colour_ceiling = [r.get("color_accuracy") for r in detector_ceiling(cfg).values() if r.get("color_accuracy") is not None]
-    held_names = {n: ", ".join(f"{s} {c}" for s, c in cfg.models[n].holdout_combos)
-                  for n in (r[0] for r in rows) if n in cfg.models and cfg.models[n].holdout_combos}
+    ceiling = detector_ceiling(cfg).values()
+
+    def ceiling_mean(key: str) -> str:
+        values = [r[key] for r in ceiling if r.get(key) is not None]
+        return _num(float(np.mean(values)) if values else None)
+
+    names = "; ".join(f"{n}: " + ", ".join(f"{vocab.SHAPES[s]} {vocab.COLOR_NAMES[c]}" for s, c in p)
+                      for n, p in held.items())
     return [
-        Text("**Held-out combinations.** Models that read colour and shape tokens, scored on the matched "
-             "objects of every k ≥ 1 (pooled): colour, shape, and both right on (shape, colour) pairs seen "
-             "in training vs pairs held out of it (every training scene holding such an object was "
-             "skipped). Feature side: the block's mean feature with one object at the centre, for every "
-             "colour × shape, decomposed as grand mean + colour effect + shape effect + interaction; "
-             "*additive share* = variance explained without the interaction, *interaction* = a pair's "
-             "interaction relative to its total effect (small: the pair's features are predicted from "
-             "its colour and its shape seen elsewhere), |cos| between colour and shape effect directions "
-             f"(0: orthogonal). The detector's own accuracy on real renders: colour "
-             f"{_num(float(np.mean(colour_ceiling)) if colour_ceiling else None)}, shape "
-             f"{_num(float(np.mean(ceiling)) if ceiling else None)} (mean over k). Shapes of "
-             f"{'/'.join(vocab.SHAPES)} span a few pixels at this resolution, so the shape columns carry "
-             "the detector's error; the colour columns are the cleaner read."
-             + "".join(f" Held out of {n}: {v}." for n, v in held_names.items())),
-        Table(["model", "pairs held out", "colour", "shape", "both, seen pairs", "both, held-out pairs",
-               "colour, seen pairs", "colour, held-out pairs", "additive share", "interaction, seen",
-               "interaction, held out", "|cos| colour vs shape"], rows),
+        Text("**Held-out combinations.** Models that read colour and shape tokens, scored on the matched objects "
+             "of every k ≥ 1 (pooled) — on the (shape, colour) pairs held out of some model's training (every "
+             f"training scene holding such an object was skipped; {names}) and on the other pairs. A model "
+             "that trained on every pair is the control for the same pairs. Feature side: the block's mean "
+             "feature with one object at the centre, for every colour × shape, decomposed as grand mean + "
+             "colour effect + shape effect + interaction; *additive share* = variance explained without the "
+             "interaction, *interaction* = a pair's interaction relative to its total effect (small: the "
+             "pair's features follow from its colour and its shape seen elsewhere), |cos| between colour "
+             f"and shape effect directions (0: orthogonal). The detector on real renders: colour "
+             f"{ceiling_mean('color_accuracy')}, shape {ceiling_mean('shape_accuracy')} (mean over k); "
+             f"shapes of {'/'.join(vocab.SHAPES)} span a few pixels here, so the colour columns are the "
+             "cleaner read."),
+        Table(["model", "pairs it never saw", "shape", "both right, other pairs", "both right, held-out pairs",
+               "colour, other pairs", "colour, held-out pairs", "additive share", "interaction, other",
+               "interaction, held-out", "|cos| colour vs shape"], rows),
     ]
+
+
+def pair_means(matrix: list, colors: list, shapes: list, pairs: set[tuple[int, int]]) -> dict[str, float | None]:
+    """Mean of a [colour][shape] matrix over the listed (shape, colour) pairs and over the rest."""
+    inside = [matrix[i][j] for i, c in enumerate(colors) for j, s in enumerate(shapes) if (s, c) in pairs]
+    outside = [matrix[i][j] for i, c in enumerate(colors) for j, s in enumerate(shapes) if (s, c) not in pairs]
+    return {"in": float(np.mean(inside)) if inside else None, "out": float(np.mean(outside)) if outside else None}
 
 
 def diffusers_section(cfg, figures: Path) -> Section:
