@@ -402,13 +402,21 @@ def _forward_sensitivity(fn, theta: Tensor, channels: str, chunk_size: int) -> T
     per_group = theta.shape[2:].numel()
     n_dirs = k * per_group
     group_of = torch.arange(n_dirs, device=theta.device) // per_group
-    acc: Tensor | None = None
 
     def tangents(a: int, c: int) -> Tensor:
         t = torch.zeros(c - a, b, n_dirs, dtype=theta.dtype, device=theta.device)
         t[torch.arange(c - a), :, torch.arange(a, c)] = 1.0
         return t.reshape(c - a, *theta.shape)
 
+    return _summed_jvp_squares(fn, theta, tangents, group_of, k, channels, chunk_size).sqrt()
+
+
+def _summed_jvp_squares(fn, theta: Tensor, tangents, group_of: Tensor, k: int, channels: str,
+                        chunk_size: int) -> Tensor:
+    """Squared JVPs along ``len(group_of)`` tangents, summed per group (``group_of[i]`` for
+    tangent ``i``), chunk by chunk so that memory stays bounded -> [B, K, H, W]."""
+    acc: Tensor | None = None
+    n_dirs = len(group_of)
     for a in range(0, n_dirs, chunk_size):
         c = min(a + chunk_size, n_dirs)
         jv = batched_jvp(fn, theta, c - a, lambda i, j: tangents(a + i, a + j), chunk_size)
@@ -419,7 +427,7 @@ def _forward_sensitivity(fn, theta: Tensor, channels: str, chunk_size: int) -> T
             acc = sq.new_zeros(k, *sq.shape[1:])  # [K, B, H, W]
         acc.index_add_(0, group_of[a:c], sq)
     assert acc is not None
-    return acc.sqrt().transpose(0, 1).contiguous()
+    return acc.transpose(0, 1).contiguous()
 
 
 def _group_matrix(groups: Sequence[Sequence[int]] | None, k: int, device) -> Tensor:
@@ -447,24 +455,13 @@ def _sampled_sensitivity(fn, theta: Tensor, channels: str, chunk_size: int, prob
     group_of = torch.arange(n_dirs, device=theta.device) // probes
     noise = torch.randn(n_dirs, *theta.shape, generator=generator, dtype=torch.float32)
     noise = noise.to(device=theta.device, dtype=theta.dtype)
-    shape = (1, 1, theta.shape[1]) + (1,) * (theta.ndim - 2)
-    acc: Tensor | None = None
+    shape = (1, theta.shape[1]) + (1,) * (theta.ndim - 2)
 
     def tangents(a: int, c: int) -> Tensor:
-        mask = member[group_of[a:c]].to(theta.dtype).reshape(c - a, *shape[1:])  # [n, 1, K, 1...]
+        mask = member[group_of[a:c]].to(theta.dtype).reshape(c - a, *shape)  # [n, 1, K, 1...]
         return noise[a:c] * mask
 
-    for a in range(0, n_dirs, chunk_size):
-        c = min(a + chunk_size, n_dirs)
-        jv = batched_jvp(fn, theta, c - a, lambda i, j: tangents(a + i, a + j), chunk_size)
-        _output_shape(jv[0])
-        jv = jv.to(_acc_dtype(jv.dtype))
-        sq = jv.pow(2).sum(2) if channels == "each" else jv.sum(2).pow(2)
-        if acc is None:
-            acc = sq.new_zeros(k, *sq.shape[1:])
-        acc.index_add_(0, group_of[a:c], sq)
-    assert acc is not None
-    return (acc / probes).sqrt().transpose(0, 1).contiguous()
+    return (_summed_jvp_squares(fn, theta, tangents, group_of, k, channels, chunk_size) / probes).sqrt()
 
 
 def _reverse_sensitivity(fn, theta: Tensor, pixels, channels: str, chunk_size: int) -> Tensor:
