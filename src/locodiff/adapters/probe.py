@@ -55,17 +55,17 @@ def probe_diffusers(
     if latents.ndim != 4:
         raise LocodiffError(f"latents must have shape [B, C, H, W], got {tuple(latents.shape)}")
     b, _, h, w = latents.shape
+    tokens = adapter.prompt.tokens
+    if words < 0 or (words and tokens < 2):
+        raise LocodiffError(f"words={words}: expected 0 (no whole maps) or a count below the {tokens} prompt tokens")
+    words = min(words, tokens - 1)
+    groups = [[i] for i in range(words)] + [list(range(words, tokens))]
     gen = torch.Generator().manual_seed(seed)
     pixels = sample_pixels(h, w, n_pixels, gen, batch=b)
     spatial = probe_locality(adapter, latents, Conditioning.empty(b), list(sigmas), n_pixels, gen,
                              radius=radius_px, pixels=pixels, keep_maps=False, progress=progress, n_boot=200)
     r_index = spatial.radii.index(float(radius_px))
     noise = torch.randn(latents.shape, generator=gen, dtype=latents.dtype)
-    tokens = adapter.prompt.tokens
-    if words < 0 or (words and tokens < 2):
-        raise LocodiffError(f"words={words}: expected 0 (no whole maps) or a count below the {tokens} prompt tokens")
-    words = min(words, tokens - 1)
-    groups = [[i] for i in range(words)] + [list(range(words, tokens))]
     maps = []
     per_sigma = []
     for sigma, summary in zip(spatial.sigmas, spatial.summaries):

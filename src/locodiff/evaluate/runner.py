@@ -365,7 +365,8 @@ def _record(k: int, index: int, cond: Conditioning, det: Detections, resolution:
         shapes = [int(c) for c in attrs[:, ATTRIBUTE_NAMES.index("shape")].tolist()]
     m = match_locations(requested, det.centers, (resolution, resolution), tolerance)
     score_attributes(m, colors, shapes, det.color_index, det.shape_index, holdout)
-    held = None if shapes is None else [int((s, c) in set(holdout)) for s, c in zip(shapes, colors)]
+    held_out = set(holdout)
+    held = None if shapes is None else [int((s, c) in held_out) for s, c in zip(shapes, colors)]
     return {
         "k": k, "index": index,
         "requested": np.round(requested, 5).tolist(), "requested_colors": colors,

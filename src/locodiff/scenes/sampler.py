@@ -80,7 +80,6 @@ class SceneConfig:
                 raise ConfigError(f"scene.{name}={getattr(self, name)!r}: expected {expected}")
         return self
 
-
     def allowed_combos(self) -> tuple[tuple[int, int], ...]:
         """Every allowed (shape, colour) index pair that is not excluded."""
         excluded = set(vocab.combo_indices(self.exclude_combos))
