@@ -87,6 +87,7 @@ def test_held_out_combinations_run_through_every_stage(finished):
     assert feats["conditional_locality"]["conditioners"] > 0
     md = (Path(finished.out_dir) / "report" / "report.md").read_text()
     assert "**Held-out combinations.**" in md and "| exp1_combo | 6 |" in md
+    assert "**exp1_combo** never saw 6 (shape, colour) pairs" in md
     assert "## Large text-to-image models" in md and "No diffusers model has been probed" in md
 
 

@@ -474,7 +474,33 @@ def findings_section(cfg, facts: list[ModelFacts]) -> Section:
     elif both:
         sec.blocks.append(Text("Fewer than three models learned their conditioner and were probed, so no "
                                "correlation between locality and generalization is reported."))
+    sec.blocks += held_out_findings(cfg, facts)
     return sec
+
+
+def held_out_findings(cfg, facts: list[ModelFacts]) -> list:
+    """One line per model trained without some (shape, colour) pairs: its colour accuracy on those
+    pairs vs the pairs it saw, and the same for attribute models that saw every pair (controls)."""
+    from ..scenes import vocab
+
+    scored = {f.name: f for f in facts if f.eval_dir is not None and f.name in cfg.models
+              and cfg.models[f.name].model.use_attributes}
+    lines = []
+    for name, f in scored.items():
+        pairs = set(vocab.combo_indices(cfg.models[name].holdout_combos))
+        if not pairs:
+            continue
+        acc = pair_accuracy(f.eval_dir, pairs)
+        controls = [(n, pair_accuracy(c.eval_dir, pairs)) for n, c in scored.items()
+                    if not cfg.models[n].holdout_combos]
+        line = (f"**{name}** never saw {len(pairs)} (shape, colour) pairs: colour right on "
+                f"{_num(acc['in_color'][0])} of the matched objects asked for them (n={acc['in_color'][1]}) vs "
+                f"{_num(acc['out_color'][0])} on the pairs it saw; colour and shape right "
+                f"{_num(acc['in_both'][0])} vs {_num(acc['out_both'][0])}")
+        line += "".join(f"; {n}, which saw them, {_num(a['in_color'][0])} / {_num(a['in_both'][0])} on the same "
+                        "pairs" for n, a in controls) + "."
+        lines.append(Text(line))
+    return lines
 
 
 def summary_section(cfg, facts: list[ModelFacts]) -> Section:
