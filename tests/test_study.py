@@ -153,6 +153,9 @@ def test_cli_verbs_on_a_finished_study(finished):
     assert (made / "intervention.json").is_file() and list(made.glob("eval-*/eval.json"))
     res = runner.invoke(app, ["report", str(finished.out_dir)])
     assert res.exit_code == 0, res.output
+    md = (Path(finished.out_dir) / "report" / "report.md").read_text()
+    rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| exp")]
+    assert rows[: len(finished.models)] == list(finished.models)  # the preset's order, not sorted
     res = runner.invoke(app, ["report", str(folder)])  # not a study folder
     assert res.exit_code == 2 and "study_config.json" in res.output
     res = runner.invoke(app, ["evaluate", str(folder.parent / "missing"), *base])

@@ -374,7 +374,7 @@ def run_study(
         raise ConfigError("the config defines no enabled models ([models.NAME] tables)")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "study_config.json", to_dict(cfg))
+    write_json_atomic(out / "study_config.json", to_dict(cfg), sort_keys=False)  # models in preset order
     seconds: dict[str, float] = {}
     data_root = dataset_root(cfg.data, cfg.out_dir)
     runs = subject_dirs(cfg)
