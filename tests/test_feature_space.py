@@ -221,6 +221,23 @@ def test_block_locality_tells_a_convolution_from_global_mixing():
     assert conv["source"] == "middle.0" and conv["block"] == "middle.1" and conv["feature_map"] == [16, 16]
     assert conv["mass_within"] > 0.99  # a 3x3 kernel lies within 1.5 px
     assert mix["mass_within"] < 0.5 and mix["chance"] == pytest.approx(conv["chance"]) and mix["chance"] < 0.05
+    assert conv["measured"] == mix["measured"] == "output"  # neither block says it is residual
+
+
+def test_a_residual_blocks_update_is_measured_without_its_skip_path():
+    from locodiff.adapters.features import block_pixel_sensitivity, replaced_block_fn
+
+    net = torch.nn.Sequential(torch.nn.Identity(), ToyBlocks.GlobalMix())
+    x = torch.rand(1, 4, 8, 8)
+    pix = [[3, 3]]
+    plain = block_pixel_sensitivity(replaced_block_fn(net, "0", "1", lambda: net(x)), x, pix, probes=64)
+    update = block_pixel_sensitivity(replaced_block_fn(net, "0", "1", lambda: net(x), update=True), x, pix,
+                                     probes=64)
+    # output = 0.1 f + 3 mean(f): the update (output - input) has -0.9 at the pixel itself
+    assert plain[0, 0, 3, 3] < update[0, 0, 3, 3]
+    with pytest.raises(Exception, match="update=True"):
+        shrink = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Conv2d(4, 2, 1))
+        replaced_block_fn(shrink, "0", "1", lambda: shrink(x), update=True)(x)
 
 
 def test_pair_accuracy_splits_matched_objects_by_pair(tmp_path):

@@ -255,3 +255,15 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_text()
     except OSError:
         return ""
+
+
+def test_a_probe_missing_its_feature_results_is_completed(finished):
+    """An interrupted locality probe (summary written, features not yet) is finished on the next run."""
+    folders = subject_dirs(finished)
+    (masked,) = folders["exp3_masked"].glob("locality-*")
+    assert "skipped" in json.loads((masked / "features.json").read_text())  # no .net: a note, not a gap
+    (probe,) = folders["exp1"].glob("locality-*")
+    before = (probe / "features.json").read_text()
+    (probe / "features.json").unlink()
+    run_study(finished, only=["locality"], console=quiet())
+    assert (probe / "features.json").read_text() == before  # recomputed, same seeds, same numbers

@@ -39,7 +39,7 @@ from .evaluate.heatmap import detector_key
 from .evaluate.runner import EvalConfig, build_detector, eval_folder, evaluate_run
 from .evaluate.validation import validate_detector
 from .io import atomic_path, read_jsonl, write_json_atomic
-from .locality.run import probe_folder, probe_run
+from .locality.run import probe_complete, probe_folder, probe_run
 from .report import write_report
 from .scenes.dataset import build_dataset, dataset_root
 from .scenes.figures import data_contact_sheet
@@ -294,7 +294,7 @@ def stage_locality(cfg: StudyConfig, data_root: Path, console: Console) -> None:
     jobs = {}
     for name, folder in trained_runs(cfg).items():
         out = probe_folder(folder, cfg.locality, subject_checkpoint(folder).name)
-        if (out / "summary.json").is_file():
+        if probe_complete(out):
             console.print(f"  {name}: probed already ({out.name})")
             continue
         jobs[name] = Job(_locality_worker, (str(folder), str(data_root), cfg.locality, cfg.seed, worker_threads(cfg)))

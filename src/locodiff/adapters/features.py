@@ -168,11 +168,15 @@ def feature_fn(
 
 
 def replaced_block_fn(
-    model: nn.Module, source: str, target: str, call: Callable[[], Any]
+    model: nn.Module, source: str, target: str, call: Callable[[], Any], *, update: bool = False
 ) -> Callable[[Tensor], Tensor]:
     """``theta -> output of target`` when block ``source`` outputs ``theta`` instead of what it
     computed: the function whose Jacobian says which features of ``source`` a ``target``
-    feature depends on. ``call()`` runs the model; the forward pass stops after ``target``."""
+    feature depends on. ``call()`` runs the model; the forward pass stops after ``target``.
+
+    ``update=True`` returns ``output - theta``, what ``target`` adds to its input when it
+    directly follows ``source`` as a residual block (the skip path's identity Jacobian would
+    otherwise hide how far the block itself mixes features)."""
     module = resolve_blocks(model, [source])[source]
 
     def f(theta: Tensor) -> Tensor:
@@ -184,9 +188,13 @@ def replaced_block_fn(
 
         handle = module.register_forward_hook(swap)
         try:
-            return feature_fn(model, target, lambda _: call())(theta)
+            out = feature_fn(model, target, lambda _: call())(theta)
         finally:
             handle.remove()
+        if update and out.shape != theta.shape:
+            raise FeatureError(f"update=True needs {target!r} to keep the shape of {source!r}'s output: "
+                               f"{tuple(out.shape)} vs {tuple(theta.shape)}")
+        return out - theta if update else out
 
     return f
 

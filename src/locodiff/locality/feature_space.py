@@ -200,11 +200,13 @@ def _share_within(energy: Tensor, centres: Tensor, side: int, radius_px: float) 
 
 def block_locality(denoiser: nn.Module, images: Tensor, cond: Conditioning, sigma: float, radius_px: float,
                    block: str | None = None, source: str | None = None, pixels: int = 8, probes: int = 4,
-                   generator: torch.Generator | None = None) -> dict | None:
+                   generator: torch.Generator | None = None, update: bool | None = None) -> dict | None:
     """Spatial locality *between blocks*: for sampled feature pixels of ``block``, the share of
     their dependence on the previous block's feature map (``source``) that lies within
     ``radius_px`` image pixels (Jacobian through the block, output channels folded by random
-    projections). Convolutions give 1 at a radius covering their kernel; attention over the
+    projections). For a residual block (``update=True``; by default when the block's module says
+    ``residual = True`` and keeps its input's shape) its *update* (output minus input) is
+    measured, so the skip path's identity does not make every block look local. Convolutions give 1 at a radius covering their kernel; attention over the
     whole map spreads it. None when ``block`` has no previous block."""
     from ..adapters.features import block_pixel_sensitivity, capture_features, replaced_block_fn
 
@@ -219,25 +221,32 @@ def block_locality(denoiser: nn.Module, images: Tensor, cond: Conditioning, sigm
     theta, out = store[source], store[block]
     b, _, h, w = out.shape
     flat = torch.stack([torch.randperm(h * w, generator=generator)[:pixels] for _ in range(b)])  # [B, P]
-    fn = replaced_block_fn(net, source, block, lambda: denoiser(x, s, cond))
+    if update is None:
+        module = dict(net.named_modules())[block]
+        update = bool(getattr(module, "residual", False)) and theta.shape == out.shape
+    fn = replaced_block_fn(net, source, block, lambda: denoiser(x, s, cond), update=update)
     rows_cols = torch.stack([flat // w, flat % w], -1)  # [B, P, 2]
     sens = block_pixel_sensitivity(fn, theta, rows_cols, probes=probes, generator=generator)  # [B, P, hs, ws]
     centres = torch.stack([(flat % w + 0.5) / w, (flat // w + 0.5) / h], -1)
     share, chance = _share_within(sens.double().pow(2), centres, images.shape[-1], radius_px)
-    return {"block": block, "source": source, "radius_px": float(radius_px), "feature_map": [h, w],
+    return {"block": block, "source": source, "measured": "update" if update else "output",
+            "radius_px": float(radius_px), "feature_map": [h, w],
             "source_map": list(theta.shape[-2:]), "mass_within": float(share.mean()),
             "chance": float(chance.mean()), "pixels": int(share.numel())}
 
 
 def feature_run(folder: Path, denoiser: nn.Module, images: Tensor, sigma: float, grid: int, seed: int,
                 colors: Sequence[int] = (), shapes: Sequence[int] = (), heldout: Sequence[tuple[int, int]] = (),
-                cond: Conditioning | None = None, radius_px: float | None = None) -> Path | None:
-    """Write ``features.json`` into a probe folder (skipped for denoisers without a ``net``):
+                cond: Conditioning | None = None, radius_px: float | None = None) -> Path:
+    """Write ``features.json`` into a probe folder (a note only, for denoisers without a ``net``):
     location concept cosines, colour x shape decomposition (``colors`` and ``shapes`` given) and
     feature-space conditional locality (``cond`` and ``radius_px`` given)."""
     path = Path(folder) / FEATURES_FILE
-    if path.is_file() or not hasattr(denoiser, "net"):
-        return path if path.is_file() else None
+    if path.is_file():
+        return path
+    if not hasattr(denoiser, "net"):  # recorded, so that the probe counts as complete
+        write_json_atomic(path, {"skipped": f"{type(denoiser).__name__} has no .net whose blocks could be hooked"})
+        return path
     result = concept_cosines(denoiser, images, sigma, grid=grid, generator=torch.Generator().manual_seed(seed),
                              colors=colors)
     if colors and shapes:
@@ -255,5 +264,7 @@ def feature_run(folder: Path, denoiser: nn.Module, images: Tensor, sigma: float,
 
 
 def load_features(folder: Path) -> dict | None:
+    """The feature-space results of a probe folder; None when absent or skipped."""
     path = Path(folder) / FEATURES_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    result = json.loads(path.read_text()) if path.is_file() else None
+    return None if result is None or "skipped" in result else result

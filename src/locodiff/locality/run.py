@@ -63,7 +63,7 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
     if ckpt is None:
         raise LocodiffError(f"run {run_dir} has no checkpoint yet; train it before probing locality")
     folder = probe_folder(run_dir, options, ckpt.name)
-    if (folder / SUMMARY_FILE).is_file() and (folder / FEATURES_FILE).is_file():
+    if probe_complete(folder):
         return folder
     denoiser, run_cfg = load_subject(run_dir)
     images, cond = probe_scenes(data_root, options.counts, options.scenes)
@@ -73,6 +73,11 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
                 colour_concepts(run_cfg), shape_concepts(run_cfg), run_cfg.holdout_indices(),
                 cond=cond, radius_px=options.radius_px)
     return folder
+
+
+def probe_complete(folder: Path) -> bool:
+    """Whether a probe folder holds both the score's locality and the feature-space results."""
+    return (Path(folder) / SUMMARY_FILE).is_file() and (Path(folder) / FEATURES_FILE).is_file()
 
 
 def colour_concepts(run_cfg) -> list[int]:

@@ -39,6 +39,8 @@ from .layers import ConditionerMaps, NoiseEmbedding, PixelNorm, modulate
 class LocalBlock(nn.Module):
     """One 3x3 conv (receptive field +1 px) and one 1x1 conv, per-pixel norms, a residual."""
 
+    residual = True  # output = input + update (feature probes read this)
+
     def __init__(self, width: int, emb_dim: int, dropout: float) -> None:
         super().__init__()
         self.norm1 = PixelNorm(width)

@@ -24,6 +24,8 @@ from .mechanisms import Mechanism
 class UNetBlock(nn.Module):
     """Residual block, then optional self-attention, then the mechanism's injector."""
 
+    residual = True  # output = input + update when channels match (feature probes read this)
+
     def __init__(
         self, in_ch: int, out_ch: int, emb_dim: int, cfg: ModelConfig,
         attention: bool, injector: nn.Module | None,
