@@ -188,6 +188,10 @@ def test_report_shows_a_diffusers_probe_when_one_was_run(tmp_path):
     assert [r[0] for r in table.rows] == [0.5, 2.0] and table.rows[0][3] == 0.25
     (fig,) = [b for b in sec.blocks if isinstance(b, Figure)]
     assert fig.path.is_file() and fig.path.parent == figures
+    result["_token_maps"] = torch.rand(2, 3, 8, 8)  # --words 2: two tokens and the padding group
+    write_probe(result, tmp_path / "probe-diffusers")
+    figs = [b for b in diffusers_section(cfg, figures).blocks if isinstance(b, Figure)]
+    assert [f.path.name for f in figs] == ["diffusers_token_concentration.png", "diffusers_token_maps.png"]
 
 
 class ToyBlocks(torch.nn.Module):

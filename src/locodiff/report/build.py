@@ -435,11 +435,12 @@ def diffusers_section(cfg, figures: Path) -> Section:
     sec.blocks.append(Table(["σ", f"spatial: Jacobian mass within {result['radius_px']:g} px", "r90 (px)",
                              f"token concentration (chance {result['chance_concentration']:.2f})"], rows,
                             f"Probe of the model in {folder} (latents {result['latent_shape']})."))
-    figure = folder / "token_concentration.png"
-    if figure.is_file():
-        shutil.copyfile(figure, figures / "diffusers_token_concentration.png")
-        sec.blocks.append(Figure(figures / "diffusers_token_concentration.png",
-                                 "Per-token concentration of influence, per noise level."))
+    for name, caption in (("token_concentration.png", "Per-token concentration of influence, per noise level."),
+                          ("token_maps.png", "Where each prompt token (last: the padding, as one group) changes "
+                                             "the score, per noise level (sampled forward mode).")):
+        if (folder / name).is_file():
+            shutil.copyfile(folder / name, figures / f"diffusers_{name}")
+            sec.blocks.append(Figure(figures / f"diffusers_{name}", caption))
     return sec
 
 
