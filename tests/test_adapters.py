@@ -342,6 +342,8 @@ def test_sampled_token_map_estimates_the_exact_one():
     torch.testing.assert_close(grouped[:, 1].pow(2).sum(), exact[:, 1:4].pow(2).sum(), rtol=0.1, atol=0)
     with pytest.raises(FeatureError, match="groups"):
         token_sensitivity(ad, x, 1.0, mode="sampled", groups=[[0], [99]])
+    with pytest.raises(FeatureError, match="sampled' only"):  # not silently ignored
+        token_sensitivity(ad, x, 1.0, mode="forward", groups=[[0]])
 
 
 def test_feature_sensitivity_wrt_tokens_on_diffusers_unet():

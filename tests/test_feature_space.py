@@ -216,7 +216,7 @@ def test_block_locality_tells_a_convolution_from_global_mixing():
     from locodiff.conditioning import Conditioning
     from locodiff.locality.feature_space import block_locality, previous_block
 
-    assert previous_block(None, "middle.1") == "middle.0" and previous_block(None, "middle.0") is None
+    assert previous_block("middle.1") == "middle.0" and previous_block("middle.0") is None
     images = torch.rand(2, 3, 16, 16)
     cond = Conditioning.from_lists([[(0.3, 0.3)], [(0.5, 0.5)]])
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731

@@ -376,6 +376,8 @@ def input_sensitivity(
     theta = _check_theta(theta, min_dims=2)
     if channels not in ("each", "sum"):
         raise FeatureError(f"channels={channels!r}: expected 'each' or 'sum'")
+    if groups is not None and mode != "sampled":
+        raise FeatureError("groups are measured by mode='sampled' only")
     b, k = theta.shape[:2]
     per_group = theta.shape[2:].numel()
     with transform_context():
@@ -384,24 +386,19 @@ def input_sensitivity(
             n_pix = out_shape[2] * out_shape[3] if pixels is None else _count_pixels(pixels, b)
             n_rev = n_pix * (out_shape[1] if channels == "each" else 1)
             mode = "forward" if JVP_COST * k * per_group <= n_rev else "reverse"
-        if mode == "forward":
-            sens = _forward_sensitivity(fn, theta, channels, chunk_size)  # [B, K, H, W]
-            if pixels is None:
-                return sens
-            flat = flat_pixel_index(pixels, b, *sens.shape[-2:]).to(sens.device)  # [B, P]
-            return sens.flatten(2).gather(2, flat[:, None, :].expand(-1, k, -1))
         if mode == "reverse":
             return _reverse_sensitivity(fn, theta, pixels, channels, chunk_size)
-        if mode == "sampled":
+        if mode == "forward":
+            sens = _forward_sensitivity(fn, theta, channels, chunk_size)  # [B, K, H, W]
+        elif mode == "sampled":
             member = _group_matrix(groups, k, theta.device)
-            sens = _sampled_sensitivity(fn, theta, channels, chunk_size, probes, generator, member)
-            if pixels is None:
-                return sens
-            flat = flat_pixel_index(pixels, b, *sens.shape[-2:]).to(sens.device)
-            return sens.flatten(2).gather(2, flat[:, None, :].expand(-1, sens.shape[1], -1))
-        if groups is not None:
-            raise FeatureError("groups are measured by mode='sampled' only")
-    raise FeatureError(f"mode={mode!r}: expected 'auto', 'forward', 'reverse' or 'sampled'")
+            sens = _sampled_sensitivity(fn, theta, channels, chunk_size, probes, generator, member)  # [B, G, H, W]
+        else:
+            raise FeatureError(f"mode={mode!r}: expected 'auto', 'forward', 'reverse' or 'sampled'")
+    if pixels is None:
+        return sens
+    flat = flat_pixel_index(pixels, b, *sens.shape[-2:]).to(sens.device)  # [B, P]
+    return sens.flatten(2).gather(2, flat[:, None, :].expand(-1, sens.shape[1], -1))
 
 
 def _forward_sensitivity(fn, theta: Tensor, channels: str, chunk_size: int) -> Tensor:
@@ -442,13 +439,13 @@ def _group_matrix(groups: Sequence[Sequence[int]] | None, k: int, device) -> Ten
     """[G, K] 0/1 membership of conditioners in groups (default: every conditioner alone)."""
     if groups is None:
         return torch.eye(k, device=device)
+    if len(groups) == 0:
+        raise FeatureError("groups is empty: expected at least one group of conditioners")
     member = torch.zeros(len(groups), k, device=device)
     for g, items in enumerate(groups):
         if len(items) == 0 or min(items) < 0 or max(items) >= k:
             raise FeatureError(f"groups[{g}]={list(items)}: expected a non-empty list of indices in 0..{k - 1}")
         member[g, list(items)] = 1.0
-    if len(groups) == 0:
-        raise FeatureError("groups is empty: expected at least one group of conditioners")
     return member
 
 

@@ -178,7 +178,7 @@ def feature_conditional_locality(denoiser: nn.Module, images: Tensor, cond: Cond
             "conditioners": int(valid.sum())}
 
 
-def previous_block(net: nn.Module, block: str) -> str | None:
+def previous_block(block: str) -> str | None:
     """The block before ``block`` in its container (``middle.1`` -> ``middle.0``), if any."""
     container, _, index = block.rpartition(".")
     if not index.isdigit() or int(index) == 0:
@@ -206,13 +206,14 @@ def block_locality(denoiser: nn.Module, images: Tensor, cond: Conditioning, sigm
     ``radius_px`` image pixels (Jacobian through the block, output channels folded by random
     projections). For a residual block (``update=True``; by default when the block's module says
     ``residual = True`` and keeps its input's shape) its *update* (output minus input) is
-    measured, so the skip path's identity does not make every block look local. Convolutions give 1 at a radius covering their kernel; attention over the
-    whole map spreads it. None when ``block`` has no previous block."""
-    from ..adapters.features import block_pixel_sensitivity, capture_features, replaced_block_fn
+    measured, so the skip path's identity does not make every block look local. Convolutions
+    give 1 at a radius covering their kernel; attention over the whole map spreads it. None when
+    ``block`` has no previous block."""
+    from ..adapters.features import block_pixel_sensitivity, capture_features, replaced_block_fn, resolve_blocks
 
     net = denoiser.net
     block = block or default_block(net)
-    source = source or previous_block(net, block)
+    source = source or previous_block(block)
     if source is None:
         return None
     x, s = _noisy(images, sigma, generator)
@@ -222,7 +223,7 @@ def block_locality(denoiser: nn.Module, images: Tensor, cond: Conditioning, sigm
     b, _, h, w = out.shape
     flat = torch.stack([torch.randperm(h * w, generator=generator)[:pixels] for _ in range(b)])  # [B, P]
     if update is None:
-        module = dict(net.named_modules())[block]
+        module = resolve_blocks(net, [block])[block]
         update = bool(getattr(module, "residual", False)) and theta.shape == out.shape
     fn = replaced_block_fn(net, source, block, lambda: denoiser(x, s, cond), update=update)
     rows_cols = torch.stack([flat // w, flat % w], -1)  # [B, P, 2]
