@@ -13,6 +13,12 @@ on random images with random conditionings of 1-3 locations.
    timed in alternating rounds so that load from other processes hits both alike; the ratio of
    the medians is printed (target: locodiff >= 1.0x).
 2. Each locodiff architecture at each image size, fp32 and bf16 autocast.
+3. The networks of a preset (``--preset quick`` by default), exactly as the study builds them, at
+   the preset's batch size on one thread (the study trains one model per core): images/s,
+   FLOPs per image (forward + backward, ``torch.utils.flop_counter``), GFLOP/s, and that as a
+   fraction of this core's fp32 matrix-multiply rate measured in the same run (a practical
+   peak; the AVX2 FMA peak of a ~3 GHz Zen 3 core is ~96 GFLOP/s). Last, the preset's
+   training time predicted from these rates, so a user can size their own run.
 
 On a shared machine absolute numbers are noisy; the ratios measured in the same run are what to
 compare. When the machine is oversubscribed (load above the core count), OpenMP threads that
@@ -175,6 +181,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare-size", type=int, default=32)
     p.add_argument("--compare-dtype", default="bf16", choices=["fp32", "bf16"])
     p.add_argument("--skip-diffusers", action="store_true")
+    p.add_argument("--preset", default="quick", help="preset whose networks part 3 times ('' to skip)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -225,6 +232,61 @@ def throughput_table(args: argparse.Namespace) -> None:
         print(f"    {arch:<16}{params / 1e6:>11.2f}M" + "".join(f"{v:12.1f}" for v in row), flush=True)
 
 
+def matmul_gflops(size: int = 1024, repeats: int = 8) -> float:
+    """fp32 GFLOP/s of a square matrix multiply on the current threads (best of ``repeats``)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def flops_per_image(net: nn.Module, size: int, batch: int, seed: int) -> float:
+    """Forward + backward FLOPs of one training step, per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    gen = torch.Generator().manual_seed(seed)
+    x0, cond = torch.rand(batch, 3, size, size, generator=gen) * 2 - 1, random_conditioning(batch, gen)
+    with FlopCounterMode(display=False) as counter:
+        edm_loss(net, x0, cond, gen).backward()
+    net.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch
+
+
+def preset_table(args: argparse.Namespace) -> None:
+    from locodiff.study_config import load_study_config
+
+    cfg = load_study_config(args.preset)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    peak = matmul_gflops()
+    size, batch = cfg.data.resolution, cfg.train.batch_size
+    print(f"[3] preset {args.preset!r}: its networks at {size}x{size}, batch {batch}, fp32, 1 thread; "
+          f"this core's fp32 matmul: {peak:.1f} GFLOP/s")
+    print(f"    {'model':<14}{'arch':<16}{'params':>8}{'img/s':>9}{'MFLOP/img':>11}{'GFLOP/s':>9}"
+          f"{'of matmul':>10}{'images':>9}{'minutes':>9}")
+    core_minutes = 0.0
+    for name, spec in cfg.enabled_models().items():
+        torch.manual_seed(args.seed)
+        net = build_network(spec.model)
+        flops = flops_per_image(net, size, batch, args.seed)
+        ips = images_per_second({name: make_step(net, size, batch, False, args.seed)}, batch,
+                                args.warmup, max(args.steps, 4), 1)[name]
+        minutes = spec.train.total_images / ips / 60
+        core_minutes += minutes
+        print(f"    {name:<14}{spec.model.arch:<16}{param_count(net) / 1e6:>7.2f}M{ips:9.0f}{flops / 1e6:11.0f}"
+              f"{ips * flops / 1e9:9.1f}{ips * flops / 1e9 / peak:10.0%}{spec.train.total_images:9d}{minutes:9.1f}",
+              flush=True)
+    print(f"    predicted training: {core_minutes:.1f} core-minutes, ~{core_minutes / cfg.jobs:.1f} min wall "
+          f"with {cfg.jobs} jobs (plus the detector; no other load)")
+    torch.set_num_threads(previous)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -237,6 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_diffusers:
         compare_with_diffusers(args)
     throughput_table(args)
+    if args.preset:
+        preset_table(args)
     print(f"total {time.perf_counter() - start:.0f} s")
 
 

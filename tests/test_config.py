@@ -57,5 +57,12 @@ def test_set_option_and_merge():
 
 def test_presets_load_and_unknown_preset_errors():
     assert load_study_config("quick").seed == 0
+    quick, full = load_study_config("quick"), load_study_config("full")
+    # full extends quick: the same canvas, training defaults and models, plus three more
+    assert full.data == quick.data and full.train == quick.train and full.evaluate == quick.evaluate
+    assert list(full.models)[: len(quick.models)] == list(quick.models)
+    assert {"exp3_penalty", "exp1_color", "exp1_combo"} <= set(full.models) - set(quick.models)
+    assert all(full.models[n] == m for n, m in quick.models.items())
+    assert full.out_dir != quick.out_dir
     with pytest.raises(ConfigError, match="unknown preset"):
         load_study_config("huge")

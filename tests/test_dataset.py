@@ -57,7 +57,7 @@ def test_data_config_validation(kwargs, fragment):
 def test_data_section_loads_from_presets_and_overrides():
     cfg = load_study_config("micro", sets=["data.resolution=24", "data.scene.colors=['red','blue']"])
     assert cfg.data.resolution == 24 and cfg.data.scene.colors == ("red", "blue")
-    assert load_study_config("quick").data.resolution == 16
+    assert load_study_config("quick").data.resolution == 32
     assert load_study_config("paper").data.resolution == 64
     with pytest.raises(ConfigError, match="unknown color 'pink'"):
         from_dict(DataConfig, {"scene": {"colors": ["pink"]}})

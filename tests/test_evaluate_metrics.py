@@ -6,7 +6,7 @@ import pytest
 
 from locodiff.evaluate.metrics import (
     CountMetrics, EvalError, ImageMatch, SummaryOptions, count_metrics, default_tolerance_px, largest_k_above,
-    match_locations, normalized_auc, score_attributes, score_colors, summarize, wilson_interval,
+    match_locations, normalized_auc, ratio_interval, score_attributes, score_colors, summarize, wilson_interval,
 )
 
 SIZE = (32, 32)
@@ -100,12 +100,28 @@ def test_count_metrics_hand_computed():
     assert m.count_error_hist == {0: 2, 1: 1}
     assert m.count_ci == pytest.approx(wilson_interval(2, 3))
     assert m.color_accuracy is None
+    assert m.recall_ci[0] <= m.recall <= m.recall_ci[1] and m.precision_ci[0] <= m.precision <= m.precision_ci[1]
+    assert CountMetrics.from_dict(m.to_dict()) == m  # intervals survive the eval.json round trip
+
+
+def test_ratio_interval_resamples_images():
+    # every image 3 of 4 matched: the ratio is 0.75 in every resample
+    assert ratio_interval([3] * 10, [4] * 10) == pytest.approx((0.75, 0.75))
+    assert ratio_interval([0, 0], [0, 0]) is None
+    # half the images perfect, half empty: wide, symmetric about 0.5, deterministic
+    lo, hi = ratio_interval([4] * 10 + [0] * 10, [4] * 20)
+    assert lo < 0.35 and hi > 0.65 and lo == pytest.approx(1 - hi, abs=0.02)
+    assert ratio_interval([4] * 10 + [0] * 10, [4] * 20) == (lo, hi)
+    # more images, narrower interval
+    lo2, hi2 = ratio_interval([4] * 100 + [0] * 100, [4] * 200)
+    assert hi2 - lo2 < (hi - lo) / 2
 
 
 def test_count_metrics_k0_and_errors():
     m = count_metrics(0, [match_locations([], [], SIZE, 3), match_locations([], px((4, 4)), SIZE, 3)])
     assert m.count == 0.5 and m.placed == 1.0 and m.success == 0.5
     assert m.recall is None and m.precision == 0.0 and m.loc_error_px is None
+    assert m.recall_ci is None and m.precision_ci == (0.0, 0.0)
     assert m.count_error_hist == {0: 1, 1: 1}
     with pytest.raises(EvalError, match="no images"):
         count_metrics(1, [])

@@ -52,7 +52,7 @@ def test_colour_concepts_follow_the_data_palette_for_attribute_models_only():
     from locodiff.study import run_config
     from locodiff.study_config import load_study_config
 
-    cfg = load_study_config("quick")
+    cfg = load_study_config("full")
     plain = run_config(cfg, "exp1", cfg.models["exp1"])
     assert colour_concepts(plain) == []
     coloured = run_config(cfg, "exp1_color", cfg.models["exp1_color"])
@@ -66,7 +66,7 @@ def test_report_shows_colour_cosines_and_accuracy(tmp_path):
     from locodiff.report.document import Figure, Table
     from locodiff.study_config import load_study_config
 
-    cfg = load_study_config("quick")
+    cfg = load_study_config("full")
     eye = torch.eye(3).tolist()
     feats = {"exp1_color": {"colors": {"palette": [0, 1, 2], "cosine": eye, "offdiag_abs_mean": 0.0}},
              "exp1": {"cosine": eye}}

@@ -176,6 +176,8 @@ def test_bf16_autocast_runs(arch):
             (2, 3, 8, 12),
         ),
         ("global", dict(channels=(8,), use_attributes=True), (2, 3, 5, 7)),
+        ("spatial", dict(patch_size=2), (2, 3, 16, 16)),
+        ("cross_attention", dict(patch_size=2, shared_position=True, position_bias_px=2.0), (2, 3, 16, 20)),
         ("local", dict(local_radius=1, image_channels=2), (2, 2, 7, 9)),
     ],
 )
@@ -227,6 +229,12 @@ def test_plain_attention_for_cpu_bf16_matches_the_fused_kernel():
         ({"bump_sigma_px": 0.0}, "bump_sigma_px=0.0"),
         ({"arch": "local", "bump_cutoff": -1.0}, "bump_cutoff=-1.0"),
         ({"channels": (56, 64), "head_dim": 16}, "does not split into 3 heads"),
+        ({"arch": "local", "patch_size": 2}, "patch_size=2 has no effect"),
+        ({"image_size": 30, "patch_size": 4}, "positive divisor"),
+        ({"image_size": 16, "patch_size": 4}, "on 4-px patches"),
+        ({"arch": "spatial", "shared_position": True}, "applies to ['cross_attention']"),
+        ({"arch": "cross_attention", "shared_position": True, "query_position": False}, "needs the query position"),
+        ({"arch": "cross_attention", "position_bias_px": -1.0}, "position_bias_px=-1.0"),
     ],
 )
 def test_config_errors_name_the_option(options, fragment):
@@ -267,3 +275,70 @@ def test_query_position_term_changes_the_network():
     blocks = [m for m in on.modules() if m.__class__.__name__ == "CrossAttention"]
     # Pixel frequencies stop at the level's Nyquist limit: 16 px -> 4, 8 px -> 3.
     assert sorted({b.position_freqs for b in blocks}) == [3, 4]
+
+
+def test_patch_stem_runs_the_unet_on_a_coarser_grid():
+    cfg = tiny("cross_attention", patch_size=2)
+    assert cfg.level_resolutions() == (8, 4)
+    assert cfg.resolved().cross_attention_resolutions == (8, 4)
+    net = make("cross_attention", patch_size=2)
+    # the first conv sees 2x2 blocks of the 3 colour channels; the head gives them back
+    assert net.conv_in.in_channels == 12 and net.conv_out.out_channels == 12
+    x, c = inputs(2)
+    with torch.no_grad():
+        assert net(x, c, random_cond([1, 2], slots=2)).shape == x.shape
+    plain = describe(tiny("spatial")).conv_radius
+    assert describe(tiny("spatial", patch_size=2)).conv_radius == 2 * plain + 1
+
+
+def _position_only_attention(**options):
+    """A cross-attention block whose content terms are zero, so only position terms remain, and
+    whose values are one-hot token indices, so its output reads off the attention weights."""
+    from locodiff.models.layers import CrossAttention
+
+    torch.manual_seed(0)
+    block = CrossAttention(64, 16, 1, 8, 4, **options)
+    with torch.no_grad():
+        for layer in (block.q, block.kv, block.proj):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        block.kv.weight[64:80] = torch.eye(16)  # value of token j = e_j
+        block.proj.weight.copy_(torch.eye(64))
+    return block
+
+
+def _attention_weights(block, locations, located, height=16):
+    """[H, W, L]: every pixel's softmax weights over the L tokens."""
+    n = len(located)
+    tokens = torch.eye(16)[:n][None]
+    x = torch.zeros(1, 64, height, height)
+    with torch.no_grad():
+        out = block(x, tokens, torch.ones(1, n, dtype=torch.bool), torch.tensor([locations]), torch.tensor([located]))
+    return out[0, :n].permute(1, 2, 0)
+
+
+def test_shared_position_makes_pixels_prefer_the_token_on_them_from_the_start():
+    # tokens: null (no location), one at pixel (row 3, col 3), one at (row 12, col 12) of 16 x 16
+    locations = [[0.5, 0.5], [3.5 / 16, 3.5 / 16], [12.5 / 16, 12.5 / 16]]
+    w = _attention_weights(_position_only_attention(shared_position=True), locations, [False, True, True])
+    torch.testing.assert_close(w.sum(-1), torch.ones(16, 16))
+    assert w[3, 3, 1] > 2 * w[3, 3, 2] and w[12, 12, 2] > 2 * w[12, 12, 1]
+    off = _attention_weights(_position_only_attention(), locations, [False, True, True])
+    torch.testing.assert_close(off, torch.full_like(off, 1 / 3))  # without it: no preference at all
+
+
+def test_position_bias_sends_far_pixels_to_the_null_token_and_learns_its_width():
+    locations = [[0.5, 0.5], [3.5 / 16, 3.5 / 16], [12.5 / 16, 12.5 / 16]]
+    block = _position_only_attention(bias_px=1.0, image_size=16)
+    w = _attention_weights(block, locations, [False, True, True])
+    assert w[3, 3, 1] > 0.49 and w[3, 3, 2] < 1e-6  # on token 1: split with the null, token 2 is far
+    assert w[8, 0, 0] > 0.99  # far from both tokens: the null token only
+    from locodiff.models.layers import CrossAttention
+
+    torch.manual_seed(1)
+    block = CrossAttention(64, 16, 2, 8, 4, bias_px=1.0, image_size=16)  # content terms on again
+    x = torch.randn(1, 64, 16, 16)
+    out = block(x, torch.randn(1, 3, 16), torch.ones(1, 3, dtype=torch.bool), torch.tensor([locations]),
+                torch.tensor([[False, True, True]]))
+    out.square().sum().backward()
+    assert block.log_width.grad is not None and block.log_width.grad.abs().sum() > 0

@@ -35,13 +35,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from .config import config_hash, to_dict
 from .errors import ConfigError, LocodiffError
+from .conditioning import Conditioning
+from .evaluate.crowding import study_crowding
 from .evaluate.heatmap import detector_key
 from .evaluate.runner import EvalConfig, build_detector, eval_folder, evaluate_run
 from .evaluate.validation import validate_detector
 from .io import atomic_path, read_jsonl, write_json_atomic
 from .locality.run import probe_complete, probe_folder, probe_run
 from .report import write_report
-from .scenes.dataset import build_dataset, dataset_root
+from .scenes.dataset import SceneDataset, build_dataset, dataset_root
 from .scenes.figures import data_contact_sheet
 from .study_config import LocalityOptions, ModelSpec, StudyConfig
 from .intervene.subject import InterventionSpec, subject_checkpoint, write_intervention
@@ -254,10 +256,12 @@ def stage_evaluate(cfg: StudyConfig, console: Console) -> None:
         run_jobs({"detector": Job(_detector_worker, (cfg.data, cfg.evaluate, str(detector_cache(cfg)),
                                                      torch.get_num_threads()))}, 1, console)
     ev = cfg.evaluate
+    runs = trained_runs(cfg)
     write_detector_ceiling(cfg)
+    write_crowding(cfg)
     total = ev.per_count * len(ev.counts)
     jobs = {}
-    for name, folder in trained_runs(cfg).items():
+    for name, folder in runs.items():
         out = eval_folder(folder, ev, subject_checkpoint(folder).name)
         if (out / "eval.json").is_file():
             console.print(f"  {name}: evaluated already ({out.name})")
@@ -286,6 +290,34 @@ def write_detector_ceiling(cfg: StudyConfig) -> Path:
         table = validate_detector(detector, cfg.data, (cfg.data.resolution,), ev.counts, ev.per_count,
                                   {"clean": (0.0, 0.0)}, ev.min_separation, seed=ev.seed)
         write_json_atomic(path, table)
+    return path
+
+
+def crowding_radii(cfg: StudyConfig) -> tuple[float, ...]:
+    """Radii of the crowding diagnostic: the locality index's radius and the receptive field of
+    every model that is local by construction."""
+    radii = {float(cfg.locality.radius_px)}
+    for spec in cfg.enabled_models().values():
+        if spec.model.arch == "local":
+            radii.add(float(spec.model.resolved().local_radius))
+    return tuple(sorted(radii))
+
+
+def crowding_path(cfg: StudyConfig) -> Path:
+    ev = cfg.evaluate
+    key = config_hash({"data": cfg.data.cache_key(), "counts": ev.counts, "per_count": ev.per_count,
+                       "min_separation": ev.min_separation, "seed": ev.seed, "radii": crowding_radii(cfg)})
+    return Path(cfg.out_dir) / "crowding" / f"crowding-{key}.json"
+
+
+def write_crowding(cfg: StudyConfig) -> Path:
+    """How crowded training and test windows are (``evaluate.crowding``), cached; seconds to compute."""
+    path = crowding_path(cfg)
+    if not path.is_file():
+        train = SceneDataset(dataset_root(cfg.data, cfg.out_dir), "train").tensors
+        tables = study_crowding(cfg.data, Conditioning(train["centers"], train["mask"]), cfg.evaluate,
+                                crowding_radii(cfg))
+        write_json_atomic(path, {"resolution": cfg.data.resolution, "tables": [t.to_dict() for t in tables]})
     return path
 
 

@@ -1,7 +1,8 @@
 """The study configuration: one typed config with a section per pipeline stage.
 
-A preset (``quick`` for a 2-core CPU, ``paper`` for GPUs, ``micro`` for tests) is a TOML file in
-``locodiff/presets/``; a user file and ``--set key=value`` overrides are merged on top, then the
+A preset (``quick`` for a 2-core CPU, ``full`` = quick plus the attribute, held-out-pair and
+training-time models, ``paper`` for GPUs, ``micro`` for tests) is a TOML file in
+``locodiff/presets/`` (``extends = "quick"`` builds one preset on another); a user file and ``--set key=value`` overrides are merged on top, then the
 result is validated into ``StudyConfig``. Every CLI verb loads this and uses its own section(s).
 """
 
@@ -12,14 +13,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import ConfigError, from_dict, load_config_file, merge, parse_set_option
+from .config import ConfigError, from_dict, load_config_file, merge, parse_set_option, tomllib
 from .evaluate.runner import EvalConfig
 from .intervene.subject import InterventionSpec
 from .models import ModelConfig
 from .scenes.dataset import DataConfig
 from .train.config import TrainConfig
 
-PRESETS = ("micro", "quick", "paper")
+PRESETS = ("micro", "quick", "full", "paper")
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,9 @@ def preset_dict(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; expected one of {list(PRESETS)}")
     text = resources.files("locodiff.presets").joinpath(f"{name}.toml").read_text()
-    import tomllib
-
-    return tomllib.loads(text)
+    data = tomllib.loads(text)
+    base = data.pop("extends", None)  # a preset may build on another: its tables merge over the base's
+    return merge(preset_dict(base), data) if base else data
 
 
 def load_study_config(

@@ -38,7 +38,8 @@ from ..errors import LocodiffError
 # Matching radius at the reference resolution; it scales linearly with the image side.
 REFERENCE_TOLERANCE_PX = 3.0
 REFERENCE_RESOLUTION = 32
-ACCURACY_KINDS = ("count", "placed", "success")
+ACCURACY_KINDS = ("count", "placed", "success")  # per-image, all-or-nothing rates
+RATE_KINDS = ("recall", "precision")  # per-object rates pooled over the images of one k
 # attribute scores kept per image as (checked, correct) counts
 ATTRIBUTE_KINDS = ("color", "shape", "seen", "heldout", "seen_color", "heldout_color")
 ATTRIBUTE_COUNTS = tuple(f"{kind}_{what}" for kind in ATTRIBUTE_KINDS for what in ("checked", "correct"))
@@ -217,6 +218,24 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     return (max(0.0, center - half), min(1.0, center + half))
 
 
+def ratio_interval(numerators: Sequence[int], denominators: Sequence[int], resamples: int = 2000,
+                   level: float = 0.95, seed: int = 0) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of ``sum(num) / sum(den)`` resampling whole images.
+
+    Recall and precision pool objects over images, but the objects of one image are not
+    independent draws (one failed sample loses several), so images, not objects, are resampled.
+    Deterministic (fixed seed). None when the denominators sum to zero.
+    """
+    num, den = np.asarray(numerators, float), np.asarray(denominators, float)
+    if den.sum() == 0:
+        return None
+    picks = np.random.default_rng(seed).integers(0, len(num), size=(resamples, len(num)))
+    totals = den[picks].sum(1)
+    ratios = num[picks].sum(1)[totals > 0] / totals[totals > 0]
+    lo, hi = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
+    return (float(lo), float(hi))
+
+
 # ----- per count k -------------------------------------------------------------------------------
 
 
@@ -244,20 +263,24 @@ class CountMetrics:
     seen_color_accuracy: float | None = None  # colour right, seen combinations
     heldout_color_accuracy: float | None = None  # colour right, held-out combinations
     attribute_counts: dict[str, int] = field(default_factory=dict)  # summed per-image counts
+    recall_ci: tuple[float, float] | None = None  # 95% bootstrap over images; None for k = 0
+    precision_ci: tuple[float, float] | None = None  # the same; None without detections
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["count_error_hist"] = {str(e): n for e, n in sorted(self.count_error_hist.items())}
-        for kind in ACCURACY_KINDS:
-            d[f"{kind}_ci"] = list(d[f"{kind}_ci"])
+        for kind in ACCURACY_KINDS + RATE_KINDS:
+            if d[f"{kind}_ci"] is not None:
+                d[f"{kind}_ci"] = list(d[f"{kind}_ci"])
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "CountMetrics":
         d = dict(d)
         d["count_error_hist"] = {int(e): n for e, n in d["count_error_hist"].items()}
-        for kind in ACCURACY_KINDS:
-            d[f"{kind}_ci"] = tuple(d[f"{kind}_ci"])
+        for kind in ACCURACY_KINDS + RATE_KINDS:
+            if d.get(f"{kind}_ci") is not None:
+                d[f"{kind}_ci"] = tuple(d[f"{kind}_ci"])
         return cls(**d)
 
 
@@ -305,6 +328,8 @@ def count_metrics(k: int, matches: Sequence[ImageMatch], z: float = 1.96) -> Cou
         seen_color_accuracy=rate("seen_color"),
         heldout_color_accuracy=rate("heldout_color"),
         attribute_counts={k: v for k, v in totals.items() if v},
+        recall_ci=ratio_interval([m.n_matched for m in matches], [k] * n) if k else None,
+        precision_ci=ratio_interval([m.n_matched for m in matches], [m.n_detected for m in matches]),
     )
 
 
@@ -363,11 +388,12 @@ def summarize(per_k: dict[int, CountMetrics], options: SummaryOptions | None = N
         "trained_range": list(opts.trained_range),
         "extrapolation_range": list(opts.extrapolation_range),
     }
-    for kind in ACCURACY_KINDS:
-        acc = {k: getattr(m, kind) for k, m in per_k.items()}
+    for kind in ACCURACY_KINDS + RATE_KINDS:
+        acc = {k: getattr(m, kind) for k, m in per_k.items() if getattr(m, kind) is not None}
         for label, (lo, hi) in (("trained", opts.trained_range), ("extrapolation", opts.extrapolation_range)):
             ks = [k for k in acc if lo <= k <= hi]
             out[f"{kind}_largest_k_{label}"] = largest_k_above(acc, opts.threshold, ks)
             out[f"{kind}_auc_{label}"] = normalized_auc(acc, (lo, hi))
+            out[f"{kind}_min_{label}"] = min((acc[k] for k in ks), default=None)
         out[f"{kind}_largest_k"] = largest_k_above(acc, opts.threshold)
     return out

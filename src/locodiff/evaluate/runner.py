@@ -224,6 +224,12 @@ def _k_seed(seed: int, k: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def k_generator(seed: int, k: int) -> torch.Generator:
+    """The generator of k's test conditionings and sampling noise (the crowding diagnostic
+    draws the same conditionings from it)."""
+    return torch.Generator().manual_seed(_k_seed(seed, k))
+
+
 # ----- the runner -------------------------------------------------------------------------------------
 
 def evaluate_denoiser(
@@ -268,7 +274,7 @@ def evaluate_denoiser(
     bar = tqdm(total=len(todo) * cfg.per_count, desc="evaluate", unit="img", disable=not progress)
     for k in todo:
         bar.set_postfix(k=k)
-        gen = torch.Generator().manual_seed(_k_seed(cfg.seed, k))
+        gen = k_generator(cfg.seed, k)
         cond = make_test_conditionings(k, cfg.per_count, gen)
         check_conditioning(cond, k, cfg.per_count, detector.min_separation)
         lines, strip = [], []

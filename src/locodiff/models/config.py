@@ -33,7 +33,8 @@ class ModelConfig:
     image_size: int = 32  # training resolution (square); places the attention levels
     image_channels: int = 3  # channels of the images being denoised
     # --- UNet backbone (cross_attention, spatial, global) ---
-    channels: tuple[int, ...] = (32, 64, 64)  # width per level; level i is image_size / 2**i px
+    channels: tuple[int, ...] = (32, 64, 64)  # width per level; level i is image_size / patch_size / 2**i px
+    patch_size: int = 1  # pixel-unshuffle stem / pixel-shuffle head: the UNet runs on patch x patch blocks
     res_blocks: int = 1  # residual blocks per level, in the encoder and in the decoder
     attention_resolutions: tuple[int, ...] | None = None  # self-attention; None = levels <= 8 px
     norm_groups: int = 8  # GroupNorm groups; must divide every width
@@ -47,6 +48,8 @@ class ModelConfig:
     # --- cross_attention only ---
     cross_attention_resolutions: tuple[int, ...] | None = None  # None = every level <= 16 px
     query_position: bool | None = None  # pixel-position term on the queries; None = on
+    shared_position: bool | None = None  # keys get the queries' position encoding of their location; None = off
+    position_bias_px: float | None = None  # learned distance bias on attention logits, initial width px; None/0 = off
     # --- local only (spatial may also set bump_cutoff) ---
     local_radius: int | None = None  # receptive-field radius in px (= 3x3 convs); None = 8
     local_width: int | None = None  # channels of the local network; None = 64
@@ -63,8 +66,9 @@ class ModelConfig:
         return len(self.channels)
 
     def level_resolutions(self) -> tuple[int, ...]:
-        """Side length in pixels of each UNet level at ``image_size``."""
-        return tuple(self.image_size // 2**i for i in range(self.levels))
+        """Side length in grid cells of each UNet level at ``image_size`` (one cell of level 0 is
+        ``patch_size`` x ``patch_size`` pixels)."""
+        return tuple(self.image_size // self.patch_size // 2**i for i in range(self.levels))
 
     def resolved(self) -> "ModelConfig":
         """The same config with each applicable ``None`` replaced by the architecture's default.
@@ -84,6 +88,8 @@ class ModelConfig:
                 r for r in res if r <= DEFAULT_CROSS_ATTENTION_MAX_RES
             )
             defaults["query_position"] = True
+            defaults["shared_position"] = False
+            defaults["position_bias_px"] = 0.0
         if self.arch == "local":
             defaults["local_radius"] = DEFAULT_LOCAL_RADIUS
             defaults["local_width"] = DEFAULT_LOCAL_WIDTH
@@ -101,10 +107,17 @@ class ModelConfig:
         only = {
             "cross_attention_resolutions": ("cross_attention",),
             "query_position": ("cross_attention",),
+            "shared_position": ("cross_attention",),
+            "position_bias_px": ("cross_attention",),
             "local_radius": ("local",),
             "local_width": ("local",),
             "bump_cutoff": ("local", "spatial"),
         }
+        if self.patch_size != 1 and self.arch not in UNET_ARCHITECTURES:
+            raise ConfigError(
+                f"model.patch_size={self.patch_size} has no effect with model.arch={self.arch!r}; "
+                f"it applies to {list(UNET_ARCHITECTURES)} only (leave it unset)"
+            )
         for name, archs in only.items():
             value = getattr(self, name)
             if value is not None and self.arch not in archs:
@@ -112,6 +125,13 @@ class ModelConfig:
                     f"model.{name}={value!r} has no effect with model.arch={self.arch!r}; "
                     f"it applies to {list(archs)} only (leave it unset)"
                 )
+        if self.shared_position and self.query_position is False:
+            raise ConfigError(
+                "model.shared_position=true needs the query position term; leave "
+                "model.query_position unset or true"
+            )
+        if self.position_bias_px is not None and self.position_bias_px < 0:
+            raise ConfigError(f"model.position_bias_px={self.position_bias_px}: expected >= 0 pixels (0 = off)")
         if self.arch == "local" and self.attention_resolutions:
             raise ConfigError(
                 f"model.attention_resolutions={list(self.attention_resolutions)}: the local "
@@ -152,12 +172,18 @@ class ModelConfig:
                 f"model.norm_groups={self.norm_groups} must divide every width in "
                 f"model.channels={list(self.channels)}"
             )
-        bottom = 2 ** (self.levels - 1)
+        if self.patch_size < 1 or self.image_size % self.patch_size:
+            raise ConfigError(
+                f"model.patch_size={self.patch_size}: expected a positive divisor of "
+                f"model.image_size={self.image_size}"
+            )
+        bottom = 2 ** (self.levels - 1) * self.patch_size
         if self.image_size % bottom or self.image_size // bottom < 2:
             raise ConfigError(
                 f"model.image_size={self.image_size} cannot be halved {self.levels - 1} times "
-                f"(model.channels has {self.levels} levels): expected a multiple of {bottom} "
-                f"and at least {2 * bottom}"
+                f"(model.channels has {self.levels} levels"
+                + (f", on {self.patch_size}-px patches" if self.patch_size > 1 else "")
+                + f"): expected a multiple of {bottom} and at least {2 * bottom}"
             )
         res = self.level_resolutions()
         for name in ("attention_resolutions", "cross_attention_resolutions"):

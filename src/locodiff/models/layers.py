@@ -115,17 +115,22 @@ def heads_for(channels: int, head_dim: int) -> int:
     return max(1, channels // head_dim)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
     """``softmax(q k^T / sqrt(d)) v`` over [B, heads, L, d] tensors; ``mask`` True = may attend.
 
     ``F.scaled_dot_product_attention`` (fused, memory-efficient: the right choice on GPUs and for
     long sequences), except for bfloat16 on CPU: there, in torch 2.13, the fused kernel's
     forward + backward is 3-5x slower than the plain formula at this project's sizes (<= 256
     queries; measured for benchmarks/train.py). The plain formula takes the softmax in float32.
+    ``bias`` (broadcastable to [B, heads, L, K]) is added to the logits before the softmax; it
+    always takes the plain formula, because in torch 2.13 the fused CPU kernel silently returns
+    no gradient for a float mask once the queries require one (a learned bias would never learn).
     """
-    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
+    if bias is None and (q.device.type != "cpu" or q.dtype != torch.bfloat16):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     scores = torch.einsum("bnld,bnkd->bnlk", q, k).float() * q.shape[-1] ** -0.5
+    if bias is not None:
+        scores = scores + bias.float()
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     return torch.einsum("bnlk,bnkd->bnld", scores.softmax(dim=-1).to(v.dtype), v)
@@ -159,29 +164,61 @@ class CrossAttention(nn.Module):
     directly (in a quick experiment it made cross-attention learn placement faster and
     length-generalize further).
     Pixel frequencies stop at the grid's Nyquist limit (2**(n-1) <= resolution / 2).
+
+    With ``shared_position`` the keys of location tokens get the *same* projection of the same
+    Fourier features of the token's location (DETR-style shared positional encoding): then
+    ``q . k`` contains ``phi(p)^T W^T W phi(l)``, which for a random ``W`` is already about
+    ``phi(p) . phi(l) = sum_i cos(w_i (p - l))``, largest where the pixel sits on the token. The
+    network starts out able to ask "is a token here?" instead of having to discover it (it may
+    still learn to ignore or invert the term: nothing is masked, the network is not local).
+
+    With ``bias_px > 0`` each head adds ``-d^2 / (2 s^2)`` to the logit of every located token,
+    ``d`` the pixel-to-token distance in image pixels and ``s`` a learned width per head that
+    starts at ``bias_px``: a soft locality prior (pixels far from every token attend to the null
+    token) that training may widen until it is gone. ``image_size`` converts to pixels.
     """
 
     def __init__(
-        self, channels: int, token_dim: int, heads: int, groups: int, position_freqs: int
+        self, channels: int, token_dim: int, heads: int, groups: int, position_freqs: int,
+        shared_position: bool = False, bias_px: float = 0.0, image_size: int = 1,
     ) -> None:
         super().__init__()
+        if shared_position and not position_freqs:
+            raise ValueError("shared_position needs the query position term (position_freqs > 0)")
         self.heads = heads
         self.position_freqs = position_freqs
+        self.shared_position = shared_position
         self.norm = nn.GroupNorm(groups, channels)
         self.q = nn.Linear(channels, channels)
         self.position = nn.Linear(4 * position_freqs, channels) if position_freqs else None
         self.kv = nn.Linear(token_dim, 2 * channels)
         self.proj = nn.Linear(channels, channels)
+        self.image_size = image_size
+        self.log_width = nn.Parameter(torch.full((heads,), math.log(bias_px))) if bias_px > 0 else None
 
-    def forward(self, x: Tensor, tokens: Tensor, token_mask: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, tokens: Tensor, token_mask: Tensor, token_locations: Tensor | None = None,
+        located: Tensor | None = None,
+    ) -> Tensor:
+        """``token_locations`` [B, L, 2] and ``located`` [B, L] (which tokens have a location; the
+        null token has none) are needed with ``shared_position`` only."""
         height, width = x.shape[-2:]
         q = self.q(rearrange(self.norm(x), "b c h w -> b (h w) c"))
         if self.position is not None:
             grid = pixel_grid(height, width, x.device, x.dtype).reshape(height * width, 2)
             q = q + self.position(fourier_features(grid, self.position_freqs))
         k, v = self.kv(tokens).chunk(2, dim=-1)
+        if self.shared_position:
+            where = self.position(fourier_features(token_locations.to(k.dtype), self.position_freqs))
+            k = k + where * located[..., None].to(k.dtype)
         q, k, v = (rearrange(t, "b l (n d) -> b n l d", n=self.heads) for t in (q, k, v))
-        out = attention(q, k, v, token_mask[:, None, None, :])
+        bias = None
+        if self.log_width is not None:
+            grid = pixel_grid(height, width, x.device, torch.float32).reshape(1, height * width, 1, 2)
+            d2 = ((grid - token_locations.float()[:, None]) * self.image_size).square().sum(-1)  # [B, HW, L]
+            d2 = d2 * located[:, None, :]  # the null token (no location) gets no bias
+            bias = -0.5 * d2[:, None] / torch.exp(2 * self.log_width.float())[None, :, None, None]
+        out = attention(q, k, v, token_mask[:, None, None, :], bias)
         out = self.proj(rearrange(out, "b n l d -> b l (n d)"))
         return x + rearrange(out, "b (h w) c -> b c h w", h=height)
 

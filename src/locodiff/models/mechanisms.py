@@ -56,6 +56,8 @@ class Mechanism(nn.Module):
 class TokenSet:
     tokens: Tensor  # [B, 1 + N, D]; token 0 is the learned null token
     mask: Tensor  # [B, 1 + N] bool; always True for the null token
+    locations: Tensor  # [B, 1 + N, 2]; the null token's (and padding's) is a placeholder
+    located: Tensor  # [B, 1 + N] bool; False for the null token and for padding
 
 
 class CrossAttentionConditioning(Mechanism):
@@ -79,7 +81,11 @@ class CrossAttentionConditioning(Mechanism):
         batch = tokens.shape[0]
         null = self.null.to(tokens.dtype).expand(batch, 1, -1)
         always = torch.ones(batch, 1, dtype=torch.bool, device=cond.mask.device)
-        return TokenSet(torch.cat([null, tokens], 1), torch.cat([always, cond.mask], 1))
+        mask = torch.cat([always, cond.mask], 1)
+        centre = torch.full((batch, 1, 2), 0.5, dtype=tokens.dtype, device=tokens.device)
+        where = torch.where(cond.mask[..., None], cond.locations.to(tokens.dtype), 0.5)
+        return TokenSet(torch.cat([null, tokens], 1), mask, torch.cat([centre, where], 1),
+                        torch.cat([~always, cond.mask], 1))
 
     def injector(self, channels: int, level: int) -> nn.Module | None:
         if level not in self.levels:
@@ -91,7 +97,8 @@ class CrossAttentionConditioning(Mechanism):
             freqs = 0
         attention = CrossAttention(
             channels, self.cfg.token_dim, heads_for(channels, self.cfg.head_dim),
-            self.cfg.norm_groups, freqs,
+            self.cfg.norm_groups, freqs, bool(self.cfg.shared_position),
+            self.cfg.position_bias_px or 0.0, self.cfg.image_size,
         )
         return AttendToTokens(attention)
 
@@ -102,7 +109,7 @@ class AttendToTokens(nn.Module):
         self.attention = attention
 
     def forward(self, h: Tensor, context: TokenSet) -> Tensor:
-        return self.attention(h, context.tokens, context.mask)
+        return self.attention(h, context.tokens, context.mask, context.locations, context.located)
 
 
 # ----- spatial maps ------------------------------------------------------------------------------
@@ -110,16 +117,16 @@ class SpatialConditioning(Mechanism):
     """Bump maps rasterised at every level's resolution; concatenated to the input and added
     (through a 1x1 conv) after every residual block.
 
-    The bump keeps its physical width across levels (``bump_sigma_px / 2**level`` pixels of that
-    level) but never narrower than half a pixel, so a conditioner between pixel centres is not
-    lost on a coarse grid.
+    The bump keeps its physical width across levels (``bump_sigma_px / (patch_size * 2**level)``
+    cells of that level) but never narrower than half a cell, so a conditioner between cell
+    centres is not lost on a coarse grid.
     """
 
     MIN_SIGMA_PX = 0.5
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.sigma_px = cfg.bump_sigma_px
+        self.sigma_px = cfg.bump_sigma_px / cfg.patch_size
         self.num_levels = cfg.levels
         self.maps = ConditionerMaps(cfg.use_attributes, cutoff=cfg.bump_cutoff)
         self.map_channels = self.maps.channels

@@ -78,7 +78,8 @@ def unet_conv_radius(cfg: ModelConfig) -> int:
 
     Walks the layers with the current pixel spacing ``jump``: a 3x3 conv at spacing ``j`` adds
     ``j``; a stride-2 conv adds ``j`` then doubles ``j``; nearest up-sampling halves ``j`` (its
-    half-pixel replication is counted as up to ``j / 2`` more).
+    half-pixel replication is counted as up to ``j / 2`` more). A patch stem scales the result by
+    the patch side (plus the patch itself).
     """
     radius, jump = 1, 1  # conv_in
     for level in range(cfg.levels):
@@ -92,7 +93,8 @@ def unet_conv_radius(cfg: ModelConfig) -> int:
         if level > 0:
             jump //= 2
             radius += jump + jump  # replication + the conv after it
-    return radius + 1  # conv_out
+    radius += 1  # conv_out
+    return radius * cfg.patch_size + cfg.patch_size - 1
 
 
 _NOTES = {

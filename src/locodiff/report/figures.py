@@ -24,33 +24,63 @@ def _save(fig, path: str | Path) -> Path:
 
 def success_vs_k(evaluations: Mapping[str, dict], path: str | Path, trained_range: tuple[int, int] = (1, 3),
                  kind: str = "success") -> Path:
-    """Accuracy (``kind``) against requested k for several models, from their eval.json dicts."""
+    """A rate (``kind``: success, placed, recall, precision) against requested k for several
+    models, from their eval.json dicts, with 95% intervals where the file has them."""
     fig, ax = plt.subplots(figsize=(5.6, 3.4))
     ax.axvspan(trained_range[0] - 0.5, trained_range[1] + 0.5, color="0.9")
     for i, (name, ev) in enumerate(evaluations.items()):
-        rows = sorted(ev["per_k"], key=lambda r: r["k"])
+        rows = sorted((r for r in ev["per_k"] if r.get(kind) is not None), key=lambda r: r["k"])
+        if not rows:
+            continue
         ks = np.array([r["k"] for r in rows])
-        acc = np.array([r[kind] for r in rows])
-        lo, hi = np.array([r[f"{kind}_ci"] for r in rows]).T
-        ax.plot(ks, acc, "o-", ms=3, lw=1.2, color=f"C{i}", label=name)
-        ax.fill_between(ks, lo, hi, color=f"C{i}", alpha=0.15, lw=0)
+        ax.plot(ks, [r[kind] for r in rows], "o-", ms=3, lw=1.2, color=f"C{i}", label=name)
+        if all(r.get(f"{kind}_ci") for r in rows):
+            lo, hi = np.array([r[f"{kind}_ci"] for r in rows]).T
+            ax.fill_between(ks, lo, hi, color=f"C{i}", alpha=0.15, lw=0)
     ax.set_xlabel("requested objects k")
-    ax.set_ylabel(f"{kind} rate")
+    ax.set_ylabel(kind)
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def recall_and_crowding(evaluations: Mapping[str, dict], outside: Mapping[int, float], radius_px: float,
+                        limit_k: int | None, path: str | Path, trained_range: tuple[int, int] = (1, 3)) -> Path:
+    """Each model's recall against k (left) beside the share of test objects whose window is more
+    crowded than any common training window (right), with the k the crowding theory predicts."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(8.4, 3.2))
+    ax.axvspan(trained_range[0] - 0.5, trained_range[1] + 0.5, color="0.9")
+    for i, (name, ev) in enumerate(evaluations.items()):
+        rows = sorted((r for r in ev["per_k"] if r.get("recall") is not None), key=lambda r: r["k"])
+        ax.plot([r["k"] for r in rows], [r["recall"] for r in rows], "o-", ms=3, lw=1.2, color=f"C{i}", label=name)
+    ks = sorted(outside)
+    bx.bar(ks, [outside[k] for k in ks], color="0.55")
+    for a in (ax, bx):
+        if limit_k is not None:
+            a.axvline(limit_k - 0.5, color="k", ls="--", lw=0.8)
+        a.set_xlabel("requested objects k")
+        a.grid(alpha=0.3)
+    ax.set_ylabel("recall")
+    ax.set_ylim(-0.03, 1.03)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    bx.set_ylabel(f"share of objects crowded beyond training\n(neighbours within {radius_px:g} px)")
+    bx.set_ylim(0, max(0.3, max(outside.values(), default=0) * 1.1))
     fig.tight_layout()
     return _save(fig, path)
 
 
 def locality_vs_generalization(points: Mapping[str, tuple[float, float]], path: str | Path) -> Path:
-    """One labelled point per model: (mean normalised locality index, extrapolation AUC)."""
+    """One labelled point per model: (mean normalised locality index, mean extrapolation recall)."""
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     for i, (name, (x, y)) in enumerate(points.items()):
         ax.scatter([x], [y], color=f"C{i}", s=30)
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel("mean normalised conditional-locality index")
-    ax.set_ylabel("extrapolation AUC (headline accuracy)")
+    ax.set_ylabel("mean recall over the extrapolation range")
     ax.set_xlim(min(-0.05, min(x for x, _ in points.values()) - 0.05), 1.02)
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)

@@ -18,6 +18,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
     ema_halflife_images: int = 10_000  # EMA half-life in images (EDM-style)
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # autocast dtype; fp16 needs a GPU
+    p_mean: float = -1.2  # mean of ln(sigma) over training images (EDM: -1.2; higher = more layout-level noise)
+    p_std: float = 1.2  # std of ln(sigma) over training images
     label_dropout: float = 0.1  # share of images trained with the null conditioning (for CFG)
     log_every_images: int = 2_000  # metrics.jsonl tick
     checkpoint_every_images: int = 10_000  # checkpoint (resume point) interval
@@ -37,6 +39,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}={getattr(self, name)}: expected > 0")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ConfigError(f"train.label_dropout={self.label_dropout}: expected in [0, 1)")
+        if not self.p_std > 0:
+            raise ConfigError(f"train.p_std={self.p_std}: expected > 0")
         if self.lr <= 0:
             raise ConfigError(f"train.lr={self.lr}: expected > 0")
         if self.locality_penalty < 0 or self.locality_window_px <= 0 or not 0 < self.locality_fraction <= 1:

@@ -78,8 +78,12 @@ class RunConfig:
         if d["train"]["locality_penalty"] == 0:  # no penalty: its options change nothing
             d["train"].pop("locality_penalty")
             d["train"].pop("locality_window_px")
-        if d["train"].get("locality_fraction") == 1.0:  # the default: keep hashes of earlier runs
-            d["train"].pop("locality_fraction")
+        # Options added later, at their defaults: dropped so that earlier runs keep their hashes.
+        for section, key, default in (("train", "locality_fraction", 1.0), ("train", "p_mean", -1.2),
+                                      ("train", "p_std", 1.2), ("model", "patch_size", 1),
+                                      ("model", "shared_position", False), ("model", "position_bias_px", 0.0)):
+            if d[section].get(key) == default:
+                d[section].pop(key)
         return config_hash(d)
 
 
@@ -154,10 +158,11 @@ def _with_sample_grids(cfg: RunConfig, run_dir: Path, then=None):
 def training_loss(train: TrainConfig):
     """The EDM loss, plus the conditional-locality penalty when ``train.locality_penalty > 0``."""
     if train.locality_penalty == 0:
-        return EDMLoss()
+        return EDMLoss(p_mean=train.p_mean, p_std=train.p_std)
     from ..intervene.training import LocalityPenaltyLoss
 
-    return LocalityPenaltyLoss(train.locality_penalty, train.locality_window_px, fraction=train.locality_fraction)
+    return LocalityPenaltyLoss(train.locality_penalty, train.locality_window_px, fraction=train.locality_fraction,
+                               base=EDMLoss(p_mean=train.p_mean, p_std=train.p_std))
 
 
 def train_run(
