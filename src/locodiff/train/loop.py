@@ -83,6 +83,11 @@ def train_loop(
         torch.set_num_threads(cfg.threads)
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
     accel = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed)
+    # Channels-last weights make the convolutions run channels-last (measured on one CPU core:
+    # +18 % images/s for the quick preset's exp1 network); the same math. Only for training:
+    # forward-mode AD through GroupNorm fails on channels-last tensors in torch 2.13, and the
+    # analysis tools build their networks afresh (contiguous) from the saved weights.
+    network.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(
         network.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay
     )
