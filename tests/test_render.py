@@ -131,8 +131,13 @@ def test_culling_changes_nothing_but_speed():
 def test_rendering_is_deterministic_and_chunking_invariant():
     scenes = SceneSampler().sample([1, 2, 3, 4, 5], 0)
     a = Renderer(32, chunk_size=2)(scenes)
+    again = Renderer(32, chunk_size=2)(scenes)
     b = Renderer(32, chunk_size=64)(scenes)
-    assert torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks)
+    assert torch.equal(a.images, again.images) and torch.equal(a.masks, again.masks)
+    # Another chunk size runs the same math through other vector-kernel paths: equal up to float
+    # rounding on some CPUs (measured: 6e-8 on an AMD EPYC Zen 3), bit-equal on others.
+    torch.testing.assert_close(a.images, b.images, atol=1e-6, rtol=0)
+    assert torch.equal(a.masks, b.masks)
 
 
 def test_empty_scene_is_the_bare_floor_and_objects_cast_shadows():
