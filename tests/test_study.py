@@ -267,3 +267,12 @@ def test_a_probe_missing_its_feature_results_is_completed(finished):
     (probe / "features.json").unlink()
     run_study(finished, only=["locality"], console=quiet())
     assert (probe / "features.json").read_text() == before  # recomputed, same seeds, same numbers
+
+
+def test_progress_line_for_logs_names_each_running_job():
+    from locodiff.study import Job, progress_line
+
+    jobs = {"exp1": Job(print, (), total=200, poll=lambda: 50), "exp2": Job(print, (), total=10, poll=lambda: 10),
+            "broken": Job(print, (), total=4, poll=lambda: int("x"))}
+    line = progress_line(jobs, {"exp1", "broken"})
+    assert "exp1 50/200 (25%)" in line and "broken 0/4 (0%)" in line and "exp2" not in line

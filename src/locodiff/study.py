@@ -111,8 +111,12 @@ def run_jobs(jobs: dict[str, Job], workers: int, console: Console) -> dict[str, 
         tasks = {n: bar.add_task(n, total=j.total, completed=_poll(j)) for n, j in jobs.items()}
         futures = {n: pool.submit(j.fn, *j.args) for n, j in jobs.items()}
         pending = set(futures)
+        last_line = time.monotonic()
         while pending:
             time.sleep(0.5)
+            if not console.is_terminal and time.monotonic() - last_line >= LOG_EVERY_S:
+                console.print(progress_line(jobs, pending))  # a log file gets no live bars
+                last_line = time.monotonic()
             for n in sorted(pending):
                 bar.update(tasks[n], completed=_poll(jobs[n]))
                 if futures[n].done():
@@ -153,6 +157,18 @@ def _stop_workers_on_interrupt(pool):
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
+
+
+LOG_EVERY_S = 60  # without a terminal, one progress line per this many seconds
+
+
+def progress_line(jobs: dict[str, Job], pending: set[str]) -> str:
+    """``  [12:03:04] exp1 65536/150000 (44%), exp2 27648/100000 (28%)``: the running jobs' progress."""
+    parts = []
+    for n in sorted(pending):
+        done, total = _poll(jobs[n]), jobs[n].total
+        parts.append(f"{n} {done}/{total} ({done / max(total, 1):.0%})")
+    return f"  [{time.strftime('%H:%M:%S')}] " + ", ".join(parts)
 
 
 def _poll(job: Job) -> int:
