@@ -276,3 +276,24 @@ def test_progress_line_for_logs_names_each_running_job():
             "broken": Job(print, (), total=4, poll=lambda: int("x"))}
     line = progress_line(jobs, {"exp1", "broken"})
     assert "exp1 50/200 (25%)" in line and "broken 0/4 (0%)" in line and "exp2" not in line
+
+
+def test_claims_are_judged_from_recall_and_name_their_numbers(tmp_path):
+    from locodiff.report.build import ModelFacts, claim_lines
+    from locodiff.study_config import load_study_config
+
+    cfg = load_study_config("micro")
+
+    def facts(name, role, policy, placed_k1, low, mean):
+        evaluation = {"summary": {"recall_min_extrapolation": low, "recall_auc_extrapolation": mean},
+                      "per_k": [{"k": 1, "placed": placed_k1, "recall": placed_k1}]}
+        return ModelFacts(name, role, "cross_attention", policy, "", 1, tmp_path, evaluation=evaluation)
+
+    lines = claim_lines(cfg, [facts("a", "exp1", "all", 1.0, 0.85, 0.9), facts("b", "exp2", "one", 0.9, 0.2, 0.3),
+                              facts("c", "exp3", "one", 0.9, 0.7, 0.8), facts("d", "exp2", "one", 0.1, 0.0, 0.1)])
+    text = "\n".join(lines)
+    assert "— a: **supported** (recall at k = 4–10: lowest 0.85" in text
+    assert "— b: **supported** (mean recall at k = 4–10: 0.30" in text
+    assert "— c: **not supported**" in text
+    # a model that never learned its label cannot support "Exp 2 fails"
+    assert "— d: **not supported**" in text and "has not learned its label" in text

@@ -201,7 +201,7 @@ class CrossAttention(nn.Module):
         located: Tensor | None = None,
     ) -> Tensor:
         """``token_locations`` [B, L, 2] and ``located`` [B, L] (which tokens have a location; the
-        null token has none) are needed with ``shared_position`` only."""
+        null token has none) are needed with ``shared_position`` or a distance bias only."""
         height, width = x.shape[-2:]
         q = self.q(rearrange(self.norm(x), "b c h w -> b (h w) c"))
         if self.position is not None:

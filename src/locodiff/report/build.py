@@ -574,8 +574,9 @@ def claim_lines(cfg, facts: list[ModelFacts]) -> list[str]:
             low, mean = recall_beyond(f)
             if low is None:
                 continue
+            caveat = "" if learned_conditioner(f, thr) is not False else "; it has not learned its conditioner"
             lines.append(f"{claim} — {f.name}: {verdict(low >= GENERALIZES)} (recall at k = {lo}–{hi}: lowest "
-                         f"{low:.2f}, mean {_num(mean)}; criterion: lowest ≥ {GENERALIZES}).")
+                         f"{low:.2f}, mean {_num(mean)}; criterion: lowest ≥ {GENERALIZES}{caveat}).")
     for f in (f for f in judged if f.role == "exp2"):
         low, mean = recall_beyond(f)
         if mean is None:
