@@ -67,7 +67,7 @@ def recall_and_crowding(evaluations: Mapping[str, dict], outside: Mapping[int, f
     ax.set_ylim(-0.03, 1.03)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
-    bx.set_ylabel(f"share of objects crowded beyond training\n(neighbours within {radius_px:g} px)")
+    bx.set_ylabel(f"test objects beyond training's\ncrowding (r = {radius_px:g} px)")
     bx.set_ylim(0, max(0.3, max(outside.values(), default=0) * 1.1))
     fig.tight_layout()
     return _save(fig, path)
