@@ -163,7 +163,7 @@ LOG_EVERY_S = 60  # without a terminal, one progress line per this many seconds
 
 
 def progress_line(jobs: dict[str, Job], pending: set[str]) -> str:
-    """``  [12:03:04] exp1 65536/150000 (44%), exp2 27648/100000 (28%)``: the running jobs' progress."""
+    """``  [12:03:04] exp1 65536/150000 (44%), exp2 0/100000 (0%)``: every unfinished job's progress."""
     parts = []
     for n in sorted(pending):
         done, total = _poll(jobs[n]), jobs[n].total
