@@ -38,6 +38,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -49,6 +50,7 @@ from locodiff.models import (  # noqa: E402
     build_network,
     param_count,
 )
+from locodiff.study_config import load_study_config  # noqa: E402
 
 SIGMA_DATA = 0.5
 P_MEAN, P_STD = -1.2, 1.2  # EDM's log-normal training noise distribution
@@ -248,8 +250,6 @@ def _timed(fn: Callable[[], object]) -> float:
 
 def flops_per_image(net: nn.Module, size: int, batch: int, seed: int) -> float:
     """Forward + backward FLOPs of one training step, per image."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     gen = torch.Generator().manual_seed(seed)
     x0, cond = torch.rand(batch, 3, size, size, generator=gen) * 2 - 1, random_conditioning(batch, gen)
     with FlopCounterMode(display=False) as counter:
@@ -259,8 +259,6 @@ def flops_per_image(net: nn.Module, size: int, batch: int, seed: int) -> float:
 
 
 def preset_table(args: argparse.Namespace) -> None:
-    from locodiff.study_config import load_study_config
-
     cfg = load_study_config(args.preset)
     previous = torch.get_num_threads()
     torch.set_num_threads(1)

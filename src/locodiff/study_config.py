@@ -2,8 +2,9 @@
 
 A preset (``quick`` for a 2-core CPU, ``full`` = quick plus the attribute, held-out-pair and
 training-time models, ``paper`` for GPUs, ``micro`` for tests) is a TOML file in
-``locodiff/presets/`` (``extends = "quick"`` builds one preset on another); a user file and ``--set key=value`` overrides are merged on top, then the
-result is validated into ``StudyConfig``. Every CLI verb loads this and uses its own section(s).
+``locodiff/presets/`` (``extends = "quick"`` builds one preset on another); a user file and
+``--set key=value`` overrides are merged on top, then the result is validated into
+``StudyConfig``. Every CLI verb loads this and uses its own section(s).
 """
 
 from __future__ import annotations
