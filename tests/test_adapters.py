@@ -9,10 +9,7 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 from locodiff.adapters import (  # noqa: E402
-    AdapterError,
     DiffusersDenoiser,
-    FeatureError,
-    ModelFilesError,
     Prompt,
     capture_features,
     cosine_matrix,
@@ -29,6 +26,7 @@ from locodiff.errors import LocodiffError  # noqa: E402
 from locodiff.locality.jacobian import pixel_jacobian  # noqa: E402
 from locodiff.locality.probe import probe_locality  # noqa: E402
 from locodiff.models import ModelConfig, build_network  # noqa: E402
+from locodiff.errors import CheckpointError, InputError
 
 D64 = torch.float64
 TOKENS, CROSS_DIM, POOLED = 5, 32, 16
@@ -158,17 +156,17 @@ def test_interpolated_timestep_lies_between_neighbours():
 
 def test_bad_inputs_raise_clear_errors():
     ad = make_adapter(sdxl=True)
-    with pytest.raises(AdapterError, match=r"\[batch, 4, height, width\]"):
+    with pytest.raises(InputError, match=r"\[batch, 4, height, width\]"):
         ad(torch.zeros(1, 3, SIZE, SIZE), 1.0)
-    with pytest.raises(AdapterError, match="text_embeds"):
+    with pytest.raises(InputError, match="text_embeds"):
         ad(latents(1), 1.0, Prompt(torch.zeros(1, TOKENS, CROSS_DIM)))
-    with pytest.raises(AdapterError, match="cross_attention_dim"):
+    with pytest.raises(InputError, match="cross_attention_dim"):
         ad(latents(1), 1.0, make_prompt(True).with_tokens(torch.zeros(1, TOKENS, 7)))
-    with pytest.raises(AdapterError, match="training range"):
+    with pytest.raises(InputError, match="training range"):
         ad(latents(1), 1000.0)
-    with pytest.raises(AdapterError, match="batch 3"):
+    with pytest.raises(InputError, match="batch 3"):
         ad(latents(2), 1.0, make_prompt(True, batch=3))
-    assert issubclass(AdapterError, LocodiffError)
+    assert issubclass(InputError, LocodiffError)
 
 
 # ----- (b) feature capture -------------------------------------------------------------------
@@ -204,12 +202,12 @@ def test_capture_shapes_on_diffusers_and_locodiff_unets():
 
 def test_unknown_block_name_lists_the_available_ones():
     ad = make_adapter(sdxl=True)
-    with pytest.raises(FeatureError) as err:
+    with pytest.raises(InputError) as err:
         with capture_features(ad.unet, ["down_block.1"]):
             pass
     msg = str(err.value)
     assert "'down_block.1'" in msg and "down_blocks.1" in msg and "mid_block" in msg
-    with pytest.raises(FeatureError, match="net.encoder"):
+    with pytest.raises(InputError, match="net.encoder"):
         feature_fn(locodiff_unet(), "encoder.0", lambda th: None)
 
 
@@ -334,15 +332,15 @@ def test_sampled_token_map_estimates_the_exact_one():
     again = token_sensitivity(ad, x, 1.0, mode="sampled", probes=2,
                               generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(picked, again[:, :, [0, 3], [1, 2]])
-    with pytest.raises(FeatureError, match="probes"):
+    with pytest.raises(InputError, match="probes"):
         token_sensitivity(ad, x, 1.0, mode="sampled", probes=0)
     # groups: a group's squared map is the sum of its members' (estimated jointly)
     grouped = token_sensitivity(ad, x, 1.0, mode="sampled", probes=200, groups=[[0], [1, 2, 3]], generator=gen)
     assert grouped.shape == (1, 2, *exact.shape[2:])
     torch.testing.assert_close(grouped[:, 1].pow(2).sum(), exact[:, 1:4].pow(2).sum(), rtol=0.1, atol=0)
-    with pytest.raises(FeatureError, match="groups"):
+    with pytest.raises(InputError, match="groups"):
         token_sensitivity(ad, x, 1.0, mode="sampled", groups=[[0], [99]])
-    with pytest.raises(FeatureError, match="sampled' only"):  # not silently ignored
+    with pytest.raises(InputError, match="sampled' only"):  # not silently ignored
         token_sensitivity(ad, x, 1.0, mode="forward", groups=[[0]])
 
 
@@ -355,7 +353,7 @@ def test_feature_sensitivity_wrt_tokens_on_diffusers_unet():
     sens_r = input_sensitivity(f, e, mode="reverse")
     assert sens.shape == (1, TOKENS, 4, 4)
     torch.testing.assert_close(sens, sens_r, rtol=1e-4, atol=1e-6)
-    with pytest.raises(FeatureError, match=r"\[B, C, H, W\]"):
+    with pytest.raises(InputError, match=r"\[B, C, H, W\]"):
         input_sensitivity(lambda t: t.sum(-1), e)
 
 
@@ -383,7 +381,7 @@ def test_cosine_matrix_values_and_zero_rows():
     assert cos[0, 1] == pytest.approx(1 / math.sqrt(2))
     assert cos[0, 2] == pytest.approx(-1.0)
     assert torch.isnan(cos[3]).all() and torch.isnan(cos[:, 3]).all()
-    with pytest.raises(FeatureError, match="features per sample"):
+    with pytest.raises(InputError, match="features per sample"):
         mean_difference_vectors([torch.zeros(2, 3)], torch.zeros(2, 4))
 
 
@@ -392,19 +390,19 @@ def test_cosine_matrix_values_and_zero_rows():
 
 def test_missing_directory_or_files_raise_clear_errors(tmp_path):
     missing = tmp_path / "no-such-model"
-    with pytest.raises(ModelFilesError, match="no-such-model.*does not exist"):
+    with pytest.raises(CheckpointError, match="no-such-model.*does not exist"):
         load_diffusers_unet(missing)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelFilesError, match=r"unet/config.json"):
+    with pytest.raises(CheckpointError, match=r"unet/config.json"):
         load_diffusers_unet(tmp_path / "empty")
     make_unet(TINY_SD1).save_config(tmp_path / "noweights" / "unet")
     ad_sched("epsilon").save_pretrained(tmp_path / "noweights" / "scheduler")
-    with pytest.raises(ModelFilesError, match="could not load UNet weights"):
+    with pytest.raises(CheckpointError, match="could not load UNet weights"):
         load_diffusers_unet(tmp_path / "noweights")
     make_unet(TINY_SD1).save_pretrained(tmp_path / "nosched" / "unet")
-    with pytest.raises(ModelFilesError, match="scheduler_config.json"):
+    with pytest.raises(CheckpointError, match="scheduler_config.json"):
         load_diffusers_unet(tmp_path / "nosched")
-    assert issubclass(ModelFilesError, LocodiffError)
+    assert issubclass(CheckpointError, LocodiffError)
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -493,5 +491,5 @@ def test_block_pixel_sensitivity_against_autograd_and_locality():
     exact = exact.sqrt()
     torch.testing.assert_close(sens.pow(2).sum((2, 3)), exact.pow(2).sum((2, 3)), rtol=0.15, atol=0)
     assert (sens[:, 0, :1, :] == 0).all() and (sens[:, 0, 1:4, 2:5] > 0).all()  # a 3x3 conv: 3x3 support
-    with pytest.raises(FeatureError, match="probes"):
+    with pytest.raises(InputError, match="probes"):
         block_pixel_sensitivity(fn, theta, pix, probes=0)

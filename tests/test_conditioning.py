@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from locodiff.conditioning import Conditioning, ConditioningError
+from locodiff.conditioning import Conditioning
+from locodiff.errors import InputError
 
 
 def test_from_lists_pads_and_masks():
@@ -12,14 +13,14 @@ def test_from_lists_pads_and_masks():
 
 
 def test_out_of_range_location_is_rejected():
-    with pytest.raises(ConditioningError, match="outside the image"):
+    with pytest.raises(InputError, match="outside the image"):
         Conditioning.from_lists([[(1.2, 0.5)]])
 
 
 def test_shape_errors_name_the_shape():
-    with pytest.raises(ConditioningError, match=r"\[batch, N, 2\]"):
+    with pytest.raises(InputError, match=r"\[batch, N, 2\]"):
         Conditioning(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.bool))
-    with pytest.raises(ConditioningError, match="mask shape"):
+    with pytest.raises(InputError, match="mask shape"):
         Conditioning(torch.zeros(2, 3, 2), torch.zeros(2, 4, dtype=torch.bool))
 
 

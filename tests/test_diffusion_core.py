@@ -9,7 +9,6 @@ from torch import nn
 from locodiff.conditioning import Conditioning
 from locodiff.denoiser import Denoiser, score
 from locodiff.diffusion import (
-    DiffusionError,
     EDMLoss,
     EDMPrecond,
     GaussianDenoiser,
@@ -18,6 +17,7 @@ from locodiff.diffusion import (
     preconditioning,
     sample_training_sigmas,
 )
+from locodiff.errors import InputError
 
 SD = 0.5
 
@@ -40,7 +40,7 @@ def test_karras_sigmas_endpoints_and_formula():
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5])
 def test_karras_sigmas_rejects_bad_step_counts(bad):
-    with pytest.raises(DiffusionError, match="n_steps must be an integer >= 1"):
+    with pytest.raises(InputError, match="n_steps must be an integer >= 1"):
         karras_sigmas(bad)
 
 
@@ -139,9 +139,9 @@ def test_precond_under_autocast_returns_input_dtype_and_keeps_skip_precise():
 
 def test_precond_rejects_bad_shapes():
     d = EDMPrecond(lambda x, c, cond: x[:, :1])
-    with pytest.raises(DiffusionError, match="network output shape"):
+    with pytest.raises(InputError, match="network output shape"):
         d(torch.zeros(1, 3, 4, 4), 1.0, Conditioning.empty(1))
-    with pytest.raises(DiffusionError, match=r"\[B, C, H, W\]"):
+    with pytest.raises(InputError, match=r"\[B, C, H, W\]"):
         d(torch.zeros(3, 4, 4), 1.0, Conditioning.empty(1))
 
 
@@ -288,13 +288,13 @@ def test_mixture_weights_and_means_can_depend_on_the_conditioning():
 
 
 def test_analytic_denoisers_reject_bad_parameters():
-    with pytest.raises(DiffusionError, match=r"mean must have shape \[C, H, W\]"):
+    with pytest.raises(InputError, match=r"mean must have shape \[C, H, W\]"):
         GaussianDenoiser(torch.zeros(2, 2), 0.1)
-    with pytest.raises(DiffusionError, match="var must be >= 0"):
+    with pytest.raises(InputError, match="var must be >= 0"):
         GaussianDenoiser(MU, -0.1)
-    with pytest.raises(DiffusionError, match=r"weights must have shape \[2\]"):
+    with pytest.raises(InputError, match=r"weights must have shape \[2\]"):
         GaussianMixtureDenoiser(torch.zeros(2, 1, 2, 2), torch.ones(3), 0.1)
-    with pytest.raises(DiffusionError, match="positive sum"):
+    with pytest.raises(InputError, match="positive sum"):
         GaussianMixtureDenoiser(torch.zeros(2, 1, 2, 2), torch.zeros(2), 0.1)
-    with pytest.raises(DiffusionError, match=r"var must be a float or have shape \[2\]"):
+    with pytest.raises(InputError, match=r"var must be a float or have shape \[2\]"):
         GaussianMixtureDenoiser(torch.zeros(2, 1, 2, 2), None, torch.ones(3))

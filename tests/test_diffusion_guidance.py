@@ -8,10 +8,10 @@ from locodiff.conditioning import Conditioning
 from locodiff.denoiser import score
 from locodiff.diffusion import (
     ClassifierFreeGuidance,
-    DiffusionError,
     GaussianDenoiser,
     ScoreComposition,
 )
+from locodiff.errors import InputError
 
 P = torch.linspace(-1, 1, 4).reshape(1, 1, 4)  # a fixed pattern, images are [1, 1, 4]
 
@@ -241,16 +241,16 @@ def test_composition_with_the_wrong_background_is_not_exact():
 def test_wrappers_reject_bad_inputs():
     x, sigma = inputs()
     cond = mixed_batch()
-    with pytest.raises(DiffusionError, match="background must be 'null'"):
+    with pytest.raises(InputError, match="background must be 'null'"):
         ScoreComposition(toy, "empty")
-    with pytest.raises(DiffusionError, match="background must be 'null'"):
+    with pytest.raises(InputError, match="background must be 'null'"):
         ScoreComposition(toy, 3)
-    with pytest.raises(DiffusionError, match=r"weights of shape \(2,\) do not fit 3 images x 3"):
+    with pytest.raises(InputError, match=r"weights of shape \(2,\) do not fit 3 images x 3"):
         ScoreComposition(toy, "null", torch.ones(2))(x, sigma, cond)
-    with pytest.raises(DiffusionError, match="background conditioning has batch size 2"):
+    with pytest.raises(InputError, match="background conditioning has batch size 2"):
         ScoreComposition(toy, Conditioning.empty(2))(x, sigma, cond)
     for wrapper in [ScoreComposition(toy, "null"), ClassifierFreeGuidance(toy, 2.0)]:
-        with pytest.raises(DiffusionError, match="conditioning has batch size 3 but x has 2"):
+        with pytest.raises(InputError, match="conditioning has batch size 3 but x has 2"):
             wrapper(x[:2], sigma[:2], cond)
-    with pytest.raises(DiffusionError, match="chunk_size"):
+    with pytest.raises(InputError, match="chunk_size"):
         ClassifierFreeGuidance(toy, 2.0, chunk_size=0)

@@ -7,7 +7,6 @@ import torch
 
 from locodiff.conditioning import Conditioning
 from locodiff.diffusion import (
-    DiffusionError,
     GaussianDenoiser,
     GaussianMixtureDenoiser,
     get_sampler,
@@ -16,6 +15,7 @@ from locodiff.diffusion import (
     sample_heun,
     sample_stochastic,
 )
+from locodiff.errors import InputError
 
 MU = torch.tensor([0.3, -0.2, 0.5, 0.0]).reshape(1, 2, 2)
 VAR = 0.25
@@ -122,7 +122,7 @@ def test_heun_is_stochastic_sampler_without_churn():
 
 def test_get_sampler():
     assert get_sampler("heun") is sample_heun
-    with pytest.raises(DiffusionError, match="unknown sampler 'ddpm'"):
+    with pytest.raises(InputError, match="unknown sampler 'ddpm'"):
         get_sampler("ddpm")
 
 
@@ -141,5 +141,5 @@ def test_get_sampler():
 def test_bad_inputs_raise_clear_errors(kwargs, message):
     args = dict(noise=torch.zeros(2, 1, 2, 2), cond=Conditioning.empty(2), steps=4) | kwargs
     for sampler in SAMPLERS:
-        with pytest.raises(DiffusionError, match=message):
+        with pytest.raises(InputError, match=message):
             sampler(GaussianDenoiser(MU, VAR), args["noise"], args["cond"], args["steps"])

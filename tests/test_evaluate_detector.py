@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from locodiff.conditioning import Conditioning
-from locodiff.evaluate import ColorDetector, Detections, DetectorError, HeatmapConfig, HeatmapDetector
+from locodiff.evaluate import ColorDetector, Detections, HeatmapConfig, HeatmapDetector
 from locodiff.evaluate.detector import palette_index
 from locodiff.evaluate.heatmap import (
     SHAPE, HeatmapNet, _targets, load_detector, load_or_train_detector, save_detector, train_heatmap_detector,
@@ -13,6 +13,7 @@ from locodiff.evaluate.heatmap import (
 from locodiff.evaluate.metrics import default_tolerance_px, match_locations
 from locodiff.evaluate.oracle import OracleDenoiser
 from locodiff.scenes import DataConfig, Renderer, SceneConfig, SceneSampler, vocab
+from locodiff.errors import InputError
 
 
 @pytest.fixture(scope="module", params=[32, 64])
@@ -59,9 +60,9 @@ def test_color_detector_accepts_model_range_and_rejects_bad_images(setup):
     res, renderer, detector = setup
     images = render_at(renderer, grid_points(2))
     assert len(detector(images * 2 - 1, value_range=(-1, 1))[0]) == 2
-    with pytest.raises(DetectorError, match="calibrated at"):
+    with pytest.raises(InputError, match="calibrated at"):
         detector(torch.zeros(1, 3, res // 2, res // 2))
-    with pytest.raises(DetectorError, match=r"\[B, 3, H, W\]"):
+    with pytest.raises(InputError, match=r"\[B, 3, H, W\]"):
         detector(torch.zeros(3, res, res))
 
 
@@ -129,7 +130,7 @@ def test_heatmap_detector_decodes_any_size_and_round_trips(tmp_path):
     again = load_detector(tmp_path)
     x = torch.rand(3, 3, 32, 32)
     assert [len(d) for d in again(x)] == [len(d) for d in det(x)]
-    with pytest.raises(DetectorError, match="no trained detector"):
+    with pytest.raises(InputError, match="no trained detector"):
         load_detector(tmp_path / "missing")
 
 

@@ -5,9 +5,10 @@ import math
 import pytest
 
 from locodiff.evaluate.metrics import (
-    CountMetrics, EvalError, ImageMatch, SummaryOptions, count_metrics, default_tolerance_px, largest_k_above,
+    CountMetrics, ImageMatch, SummaryOptions, count_metrics, default_tolerance_px, largest_k_above,
     match_locations, normalized_auc, ratio_interval, score_attributes, score_colors, summarize, wilson_interval,
 )
+from locodiff.errors import InputError
 
 SIZE = (32, 32)
 
@@ -63,9 +64,9 @@ def test_match_empty_sides_and_bad_input():
     m = match_locations([], px((5, 5)), SIZE, 3)
     assert m.all_placed and not m.count_correct and not m.success
     assert not match_locations(px((5, 5)), [], SIZE, 3).all_placed
-    with pytest.raises(EvalError, match="tolerance"):
+    with pytest.raises(InputError, match="tolerance"):
         match_locations([], [], SIZE, 0)
-    with pytest.raises(EvalError, match="NaN"):
+    with pytest.raises(InputError, match="NaN"):
         match_locations([(float("nan"), 0.5)], [], SIZE, 3)
 
 
@@ -77,7 +78,7 @@ def test_wilson_interval_known_values():
     lo, hi = wilson_interval(0, 10)
     assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-3)
     assert wilson_interval(0, 0) == (0.0, 1.0)
-    with pytest.raises(EvalError):
+    with pytest.raises(InputError):
         wilson_interval(5, 4)
 
 
@@ -123,9 +124,9 @@ def test_count_metrics_k0_and_errors():
     assert m.recall is None and m.precision == 0.0 and m.loc_error_px is None
     assert m.recall_ci is None and m.precision_ci == (0.0, 0.0)
     assert m.count_error_hist == {0: 1, 1: 1}
-    with pytest.raises(EvalError, match="no images"):
+    with pytest.raises(InputError, match="no images"):
         count_metrics(1, [])
-    with pytest.raises(EvalError, match="requested 0"):
+    with pytest.raises(InputError, match="requested 0"):
         count_metrics(1, [match_locations([], [], SIZE, 3)])
 
 
@@ -193,6 +194,6 @@ def test_summarize_ranges_are_configurable():
     s = summarize(per_k, SummaryOptions(trained_range=(1, 2), extrapolation_range=(3, 5), threshold=0.7))
     assert s["success_largest_k_extrapolation"] == 3
     assert s["success_auc_trained"] == 1.0
-    with pytest.raises(EvalError):
+    with pytest.raises(InputError):
         summarize(per_k, SummaryOptions(trained_range=(3, 1)))
     assert math.isclose(s["count_auc_trained"], 1.0)

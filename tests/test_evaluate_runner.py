@@ -7,10 +7,11 @@ import torch
 
 from locodiff.conditioning import Conditioning
 from locodiff.evaluate import (
-    ColorDetector, EvalConfig, EvalError, FixedImageDenoiser, OracleDenoiser, evaluate_denoiser,
+    ColorDetector, EvalConfig, FixedImageDenoiser, OracleDenoiser, evaluate_denoiser,
     scene_conditionings,
 )
 from locodiff.scenes import DataConfig, Renderer, SceneConfig, SceneSampler
+from locodiff.errors import InputError
 
 RES = 32
 COUNTS = (0, 1, 2, 3)
@@ -110,7 +111,7 @@ def test_resume_skips_finished_counts_and_redoes_partial_ones(renderer, detector
 def test_resume_refuses_different_settings(renderer, detector, tmp_path):
     oracle = OracleDenoiser(renderer)
     evaluate_denoiser(oracle, detector, scene_conditionings(DATA), RES, tmp_path, config(counts=(0,)), progress=False)
-    with pytest.raises(EvalError, match="different settings"):
+    with pytest.raises(InputError, match="different settings"):
         evaluate_denoiser(oracle, detector, scene_conditionings(DATA), RES, tmp_path, config(counts=(0,), steps=3),
                           progress=False)
 
@@ -118,37 +119,37 @@ def test_resume_refuses_different_settings(renderer, detector, tmp_path):
 def test_bad_inputs_raise_clear_errors(renderer, detector, tmp_path):
     oracle = OracleDenoiser(renderer)
     conds = scene_conditionings(DATA)
-    with pytest.raises(EvalError, match="from 0 to max_count=4"):
+    with pytest.raises(InputError, match="from 0 to max_count=4"):
         evaluate_denoiser(oracle, detector, conds, RES, tmp_path / "a", config(counts=(0, 5)), progress=False)
-    with pytest.raises(EvalError, match="max_count=10"):
+    with pytest.raises(InputError, match="max_count=10"):
         EvalConfig(counts=(11,)).validate()
-    with pytest.raises(EvalError, match="per_count"):
+    with pytest.raises(InputError, match="per_count"):
         EvalConfig(per_count=0).validate()
 
     def too_close(k, n, gen):
         return Conditioning.from_lists([[(0.5, 0.5), (0.52, 0.5)]] * n)
 
-    with pytest.raises(EvalError, match="apart"):
+    with pytest.raises(InputError, match="apart"):
         evaluate_denoiser(oracle, detector, too_close, RES, tmp_path / "b", config(counts=(2,)), progress=False)
 
     def wrong_count(k, n, gen):
         return Conditioning.from_lists([[(0.5, 0.5)]] * n)
 
-    with pytest.raises(EvalError, match="holds 1 locations"):
+    with pytest.raises(InputError, match="holds 1 locations"):
         evaluate_denoiser(oracle, detector, wrong_count, RES, tmp_path / "c", config(counts=(2,)), progress=False)
 
     def small(x, sigma, cond):
         return torch.zeros(x.shape[0], 3, RES // 2, RES // 2)
 
-    with pytest.raises(EvalError, match="shape"):
+    with pytest.raises(InputError, match="shape"):
         evaluate_denoiser(small, detector, conds, RES, tmp_path / "d", config(counts=(1,), steps=1), progress=False)
 
     def nan(x, sigma, cond):
         return torch.full_like(x, float("nan"))
 
-    with pytest.raises(EvalError, match="NaN"):
+    with pytest.raises(InputError, match="NaN"):
         evaluate_denoiser(nan, detector, conds, RES, tmp_path / "e", config(counts=(1,), steps=1), progress=False)
-    with pytest.raises(EvalError, match="detector works at 32x32"):
+    with pytest.raises(InputError, match="detector works at 32x32"):
         evaluate_denoiser(oracle, detector, conds, 64, tmp_path / "f", config(counts=(1,)), progress=False)
 
 
@@ -162,7 +163,7 @@ def test_conditionings_from_the_test_split(tmp_path):
         cond = make(k, 3, torch.Generator())
         assert cond.batch_size == 3 and (cond.counts() == k).all()
         assert cond.attributes is not None
-    with pytest.raises(EvalError, match="has 3 images with 2 objects"):
+    with pytest.raises(InputError, match="has 3 images with 2 objects"):
         make(2, 4, torch.Generator())
 
 

@@ -15,13 +15,13 @@ from locodiff.diffusion import sample_heun
 from locodiff.errors import ConfigError, LocodiffError
 from locodiff.intervene import (
     LCSMachine,
-    LCSMachineError,
     PatchSchedule,
     calibrate_patch_schedule,
     r2_against,
     squares_dataset,
 )
 from locodiff.locality.jacobian import pixel_jacobian
+from locodiff.errors import InputError
 
 
 def _data(n: int = 24, seed: int = 0, counts=(1, 2)):
@@ -196,7 +196,7 @@ def test_pixels_without_a_compatible_patch_get_the_unconditional_posterior():
     machine.reset_counts()
     assert machine.fallback_pixels == 0
     strict = LCSMachine(IMAGES, CONDS, 3, fallback="error")
-    with pytest.raises(LCSMachineError, match="no training patch"):
+    with pytest.raises(InputError, match="no training patch"):
         strict(x, sigma, crowded)
 
 
@@ -282,11 +282,11 @@ def test_bad_options_are_rejected(make, error, fragment):
 def test_bad_calls_are_rejected():
     machine = LCSMachine(IMAGES, CONDS, 3)
     x = IMAGES[:2]
-    with pytest.raises(LCSMachineError, match="sigma must be finite and > 0"):
+    with pytest.raises(InputError, match="sigma must be finite and > 0"):
         machine(x, _sig(0.0, 2), CONDS[:2])
-    with pytest.raises(LCSMachineError, match=r"\(3, 16, 16\)"):
+    with pytest.raises(InputError, match=r"\(3, 16, 16\)"):
         machine(torch.zeros(2, 3, 16, 16), _sig(0.5, 2), CONDS[:2])
-    with pytest.raises(LCSMachineError, match="batch size 3"):
+    with pytest.raises(InputError, match="batch size 3"):
         machine(x, _sig(0.5, 2), CONDS[:3])
     with pytest.raises(LocodiffError, match="larger than"):
         machine.with_patch_size(lambda s: 11)(x, _sig(0.5, 2), CONDS[:2])

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from locodiff.conditioning import Conditioning
 from locodiff.locality.jacobian import (
-    LocalityError,
     colored_pixel_jacobian,
     conditioner_jacobian,
     conditioner_sensitivity,
@@ -20,6 +19,7 @@ from locodiff.locality.jacobian import (
     parameter_jacobian,
     pixel_jacobian,
 )
+from locodiff.errors import InputError
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -236,18 +236,18 @@ def test_colouring_equals_jacrev_and_catches_a_too_small_radius():
     assert torch.allclose(colored, exact, atol=1e-5)
     summed = colored_pixel_jacobian(net, x, 0.5, cond, radius=4, channels="sum")
     assert torch.allclose(summed, exact.sum(1), atol=1e-5)
-    with pytest.raises(LocalityError, match="receptive field is larger"):
+    with pytest.raises(InputError, match="receptive field is larger"):
         colored_pixel_jacobian(net, x, 0.5, cond, radius=2)
 
 
 def test_bad_pixel_specs_name_the_problem():
     blur, x = Blur(torch.ones(3, 3)), rand_x((1, 1, 4, 4))
     cond = Conditioning.empty(1)
-    with pytest.raises(LocalityError, match=r"outside a 4x4 image"):
+    with pytest.raises(InputError, match=r"outside a 4x4 image"):
         pixel_jacobian(blur, x, 1.0, cond, [[0, 4]])
-    with pytest.raises(LocalityError, match="integer"):
+    with pytest.raises(InputError, match="integer"):
         pixel_jacobian(blur, x, 1.0, cond, torch.tensor([[0.5, 1.0]]))
-    with pytest.raises(LocalityError, match="channels"):
+    with pytest.raises(InputError, match="channels"):
         pixel_jacobian(blur, x, 1.0, cond, [0], channels="max")
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from locodiff.errors import ConfigError, SceneError
+from locodiff.errors import ConfigError, InputError
 from locodiff.scenes import Renderer, Scene, SceneBatch, SceneConfig, SceneObject, SceneSampler
 from locodiff.scenes import vocab
 
@@ -53,7 +53,7 @@ def test_scene_batch_round_trip_pads_and_keeps_order():
 def test_bad_scene_objects_name_the_value_and_the_options(kwargs, fragment):
     args = dict(shape="cube", color="red", material="rubber", size="large", x=0.0, y=0.0)
     args.update(kwargs)
-    with pytest.raises(SceneError) as e:
+    with pytest.raises(InputError) as e:
         SceneObject(**args)
     assert fragment in str(e.value)
     if "unknown" in fragment:
@@ -61,9 +61,9 @@ def test_bad_scene_objects_name_the_value_and_the_options(kwargs, fragment):
 
 
 def test_scene_from_dict_rejects_unknown_and_missing_keys():
-    with pytest.raises(SceneError, match="unknown scene-object key"):
+    with pytest.raises(InputError, match="unknown scene-object key"):
         Scene.from_dict({"objects": [{**_scene().objects[0].to_dict(), "colour": "red"}]})
-    with pytest.raises(SceneError, match="lacks"):
+    with pytest.raises(InputError, match="lacks"):
         Scene.from_dict({"objects": [{"shape": "cube"}]})
 
 
@@ -71,7 +71,7 @@ def test_scene_batch_rejects_out_of_range_indices():
     batch = SceneBatch.from_scenes([_scene()])
     size = batch.size.clone()
     size[0, 0] = -1
-    with pytest.raises(SceneError, match="size index -1 is out of range"):
+    with pytest.raises(InputError, match="size index -1 is out of range"):
         SceneBatch(batch.shape, batch.color, batch.material, size, batch.positions, batch.rotations, batch.mask)
 
 
@@ -144,24 +144,24 @@ def test_sampler_excludes_combinations_and_keeps_the_rest():
     assert vocab.has_combo(unrestricted.shape, unrestricted.color, unrestricted.mask, idx).any()
     with pytest.raises(ConfigError, match="leaves no"):
         SceneConfig(shapes=("cube",), colors=("red",), exclude_combos=(("cube", "red"),)).validate()
-    with pytest.raises(SceneError, match="unknown color 'pink'"):
+    with pytest.raises(InputError, match="unknown color 'pink'"):
         SceneConfig(exclude_combos=(("cube", "pink"),)).validate()
 
 
 def test_count_above_max_is_rejected():
-    with pytest.raises(SceneError, match="above max_objects=10"):
+    with pytest.raises(InputError, match="above max_objects=10"):
         SceneSampler().sample(11, 0, batch_size=1)
 
 
 def test_impossible_placement_fails_fast_with_a_clear_error():
     cfg = SceneConfig(max_objects=40, sizes=("large",), floor_extent=1.5)
-    with pytest.raises(SceneError, match="40 objects cannot fit"):
+    with pytest.raises(InputError, match="40 objects cannot fit"):
         SceneSampler(cfg).sample(40, 0, batch_size=1)
 
 
 def test_unsatisfiable_constraints_fail_after_bounded_retries():
     cfg = SceneConfig(min_visible_pixels=2000, max_retries=2)  # more pixels than a 32x32 image has
-    with pytest.raises(SceneError, match="in 2 rounds: objects were too hidden"):
+    with pytest.raises(InputError, match="in 2 rounds: objects were too hidden"):
         SceneSampler(cfg).sample(1, 0, batch_size=2)
 
 
@@ -175,5 +175,5 @@ def test_unsatisfiable_constraints_fail_after_bounded_retries():
     ],
 )
 def test_scene_config_validation(kwargs, fragment):
-    with pytest.raises((ConfigError, SceneError), match=fragment.replace("(", r"\(")):
+    with pytest.raises((ConfigError, InputError), match=fragment.replace("(", r"\(")):
         SceneSampler(SceneConfig(**kwargs))

@@ -12,11 +12,11 @@ from locodiff.diffusion import ScoreComposition
 from locodiff.errors import ConfigError
 from locodiff.intervene.toys import (
     RegionMixtureToy,
-    ToyError,
     compose_single_scores,
     measure_locality,
     squares_dataset,
 )
+from locodiff.errors import InputError
 
 # three conditioners, off the pixel centres, well apart (regions are 1 px Chebyshev discs)
 COND = Conditioning.from_lists([[(0.22, 0.2), (0.71, 0.33), (0.4, 0.77)], [(0.6, 0.6)]])
@@ -89,9 +89,9 @@ def test_composing_single_conditioner_scores_is_exact_only_for_cpc(name):
 def test_overlapping_regions_and_bad_shapes_are_rejected():
     toy = RegionMixtureToy()
     close = Conditioning.from_lists([[(0.5, 0.5), (0.55, 0.5)]])
-    with pytest.raises(ToyError, match="overlap"):
+    with pytest.raises(InputError, match="overlap"):
         toy.score(torch.zeros(1, 1, 8, 8), 0.5, close)
-    with pytest.raises(ToyError, match=r"\[B, 1, 8, 8\]"):
+    with pytest.raises(InputError, match=r"\[B, 1, 8, 8\]"):
         toy.score(torch.zeros(1, 3, 8, 8), 0.5, COND[:1])
     with pytest.raises(ConfigError, match="radius_px"):
         RegionMixtureToy(radius_px=0.0)

@@ -18,14 +18,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import LocodiffError
+from .errors import InputError
 
 # Order of the attribute columns in ``Conditioning.attributes``.
 ATTRIBUTE_NAMES = ("color", "shape", "size", "material")
 
 
-class ConditioningError(LocodiffError, ValueError):
-    """A conditioning has inconsistent shapes or out-of-range values."""
 
 
 @dataclass
@@ -36,11 +34,11 @@ class Conditioning:
 
     def __post_init__(self) -> None:
         if self.locations.ndim != 3 or self.locations.shape[-1] != 2:
-            raise ConditioningError(
+            raise InputError(
                 f"locations must have shape [batch, N, 2], got {tuple(self.locations.shape)}"
             )
         if tuple(self.mask.shape) != tuple(self.locations.shape[:2]):
-            raise ConditioningError(
+            raise InputError(
                 f"mask shape {tuple(self.mask.shape)} does not match locations "
                 f"{tuple(self.locations.shape[:2])}"
             )
@@ -51,7 +49,7 @@ class Conditioning:
             or tuple(self.attributes.shape[:2]) != tuple(self.locations.shape[:2])
             or self.attributes.shape[-1] != len(ATTRIBUTE_NAMES)
         ):
-            raise ConditioningError(
+            raise InputError(
                 f"attributes must have shape [batch, N, {len(ATTRIBUTE_NAMES)}], "
                 f"got {tuple(self.attributes.shape)}"
             )
@@ -146,7 +144,7 @@ class Conditioning:
     def pad_to(self, slots: int) -> "Conditioning":
         extra = slots - self.slots
         if extra < 0:
-            raise ConditioningError(f"cannot pad {self.slots} slots down to {slots}")
+            raise InputError(f"cannot pad {self.slots} slots down to {slots}")
         if extra == 0:
             return self
         b, dev = self.batch_size, self.device
@@ -171,10 +169,10 @@ class Conditioning:
         """Check values (not only shapes): locations of real conditioners lie in [0, 1]."""
         loc = self.locations[self.mask]
         if not torch.isfinite(loc).all():
-            raise ConditioningError("locations contain NaN or infinite values")
+            raise InputError("locations contain NaN or infinite values")
         if loc.numel() and (loc.min() < 0 or loc.max() > 1):
             bad = loc[((loc < 0) | (loc > 1)).any(-1)][0].tolist()
-            raise ConditioningError(
+            raise InputError(
                 f"location {bad} is outside the image; expected (x, y) in [0, 1] "
                 "(x = column / width, y = row / height)"
             )

@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .config import config_hash, to_dict
-from .errors import ConfigError, LocodiffError
+from .errors import ConfigError, StudyError
 from .conditioning import Conditioning
 from .evaluate.crowding import study_crowding
 from .evaluate.heatmap import detector_key
@@ -53,8 +53,6 @@ from .train.run import RunConfig, train_run
 STAGES = ("data", "train", "evaluate", "locality", "report")
 
 
-class StudyError(LocodiffError, RuntimeError):
-    """A stage could not finish (e.g. a worker process died); finished work is kept."""
 
 
 def run_config(cfg: StudyConfig, name: str, spec: ModelSpec) -> RunConfig:

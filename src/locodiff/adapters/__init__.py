@@ -9,9 +9,7 @@
 """
 
 from .diffusers_unet import (
-    AdapterError,
     DiffusersDenoiser,
-    ModelFilesError,
     Prompt,
     VPSchedule,
     load_diffusers_unet,
@@ -19,7 +17,6 @@ from .diffusers_unet import (
     token_sensitivity,
 )
 from .features import (
-    FeatureError,
     block_names,
     capture_features,
     cosine_matrix,
@@ -32,7 +29,7 @@ from .features import (
 )
 
 __all__ = [
-    "AdapterError", "DiffusersDenoiser", "FeatureError", "ModelFilesError", "Prompt",
+    "DiffusersDenoiser", "Prompt",
     "VPSchedule", "block_names", "capture_features", "cosine_matrix", "feature_fn",
     "feature_jacobian", "first_tensor", "input_sensitivity", "load_diffusers_unet",
     "load_scheduler", "mean_difference_vectors", "resolve_blocks", "token_sensitivity",

@@ -59,7 +59,7 @@ from torch import Tensor, nn
 
 from ..conditioning import Conditioning
 from ..denoiser import as_sigma_batch
-from ..errors import CheckpointError, LocodiffError
+from ..errors import CheckpointError, InputError
 from ..locality.jacobian import Target, as_image_batch, cond_target_fn
 from .features import Channels, SensitivityMode, input_sensitivity
 
@@ -71,12 +71,8 @@ SCHEDULER_FILE = "scheduler_config.json"
 _RANGE_TOL = 1e-5
 
 
-class AdapterError(LocodiffError, ValueError):
-    """An input does not fit the wrapped model (latent shape, prompt, noise level, scheduler)."""
 
 
-class ModelFilesError(CheckpointError, FileNotFoundError):
-    """A diffusers model directory or one of its files is missing or unreadable."""
 
 
 # ----- prompts -------------------------------------------------------------------------------
@@ -110,7 +106,7 @@ class Prompt:
             if t is None or t.shape[0] == batch:
                 return t
             if t.shape[0] != 1:
-                raise AdapterError(
+                raise InputError(
                     f"prompt {name} has batch {t.shape[0]} but the latents have batch {batch}; "
                     "expected 1 (shared) or equal"
                 )
@@ -143,14 +139,14 @@ class VPSchedule:
     def __init__(self, alphas_cumprod: Tensor) -> None:
         a = torch.as_tensor(alphas_cumprod, dtype=torch.float64).detach().cpu().reshape(-1)
         if a.numel() < 2 or not torch.isfinite(a).all() or (a > 1).any() or (a < 0).any():
-            raise AdapterError(
+            raise InputError(
                 f"alphas_cumprod must be >= 2 values in [0, 1], got {a.numel()} values "
                 f"in [{float(a.min()):.3g}, {float(a.max()):.3g}]"
             )
         a = a.clamp(min=1e-12)
         self.sigmas = ((1 - a) / a).sqrt()
         if not (self.sigmas[1:] >= self.sigmas[:-1]).all():
-            raise AdapterError("alphas_cumprod must decrease with the timestep")
+            raise InputError("alphas_cumprod must decrease with the timestep")
         self.log_sigmas = self.sigmas.clamp_min(1e-30).log()
 
     @property
@@ -168,7 +164,7 @@ class VPSchedule:
         hi_ok = s <= self.sigma_max * (1 + _RANGE_TOL)
         if not (lo_ok & hi_ok).all():
             bad = float(s[~(lo_ok & hi_ok)][0])
-            raise AdapterError(
+            raise InputError(
                 f"sigma={bad:.4g} is outside the model's training range "
                 f"[{self.sigma_min:.4g}, {self.sigma_max:.4g}] (EDM units, "
                 "sigma_t = sqrt((1 - alphas_cumprod[t]) / alphas_cumprod[t]))"
@@ -184,7 +180,7 @@ class VPSchedule:
             frac = ((log_s - self.log_sigmas[lo]) / span).clamp(0, 1)
             t = lo.to(torch.float64) + frac
         else:
-            raise AdapterError(f"timestep={mode!r}: expected 'interpolate' or 'nearest'")
+            raise InputError(f"timestep={mode!r}: expected 'interpolate' or 'nearest'")
         return t.to(device=sigma.device, dtype=torch.float32)
 
 
@@ -213,7 +209,7 @@ class DiffusersDenoiser(nn.Module):
         self.unet = unet
         alphas = getattr(scheduler, "alphas_cumprod", None)
         if alphas is None:
-            raise AdapterError(
+            raise InputError(
                 f"scheduler {type(scheduler).__name__} has no alphas_cumprod; expected a "
                 "DDPM-family scheduler (DDPM, DDIM, Euler, PNDM, ...). Flow-matching models "
                 "(SD3, FLUX) are not supported"
@@ -222,10 +218,10 @@ class DiffusersDenoiser(nn.Module):
         config = getattr(scheduler, "config", {})
         pred = prediction_type or _config_get(config, "prediction_type", "epsilon")
         if pred not in PREDICTION_TYPES:
-            raise AdapterError(f"prediction_type={pred!r}: expected one of {PREDICTION_TYPES}")
+            raise InputError(f"prediction_type={pred!r}: expected one of {PREDICTION_TYPES}")
         self.prediction_type: str = pred
         if timestep not in ("interpolate", "nearest"):
-            raise AdapterError(f"timestep={timestep!r}: expected 'interpolate' or 'nearest'")
+            raise InputError(f"timestep={timestep!r}: expected 'interpolate' or 'nearest'")
         self.timestep_mode: str = timestep
         self.prompt = None if prompt is None else self.check_prompt(prompt)
 
@@ -253,18 +249,18 @@ class DiffusersDenoiser(nn.Module):
     def check_prompt(self, prompt: Prompt) -> Prompt:
         """Check a prompt's shapes against the UNet's config; errors say what was expected."""
         if not isinstance(prompt, Prompt):
-            raise AdapterError(f"expected a Prompt, got {type(prompt).__name__}")
+            raise InputError(f"expected a Prompt, got {type(prompt).__name__}")
         cfg = self.unet.config
         ehs = prompt.encoder_hidden_states
         dim = _config_get(cfg, "cross_attention_dim", None)
         if ehs.ndim != 3 or (isinstance(dim, int) and ehs.shape[-1] != dim):
-            raise AdapterError(
+            raise InputError(
                 f"encoder_hidden_states has shape {tuple(ehs.shape)}: expected [batch, tokens, "
                 f"{dim}] (the UNet's cross_attention_dim)"
             )
         if self.is_sdxl:
             if prompt.text_embeds is None or prompt.time_ids is None:
-                raise AdapterError(
+                raise InputError(
                     "this UNet has addition_embed_type='text_time' (SDXL): the prompt needs "
                     "text_embeds [batch, pooled_dim] and time_ids [batch, 6] as well as "
                     "encoder_hidden_states"
@@ -272,13 +268,13 @@ class DiffusersDenoiser(nn.Module):
             want = _config_get(cfg, "projection_class_embeddings_input_dim", None)
             per_id = _config_get(cfg, "addition_time_embed_dim", None)
             if prompt.text_embeds.ndim != 2 or prompt.time_ids.ndim != 2:
-                raise AdapterError(
+                raise InputError(
                     f"text_embeds {tuple(prompt.text_embeds.shape)} and time_ids "
                     f"{tuple(prompt.time_ids.shape)}: expected [batch, pooled_dim] and [batch, 6]"
                 )
             got = prompt.text_embeds.shape[-1] + prompt.time_ids.shape[-1] * (per_id or 0)
             if want is not None and per_id is not None and got != want:
-                raise AdapterError(
+                raise InputError(
                     f"text_embeds width {prompt.text_embeds.shape[-1]} + time_ids "
                     f"{prompt.time_ids.shape[-1]} x {per_id} = {got}, but the UNet expects "
                     f"projection_class_embeddings_input_dim={want}"
@@ -290,13 +286,13 @@ class DiffusersDenoiser(nn.Module):
             prompt = self.check_prompt(cond)
         elif cond is None or isinstance(cond, Conditioning):
             if self.prompt is None:
-                raise AdapterError(
+                raise InputError(
                     "no prompt: pass a Prompt as the conditioning or set one with set_prompt() "
                     "(a locodiff Conditioning carries no text for a diffusers UNet)"
                 )
             prompt = self.prompt
         else:
-            raise AdapterError(
+            raise InputError(
                 f"conditioning of type {type(cond).__name__}: expected a Prompt, a "
                 "Conditioning (ignored; the held prompt is used) or None"
             )
@@ -308,7 +304,7 @@ class DiffusersDenoiser(nn.Module):
     ) -> Tensor:
         in_ch = _config_get(self.unet.config, "in_channels", None)
         if x.ndim != 4 or (in_ch is not None and x.shape[1] != in_ch):
-            raise AdapterError(
+            raise InputError(
                 f"latents have shape {tuple(x.shape)}: expected [batch, {in_ch}, height, width]"
             )
         prompt = self._resolve_prompt(cond, x.shape[0])
@@ -328,7 +324,7 @@ class DiffusersDenoiser(nn.Module):
             added_cond_kwargs=added, return_dict=False,
         )[0].to(hi)
         if out.shape != x.shape:
-            raise AdapterError(
+            raise InputError(
                 f"UNet output shape {tuple(out.shape)} differs from its input {tuple(x.shape)}; "
                 "expected out_channels == in_channels (a learned-variance UNet is not supported)"
             )
@@ -423,7 +419,7 @@ def load_diffusers_unet(
     """
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise ModelFilesError(
+        raise CheckpointError(
             f"model directory {root} does not exist; expected a local diffusers pipeline folder "
             "(unet/ and scheduler/) or a UNet folder (config.json + weights)"
         )
@@ -435,7 +431,7 @@ def load_diffusers_unet(
         subfolder, unet_dir = None, root
         scheduler_dirs = [root, root / "scheduler", root.parent / "scheduler"]
     else:
-        raise ModelFilesError(
+        raise CheckpointError(
             f"no UNet config in {root}: expected {root / 'unet' / 'config.json'} (pipeline "
             f"folder) or {root / 'config.json'} (UNet folder)"
         )
@@ -443,12 +439,12 @@ def load_diffusers_unet(
                            if (d / SCHEDULER_FILE).is_file()), None)
     if scheduler_file is None:
         looked = ", ".join(str(d / SCHEDULER_FILE) for d in scheduler_dirs)
-        raise ModelFilesError(f"no scheduler config for {root}: looked for {looked}")
+        raise CheckpointError(f"no scheduler config for {root}: looked for {looked}")
 
     try:
         from diffusers import UNet2DConditionModel
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise AdapterError(
+        raise InputError(
             "loading a diffusers UNet needs the diffusers package: "
             "pip install 'locodiff[diffusers]'"
         ) from e
@@ -457,7 +453,7 @@ def load_diffusers_unet(
             str(root), subfolder=subfolder, torch_dtype=dtype, local_files_only=True
         )
     except (OSError, ValueError) as e:
-        raise ModelFilesError(
+        raise CheckpointError(
             f"could not load UNet weights from {unet_dir}: expected config.json and "
             f"diffusion_pytorch_model.safetensors (or .bin) there ({e})"
         ) from e
@@ -476,16 +472,16 @@ def load_scheduler(config_file: str | Path) -> Any:
     try:
         config = json.loads(config_file.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ModelFilesError(f"cannot read scheduler config {config_file}: {e}") from e
+        raise CheckpointError(f"cannot read scheduler config {config_file}: {e}") from e
     import diffusers
 
     name = config.get("_class_name", "DDPMScheduler")
     cls = getattr(diffusers, name, None)
     if cls is None or not hasattr(cls, "from_config"):
-        raise AdapterError(f"{config_file}: unknown scheduler class {name!r}")
+        raise InputError(f"{config_file}: unknown scheduler class {name!r}")
     scheduler = cls.from_config(config)
     if getattr(scheduler, "alphas_cumprod", None) is None:
-        raise AdapterError(
+        raise InputError(
             f"{config_file}: scheduler {name} has no alphas_cumprod; expected a DDPM-family "
             "scheduler (flow-matching models are not supported)"
         )

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vjp
 
-from ..errors import LocodiffError
+from ..errors import InputError
 from ..locality.jacobian import (
     pixel_cotangent_maker,
     batched_jvp,
@@ -42,8 +42,6 @@ Channels = Literal["each", "sum"]
 JVP_COST = 2.0
 
 
-class FeatureError(LocodiffError, ValueError):
-    """A block name, feature tensor or conditioner input does not fit what a probe expects."""
 
 
 # ----- capturing block outputs ---------------------------------------------------------------
@@ -58,14 +56,14 @@ def block_names(model: nn.Module, max_depth: int | None = None) -> list[str]:
 
 
 def resolve_blocks(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
-    """Look up sub-modules by name; an unknown name raises ``FeatureError`` listing the options."""
+    """Look up sub-modules by name; an unknown name raises ``InputError`` listing the options."""
     if isinstance(names, str):
         names = [names]
     modules = dict(model.named_modules())
     found: dict[str, nn.Module] = {}
     for name in names:
         if name not in modules or not name:
-            raise FeatureError(_unknown_block_message(model, name, modules))
+            raise InputError(_unknown_block_message(model, name, modules))
         found[name] = modules[name]
     return found
 
@@ -92,15 +90,15 @@ def first_tensor(output: Any) -> Tensor:
         return output
     if isinstance(output, (tuple, list)):
         for item in output:
-            with contextlib.suppress(FeatureError):
+            with contextlib.suppress(InputError):
                 return first_tensor(item)
     elif isinstance(output, Mapping):
         for item in output.values():
-            with contextlib.suppress(FeatureError):
+            with contextlib.suppress(InputError):
                 return first_tensor(item)
     elif isinstance(getattr(output, "sample", None), Tensor):
         return output.sample
-    raise FeatureError(f"block output of type {type(output).__name__} holds no tensor")
+    raise InputError(f"block output of type {type(output).__name__} holds no tensor")
 
 
 @contextlib.contextmanager
@@ -161,7 +159,7 @@ def feature_fn(
         finally:
             handle.remove()
         if not captured:
-            raise FeatureError(f"block {block!r} did not run while calling the model")
+            raise InputError(f"block {block!r} did not run while calling the model")
         return captured[0]
 
     return f
@@ -182,7 +180,7 @@ def replaced_block_fn(
     def f(theta: Tensor) -> Tensor:
         def swap(mod: nn.Module, args: Any, output: Any) -> Tensor:
             if not isinstance(output, Tensor) or output.shape != theta.shape:
-                raise FeatureError(f"block {source!r} must output one tensor of shape {tuple(theta.shape)} "
+                raise InputError(f"block {source!r} must output one tensor of shape {tuple(theta.shape)} "
                                    "to be replaced")
             return theta
 
@@ -192,7 +190,7 @@ def replaced_block_fn(
         finally:
             handle.remove()
         if update and out.shape != theta.shape:
-            raise FeatureError(f"update=True needs {target!r} to keep the shape of {source!r}'s output: "
+            raise InputError(f"update=True needs {target!r} to keep the shape of {source!r}'s output: "
                                f"{tuple(out.shape)} vs {tuple(theta.shape)}")
         return out - theta if update else out
 
@@ -210,7 +208,7 @@ def block_pixel_sensitivity(
     as in ``pixel_jacobian`` (at the output's resolution)."""
     theta = _check_theta(theta, min_dims=3)
     if probes < 1:
-        raise FeatureError(f"probes={probes}: expected at least one random projection per pixel")
+        raise InputError(f"probes={probes}: expected at least one random projection per pixel")
     with transform_context():
         out, vjp_fn = vjp(fn, theta)
         b, c_out, h, w = _output_shape(out)
@@ -249,13 +247,13 @@ def mean_difference_vectors(
         else list(enumerate(features_by_condition))
     )
     if not items:
-        raise FeatureError("features_by_condition is empty: expected at least one condition")
+        raise InputError("features_by_condition is empty: expected at least one condition")
     mu_b = _sample_mean(background_features, "background")
     rows = []
     for key, feats in items:
         mu = _sample_mean(feats, f"condition {key!r}")
         if mu.shape != mu_b.shape:
-            raise FeatureError(
+            raise InputError(
                 f"condition {key!r} has {mu.numel()} features per sample but the background "
                 f"has {mu_b.numel()}; expected the same block and resolution"
             )
@@ -265,7 +263,7 @@ def mean_difference_vectors(
 
 def _sample_mean(feats: Tensor, what: str) -> Tensor:
     if feats.ndim < 1 or feats.shape[0] == 0:
-        raise FeatureError(
+        raise InputError(
             f"{what} features have shape {tuple(feats.shape)}: expected [samples, ...] "
             "with at least one sample"
         )
@@ -276,7 +274,7 @@ def cosine_matrix(vectors: Tensor) -> Tensor:
     """``[K, K]`` cosine similarities of the rows of ``vectors [K, F]``. A zero row has no
     direction: its row and column are NaN rather than a made-up number."""
     if vectors.ndim != 2:
-        raise FeatureError(f"vectors must have shape [K, F], got {tuple(vectors.shape)}")
+        raise InputError(f"vectors must have shape [K, F], got {tuple(vectors.shape)}")
     v = vectors.double()
     norms = v.norm(dim=1)
     unit = v / norms[:, None]
@@ -332,7 +330,7 @@ def feature_jacobian(
             k_out, k_in = len(out_shape), len(in_shape)
             order = [0, *range(1 + k_out, 1 + k_out + k_in), *range(1, 1 + k_out)]
             return jac.permute(order).contiguous()
-    raise FeatureError(f"mode={mode!r}: expected 'forward' or 'reverse'")
+    raise InputError(f"mode={mode!r}: expected 'forward' or 'reverse'")
 
 
 def input_sensitivity(
@@ -375,9 +373,9 @@ def input_sensitivity(
     """
     theta = _check_theta(theta, min_dims=2)
     if channels not in ("each", "sum"):
-        raise FeatureError(f"channels={channels!r}: expected 'each' or 'sum'")
+        raise InputError(f"channels={channels!r}: expected 'each' or 'sum'")
     if groups is not None and mode != "sampled":
-        raise FeatureError("groups are measured by mode='sampled' only")
+        raise InputError("groups are measured by mode='sampled' only")
     b, k = theta.shape[:2]
     per_group = theta.shape[2:].numel()
     with transform_context():
@@ -394,7 +392,7 @@ def input_sensitivity(
             member = _group_matrix(groups, k, theta.device)
             sens = _sampled_sensitivity(fn, theta, channels, chunk_size, probes, generator, member)  # [B, G, H, W]
         else:
-            raise FeatureError(f"mode={mode!r}: expected 'auto', 'forward', 'reverse' or 'sampled'")
+            raise InputError(f"mode={mode!r}: expected 'auto', 'forward', 'reverse' or 'sampled'")
     if pixels is None:
         return sens
     flat = flat_pixel_index(pixels, b, *sens.shape[-2:]).to(sens.device)  # [B, P]
@@ -440,11 +438,11 @@ def _group_matrix(groups: Sequence[Sequence[int]] | None, k: int, device) -> Ten
     if groups is None:
         return torch.eye(k, device=device)
     if len(groups) == 0:
-        raise FeatureError("groups is empty: expected at least one group of conditioners")
+        raise InputError("groups is empty: expected at least one group of conditioners")
     member = torch.zeros(len(groups), k, device=device)
     for g, items in enumerate(groups):
         if len(items) == 0 or min(items) < 0 or max(items) >= k:
-            raise FeatureError(f"groups[{g}]={list(items)}: expected a non-empty list of indices in 0..{k - 1}")
+            raise InputError(f"groups[{g}]={list(items)}: expected a non-empty list of indices in 0..{k - 1}")
         member[g, list(items)] = 1.0
     return member
 
@@ -454,7 +452,7 @@ def _sampled_sensitivity(fn, theta: Tensor, channels: str, chunk_size: int, prob
     """Hutchinson estimate of ``_forward_sensitivity``: ``probes`` Gaussian tangents per group
     of conditioners (``member [G, K]``), each on that group's values only -> [B, G, H, W]."""
     if probes < 1:
-        raise FeatureError(f"probes={probes}: expected at least one random tangent per conditioner")
+        raise InputError(f"probes={probes}: expected at least one random tangent per conditioner")
     k = member.shape[0]  # groups
     n_dirs = k * probes
     group_of = torch.arange(n_dirs, device=theta.device) // probes
@@ -479,7 +477,7 @@ def _reverse_sensitivity(fn, theta: Tensor, pixels, channels: str, chunk_size: i
     flat = flat.to(out.device)
     n_pix = flat.shape[1]
     if n_pix == 0:
-        raise FeatureError("pixels is empty: expected at least one output pixel")
+        raise InputError("pixels is empty: expected at least one output pixel")
     per_pixel = c_out if channels == "each" else 1
     n_rows = n_pix * per_pixel
     make = pixel_cotangent_maker(flat, out.shape, channels, out.dtype)
@@ -502,15 +500,15 @@ def _check_theta(theta: Tensor, min_dims: int) -> Tensor:
     if not isinstance(theta, Tensor) or theta.ndim < min_dims + 1:
         shape = tuple(theta.shape) if isinstance(theta, Tensor) else type(theta).__name__
         want = "[B, K, ...] (batch, conditioners, values)" if min_dims >= 2 else "[B, ...]"
-        raise FeatureError(f"conditioner input has shape {shape}: expected {want}")
+        raise InputError(f"conditioner input has shape {shape}: expected {want}")
     if not theta.dtype.is_floating_point:
-        raise FeatureError(f"conditioner input has dtype {theta.dtype}: expected floating point")
+        raise InputError(f"conditioner input has dtype {theta.dtype}: expected floating point")
     return theta.detach()
 
 
 def _output_shape(out: Tensor) -> torch.Size:
     if out.ndim != 4:
-        raise FeatureError(
+        raise InputError(
             f"differentiated output has shape {tuple(out.shape)}: expected a [B, C, H, W] map "
             "(pick a block whose output is an image-shaped feature map)"
         )

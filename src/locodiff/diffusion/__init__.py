@@ -10,12 +10,11 @@ from .guidance import ClassifierFreeGuidance, ScoreComposition
 from .loss import EDMLoss
 from .precond import SIGMA_DATA, EDMPrecond, preconditioning
 from .samplers import Trajectory, get_sampler, sample_euler, sample_heun, sample_stochastic
-from .schedule import DiffusionError, karras_sigmas, sample_training_sigmas
+from .schedule import karras_sigmas, sample_training_sigmas
 
 __all__ = [
     "SIGMA_DATA",
     "ClassifierFreeGuidance",
-    "DiffusionError",
     "EDMLoss",
     "EDMPrecond",
     "GaussianDenoiser",

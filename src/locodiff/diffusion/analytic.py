@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..conditioning import Conditioning
 from ..denoiser import as_sigma_batch
-from .schedule import DiffusionError
+from .schedule import InputError
 
 # A parameter: a fixed tensor, or a function of the conditioning giving one value per image.
 Param = Union[Tensor, float, Callable[[Conditioning], Tensor]]
@@ -40,7 +40,7 @@ class GaussianDenoiser(nn.Module):
         super().__init__()
         if not callable(mean) and not (isinstance(mean, Tensor) and mean.ndim == 3):
             shape = tuple(mean.shape) if isinstance(mean, Tensor) else mean
-            raise DiffusionError(f"mean must have shape [C, H, W] or be a function, got {shape}")
+            raise InputError(f"mean must have shape [C, H, W] or be a function, got {shape}")
         _store(self, "mean", mean)
         _store(self, "var", var, nonnegative=True)
 
@@ -84,26 +84,26 @@ class GaussianMixtureDenoiser(nn.Module):
         super().__init__()
         if not callable(means) and not (isinstance(means, Tensor) and means.ndim == 4):
             shape = tuple(means.shape) if isinstance(means, Tensor) else means
-            raise DiffusionError(f"means must have shape [K, C, H, W], got {shape}")
+            raise InputError(f"means must have shape [K, C, H, W], got {shape}")
         k = means.shape[0] if isinstance(means, Tensor) else None
         k_name = k or "K"
         if weights is None:
             if k is None:
-                raise DiffusionError("weights are required when means is a function")
+                raise InputError("weights are required when means is a function")
             weights = torch.ones(k)
         if isinstance(weights, (Tensor, float)):
             weights = torch.as_tensor(weights, dtype=torch.float32)
             if weights.ndim != 1 or (k is not None and len(weights) != k):
-                raise DiffusionError(
+                raise InputError(
                     f"weights must have shape [{k_name}], got {tuple(weights.shape)}"
                 )
             if (weights < 0).any() or weights.sum() <= 0:
-                raise DiffusionError(
+                raise InputError(
                     f"weights must be >= 0 with a positive sum, got {weights.tolist()}"
                 )
         var = torch.as_tensor(var, dtype=torch.float32)
         if var.ndim > 1 or (var.ndim == 1 and k is not None and len(var) != k):
-            raise DiffusionError(
+            raise InputError(
                 f"var must be a float or have shape [{k_name}], got {tuple(var.shape)}"
             )
         _store(self, "means", means)
@@ -144,9 +144,9 @@ def _store(module: nn.Module, name: str, value: Param, nonnegative: bool = False
         return
     value = torch.as_tensor(value, dtype=torch.float32)
     if not torch.isfinite(value).all():
-        raise DiffusionError(f"{name} contains NaN or infinite values")
+        raise InputError(f"{name} contains NaN or infinite values")
     if nonnegative and (value < 0).any():
-        raise DiffusionError(f"{name} must be >= 0, got min {value.min().item()}")
+        raise InputError(f"{name} must be >= 0, got min {value.min().item()}")
     module.register_buffer(f"_{name}", value)
 
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..conditioning import Conditioning
 from ..denoiser import Denoiser, as_sigma_batch
-from .schedule import DiffusionError
+from .schedule import InputError
 
 Background = Union[str, Conditioning, Denoiser]
 
@@ -97,11 +97,11 @@ class ScoreComposition(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(background, str) and background != "null":
-            raise DiffusionError(
+            raise InputError(
                 f"background must be 'null', a Conditioning or a Denoiser, got {background!r}"
             )
         if not isinstance(background, (str, Conditioning)) and not callable(background):
-            raise DiffusionError(
+            raise InputError(
                 f"background must be 'null', a Conditioning or a Denoiser, got {type(background)}"
             )
         _check_chunk(chunk_size)
@@ -148,7 +148,7 @@ class ScoreComposition(nn.Module):
         if bg.batch_size == 1:
             bg = bg.repeat(cond.batch_size)
         if bg.batch_size != cond.batch_size:
-            raise DiffusionError(
+            raise InputError(
                 f"background conditioning has batch size {bg.batch_size}; expected 1 or "
                 f"{cond.batch_size}"
             )
@@ -165,7 +165,7 @@ class ScoreComposition(nn.Module):
             return w.expand(b, n)
         if tuple(w.shape) == (b, n, *x.shape[-2:]):
             return w
-        raise DiffusionError(
+        raise InputError(
             f"weights of shape {tuple(w.shape)} do not fit {b} images x {n} slots; expected a "
             f"float, [{n}] (one per slot), [{b}, {n}] or [{b}, {n}, {x.shape[-2]}, {x.shape[-1]}] (per pixel)"
         )
@@ -186,13 +186,13 @@ def _call_batched(
 
 def _check_batch(x: Tensor, cond: Conditioning) -> None:
     if x.ndim != 4:
-        raise DiffusionError(f"x must have shape [B, C, H, W], got {tuple(x.shape)}")
+        raise InputError(f"x must have shape [B, C, H, W], got {tuple(x.shape)}")
     if cond.batch_size != x.shape[0]:
-        raise DiffusionError(
+        raise InputError(
             f"conditioning has batch size {cond.batch_size} but x has {x.shape[0]} images"
         )
 
 
 def _check_chunk(chunk_size: int | None) -> None:
     if chunk_size is not None and chunk_size < 1:
-        raise DiffusionError(f"chunk_size must be None or >= 1, got {chunk_size}")
+        raise InputError(f"chunk_size must be None or >= 1, got {chunk_size}")

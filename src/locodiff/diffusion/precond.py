@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..conditioning import Conditioning
 from ..denoiser import as_sigma_batch
-from .schedule import DiffusionError
+from .schedule import InputError
 
 # A raw network: (scaled input [B,C,H,W], c_noise [B], conditioning) -> output [B,C,H,W].
 RawNet = Callable[[Tensor, Tensor, Conditioning], Tensor]
@@ -59,13 +59,13 @@ class EDMPrecond(nn.Module):
     def __init__(self, net: RawNet, sigma_data: float = SIGMA_DATA) -> None:
         super().__init__()
         if sigma_data <= 0:
-            raise DiffusionError(f"sigma_data must be positive, got {sigma_data}")
+            raise InputError(f"sigma_data must be positive, got {sigma_data}")
         self.net = net
         self.sigma_data = float(sigma_data)
 
     def forward(self, x: Tensor, sigma: Tensor | float, cond: Conditioning) -> Tensor:
         if x.ndim != 4:
-            raise DiffusionError(f"x must have shape [B, C, H, W], got {tuple(x.shape)}")
+            raise InputError(f"x must have shape [B, C, H, W], got {tuple(x.shape)}")
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         x_hi = x.to(dtype)
         sigma_b = as_sigma_batch(sigma, x_hi)
@@ -74,7 +74,7 @@ class EDMPrecond(nn.Module):
         )
         f = self.net(c_in * x_hi, c_noise.reshape(-1), cond)
         if f.shape != x.shape:
-            raise DiffusionError(
+            raise InputError(
                 f"network output shape {tuple(f.shape)} differs from its input {tuple(x.shape)}"
             )
         return (c_skip * x_hi + c_out * f.to(dtype)).to(x.dtype)

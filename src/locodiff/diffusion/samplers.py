@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..conditioning import Conditioning
 from ..denoiser import Denoiser
-from .schedule import DiffusionError, karras_sigmas
+from .schedule import InputError, karras_sigmas
 
 
 @dataclass
@@ -108,7 +108,7 @@ def sample_stochastic(
     In the trajectory, ``x0s[i]`` is the prediction at ``sigma_hat``, not ``sigma_i``.
     """
     if s_churn < 0 or s_noise < 0 or s_min > s_max:
-        raise DiffusionError(
+        raise InputError(
             f"expected s_churn >= 0, s_noise >= 0 and s_min <= s_max, got s_churn={s_churn}, "
             f"s_noise={s_noise}, s_min={s_min}, s_max={s_max}"
         )
@@ -142,7 +142,7 @@ def get_sampler(name: str) -> Callable[..., Sample]:
     """Look a sampler up by config name: ``"heun"``, ``"euler"`` or ``"stochastic"``."""
     samplers = {"heun": sample_heun, "euler": sample_euler, "stochastic": sample_stochastic}
     if name not in samplers:
-        raise DiffusionError(f"unknown sampler {name!r}; expected one of {sorted(samplers)}")
+        raise InputError(f"unknown sampler {name!r}; expected one of {sorted(samplers)}")
     return samplers[name]
 
 
@@ -158,22 +158,22 @@ def _setup(
 ) -> tuple[Tensor, Tensor]:
     """Validate inputs; return the initial ``x`` (noise * sigma_max) and the schedule."""
     if not callable(denoiser):
-        raise DiffusionError(f"denoiser must be callable as (x, sigma, cond), got {denoiser!r}")
+        raise InputError(f"denoiser must be callable as (x, sigma, cond), got {denoiser!r}")
     if not isinstance(cond, Conditioning):
-        raise DiffusionError(f"cond must be a Conditioning, got {type(cond).__name__}")
+        raise InputError(f"cond must be a Conditioning, got {type(cond).__name__}")
     if isinstance(noise_or_shape, Tensor):
         noise = noise_or_shape
     else:
         shape = tuple(noise_or_shape)
         if not all(isinstance(s, int) and s > 0 for s in shape):
-            raise DiffusionError(f"noise shape must be positive integers, got {shape}")
+            raise InputError(f"noise shape must be positive integers, got {shape}")
         noise = _randn(shape, generator, cond.device, torch.float32)
     if noise.ndim != 4:
-        raise DiffusionError(f"noise must have shape [B, C, H, W], got {tuple(noise.shape)}")
+        raise InputError(f"noise must have shape [B, C, H, W], got {tuple(noise.shape)}")
     if not noise.is_floating_point():
-        raise DiffusionError(f"noise must be a floating-point tensor, got {noise.dtype}")
+        raise InputError(f"noise must be a floating-point tensor, got {noise.dtype}")
     if cond.batch_size != noise.shape[0]:
-        raise DiffusionError(
+        raise InputError(
             f"conditioning has batch size {cond.batch_size} but noise has {noise.shape[0]}; "
             "give one conditioning row per image"
         )
@@ -181,13 +181,13 @@ def _setup(
     if isinstance(steps, Tensor):
         sigmas = steps.to(device=noise.device, dtype=noise.dtype)
         if sigmas.ndim != 1 or len(sigmas) < 2:
-            raise DiffusionError(f"sigmas must be 1-D with >= 2 levels, got {tuple(sigmas.shape)}")
+            raise InputError(f"sigmas must be 1-D with >= 2 levels, got {tuple(sigmas.shape)}")
         if not torch.isfinite(sigmas).all() or (sigmas < 0).any() or sigmas[0] <= 0:
-            raise DiffusionError(f"sigmas must be finite, >= 0 and start above 0, got {sigmas}")
+            raise InputError(f"sigmas must be finite, >= 0 and start above 0, got {sigmas}")
         if (sigmas[1:] > sigmas[:-1]).any():
-            raise DiffusionError(f"sigmas must be non-increasing, got {sigmas.tolist()}")
+            raise InputError(f"sigmas must be non-increasing, got {sigmas.tolist()}")
         if (sigmas[:-1] == 0).any():
-            raise DiffusionError(f"only the last sigma may be 0, got {sigmas.tolist()}")
+            raise InputError(f"only the last sigma may be 0, got {sigmas.tolist()}")
     else:
         sigmas = karras_sigmas(steps, device=noise.device, dtype=noise.dtype)
 

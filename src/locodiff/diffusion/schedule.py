@@ -10,11 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..errors import LocodiffError
+from ..errors import InputError
 
 
-class DiffusionError(LocodiffError, ValueError):
-    """A sampler, schedule or wrapper was given inputs of the wrong shape or range."""
 
 
 def karras_sigmas(
@@ -35,13 +33,13 @@ def karras_sigmas(
     With ``n_steps == 1`` the schedule is ``[sigma_max, 0]``.
     """
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-        raise DiffusionError(f"n_steps must be an integer >= 1, got {n_steps!r}")
+        raise InputError(f"n_steps must be an integer >= 1, got {n_steps!r}")
     if not 0 < sigma_min <= sigma_max:
-        raise DiffusionError(
+        raise InputError(
             f"expected 0 < sigma_min <= sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
         )
     if rho <= 0:
-        raise DiffusionError(f"rho must be positive, got {rho}")
+        raise InputError(f"rho must be positive, got {rho}")
     # float64 so that the power round trip returns sigma_min and sigma_max to float32 precision.
     i = torch.arange(n_steps, dtype=torch.float64)
     frac = i / max(n_steps - 1, 1)
@@ -65,9 +63,9 @@ def sample_training_sigmas(
     The generator must live on ``device`` (torch's rule for random draws).
     """
     if batch < 1:
-        raise DiffusionError(f"batch must be >= 1, got {batch}")
+        raise InputError(f"batch must be >= 1, got {batch}")
     if p_std < 0:
-        raise DiffusionError(f"p_std must be >= 0, got {p_std}")
+        raise InputError(f"p_std must be >= 0, got {p_std}")
     if device is None and generator is not None:
         device = generator.device
     n = torch.randn(batch, generator=generator, device=device)

@@ -11,10 +11,10 @@
 - ``oracle``: reference denoisers with known scores (a perfect renderer, a fixed image).
 """
 
-from .detector import ColorDetector, ColorDetectorConfig, Detections, Detector, DetectorError
+from .detector import ColorDetector, ColorDetectorConfig, Detections, Detector
 from .heatmap import HeatmapConfig, HeatmapDetector, load_detector, load_or_train_detector, train_heatmap_detector
 from .metrics import (
-    CountMetrics, EvalError, ImageMatch, SummaryOptions, count_metrics, default_tolerance_px,
+    CountMetrics, ImageMatch, SummaryOptions, count_metrics, default_tolerance_px,
     largest_k_above, match_locations, normalized_auc, summarize, wilson_interval,
 )
 from .oracle import FixedImageDenoiser, OracleDenoiser
@@ -26,8 +26,7 @@ from .runner import (
 from .validation import PERTURBATIONS, validate_detector, validation_markdown
 
 __all__ = [
-    "ColorDetector", "ColorDetectorConfig", "CountMetrics", "Detections", "Detector", "DetectorError",
-    "EvalConfig", "EvalError", "EvalResult", "build_detector", "eval_folder", "evaluate_model",
+    "ColorDetector", "ColorDetectorConfig", "CountMetrics", "Detections", "Detector", "EvalConfig", "EvalResult", "build_detector", "eval_folder", "evaluate_model",
     "evaluate_run", "FixedImageDenoiser", "HeatmapConfig", "HeatmapDetector",
     "ImageMatch", "OracleDenoiser", "PERTURBATIONS", "SummaryOptions", "count_metrics",
     "dataset_conditionings", "default_tolerance_px", "evaluate_denoiser", "largest_k_above",

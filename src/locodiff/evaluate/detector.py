@@ -30,12 +30,10 @@ import torch
 from scipy import ndimage as ndi
 from torch import Tensor
 
-from ..errors import LocodiffError
+from ..errors import InputError
 from ..scenes import vocab
 
 
-class DetectorError(LocodiffError, ValueError):
-    """Images handed to a detector have the wrong shape, range or size."""
 
 
 @dataclass
@@ -95,15 +93,15 @@ def to_unit_images(images: Tensor, value_range: tuple[float, float] = (0.0, 1.0)
     """Check a batch of RGB images and map it to float [0, 1] on the CPU."""
     if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise DetectorError(f"expected RGB images of shape [B, 3, H, W], got {shape}")
+        raise InputError(f"expected RGB images of shape [B, 3, H, W], got {shape}")
     if images.shape[2] != images.shape[3]:
-        raise DetectorError(f"expected square images, got {images.shape[2]}x{images.shape[3]}")
+        raise InputError(f"expected square images, got {images.shape[2]}x{images.shape[3]}")
     lo, hi = value_range
     if not hi > lo:
-        raise DetectorError(f"value_range {value_range}: expected (low, high) with high > low")
+        raise InputError(f"value_range {value_range}: expected (low, high) with high > low")
     x = images.detach().float().cpu()
     if not torch.isfinite(x).all():
-        raise DetectorError("images contain NaN or infinite values")
+        raise InputError("images contain NaN or infinite values")
     return ((x - lo) / (hi - lo)).clamp(0, 1)
 
 
@@ -199,7 +197,7 @@ class ColorDetector:
     def __call__(self, images: Tensor, value_range: tuple[float, float] = (0.0, 1.0)) -> list[Detections]:
         x = to_unit_images(images, value_range)
         if x.shape[-1] != self.resolution:
-            raise DetectorError(
+            raise InputError(
                 f"images are {x.shape[-1]}x{x.shape[-1]} but this detector was calibrated at "
                 f"{self.resolution}x{self.resolution}; calibrate one for this resolution"
             )

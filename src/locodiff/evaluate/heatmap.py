@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from ..config import config_hash, to_dict
 from ..io import append_jsonl, atomic_path, write_json_atomic
 from ..scenes import vocab
-from .detector import Detections, DetectorError, to_unit_images
+from .detector import Detections, InputError, to_unit_images
 
 DETECTOR_VERSION = 2  # bump when the network, targets or decoding change meaning
 
@@ -80,7 +80,7 @@ class HeatmapConfig:
         ]
         for name, ok, expected in checks:
             if not ok:
-                raise DetectorError(f"heatmap.{name}={getattr(self, name)!r}: expected {expected}")
+                raise InputError(f"heatmap.{name}={getattr(self, name)!r}: expected {expected}")
         return self
 
 
@@ -398,10 +398,10 @@ def load_detector(folder: str | Path) -> HeatmapDetector:
     folder = Path(folder)
     meta_path, weights = folder / "detector.json", folder / "detector.safetensors"
     if not meta_path.is_file() or not weights.is_file():
-        raise DetectorError(f"no trained detector in {str(folder)!r} (expected detector.json and detector.safetensors)")
+        raise InputError(f"no trained detector in {str(folder)!r} (expected detector.json and detector.safetensors)")
     meta = json.loads(meta_path.read_text())
     if meta.get("version") != DETECTOR_VERSION:
-        raise DetectorError(
+        raise InputError(
             f"detector in {str(folder)!r} has version {meta.get('version')}, this code expects "
             f"{DETECTOR_VERSION}; delete the folder to retrain"
         )

@@ -33,7 +33,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from ..errors import LocodiffError
+from ..errors import InputError
 
 # Matching radius at the reference resolution; it scales linearly with the image side.
 REFERENCE_TOLERANCE_PX = 3.0
@@ -45,8 +45,6 @@ ATTRIBUTE_KINDS = ("color", "shape", "seen", "heldout", "seen_color", "heldout_c
 ATTRIBUTE_COUNTS = tuple(f"{kind}_{what}" for kind in ATTRIBUTE_KINDS for what in ("checked", "correct"))
 
 
-class EvalError(LocodiffError, ValueError):
-    """An evaluation input is out of range, inconsistent or impossible to score."""
 
 
 def default_tolerance_px(resolution: int) -> float:
@@ -117,7 +115,7 @@ class ImageMatch:
 def _as_points(points, name: str) -> np.ndarray:
     arr = np.asarray(points, dtype=np.float64).reshape(-1, 2) if len(points) else np.zeros((0, 2))
     if not np.isfinite(arr).all():
-        raise EvalError(f"{name} contain NaN or infinite values: {arr.tolist()}")
+        raise InputError(f"{name} contain NaN or infinite values: {arr.tolist()}")
     return arr
 
 
@@ -136,7 +134,7 @@ def match_locations(
     mediocre ones and lose a match).
     """
     if tolerance_px <= 0:
-        raise EvalError(f"tolerance_px={tolerance_px}: expected a positive radius in pixels")
+        raise InputError(f"tolerance_px={tolerance_px}: expected a positive radius in pixels")
     req = _as_points(requested, "requested locations")
     det = _as_points(detected, "detected centres")
     h, w = image_size
@@ -207,7 +205,7 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     0% and 100% with few samples — exactly where per-k accuracies sit. No trials: (0, 1).
     """
     if trials < 0 or not 0 <= successes <= trials:
-        raise EvalError(f"wilson_interval: expected 0 <= successes <= trials, got {successes}/{trials}")
+        raise InputError(f"wilson_interval: expected 0 <= successes <= trials, got {successes}/{trials}")
     if trials == 0:
         return (0.0, 1.0)
     p = successes / trials
@@ -287,10 +285,10 @@ class CountMetrics:
 def count_metrics(k: int, matches: Sequence[ImageMatch], z: float = 1.96) -> CountMetrics:
     """Aggregate the matches of images that requested ``k`` objects."""
     if not matches:
-        raise EvalError(f"no images to score for k={k}")
+        raise InputError(f"no images to score for k={k}")
     bad = [m.n_requested for m in matches if m.n_requested != k]
     if bad:
-        raise EvalError(f"an image scored under k={k} requested {bad[0]} objects")
+        raise InputError(f"an image scored under k={k} requested {bad[0]} objects")
     n = len(matches)
     hits = {
         "count": sum(m.count_correct for m in matches),
@@ -374,9 +372,9 @@ class SummaryOptions:
         for name in ("trained_range", "extrapolation_range"):
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
-                raise EvalError(f"{name}={(lo, hi)}: expected 0 <= low <= high")
+                raise InputError(f"{name}={(lo, hi)}: expected 0 <= low <= high")
         if not 0 < self.threshold <= 1:
-            raise EvalError(f"threshold={self.threshold}: expected a value in (0, 1]")
+            raise InputError(f"threshold={self.threshold}: expected a value in (0, 1]")
         return self
 
 

@@ -38,7 +38,7 @@ from .detector import ColorDetector, Detections, Detector
 from .heatmap import DETECTOR_VERSION, HeatmapConfig, load_or_train_detector
 from .figures import accuracy_plot, detection_grid
 from .metrics import (
-    CountMetrics, EvalError, ImageMatch, SummaryOptions, count_metrics, default_tolerance_px,
+    CountMetrics, InputError, ImageMatch, SummaryOptions, count_metrics, default_tolerance_px,
     match_locations, score_attributes, summarize,
 )
 
@@ -67,25 +67,25 @@ class EvalConfig:
 
     def validate(self) -> "EvalConfig":
         if not self.counts:
-            raise EvalError("evaluate.counts is empty: give at least one object count")
+            raise InputError("evaluate.counts is empty: give at least one object count")
         bad = [k for k in self.counts if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= self.max_count]
         if bad:
-            raise EvalError(
+            raise InputError(
                 f"evaluate.counts contains {bad[0]!r}: expected integers from 0 to max_count={self.max_count}"
             )
         if len(set(self.counts)) != len(self.counts):
-            raise EvalError(f"evaluate.counts {list(self.counts)} contains duplicates")
+            raise InputError(f"evaluate.counts {list(self.counts)} contains duplicates")
         for name in ("per_count", "batch_size", "steps"):
             if getattr(self, name) < 1:
-                raise EvalError(f"evaluate.{name}={getattr(self, name)}: expected an integer >= 1")
+                raise InputError(f"evaluate.{name}={getattr(self, name)}: expected an integer >= 1")
         if self.grid_per_count < 0:
-            raise EvalError(f"evaluate.grid_per_count={self.grid_per_count}: expected an integer >= 0")
+            raise InputError(f"evaluate.grid_per_count={self.grid_per_count}: expected an integer >= 0")
         if self.detector not in DETECTORS:
-            raise EvalError(f"evaluate.detector={self.detector!r}: expected one of {list(DETECTORS)}")
+            raise InputError(f"evaluate.detector={self.detector!r}: expected one of {list(DETECTORS)}")
         if self.min_separation is not None and not 0 <= self.min_separation < 1:
-            raise EvalError(f"evaluate.min_separation={self.min_separation}: expected a number in [0, 1)")
+            raise InputError(f"evaluate.min_separation={self.min_separation}: expected a number in [0, 1)")
         if self.tolerance_px is not None and not self.tolerance_px > 0:
-            raise EvalError(f"evaluate.tolerance_px={self.tolerance_px}: expected a positive radius in pixels")
+            raise InputError(f"evaluate.tolerance_px={self.tolerance_px}: expected a positive radius in pixels")
         self.summary_options()
         return self
 
@@ -152,7 +152,7 @@ def dataset_conditionings(dataset) -> ConditioningFactory:
     def make(k: int, n: int, generator: torch.Generator) -> Conditioning:
         rows = dataset.index[(counts == k).nonzero(as_tuple=True)[0]]
         if len(rows) < n:
-            raise EvalError(f"the test split has {len(rows)} images with {k} objects but {n} were asked for")
+            raise InputError(f"the test split has {len(rows)} images with {k} objects but {n} were asked for")
         rows = rows[:n]
         batch = {name: t[rows] for name, t in dataset.tensors.items()}
         cond = batch_conditioning(batch, "all")
@@ -167,13 +167,13 @@ def dataset_conditionings(dataset) -> ConditioningFactory:
 def check_conditioning(cond: Conditioning, k: int, n: int, min_separation: float) -> None:
     """Test conditionings must hold k in-image locations, far enough apart for the detector."""
     if not isinstance(cond, Conditioning):
-        raise EvalError(f"make_test_conditionings returned {type(cond).__name__}, expected a Conditioning")
+        raise InputError(f"make_test_conditionings returned {type(cond).__name__}, expected a Conditioning")
     if cond.batch_size != n:
-        raise EvalError(f"make_test_conditionings returned {cond.batch_size} conditionings for k={k}, expected {n}")
+        raise InputError(f"make_test_conditionings returned {cond.batch_size} conditionings for k={k}, expected {n}")
     counts = cond.counts()
     if (counts != k).any():
         bad = int(counts[counts != k][0])
-        raise EvalError(f"a conditioning for k={k} holds {bad} locations")
+        raise InputError(f"a conditioning for k={k} holds {bad} locations")
     cond.validate()
     if k < 2:
         return
@@ -185,7 +185,7 @@ def check_conditioning(cond: Conditioning, k: int, n: int, min_separation: float
     if (closest < min_separation).any():
         b = int(closest.argmin())
         i, j = divmod(int(dist[b].argmin()), dist.shape[-1])
-        raise EvalError(
+        raise InputError(
             f"requested locations {loc[b, i].tolist()} and {loc[b, j].tolist()} (image {b}, k={k}) are "
             f"{float(closest[b]):.3f} of the image side apart; the detector separates objects only "
             f">= {min_separation:.3f} apart. Sample test scenes with min_separation >= {min_separation:.3f}"
@@ -202,7 +202,7 @@ class _ShapeChecked:
         out = self.denoiser(x, sigma, cond)
         if not isinstance(out, Tensor) or out.shape != x.shape:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise EvalError(
+            raise InputError(
                 f"the denoiser returned shape {shape} for input of shape {tuple(x.shape)} (k={self.k}); "
                 "it must return an x0 estimate shaped like its input"
             )
@@ -211,12 +211,12 @@ class _ShapeChecked:
 
 def _check_images(x: Tensor, n: int, resolution: int, k: int) -> None:
     if x.shape != (n, 3, resolution, resolution):
-        raise EvalError(
+        raise InputError(
             f"the sampler returned images of shape {tuple(x.shape)} for k={k}, expected "
             f"{(n, 3, resolution, resolution)}: does the denoiser work at {resolution}x{resolution}?"
         )
     if not torch.isfinite(x).all():
-        raise EvalError(f"the denoiser produced NaN or infinite pixels at k={k}")
+        raise InputError(f"the denoiser produced NaN or infinite pixels at k={k}")
 
 
 def _k_seed(seed: int, k: int) -> int:
@@ -257,13 +257,13 @@ def evaluate_denoiser(
 
     cfg = (config or EvalConfig()).validate()
     if isinstance(resolution, bool) or not isinstance(resolution, int) or not 8 <= resolution <= 1024:
-        raise EvalError(f"resolution {resolution!r}: expected an integer image side from 8 to 1024")
+        raise InputError(f"resolution {resolution!r}: expected an integer image side from 8 to 1024")
     fixed = getattr(detector, "resolution", None)
     if fixed is not None and fixed != resolution:
-        raise EvalError(f"the detector works at {fixed}x{fixed} but the images are {resolution}x{resolution}")
+        raise InputError(f"the detector works at {fixed}x{fixed} but the images are {resolution}x{resolution}")
     det_max = getattr(detector, "max_objects", None) or getattr(getattr(detector, "config", None), "max_objects", None)
     if det_max is not None and max(cfg.counts) > det_max:
-        raise EvalError(f"k={max(cfg.counts)} is above the {det_max} objects the detector was trained on")
+        raise InputError(f"k={max(cfg.counts)} is above the {det_max} objects the detector was trained on")
     sample = get_sampler(cfg.sampler)
     tolerance = cfg.tolerance_px or default_tolerance_px(resolution)
     out = Path(out_dir)
@@ -355,7 +355,7 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig, cache_dir: str | Path,
 
     ckpt = subject_checkpoint(run_dir)
     if ckpt is None:
-        raise EvalError(f"run {run_dir} has no checkpoint yet; train it before evaluating")
+        raise InputError(f"run {run_dir} has no checkpoint yet; train it before evaluating")
     denoiser, run_cfg = load_subject(run_dir)
     return evaluate_model(denoiser.to(device), run_cfg.data, eval_folder(run_dir, config, ckpt.name),
                           config, cache_dir, device, progress, run_cfg.holdout_indices())
@@ -404,7 +404,7 @@ def _start_or_resume(out: Path, cfg: EvalConfig, resolution: int, detector: str)
         def strip(s: dict) -> dict:
             return {**s, "config": {k: v for k, v in s["config"].items() if k not in ignore}}
         if strip(old) != strip(settings):
-            raise EvalError(
+            raise InputError(
                 f"{str(out)!r} holds an evaluation with different settings ({path.name}); "
                 "choose another output folder or delete it to start over"
             )

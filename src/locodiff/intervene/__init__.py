@@ -10,7 +10,6 @@
 
 from .lcs_machine import (
     LCSMachine,
-    LCSMachineError,
     PatchSchedule,
     calibrate_patch_schedule,
     default_patch_schedule,
@@ -22,7 +21,6 @@ from .subject import InterventionSpec, load_subject, subject_checkpoint
 from .toys import (
     LocalityCheck,
     RegionMixtureToy,
-    ToyError,
     compose_single_scores,
     measure_locality,
     squares_dataset,
@@ -31,11 +29,9 @@ from .toys import (
 __all__ = [
     "InterventionSpec",
     "LCSMachine",
-    "LCSMachineError",
     "LocalityCheck",
     "PatchSchedule",
     "RegionMixtureToy",
-    "ToyError",
     "calibrate_patch_schedule",
     "compose_single_scores",
     "default_patch_schedule",

@@ -70,13 +70,11 @@ from torch import Tensor, nn
 
 from ..conditioning import Conditioning
 from ..denoiser import Denoiser, as_sigma_batch
-from ..errors import ConfigError, LocodiffError
+from ..errors import ConfigError, InputError
 
 Fallback = Literal["unconditional", "error"]
 
 
-class LCSMachineError(LocodiffError, ValueError):
-    """The machine was called with inputs that do not fit its training set, or found no patch."""
 
 
 # ----- patch-size schedules ------------------------------------------------------------------
@@ -300,7 +298,7 @@ class LCSMachine(nn.Module):
         self._check_inputs(x, cond)
         sigma = as_sigma_batch(sigma, x)
         if not (torch.isfinite(sigma).all() and (sigma > 0).all()):
-            raise LCSMachineError(
+            raise InputError(
                 f"sigma must be finite and > 0 (the posterior is undefined at 0), got "
                 f"{sigma.tolist()}"
             )
@@ -317,16 +315,16 @@ class LCSMachine(nn.Module):
     def _check_inputs(self, x: Tensor, cond: Conditioning) -> None:
         if not isinstance(x, Tensor) or x.ndim != 4:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise LCSMachineError(f"x must have shape [B, C, H, W], got {shape}")
+            raise InputError(f"x must have shape [B, C, H, W], got {shape}")
         if tuple(x.shape[1:]) != tuple(self.images.shape[1:]):
-            raise LCSMachineError(
+            raise InputError(
                 f"x has images of shape {tuple(x.shape[1:])} but the training set has "
                 f"{tuple(self.images.shape[1:])}"
             )
         if not isinstance(cond, Conditioning):
-            raise LCSMachineError(f"cond must be a Conditioning, got {type(cond).__name__}")
+            raise InputError(f"cond must be a Conditioning, got {type(cond).__name__}")
         if cond.batch_size != x.shape[0]:
-            raise LCSMachineError(
+            raise InputError(
                 f"conditioning has batch size {cond.batch_size} but x has {x.shape[0]} images"
             )
 
@@ -353,7 +351,7 @@ class LCSMachine(nn.Module):
         self.fallback_pixels += int(missing.numel())
         if missing.numel():
             if self.fallback == "error":
-                raise LCSMachineError(
+                raise InputError(
                     f"{missing.numel()} of {q.patches.shape[0]} output pixels have no training "
                     f"patch with matching nearby conditioners (patch size {size}); raise "
                     "tolerance_px, lower margin_px, or use fallback='unconditional'"
@@ -608,14 +606,14 @@ def _noisy_inputs(
     """``(sigma, images + sigma * noise)`` per noise level, one fresh noise draw per level."""
     if not isinstance(images, Tensor) or images.ndim != 4:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise LCSMachineError(f"images must have shape [B, C, H, W], got {shape}")
+        raise InputError(f"images must have shape [B, C, H, W], got {shape}")
     if conds.batch_size != images.shape[0]:
-        raise LCSMachineError(
+        raise InputError(
             f"conds has batch size {conds.batch_size} but there are {images.shape[0]} images"
         )
     levels = [float(s) for s in torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)]
     if not levels or any(not (s > 0 and math.isfinite(s)) for s in levels):
-        raise LCSMachineError(f"sigmas must be a non-empty list of finite values > 0, got {levels}")
+        raise InputError(f"sigmas must be a non-empty list of finite values > 0, got {levels}")
     gen_device = generator.device if generator is not None else images.device
     out = []
     for s in levels:

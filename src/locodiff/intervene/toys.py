@@ -36,12 +36,10 @@ from torch import Tensor, nn
 
 from ..conditioning import Conditioning
 from ..denoiser import Denoiser, as_sigma_batch, score
-from ..errors import ConfigError, LocodiffError
+from ..errors import ConfigError, InputError
 from ..locality.jacobian import conditioner_jacobian, full_pixel_jacobian
 
 
-class ToyError(LocodiffError, ValueError):
-    """A toy distribution was asked for something it does not define (e.g. overlapping regions)."""
 
 
 class RegionMixtureToy(nn.Module):
@@ -88,7 +86,7 @@ class RegionMixtureToy(nn.Module):
         d = self._offsets(cond)  # [B, N, H, W, 2]
         inside = (d.abs().amax(-1) <= self.radius_px) & cond.mask[..., None, None]
         if (inside.sum(1) > 1).any():
-            raise ToyError(
+            raise InputError(
                 "conditioner regions overlap; the toy needs locations more than "
                 f"2 * radius_px = {2 * self.radius_px} px apart"
             )
@@ -179,11 +177,11 @@ class RegionMixtureToy(nn.Module):
 
     def _check(self, x: Tensor, cond: Conditioning) -> None:
         if x.ndim != 4 or tuple(x.shape[1:]) != (1, self.height, self.width):
-            raise ToyError(
+            raise InputError(
                 f"x must have shape [B, 1, {self.height}, {self.width}], got {tuple(x.shape)}"
             )
         if cond.batch_size != x.shape[0]:
-            raise ToyError(f"conditioning has batch {cond.batch_size} but x has {x.shape[0]}")
+            raise InputError(f"conditioning has batch {cond.batch_size} but x has {x.shape[0]}")
 
 
 def compose_single_scores(
@@ -227,7 +225,7 @@ def measure_locality(
     """
     b, _, h, w = x.shape
     if tuple(regions.shape) != (b, cond.slots, h, w) or tuple(blocks.shape) != (b, h, w):
-        raise ToyError(
+        raise InputError(
             f"regions must be [{b}, {cond.slots}, {h}, {w}] and blocks [{b}, {h}, {w}], got "
             f"{tuple(regions.shape)} and {tuple(blocks.shape)}"
         )

@@ -8,7 +8,6 @@ locality) and only on nearby conditioners (conditional locality)?
 """
 
 from .jacobian import (
-    LocalityError,
     MassEstimate,
     colored_pixel_jacobian,
     conditioner_jacobian,
@@ -45,7 +44,7 @@ from .stats import (
 )
 
 __all__ = [
-    "ConditionalLocality", "Estimate", "IndexSummary", "LocalityError", "LocalityResult",
+    "ConditionalLocality", "Estimate", "IndexSummary", "LocalityResult",
     "MassEstimate", "PixelLocality", "SamplingError", "SigmaSummary", "bootstrap_mean",
     "colored_pixel_jacobian", "conditional_locality", "conditional_locality_index",
     "conditioner_jacobian", "conditioner_sensitivity", "effective_radius", "full_pixel_jacobian",

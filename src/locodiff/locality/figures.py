@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from ..io import atomic_path  # noqa: E402
-from .jacobian import LocalityError  # noqa: E402
+from .jacobian import InputError  # noqa: E402
 from .probe import LocalityResult  # noqa: E402
 from .stats import locations_to_pixels  # noqa: E402
 
@@ -72,7 +72,7 @@ def sensitivity_grid(
     """
     s_count, k_count = maps.shape[:2]
     if len(sigmas) != s_count:
-        raise LocalityError(f"{len(sigmas)} sigmas for maps with {s_count} noise levels")
+        raise InputError(f"{len(sigmas)} sigmas for maps with {s_count} noise levels")
     base = (0.25 + 0.5 * image_for_display(image).mean(-1, keepdim=True).expand(-1, -1, 3)).numpy()
     fig, axes = plt.subplots(
         k_count, s_count, figsize=(1.9 * s_count, 1.9 * k_count), squeeze=False
@@ -123,7 +123,7 @@ def conditioner_sensitivity_figure(result: LocalityResult, scene: int = 0) -> Fi
     mask = a["mask"][scene].bool()
     slots = torch.nonzero(mask).reshape(-1).tolist()
     if not slots:
-        raise LocalityError(f"scene {scene} has no conditioners to draw")
+        raise InputError(f"scene {scene} has no conditioners to draw")
     h, w = a["images"].shape[-2:]
     where = locations_to_pixels(a["locations"][scene], h, w)  # [N, 2] (row, col)
     maps = a["cond_sensitivity"][:, scene, slots].pow(2)
@@ -134,7 +134,7 @@ def conditioner_sensitivity_figure(result: LocalityResult, scene: int = 0) -> Fi
 
 def _arrays(result: LocalityResult, key: str) -> Mapping[str, Tensor]:
     if not isinstance(result, LocalityResult) or key not in result.arrays:
-        raise LocalityError(f"this figure needs the raw map {key!r}: probe with keep_maps=True")
+        raise InputError(f"this figure needs the raw map {key!r}: probe with keep_maps=True")
     return result.arrays
 
 

@@ -51,15 +51,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..conditioning import Conditioning
 from ..denoiser import Denoiser, as_sigma_batch
-from ..errors import LocodiffError
+from ..errors import InputError
 
 Target = Literal["score", "x0"]
 Channels = Literal["sum", "each"]
 Mode = Literal["forward", "reverse"]
 
 
-class LocalityError(LocodiffError, ValueError):
-    """A locality probe was asked for something inconsistent (bad pixels, shapes, radius...)."""
 
 
 # ----- small helpers -------------------------------------------------------------------------
@@ -84,18 +82,18 @@ def as_image_batch(x: Tensor) -> Tensor:
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4:
-        raise LocalityError(f"x must have shape [C,H,W] or [B,C,H,W], got {tuple(x.shape)}")
+        raise InputError(f"x must have shape [C,H,W] or [B,C,H,W], got {tuple(x.shape)}")
     return x.detach()
 
 
 def _check_target(target: str) -> None:
     if target not in ("score", "x0"):
-        raise LocalityError(f"target={target!r}: expected 'score' or 'x0'")
+        raise InputError(f"target={target!r}: expected 'score' or 'x0'")
 
 
 def _check_channels(channels: str) -> None:
     if channels not in ("sum", "each"):
-        raise LocalityError(f"channels={channels!r}: expected 'sum' or 'each'")
+        raise InputError(f"channels={channels!r}: expected 'sum' or 'each'")
 
 
 def target_fn(
@@ -134,7 +132,7 @@ def flat_pixel_index(pixels, batch: int, height: int, width: int) -> Tensor:
     """Normalise pixel specs to flat indices ``[B, P]`` (``row * W + col``), checking the range."""
     p = torch.as_tensor(pixels)
     if p.dtype.is_floating_point:
-        raise LocalityError(f"pixels must be integer indices, got dtype {p.dtype}")
+        raise InputError(f"pixels must be integer indices, got dtype {p.dtype}")
     p = p.long()
     if p.ndim == 1:  # [P] flat
         flat = p[None].expand(batch, -1)
@@ -143,12 +141,12 @@ def flat_pixel_index(pixels, batch: int, height: int, width: int) -> Tensor:
     elif p.ndim == 3 and p.shape[0] == batch and p.shape[2] == 2:  # [B, P, 2]
         flat = _rows_cols_to_flat(p, height, width)
     else:
-        raise LocalityError(
+        raise InputError(
             f"pixels of shape {tuple(p.shape)}: expected [P] flat indices, [P, 2] (row, col) "
             f"or [B={batch}, P, 2]"
         )
     if flat.numel() and (flat.min() < 0 or flat.max() >= height * width):
-        raise LocalityError(f"pixel index out of range for a {height}x{width} image")
+        raise InputError(f"pixel index out of range for a {height}x{width} image")
     return flat
 
 
@@ -157,13 +155,13 @@ def _rows_cols_to_flat(p: Tensor, height: int, width: int) -> Tensor:
     outside = (rows < 0) | (rows >= height) | (cols < 0) | (cols >= width)
     if outside.any():
         bad = p.reshape(-1, 2)[outside.reshape(-1)][0].tolist()
-        raise LocalityError(f"pixel (row, col)={bad} outside a {height}x{width} image")
+        raise InputError(f"pixel (row, col)={bad} outside a {height}x{width} image")
     return rows * width + cols
 
 
 def _chunks(n: int, chunk_size: int) -> Iterator[tuple[int, int]]:
     if chunk_size < 1:
-        raise LocalityError(f"chunk_size={chunk_size}: expected >= 1")
+        raise InputError(f"chunk_size={chunk_size}: expected >= 1")
     for start in range(0, n, chunk_size):
         yield start, min(start + chunk_size, n)
 
@@ -221,7 +219,7 @@ def pixel_jacobian(
     flat = flat_pixel_index(pixels, b, h, w)  # [B, P]
     n_pix = flat.shape[1]
     if n_pix == 0:
-        raise LocalityError("pixels is empty: expected at least one output pixel")
+        raise InputError("pixels is empty: expected at least one output pixel")
     with transform_context():
         out, vjp_fn = vjp(target_fn(denoiser, sigma, cond, target), x)
         c_out = out.shape[1]
@@ -333,13 +331,13 @@ def colored_pixel_jacobian(
     with ``channels="each"``) replace ``H * W``.
 
     With ``check=True`` the centre pixel's row is recomputed with its own VJP and compared: a
-    model whose receptive field is larger than ``radius`` raises ``LocalityError`` instead of
+    model whose receptive field is larger than ``radius`` raises ``InputError`` instead of
     returning a silently wrong Jacobian. Returns ``[B, C_out, H, W, C_in, H, W]`` (``"each"``) or
     ``[B, H, W, C_in, H, W]`` (``"sum"``).
     """
     _check_channels(channels)
     if radius < 0 or int(radius) != radius:
-        raise LocalityError(f"radius={radius}: expected a non-negative integer (pixels)")
+        raise InputError(f"radius={radius}: expected a non-negative integer (pixels)")
     radius = int(radius)
     x = as_image_batch(x)
     b, c_in, h, w = x.shape
@@ -402,7 +400,7 @@ def _check_colouring(denoiser, x, sigma, cond, full, target, channels, tol, radi
     scale = exact.abs().max().clamp_min(torch.finfo(exact.dtype).tiny)
     err = (got - exact).abs().max()
     if err > tol * scale:
-        raise LocalityError(
+        raise InputError(
             f"colouring with radius={radius} does not reproduce pixel ({r}, {c}) (relative error "
             f"{float(err / scale):.2e}): the model's receptive field is larger than {radius} pixels"
         )
@@ -432,7 +430,7 @@ def parameter_jacobian(
     x = as_image_batch(x)
     theta = theta.detach()
     if theta.shape[0] != x.shape[0]:
-        raise LocalityError(
+        raise InputError(
             f"theta has batch {theta.shape[0]} but x has batch {x.shape[0]}; expected equal"
         )
     g = cond_target_fn(denoiser, x, sigma, make_cond, target)
@@ -461,7 +459,7 @@ def parameter_jacobian(
             jac = batched_vjp(vjp_fn, n_out, cotangents, chunk_size)  # [n_out, B, *param]
             jac = jac.reshape(*out.shape[1:], *jac.shape[1:])  # [Co, H, W, B, *param]
             return jac.movedim(3, 0).movedim((1, 2, 3), (-3, -2, -1)).contiguous()
-    raise LocalityError(f"mode={mode!r}: expected 'forward' or 'reverse'")
+    raise InputError(f"mode={mode!r}: expected 'forward' or 'reverse'")
 
 
 def conditioner_jacobian(
@@ -545,7 +543,7 @@ def hutchinson_mass(
     a row's mass is spread, zero when it sits on one entry. Use it where rows are too expensive.
     """
     if n_probes < 1:
-        raise LocalityError(f"n_probes={n_probes}: expected >= 1")
+        raise InputError(f"n_probes={n_probes}: expected >= 1")
     x = as_image_batch(x)
     f = target_fn(denoiser, sigma, cond, target)
     with transform_context():
@@ -557,7 +555,7 @@ def hutchinson_mass(
             probes = _rademacher((n_probes, *out.shape), generator, out.dtype)
             samples = batched_vjp(vjp_fn, n_probes, lambda a, b: probes[a:b], chunk_size)
         else:
-            raise LocalityError(f"axis={axis!r}: expected 'output' or 'input'")
+            raise InputError(f"axis={axis!r}: expected 'output' or 'input'")
     sq = samples.pow(2)
     stderr = sq.std(0) / n_probes**0.5 if n_probes > 1 else torch.full_like(sq[0], float("nan"))
     return MassEstimate(sq.mean(0), stderr, n_probes)

@@ -43,7 +43,7 @@ from ..io import atomic_path, write_json_atomic
 from . import stats
 from .jacobian import (
     Channels,
-    LocalityError,
+    InputError,
     Mode,
     Target,
     as_image_batch,
@@ -90,7 +90,7 @@ def sample_pixels(
     n = min(n, height * width)
     dev = generator.device
     if n < 0:
-        raise LocalityError(f"n={n} pixels: expected >= 0")
+        raise InputError(f"n={n} pixels: expected >= 0")
     if stratified and 0 < n <= min(height, width):
         rows = _one_per_band(height, n, batch, generator)
         cols = _one_per_band(width, n, batch, generator)
@@ -233,7 +233,7 @@ def _index_of(values: Sequence[float], value: float, name: str) -> int:
     for i, v in enumerate(values):
         if abs(v - value) < 1e-9:
             return i
-    raise LocalityError(f"{name} {value} not among {list(values)}")
+    raise InputError(f"{name} {value} not among {list(values)}")
 
 
 # ----- the probe -----------------------------------------------------------------------------
@@ -277,9 +277,9 @@ def probe_locality(
     images = as_image_batch(images)
     b, _, h, w = images.shape
     if conds.batch_size != b:
-        raise LocalityError(f"{conds.batch_size} conditionings for {b} images; expected equal")
+        raise InputError(f"{conds.batch_size} conditionings for {b} images; expected equal")
     if len(sigmas) == 0 or min(sigmas) <= 0:
-        raise LocalityError(f"sigmas={list(sigmas)}: expected a non-empty list of positive values")
+        raise InputError(f"sigmas={list(sigmas)}: expected a non-empty list of positive values")
     radii = sorted(set(float(r) for r in (radii or default_radii(h, w))) | {float(radius)})
     quantiles = [float(q) for q in quantiles]
     if pixels is None:
@@ -420,13 +420,13 @@ def merge_results(
     result one cluster (e.g. one training seed), so intervals reflect seed-to-seed variation.
     """
     if not results:
-        raise LocalityError("merge_results needs at least one result")
+        raise InputError("merge_results needs at least one result")
     first = results[0]
     for r in results[1:]:
         same = (r.sigmas, r.radii, r.radius, r.quantiles, r.target, r.channels)
         if same != (first.sigmas, first.radii, first.radius, first.quantiles, first.target,
                     first.channels):
-            raise LocalityError("results differ in sigmas/radii/quantiles/target/channels")
+            raise InputError("results differ in sigmas/radii/quantiles/target/channels")
     keys = set.intersection(*(set(r.arrays) for r in results))
     n_slots = max(r.arrays["mask"].shape[1] for r in results)
     arrays: dict[str, Tensor] = {}

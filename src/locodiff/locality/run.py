@@ -16,9 +16,9 @@ import torch
 from ..config import config_hash, to_dict
 from ..errors import LocodiffError
 from ..scenes import vocab
-from .jacobian import LocalityError
+from .jacobian import InputError
 from .feature_space import FEATURES_FILE, feature_run
-from .probe import SUMMARY_FILE, LocalityResult, probe_locality
+from .probe import SUMMARY_FILE, probe_locality
 
 
 def probe_scenes(data_root: str | Path, counts: Sequence[int], n: int):
@@ -33,7 +33,7 @@ def probe_scenes(data_root: str | Path, counts: Sequence[int], n: int):
     for i in range(max((len(v) for v in by_count.values()), default=0)):
         order.extend(int(v[i]) for v in by_count.values() if i < len(v))
     if len(order) < n:
-        raise LocalityError(
+        raise InputError(
             f"the test split holds {len(order)} scenes with {list(counts)} objects but the probe asks "
             f"for {n}; raise data.test_images_per_count or lower locality.scenes"
         )

@@ -62,7 +62,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
-from .jacobian import LocalityError
+from .jacobian import InputError
 
 CIMethod = Literal["bootstrap", "normal"]
 
@@ -98,7 +98,7 @@ def distance_maps(centres: Tensor, height: int, width: int) -> Tensor:
 def row_energy(rows: Tensor) -> Tensor:
     """Jacobian rows ``[B, P, (C_out,) C_in, H, W]`` -> energy maps ``[B, P, H, W]``."""
     if rows.ndim not in (5, 6):
-        raise LocalityError(
+        raise InputError(
             f"rows of shape {tuple(rows.shape)}: expected [B, P, C_in, H, W] or "
             "[B, P, C_out, C_in, H, W]"
         )
@@ -208,7 +208,7 @@ def conditional_locality(
     total energy is ``<= inert_tol`` counts as inert."""
     b, n, h, w = sensitivity.shape
     if tuple(locations.shape) != (b, n, 2) or tuple(mask.shape) != (b, n):
-        raise LocalityError(
+        raise InputError(
             f"sensitivity {tuple(sensitivity.shape)} needs locations [B={b}, N={n}, 2] and mask "
             f"[{b}, {n}], got {tuple(locations.shape)} and {tuple(mask.shape)}"
         )
@@ -284,7 +284,7 @@ def _group_sums(values: Tensor, groups: Tensor | None) -> tuple[Tensor, Tensor]:
         groups = torch.arange(values.numel())
     groups = torch.as_tensor(groups).reshape(-1).long()
     if groups.numel() != values.numel():
-        raise LocalityError(f"{values.numel()} values but {groups.numel()} group labels")
+        raise InputError(f"{values.numel()} values but {groups.numel()} group labels")
     keep = ~torch.isnan(values)
     values, groups = values[keep], groups[keep]
     _, groups = torch.unique(groups, return_inverse=True)
@@ -355,7 +355,7 @@ def mean_ci(
         return bootstrap_mean(values, groups, generator, n_boot, level)
     if method == "normal":
         return normal_mean(values, groups, level)
-    raise LocalityError(f"ci method {method!r}: expected 'bootstrap' or 'normal'")
+    raise InputError(f"ci method {method!r}: expected 'bootstrap' or 'normal'")
 
 
 @dataclass

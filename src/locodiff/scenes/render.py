@@ -34,7 +34,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, SceneError
+from ..errors import ConfigError, InputError
 from . import geometry, vocab
 from .camera import Camera, CameraConfig
 from .scene import SceneBatch
@@ -245,7 +245,7 @@ class Renderer:
 
     def _checked(self, scenes: SceneBatch) -> SceneBatch:
         if scenes.slots >= FLOOR_ID:
-            raise SceneError(f"{scenes.slots} object slots: the renderer handles at most {FLOOR_ID - 1}")
+            raise InputError(f"{scenes.slots} object slots: the renderer handles at most {FLOOR_ID - 1}")
         return scenes.to(self.device)
 
     # ----- one chunk ------------------------------------------------------------------------

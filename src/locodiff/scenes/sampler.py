@@ -14,7 +14,7 @@ Placement is vectorised rejection sampling: objects are placed slot by slot for 
 each slot trying ``candidates`` positions at once and keeping the first that satisfies the
 constraints against the objects already placed. Scenes that fail a slot, or the visibility check
 (which renders masks), are redrawn whole, for at most ``max_retries`` rounds; what still fails then
-raises ``SceneError``. Redrawing whole scenes (as CLEVR's own generator does) slightly favours
+raises ``InputError``. Redrawing whole scenes (as CLEVR's own generator does) slightly favours
 configurations that fit easily, e.g. more small objects at k = 10. Everything random comes from
 the ``torch.Generator`` passed in, so a seed fixes the scenes; scenes do not depend on the
 resolution the data is rendered at (the occlusion check has its own fixed resolution).
@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, SceneError
+from ..errors import ConfigError, InputError
 from . import vocab
 from .camera import Camera, CameraConfig
 from .render import MAX_RESOLUTION, MIN_RESOLUTION, Renderer, limit_threads
@@ -136,7 +136,7 @@ class SceneSampler:
         k_max = int(counts.max()) if counts.numel() else 0
         n_slots = max(k_max, 1) if slots is None else slots
         if n_slots < k_max:
-            raise SceneError(f"slots={n_slots} is fewer than the largest count {k_max}")
+            raise InputError(f"slots={n_slots} is fewer than the largest count {k_max}")
         self._check_feasible(k_max)
         out = SceneBatch.empty(len(counts), n_slots)
         pending = torch.arange(len(counts))
@@ -157,7 +157,7 @@ class SceneSampler:
             pending = pending[~ok]
         if len(pending):
             k = int(counts[pending].max())
-            raise SceneError(
+            raise InputError(
                 f"could not sample {len(pending)} scene(s) with {k} objects in "
                 f"{self.config.max_retries} rounds: {reason}. Lower the count, min_distance, "
                 "min_separation or min_visible_pixels, use smaller sizes or enlarge floor_extent."
@@ -168,13 +168,13 @@ class SceneSampler:
     def _counts(self, counts, batch_size: int | None) -> Tensor:
         if isinstance(counts, int):
             if batch_size is None:
-                raise SceneError("give batch_size when counts is a single number")
+                raise InputError("give batch_size when counts is a single number")
             counts = [counts] * batch_size
         counts = torch.as_tensor(counts, dtype=torch.long).reshape(-1)
         if counts.numel() and counts.min() < 0:
-            raise SceneError(f"object count {int(counts.min())} is negative")
+            raise InputError(f"object count {int(counts.min())} is negative")
         if counts.numel() and counts.max() > self.config.max_objects:
-            raise SceneError(
+            raise InputError(
                 f"object count {int(counts.max())} is above max_objects={self.config.max_objects}; "
                 "raise scene.max_objects to sample more"
             )
@@ -189,14 +189,14 @@ class SceneSampler:
         rho = smallest + c.min_distance / 2  # radius of the disc each object claims on the floor
         floor_area = (2 * (c.floor_extent + rho)) ** 2
         if k * math.pi * rho**2 > _PACKING * floor_area:
-            raise SceneError(
+            raise InputError(
                 f"{k} objects cannot fit on a floor of extent {c.floor_extent} with sizes "
                 f"{list(c.sizes)} and min_distance {c.min_distance}: enlarge floor_extent or "
                 "lower the count"
             )
         r = c.min_separation / 2
         if k * math.pi * r**2 > _PACKING * (1 + 2 * r) ** 2:
-            raise SceneError(
+            raise InputError(
                 f"{k} object centres cannot be {c.min_separation} apart in the image: lower "
                 "min_separation or the count"
             )

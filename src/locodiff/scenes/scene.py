@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import SceneError
+from ..errors import InputError
 from . import vocab
 
 CUBE_SCALE = 1.0 / math.sqrt(2.0)  # cube half-side relative to the object's size
@@ -40,14 +40,14 @@ class SceneObject:
     def __post_init__(self) -> None:
         for kind, value, options in self._named_fields():
             if not isinstance(value, str):
-                raise SceneError(
+                raise InputError(
                     f"{kind} {value!r} is not a {kind} name; expected one of {list(options)}"
                 )
             vocab.index_of(kind, value, options)
         for name in ("x", "y", "rotation"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise SceneError(f"object {name}={value!r}: expected a finite number")
+                raise InputError(f"object {name}={value!r}: expected a finite number")
 
     def _named_fields(self):
         return (
@@ -66,14 +66,14 @@ class SceneObject:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SceneObject":
         if not isinstance(data, dict):
-            raise SceneError(f"a scene object must be a JSON object, got {data!r}")
+            raise InputError(f"a scene object must be a JSON object, got {data!r}")
         known = {"shape", "color", "material", "size", "x", "y", "rotation"}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise SceneError(f"unknown scene-object key(s) {unknown}; known keys are {sorted(known)}")
+            raise InputError(f"unknown scene-object key(s) {unknown}; known keys are {sorted(known)}")
         missing = sorted(known - {"rotation"} - set(data))
         if missing:
-            raise SceneError(f"scene object {data!r} lacks {missing}")
+            raise InputError(f"scene object {data!r} lacks {missing}")
         return cls(**data)
 
 
@@ -93,7 +93,7 @@ class Scene:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Scene":
         if not isinstance(data, dict) or not isinstance(data.get("objects"), list):
-            raise SceneError(f"a scene must be a JSON object with an 'objects' list, got {data!r}")
+            raise InputError(f"a scene must be a JSON object with an 'objects' list, got {data!r}")
         return cls(tuple(SceneObject.from_dict(o) for o in data["objects"]))
 
     def to_json(self) -> str:
@@ -104,7 +104,7 @@ class Scene:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise SceneError(f"scene JSON is not valid: {e}") from None
+            raise InputError(f"scene JSON is not valid: {e}") from None
         return cls.from_dict(data)
 
 
@@ -136,22 +136,22 @@ class SceneBatch:
         for name, options in INDEX_FIELDS.items():
             t = getattr(self, name)
             if tuple(t.shape) != (b, n):
-                raise SceneError(f"SceneBatch.{name} has shape {tuple(t.shape)}, expected {(b, n)}")
+                raise InputError(f"SceneBatch.{name} has shape {tuple(t.shape)}, expected {(b, n)}")
             t = t.long()
             setattr(self, name, t)
             real = t[self.mask]
             if real.numel() and (real.min() < 0 or real.max() >= len(options)):
                 bad = real[(real < 0) | (real >= len(options))][0].item()
-                raise SceneError(
+                raise InputError(
                     f"{name} index {bad} is out of range; expected 0..{len(options) - 1} "
                     f"for {list(options)}"
                 )
         if tuple(self.positions.shape) != (b, n, 2):
-            raise SceneError(f"SceneBatch.positions has shape {tuple(self.positions.shape)}, expected {(b, n, 2)}")
+            raise InputError(f"SceneBatch.positions has shape {tuple(self.positions.shape)}, expected {(b, n, 2)}")
         if tuple(self.rotations.shape) != (b, n):
-            raise SceneError(f"SceneBatch.rotations has shape {tuple(self.rotations.shape)}, expected {(b, n)}")
+            raise InputError(f"SceneBatch.rotations has shape {tuple(self.rotations.shape)}, expected {(b, n)}")
         if not torch.isfinite(self.positions[self.mask]).all():
-            raise SceneError("SceneBatch.positions contain NaN or infinite values")
+            raise InputError("SceneBatch.positions contain NaN or infinite values")
 
     # ----- construction ---------------------------------------------------------------------
     @classmethod
@@ -170,7 +170,7 @@ class SceneBatch:
         longest = max([len(s) for s in scenes] + [1])
         slots = longest if slots is None else slots
         if slots < longest:
-            raise SceneError(f"a scene has {longest} objects but only {slots} slots were asked for")
+            raise InputError(f"a scene has {longest} objects but only {slots} slots were asked for")
         batch = cls.empty(len(scenes), slots)
         for b, scene in enumerate(scenes):
             for j, o in enumerate(scene.objects):
@@ -203,7 +203,7 @@ class SceneBatch:
         names = ("shape", "color", "material", "size", "positions", "rotations", "mask")
         missing = [n for n in names if n not in data]
         if missing:
-            raise SceneError(f"scene tensors lack {missing}")
+            raise InputError(f"scene tensors lack {missing}")
         return cls(**{n: data[n] for n in names})
 
     def tensors(self) -> dict[str, Tensor]:
@@ -247,7 +247,7 @@ class SceneBatch:
     def pad_to(self, slots: int) -> "SceneBatch":
         extra = slots - self.slots
         if extra < 0:
-            raise SceneError(f"cannot pad {self.slots} slots down to {slots}")
+            raise InputError(f"cannot pad {self.slots} slots down to {slots}")
         if extra == 0:
             return self
         pad = SceneBatch.empty(self.batch_size, extra, self.device)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..errors import SceneError
+from ..errors import InputError
 
 SHAPES: tuple[str, ...] = ("cube", "sphere", "cylinder")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -33,7 +33,7 @@ def index_of(kind: str, name: str, options: tuple[str, ...]) -> int:
     try:
         return options.index(name)
     except ValueError:
-        raise SceneError(f"unknown {kind} {name!r}; expected one of {list(options)}") from None
+        raise InputError(f"unknown {kind} {name!r}; expected one of {list(options)}") from None
 
 
 def shape_index(name: str) -> int:
@@ -55,11 +55,11 @@ def size_index(name: str) -> int:
 def check_subset(kind: str, names: tuple[str, ...], options: tuple[str, ...]) -> tuple[str, ...]:
     """Validate a non-empty, duplicate-free subset of a vocabulary (e.g. allowed colours)."""
     if not names:
-        raise SceneError(f"the allowed {kind}s are empty; pick some of {list(options)}")
+        raise InputError(f"the allowed {kind}s are empty; pick some of {list(options)}")
     for name in names:
         index_of(kind, name, options)
     if len(set(names)) != len(names):
-        raise SceneError(f"the allowed {kind}s {list(names)} contain duplicates")
+        raise InputError(f"the allowed {kind}s {list(names)} contain duplicates")
     return tuple(names)
 
 
@@ -68,10 +68,10 @@ def combo_indices(pairs) -> tuple[tuple[int, int], ...]:
     out = []
     for pair in pairs:
         if len(pair) != 2:
-            raise SceneError(f"combination {list(pair)!r}: expected a [shape, colour] pair, e.g. [\"cube\", \"red\"]")
+            raise InputError(f"combination {list(pair)!r}: expected a [shape, colour] pair, e.g. [\"cube\", \"red\"]")
         out.append((shape_index(pair[0]), color_index(pair[1])))
     if len(set(out)) != len(out):
-        raise SceneError(f"the combinations {[list(p) for p in pairs]} contain duplicates")
+        raise InputError(f"the combinations {[list(p) for p in pairs]} contain duplicates")
     return tuple(out)
 
 
@@ -89,5 +89,5 @@ def size_values() -> tuple[float, ...]:
     values = tuple(SIZES[n] for n in SIZE_NAMES)
     for name, v in zip(SIZE_NAMES, values):
         if not v > 0:
-            raise SceneError(f"size {name!r} has half-extent {v}; sizes must be positive")
+            raise InputError(f"size {name!r} has half-extent {v}; sizes must be positive")
     return values

@@ -8,7 +8,6 @@ as the uninterrupted run would have — bit-identical weights on the same machin
 
 from __future__ import annotations
 
-import math
 import resource
 import time
 from dataclasses import dataclass
