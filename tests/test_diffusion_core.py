@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from locodiff.conditioning import Conditioning
-from locodiff.denoiser import Denoiser, score
+from locodiff.denoiser import Denoiser
 from locodiff.diffusion import (
     EDMLoss,
     EDMPrecond,

@@ -122,9 +122,9 @@ def test_bad_inputs_raise_clear_errors(renderer, detector, tmp_path):
     with pytest.raises(InputError, match="from 0 to max_count=4"):
         evaluate_denoiser(oracle, detector, conds, RES, tmp_path / "a", config(counts=(0, 5)), progress=False)
     with pytest.raises(InputError, match="max_count=10"):
-        EvalConfig(counts=(11,)).validate()
+        EvalConfig(counts=(11,))
     with pytest.raises(InputError, match="per_count"):
-        EvalConfig(per_count=0).validate()
+        EvalConfig(per_count=0)
 
     def too_close(k, n, gen):
         return Conditioning.from_lists([[(0.5, 0.5), (0.52, 0.5)]] * n)

@@ -143,9 +143,9 @@ def test_sampler_excludes_combinations_and_keeps_the_rest():
     unrestricted = SceneSampler(SceneConfig(colors=("red", "blue"))).sample(3, 0, batch_size=64)
     assert vocab.has_combo(unrestricted.shape, unrestricted.color, unrestricted.mask, idx).any()
     with pytest.raises(ConfigError, match="leaves no"):
-        SceneConfig(shapes=("cube",), colors=("red",), exclude_combos=(("cube", "red"),)).validate()
+        SceneConfig(shapes=("cube",), colors=("red",), exclude_combos=(("cube", "red"),))
     with pytest.raises(InputError, match="unknown color 'pink'"):
-        SceneConfig(exclude_combos=(("cube", "pink"),)).validate()
+        SceneConfig(exclude_combos=(("cube", "pink"),))
 
 
 def test_count_above_max_is_rejected():

@@ -14,7 +14,9 @@ from locodiff.scenes.dataset import DataConfig
 from locodiff.train.checkpoint import latest_checkpoint
 from locodiff.train.config import TrainConfig
 from locodiff.train.data import StreamBatches
-from locodiff.train.run import RunConfig, load_denoiser, train_run
+from locodiff.train.checkpoint import load_denoiser
+from locodiff.train.config import RunConfig
+from locodiff.train.run import train_run
 
 TINY_MODEL = ModelConfig(arch="spatial", image_size=16, channels=(8, 16), norm_groups=4, head_dim=8)
 TINY_DATA = DataConfig(resolution=16, supersample=1, train_images=64, test_images_per_count=2)

@@ -211,7 +211,6 @@ def evaluate(
             ev = dataclasses.replace(ev, per_count=per_count)
         if seed is not None:
             ev = dataclasses.replace(ev, seed=seed)
-        ev.validate()
         if dry_run:
             typer.echo(json.dumps(to_dict(ev), indent=2))
             raise typer.Exit(0)

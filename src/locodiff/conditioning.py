@@ -177,3 +177,32 @@ class Conditioning:
                 "(x = column / width, y = row / height)"
             )
         return self
+
+
+def pixel_centers(n: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """[n] coordinates ``(i + 0.5) / n`` of the pixel centres along one side (the convention above)."""
+    return (torch.arange(n, device=device, dtype=dtype) + 0.5) / n
+
+
+def location_windows(cond: Conditioning, height: int, width: int, radius_px: float, softness_px: float = 0.5) -> Tensor:
+    """[B, N, H, W] soft discs of ``radius_px`` around each present location (0 for empty slots).
+
+    The edge is a logistic ramp of width ``softness_px`` so that the composed prediction has no
+    hard seams; ``softness_px = 0`` gives a hard disc.
+    """
+    if radius_px <= 0:
+        raise InputError(f"radius_px={radius_px}: expected a positive window radius in pixels")
+    if softness_px < 0:
+        raise InputError(f"softness_px={softness_px}: expected >= 0")
+    dev = cond.locations.device
+    ys, xs = pixel_centers(height, dev), pixel_centers(width, dev)
+    loc = cond.locations.float()
+    dx = (xs[None, None, None, :] - loc[..., 0, None, None]) * width
+    dy = (ys[None, None, :, None] - loc[..., 1, None, None]) * height
+    dist = torch.sqrt(dx**2 + dy**2)
+    if softness_px == 0:
+        win = (dist <= radius_px).float()
+    else:
+        win = torch.sigmoid((radius_px - dist) / softness_px)
+    return win * cond.mask[..., None, None].float()
+

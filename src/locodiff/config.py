@@ -41,14 +41,13 @@ def _check_value(tp: Any, value: Any, where: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _check_value(arg, value, where)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{where}: {value!r} matches none of {tp}")
     if origin is typing.Literal:
         allowed = get_args(tp)
@@ -160,6 +159,42 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a JSON object at the top level")
     return data
+
+
+# Field metadata for the identity rule (``identity_dict``): an option that does not change what
+# a stage produces (how long or how verbosely it runs, a label for people) is left out of the
+# identity of the folder it writes; an option added after folders existed is left out while it
+# holds its default, so those folders keep their names.
+NOT_IDENTITY = {"identity": "never"}
+IDENTITY_UNLESS_DEFAULT = {"identity": "unless_default"}
+
+
+def identity_dict(obj: Any) -> Any:
+    """``to_dict`` of a config minus what does not change its results (see ``NOT_IDENTITY``).
+
+    A dataclass may also name fields that are irrelevant for its current values with an
+    ``irrelevant_fields()`` method (e.g. a penalty's options while its weight is 0).
+    """
+    if dataclasses.is_dataclass(obj):
+        skip = set(obj.irrelevant_fields()) if hasattr(obj, "irrelevant_fields") else set()
+        out = {}
+        for f in dataclasses.fields(obj):
+            rule, value = f.metadata.get("identity"), getattr(obj, f.name)
+            if f.name in skip or rule == "never" or (rule == "unless_default" and value == _default(f)):
+                continue
+            out[f.name] = identity_dict(value)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [identity_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: identity_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
 
 
 def config_hash(obj: Any, length: int = 12) -> str:

@@ -14,12 +14,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import ConfigError, from_dict, load_config_file, merge, parse_set_option, tomllib
-from .evaluate.runner import EvalConfig
-from .intervene.subject import InterventionSpec
-from .models import ModelConfig
+from .config import from_dict, load_config_file, merge, parse_set_option, tomllib
+from .errors import ConfigError
+from .evaluate.config import EvalConfig
+from .intervene.config import InterventionSpec
+from .locality.config import LocalityOptions
+from .models.config import ModelConfig
 from .scenes.dataset import DataConfig
-from .train.config import TrainConfig
+from .train.config import RunConfig, TrainConfig
 
 PRESETS = ("micro", "quick", "full", "paper")
 
@@ -35,35 +37,6 @@ class ModelSpec:
     enabled: bool = True  # skip this model without deleting its section
     description: str = ""  # one line for the report
     holdout_combos: tuple[tuple[str, str], ...] = ()  # (shape, colour) pairs never shown in training
-
-
-@dataclass(frozen=True)
-class LocalityOptions:
-    """What the locality probe measures for every model of the study."""
-
-    sigmas: tuple[float, ...] = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0)  # noise levels probed
-    scenes: int = 8  # test scenes (with 1-3 objects) per model
-    pixels: int = 32  # probed output pixels per scene
-    radius_px: float = 4.0  # headline radius of the conditional-locality index
-    counts: tuple[int, ...] = (1, 2, 3)  # object counts of the probed test scenes
-    feature_sigma: float = 1.0  # noise level of the feature-space concept directions
-    feature_grid: int = 3  # concepts: one conditioner at each cell of a grid x grid lattice
-
-    def __post_init__(self) -> None:
-        if not self.sigmas or min(self.sigmas) <= 0:
-            raise ConfigError(f"locality.sigmas={list(self.sigmas)}: expected positive noise levels")
-        for name in ("scenes", "pixels"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"locality.{name}={getattr(self, name)}: expected >= 1")
-        if not self.radius_px > 0:
-            raise ConfigError(f"locality.radius_px={self.radius_px}: expected a positive radius in pixels")
-        if not self.feature_sigma > 0 or self.feature_grid < 2:
-            raise ConfigError(
-                f"locality.feature_sigma={self.feature_sigma} / feature_grid={self.feature_grid}: "
-                "expected a positive noise level and a grid of at least 2 x 2"
-            )
-        if not self.counts or min(self.counts) < 1:
-            raise ConfigError(f"locality.counts={list(self.counts)}: expected object counts >= 1")
 
 
 @dataclass(frozen=True)
@@ -90,11 +63,8 @@ class StudyConfig:
                     f"models.{name}.model.image_size={spec.model.image_size} differs from "
                     f"data.resolution={self.data.resolution}; leave it unset to follow the data"
                 )
-
-        from .train.run import RunConfig
-
-        for name, spec in self.models.items():  # held-out pairs name real, drawable combinations
-            RunConfig(name=f"models.{name}", data=self.data, holdout_combos=spec.holdout_combos)
+        for name in self.models:  # held-out pairs name real, drawable combinations
+            self.run_config(name)
 
         for name, spec in self.interventions.items():
             if name in self.models:
@@ -104,7 +74,12 @@ class StudyConfig:
                     f"interventions.{name}.base={spec.base!r} is not an enabled model of the study; "
                     f"models: {sorted(self.enabled_models())}"
                 )
-        self.evaluate.validate()
+        trained = (min(self.data.train_counts), max(self.data.train_counts))
+        if tuple(self.evaluate.trained_range) != trained:
+            raise ConfigError(
+                f"evaluate.trained_range={list(self.evaluate.trained_range)} contradicts data.train_counts="
+                f"{list(self.data.train_counts)}; leave it unset to follow the data"
+            )
         missing = [k for k in self.locality.counts if k not in self.data.test_counts]
         if missing:
             raise ConfigError(
@@ -117,11 +92,32 @@ class StudyConfig:
     def enabled_interventions(self) -> dict[str, InterventionSpec]:
         return {k: v for k, v in self.interventions.items() if v.enabled}
 
+    def run_config(self, name: str) -> RunConfig:
+        """Everything that determines model ``name``'s weights."""
+        spec = self.models[name]
+        return RunConfig(name=name, seed=self.seed, label_policy=spec.label_policy,
+                         holdout_combos=spec.holdout_combos, data=self.data, model=spec.model, train=spec.train)
 
-def _fill_model_defaults(data: dict[str, Any]) -> dict[str, Any]:
-    """Each model's train table overlays the study's; image_size follows data.resolution."""
+    def crowding_radii(self) -> tuple[float, ...]:
+        """Radii of the crowding diagnostic: the locality index's radius and the receptive field
+        of every model that is local by construction."""
+        radii = {float(self.locality.radius_px)}
+        for spec in self.enabled_models().values():
+            if spec.model.arch == "local":
+                radii.add(float(spec.model.resolved().local_radius))
+        return tuple(sorted(radii))
+
+
+def _fill_derived(data: dict[str, Any]) -> dict[str, Any]:
+    """Values that follow others unless given: each model's train table overlays the study's,
+    image_size follows data.resolution, evaluate.trained_range follows data.train_counts."""
     data = dict(data)
     resolution = data.get("data", {}).get("resolution", DataConfig().resolution)
+    train_counts = data.get("data", {}).get("train_counts", DataConfig().train_counts)
+    counts_ok = isinstance(train_counts, (list, tuple)) and train_counts and all(isinstance(k, int) for k in train_counts)
+    if counts_ok and isinstance(data.get("evaluate", {}), dict):
+        data["evaluate"] = merge({"trained_range": [min(train_counts), max(train_counts)]},
+                                 data.get("evaluate", {}))
     models = {}
     for name, spec in (data.get("models") or {}).items():
         if not isinstance(spec, dict):
@@ -152,4 +148,4 @@ def load_study_config(
         data = merge(data, load_config_file(path))
     for s in sets or []:
         data = merge(data, parse_set_option(s))
-    return from_dict(StudyConfig, _fill_model_defaults(data))
+    return from_dict(StudyConfig, _fill_derived(data))

@@ -11,21 +11,23 @@
 - ``oracle``: reference denoisers with known scores (a perfect renderer, a fixed image).
 """
 
+from .config import DETECTORS, EvalConfig, HeatmapConfig, SummaryOptions
 from .detector import ColorDetector, ColorDetectorConfig, Detections, Detector
-from .heatmap import HeatmapConfig, HeatmapDetector, load_detector, load_or_train_detector, train_heatmap_detector
+from .heatmap import HeatmapDetector, load_detector, load_or_train_detector, train_heatmap_detector
 from .metrics import (
-    CountMetrics, ImageMatch, SummaryOptions, count_metrics, default_tolerance_px,
+    CountMetrics, ImageMatch, count_metrics, default_tolerance_px,
     largest_k_above, match_locations, normalized_auc, summarize, wilson_interval,
 )
 from .oracle import FixedImageDenoiser, OracleDenoiser
 from .runner import (
-    EvalConfig, EvalResult, build_detector, dataset_conditionings, eval_folder, evaluate_denoiser,
+    EvalResult, build_detector, dataset_conditionings, eval_folder, evaluate_denoiser,
     evaluate_model, evaluate_run,
     scene_conditionings,
 )
 from .validation import PERTURBATIONS, validate_detector, validation_markdown
 
 __all__ = [
+    "DETECTORS",
     "ColorDetector", "ColorDetectorConfig", "CountMetrics", "Detections", "Detector", "EvalConfig", "EvalResult", "build_detector", "eval_folder", "evaluate_model",
     "evaluate_run", "FixedImageDenoiser", "HeatmapConfig", "HeatmapDetector",
     "ImageMatch", "OracleDenoiser", "PERTURBATIONS", "SummaryOptions", "count_metrics",

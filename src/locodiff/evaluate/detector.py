@@ -32,6 +32,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..scenes import vocab
+from ..conditioning import pixel_centers
 
 
 
@@ -268,7 +269,7 @@ class ColorDetector:
 def _fit_quadratic(values: Tensor, where: Tensor, fallback: float) -> Tensor:
     """Least-squares quadratic in pixel (x, y) through ``values[where]`` ([B, H, W]), as [H, W]."""
     h, w = values.shape[-2:]
-    ys, xs = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
+    ys, xs = torch.meshgrid(pixel_centers(h), pixel_centers(w), indexing="ij")
     basis = torch.stack([torch.ones_like(xs), xs, ys, xs * xs, xs * ys, ys * ys], -1).double()  # [H, W, 6]
     b, i, j = where.nonzero(as_tuple=True)
     if len(b) < 30:

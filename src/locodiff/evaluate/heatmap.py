@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,45 +43,10 @@ from ..config import config_hash, to_dict
 from ..io import append_jsonl, atomic_path, write_json_atomic
 from ..scenes import vocab
 from .detector import Detections, InputError, to_unit_images
+from .config import HeatmapConfig
+from ..conditioning import pixel_centers
 
 DETECTOR_VERSION = 2  # bump when the network, targets or decoding change meaning
-
-
-@dataclass(frozen=True)
-class HeatmapConfig:
-    work_resolution: int = 32  # images are resized to this side before the network
-    width: int = 32  # channels of the full-resolution stage (x1.5, x2 below)
-    heat_sigma_px: float = 0.8  # width of the target bump at the working resolution
-    threshold: float = 0.4  # peak score above which a peak is an object
-    # ----- training -----
-    train_images: int = 64000  # rendered scenes seen in training (~20 min on one CPU core)
-    batch_size: int = 32  # scenes per step
-    lr: float = 2e-3  # Adam, cosine-annealed to 0
-    max_objects: int = 10  # training scenes hold 0..max_objects objects, uniformly
-    min_separation: float = 0.08  # image-plane separation of training scenes (below the test split's)
-    render_resolutions: tuple[int, ...] = (16, 32, 64)  # drawn uniformly per batch
-    blur_max_px: float = 1.0  # Gaussian blur sigma ~ U(0, this) px at 32x32 (scaled), on 70% of images
-    noise_max: float = 0.06  # pixel noise std ~ U(0, this), on 70% of images
-    jitter: float = 0.06  # per-channel offsets ~ U(-j/2, j/2) and gain ~ 1 + U(-j, j)
-    checkpoint_every: int = 4000  # images between resumable checkpoints
-    seed: int = 0  # scenes, augmentations and initial weights
-
-    def validate(self) -> "HeatmapConfig":
-        checks = [
-            ("work_resolution", 16 <= self.work_resolution <= 128 and self.work_resolution % 4 == 0,
-             "a multiple of 4 from 16 to 128"),
-            ("width", self.width >= 4, "an integer >= 4"),
-            ("heat_sigma_px", self.heat_sigma_px > 0, "a positive number"),
-            ("threshold", 0 < self.threshold < 1, "a number in (0, 1)"),
-            ("train_images", self.train_images >= 0, "an integer >= 0"),
-            ("batch_size", self.batch_size >= 1, "an integer >= 1"),
-            ("max_objects", self.max_objects >= 1, "an integer >= 1"),
-            ("render_resolutions", len(self.render_resolutions) > 0, "a non-empty list"),
-        ]
-        for name, ok, expected in checks:
-            if not ok:
-                raise InputError(f"heatmap.{name}={getattr(self, name)!r}: expected {expected}")
-        return self
 
 
 # ----- the network -------------------------------------------------------------------------------
@@ -114,8 +79,7 @@ class HeatmapNet(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """[B, 3, R, R] in [0, 1] -> [B, 4 + colours + shapes, R, R] raw outputs."""
         b, _, h, w = images.shape
-        ys = (torch.arange(h, device=images.device) + 0.5) / h * 2 - 1
-        xs = (torch.arange(w, device=images.device) + 0.5) / w * 2 - 1
+        ys, xs = pixel_centers(h, images.device) * 2 - 1, pixel_centers(w, images.device) * 2 - 1
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")
         x = torch.cat([images * 2 - 1, gx.expand(b, 1, h, w), gy.expand(b, 1, h, w)], 1)
         a = self.enc1(x)
@@ -144,7 +108,7 @@ class HeatmapDetector:
 
     def __init__(self, net: HeatmapNet, config: HeatmapConfig, batch_size: int = 256) -> None:
         self.net = net.eval()
-        self.config = config.validate()
+        self.config = config
         self.batch_size = batch_size
         # 3x3 peaks must be >= 2 working pixels apart; training used min_separation.
         self.min_separation = max(config.min_separation, 2.0 / config.work_resolution)
@@ -334,7 +298,7 @@ def train_heatmap_detector(data_cfg, cfg: HeatmapConfig | None = None, folder: s
 
     from ..scenes import Renderer, SceneSampler
 
-    cfg = (cfg or HeatmapConfig()).validate()
+    cfg = cfg or HeatmapConfig()
     scene_cfg = replace(data_cfg.scene, min_separation=cfg.min_separation, max_objects=max(cfg.max_objects, data_cfg.scene.max_objects))
     sampler = SceneSampler(scene_cfg, data_cfg.camera)
     sides = sorted(set(cfg.render_resolutions) | {data_cfg.resolution})
@@ -416,7 +380,7 @@ def load_detector(folder: str | Path) -> HeatmapDetector:
 def load_or_train_detector(data_cfg, cache_dir: str | Path, cfg: HeatmapConfig | None = None,
                            progress: bool = False, device: str | torch.device = "cpu") -> HeatmapDetector:
     """The cached detector for ``data_cfg``'s look, training (or finishing training) it if needed."""
-    cfg = (cfg or HeatmapConfig()).validate()
+    cfg = cfg or HeatmapConfig()
     name = f"heatmap-{detector_key(data_cfg, cfg)}"
     folder = Path(cache_dir) / name
     if not (folder / "detector.safetensors").is_file():

@@ -34,6 +34,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ..errors import InputError
+from .config import SummaryOptions
 
 # Matching radius at the reference resolution; it scales linearly with the image side.
 REFERENCE_TOLERANCE_PX = 3.0
@@ -43,8 +44,6 @@ RATE_KINDS = ("recall", "precision")  # per-object rates pooled over the images 
 # attribute scores kept per image as (checked, correct) counts
 ATTRIBUTE_KINDS = ("color", "shape", "seen", "heldout", "seen_color", "heldout_color")
 ATTRIBUTE_COUNTS = tuple(f"{kind}_{what}" for kind in ATTRIBUTE_KINDS for what in ("checked", "correct"))
-
-
 
 
 def default_tolerance_px(resolution: int) -> float:
@@ -362,25 +361,9 @@ def normalized_auc(accuracy: dict[int, float], k_range: tuple[int, int]) -> floa
     return float(area / (ks[-1] - ks[0]))
 
 
-@dataclass(frozen=True)
-class SummaryOptions:
-    trained_range: tuple[int, int] = (1, 3)  # counts seen in training
-    extrapolation_range: tuple[int, int] = (4, 10)  # counts never seen
-    threshold: float = 0.5  # for "largest k with accuracy >= threshold"
-
-    def validate(self) -> "SummaryOptions":
-        for name in ("trained_range", "extrapolation_range"):
-            lo, hi = getattr(self, name)
-            if not 0 <= lo <= hi:
-                raise InputError(f"{name}={(lo, hi)}: expected 0 <= low <= high")
-        if not 0 < self.threshold <= 1:
-            raise InputError(f"threshold={self.threshold}: expected a value in (0, 1]")
-        return self
-
-
 def summarize(per_k: dict[int, CountMetrics], options: SummaryOptions | None = None) -> dict:
     """Headline numbers for every accuracy kind, per range: largest k >= threshold and AUC."""
-    opts = (options or SummaryOptions()).validate()
+    opts = options or SummaryOptions()
     out: dict = {
         "threshold": opts.threshold,
         "trained_range": list(opts.trained_range),

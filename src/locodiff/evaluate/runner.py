@@ -34,63 +34,18 @@ from ..conditioning import ATTRIBUTE_NAMES, Conditioning
 from ..denoiser import Denoiser
 from ..io import append_jsonl, atomic_path, read_jsonl, write_json_atomic, write_text_atomic
 from ..imaging import to_uint8
+from ..errors import InputError
+from .config import EvalConfig
 from .detector import ColorDetector, Detections, Detector
-from .heatmap import DETECTOR_VERSION, HeatmapConfig, load_or_train_detector
+from .heatmap import DETECTOR_VERSION, load_or_train_detector
 from .figures import accuracy_plot, detection_grid
 from .metrics import (
-    CountMetrics, InputError, ImageMatch, SummaryOptions, count_metrics, default_tolerance_px,
+    CountMetrics, ImageMatch, count_metrics, default_tolerance_px,
     match_locations, score_attributes, summarize,
 )
 
 # (k, n, generator) -> n conditionings with exactly k locations each
 ConditioningFactory = Callable[[int, int, torch.Generator], Conditioning]
-DETECTORS = ("heatmap", "color")
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    counts: tuple[int, ...] = tuple(range(11))  # requested object counts k
-    per_count: int = 64  # samples per k
-    batch_size: int = 32  # samples per sampler call
-    sampler: str = "heun"  # heun | euler | stochastic (diffusion.get_sampler)
-    steps: int = 18  # sampler steps
-    tolerance_px: float | None = None  # match radius; None = 3 px at 32x32, scaled with resolution
-    trained_range: tuple[int, int] = (1, 3)  # counts seen in training (for the summary)
-    extrapolation_range: tuple[int, int] = (4, 10)  # counts never seen (for the summary)
-    threshold: float = 0.5  # "largest k with accuracy >= threshold"
-    grid_per_count: int = 8  # samples per k shown in samples.png
-    max_count: int = 10  # largest k accepted (the test scenes and detector support 0..10)
-    seed: int = 0  # conditionings and noise of k come from (seed, k)
-    min_separation: float | None = 0.15  # test scenes' image-plane separation (None = the data config's 0.12)
-    detector: str = "heatmap"  # heatmap (learned, cached) | color (training-free, separated scenes only)
-    heatmap: HeatmapConfig = field(default_factory=HeatmapConfig)  # options of the learned detector
-
-    def validate(self) -> "EvalConfig":
-        if not self.counts:
-            raise InputError("evaluate.counts is empty: give at least one object count")
-        bad = [k for k in self.counts if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= self.max_count]
-        if bad:
-            raise InputError(
-                f"evaluate.counts contains {bad[0]!r}: expected integers from 0 to max_count={self.max_count}"
-            )
-        if len(set(self.counts)) != len(self.counts):
-            raise InputError(f"evaluate.counts {list(self.counts)} contains duplicates")
-        for name in ("per_count", "batch_size", "steps"):
-            if getattr(self, name) < 1:
-                raise InputError(f"evaluate.{name}={getattr(self, name)}: expected an integer >= 1")
-        if self.grid_per_count < 0:
-            raise InputError(f"evaluate.grid_per_count={self.grid_per_count}: expected an integer >= 0")
-        if self.detector not in DETECTORS:
-            raise InputError(f"evaluate.detector={self.detector!r}: expected one of {list(DETECTORS)}")
-        if self.min_separation is not None and not 0 <= self.min_separation < 1:
-            raise InputError(f"evaluate.min_separation={self.min_separation}: expected a number in [0, 1)")
-        if self.tolerance_px is not None and not self.tolerance_px > 0:
-            raise InputError(f"evaluate.tolerance_px={self.tolerance_px}: expected a positive radius in pixels")
-        self.summary_options()
-        return self
-
-    def summary_options(self) -> SummaryOptions:
-        return SummaryOptions(self.trained_range, self.extrapolation_range, self.threshold).validate()
 
 
 @dataclass
@@ -255,7 +210,7 @@ def evaluate_denoiser(
 
     from ..diffusion import get_sampler
 
-    cfg = (config or EvalConfig()).validate()
+    cfg = config or EvalConfig()
     if isinstance(resolution, bool) or not isinstance(resolution, int) or not 8 <= resolution <= 1024:
         raise InputError(f"resolution {resolution!r}: expected an integer image side from 8 to 1024")
     fixed = getattr(detector, "resolution", None)
@@ -329,7 +284,7 @@ def evaluate_model(
     overrides their separation); the detector is built by ``build_detector`` and cached in
     ``cache_dir`` (default: ``<out_dir>/../detectors``).
     """
-    cfg = (config or EvalConfig()).validate()
+    cfg = config or EvalConfig()
     cache = Path(cache_dir) if cache_dir is not None else Path(out_dir).parent / "detectors"
     detector = build_detector(data_cfg, cfg, data_cfg.resolution, cache, progress)
     factory = scene_conditionings(data_cfg, cfg.min_separation)

@@ -16,37 +16,11 @@ retraining; the cost is k + 1 network calls per step (batched into one call).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from ..conditioning import Conditioning
+from ..conditioning import Conditioning, location_windows
 from ..denoiser import Denoiser
 from ..diffusion.guidance import Background, ScoreComposition
-from ..errors import ConfigError
-
-
-def location_windows(cond: Conditioning, height: int, width: int, radius_px: float, softness_px: float = 0.5) -> Tensor:
-    """[B, N, H, W] soft discs of ``radius_px`` around each present location (0 for empty slots).
-
-    The edge is a logistic ramp of width ``softness_px`` so that the composed prediction has no
-    hard seams; ``softness_px = 0`` gives a hard disc.
-    """
-    if radius_px <= 0:
-        raise ConfigError(f"radius_px={radius_px}: expected a positive window radius in pixels")
-    if softness_px < 0:
-        raise ConfigError(f"softness_px={softness_px}: expected >= 0")
-    dev = cond.locations.device
-    ys = (torch.arange(height, device=dev, dtype=torch.float32) + 0.5) / height
-    xs = (torch.arange(width, device=dev, dtype=torch.float32) + 0.5) / width
-    loc = cond.locations.float()
-    dx = (xs[None, None, None, :] - loc[..., 0, None, None]) * width
-    dy = (ys[None, None, :, None] - loc[..., 1, None, None]) * height
-    dist = torch.sqrt(dx**2 + dy**2)
-    if softness_px == 0:
-        win = (dist <= radius_px).float()
-    else:
-        win = torch.sigmoid((radius_px - dist) / softness_px)
-    return win * cond.mask[..., None, None].float()
 
 
 def masked_composition(

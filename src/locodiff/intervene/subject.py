@@ -10,35 +10,14 @@ built on its base run's latest EMA weights.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from ..config import from_dict, to_dict
-from ..errors import ConfigError, LocodiffError
+from ..errors import LocodiffError
 from ..io import write_json_atomic
+from .config import InterventionSpec
 
 INTERVENTION_FILE = "intervention.json"
-FORMS = ("masked_composition",)
-
-
-@dataclass(frozen=True)
-class InterventionSpec:
-    """A post hoc intervention on one trained model of the study (no retraining)."""
-
-    base: str = "exp2"  # name of the study model it is applied to
-    form: Literal["masked_composition"] = "masked_composition"  # see intervene.masked
-    radius_px: float = 3.0  # window radius around each location, in pixels of the image
-    softness_px: float = 0.5  # width of the window's soft edge
-    role: Literal["exp1", "exp2", "exp3", "baseline"] = "exp3"
-    enabled: bool = True
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        if self.radius_px <= 0:
-            raise ConfigError(f"intervention radius_px={self.radius_px}: expected > 0 pixels")
-        if self.softness_px < 0:
-            raise ConfigError(f"intervention softness_px={self.softness_px}: expected >= 0")
 
 
 def write_intervention(folder: Path, spec: InterventionSpec, base_run: Path) -> None:

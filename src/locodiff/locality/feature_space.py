@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..conditioning import Conditioning
+from ..conditioning import Conditioning, pixel_centers
 from ..io import write_json_atomic
 
 FEATURES_FILE = "features.json"
@@ -37,7 +37,7 @@ def default_block(net: nn.Module) -> str:
 
 def grid_locations(n: int) -> Tensor:
     """[n*n, 2] cell centres of an n x n grid over the image, row by row."""
-    c = (torch.arange(n, dtype=torch.float32) + 0.5) / n
+    c = pixel_centers(n)
     ys, xs = torch.meshgrid(c, c, indexing="ij")
     return torch.stack([xs.flatten(), ys.flatten()], -1)
 
@@ -190,7 +190,7 @@ def _share_within(energy: Tensor, centres: Tensor, side: int, radius_px: float) 
     """Share of each map's energy ``[..., h, w]`` within ``radius_px`` image pixels of its centre
     ``[..., 2]`` (x, y in [0, 1]), and the area share of that disc (chance)."""
     h, w = energy.shape[-2:]
-    ys, xs = (torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w
+    ys, xs = pixel_centers(h), pixel_centers(w)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     dist = ((gx - centres[..., 0, None, None]).pow(2) + (gy - centres[..., 1, None, None]).pow(2)).sqrt() * side
     inside = (dist <= radius_px).double()

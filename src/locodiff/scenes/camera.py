@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..conditioning import pixel_centers
 from ..errors import ConfigError
 
 
@@ -32,21 +33,20 @@ class CameraConfig:
     target_x: float = 0.0  # point looked at, on the floor
     target_y: float = 0.0
 
-    def validate(self) -> "CameraConfig":
+    def __post_init__(self) -> None:
         if not 5.0 <= self.elevation_deg <= 89.0:
             raise ConfigError(f"camera.elevation_deg={self.elevation_deg}: expected 5..89 degrees")
         if not 5.0 <= self.fov_deg <= 120.0:
             raise ConfigError(f"camera.fov_deg={self.fov_deg}: expected 5..120 degrees")
         if not self.distance > 0:
             raise ConfigError(f"camera.distance={self.distance}: expected a positive distance")
-        return self
 
 
 class Camera:
     """Eye position and an orthonormal frame (right, up, forward) built from a ``CameraConfig``."""
 
     def __init__(self, config: CameraConfig | None = None, device=None) -> None:
-        self.config = (config or CameraConfig()).validate()
+        self.config = config or CameraConfig()
         c = self.config
         az, el = math.radians(c.azimuth_deg), math.radians(c.elevation_deg)
         target = torch.tensor([c.target_x, c.target_y, 0.0], dtype=torch.float64)
@@ -66,7 +66,7 @@ class Camera:
 
     def ray_directions(self, resolution: int) -> Tensor:
         """Unit ray directions through every pixel centre, [R, R, 3]."""
-        coords = (torch.arange(resolution, dtype=torch.float32, device=self.device) + 0.5) / resolution
+        coords = pixel_centers(resolution, self.device)
         v, u = torch.meshgrid(coords, coords, indexing="ij")
         sx = (2 * u - 1) * self.tan_half
         sy = (1 - 2 * v) * self.tan_half

@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..config import config_hash, to_dict
+from ..config import config_hash, identity_dict, to_dict
 from ..errors import ConfigError, DataError, LocodiffError
 from ..io import atomic_path, write_json_atomic
 from .camera import CameraConfig
@@ -64,13 +64,8 @@ class DataConfig:
     seed: int = 0  # every shard's generator derives from (seed, split, shard index)
 
     def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> "DataConfig":
         try:
             check_resolution(self.resolution, self.supersample)
-            self.scene.validate()
-            self.camera.validate()
         except LocodiffError as e:
             raise ConfigError(f"data: {e}") from None
         for name in ("train_counts", "test_counts"):
@@ -83,7 +78,6 @@ class DataConfig:
         for name, lowest in (("train_images", 0), ("test_images_per_count", 0), ("shard_size", 1)):
             if getattr(self, name) < lowest:
                 raise ConfigError(f"data.{name}={getattr(self, name)}: expected an integer >= {lowest}")
-        return self
 
     # ----- split geometry -------------------------------------------------------------------
     def split_size(self, split: Split) -> int:
@@ -99,12 +93,7 @@ class DataConfig:
         return max(max(counts), 1)
 
     def identity(self) -> dict:
-        """``to_dict`` without options left at a default that earlier versions lacked, so that
-        adding such an option does not change the hashes of existing caches and runs."""
-        d = to_dict(self)
-        if not d["scene"]["exclude_combos"]:
-            d["scene"].pop("exclude_combos")
-        return d
+        return identity_dict(self)
 
     def cache_key(self) -> str:
         return config_hash({"format": FORMAT_VERSION, "data": self.identity()})

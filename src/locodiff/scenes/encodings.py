@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..conditioning import Conditioning
+from ..conditioning import Conditioning, pixel_centers
 from ..errors import ConfigError
 
 MAX_FREQ_LOG2 = 6
@@ -35,8 +35,7 @@ def fourier_features(locations: Tensor, n_freqs: int = 6) -> Tensor:
 
 def pixel_grid(height: int, width: int, device=None, dtype=torch.float32) -> Tensor:
     """[H, W, 2] (x, y) coordinates of pixel centres in the conditioning convention."""
-    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) / height
-    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) / width
+    ys, xs = pixel_centers(height, device, dtype), pixel_centers(width, device, dtype)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([gx, gy], dim=-1)
 

@@ -23,12 +23,13 @@ resolution the data is rendered at (the occlusion check has its own fixed resolu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
+from ..config import IDENTITY_UNLESS_DEFAULT
 from ..errors import ConfigError, InputError
 from . import vocab
 from .camera import Camera, CameraConfig
@@ -44,7 +45,8 @@ class SceneConfig:
     colors: tuple[str, ...] = vocab.COLOR_NAMES  # allowed colours
     materials: tuple[str, ...] = vocab.MATERIALS  # allowed materials
     sizes: tuple[str, ...] = vocab.SIZE_NAMES  # allowed sizes
-    exclude_combos: tuple[tuple[str, str], ...] = ()  # (shape, colour) pairs never drawn
+    # (shape, colour) pairs never drawn
+    exclude_combos: tuple[tuple[str, str], ...] = field(default=(), metadata=IDENTITY_UNLESS_DEFAULT)
     floor_extent: float = 3.0  # object positions are drawn from [-extent, extent]^2
     min_distance: float = 0.25  # min gap between objects' footprints, floor units
     min_separation: float = 0.12  # min image-plane distance between centres, fraction of the side
@@ -54,7 +56,7 @@ class SceneConfig:
     max_retries: int = 50  # rounds of redrawing failed scenes before giving up
     candidates: int = 64  # positions tried at once per object and round
 
-    def validate(self) -> "SceneConfig":
+    def __post_init__(self) -> None:
         vocab.check_subset("shape", self.shapes, vocab.SHAPES)
         vocab.check_subset("color", self.colors, vocab.COLOR_NAMES)
         vocab.check_subset("material", self.materials, vocab.MATERIALS)
@@ -78,7 +80,6 @@ class SceneConfig:
         for name, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"scene.{name}={getattr(self, name)!r}: expected {expected}")
-        return self
 
     def allowed_combos(self) -> tuple[tuple[int, int], ...]:
         """Every allowed (shape, colour) index pair that is not excluded."""
@@ -103,7 +104,7 @@ class SceneSampler:
     def __init__(
         self, config: SceneConfig | None = None, camera: CameraConfig | None = None, threads: int | None = 1
     ) -> None:
-        self.config = (config or SceneConfig()).validate()
+        self.config = config or SceneConfig()
         self.threads = threads  # CPU threads while sampling (see render.limit_threads)
         self.camera = Camera(camera)
         c = self.config

@@ -23,6 +23,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import CheckpointError
+from ..diffusion import EDMPrecond
+from .config import RunConfig
+from ..config import from_dict
+from ..models import build_network
 
 CKPT_PREFIX = "ckpt-"
 
@@ -146,3 +150,28 @@ def load_checkpoint(
             raise CheckpointError(f"optimizer state in {ckpt} is unreadable: {e}") from None
         opt.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
     return meta
+
+
+# ----- a run folder's config and trained denoiser ----------------------------------------------
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a locodiff run folder (no config.json)")
+    try:
+        return from_dict(RunConfig, json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+
+
+def load_denoiser(run_dir: Path, ema: bool = True) -> tuple[EDMPrecond, RunConfig]:
+    """The trained Denoiser of a run (EMA weights by default) and its config."""
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise CheckpointError(f"run {run_dir} has no checkpoint yet; train it first")
+    net = build_network(cfg.model)
+    load_weights(net, ckpt / ("ema.safetensors" if ema else "model.safetensors"))
+    return EDMPrecond(net).eval().requires_grad_(False), cfg
+

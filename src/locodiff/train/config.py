@@ -1,16 +1,25 @@
-"""Training options. Units are images, not epochs or steps (as in EDM)."""
+"""Training options (units are images, not epochs or steps, as in EDM) and the run config.
+
+Options marked ``NOT_IDENTITY`` only change how long or how verbosely a run goes: they may change
+between resumes and do not change the weights a given number of images produces, so they are not
+part of the run folder's identity (``layout.run_identity``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from ..errors import ConfigError
+from ..config import NOT_IDENTITY
+from ..errors import ConfigError, LocodiffError
+from ..models.config import ModelConfig
+from ..scenes import vocab
+from ..scenes.dataset import DataConfig
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    total_images: int = 200_000  # training length, in images seen
+    total_images: int = field(default=200_000, metadata=NOT_IDENTITY)  # training length, in images seen
     batch_size: int = 64  # images per optimizer step (all processes together)
     lr: float = 1e-3  # AdamW peak learning rate
     warmup_images: int = 5_000  # linear learning-rate warm-up
@@ -21,16 +30,20 @@ class TrainConfig:
     p_mean: float = -1.2  # mean of ln(sigma) over training images (EDM: -1.2; higher = more layout-level noise)
     p_std: float = 1.2  # std of ln(sigma) over training images
     label_dropout: float = 0.1  # share of images trained with the null conditioning (for CFG)
-    log_every_images: int = 2_000  # metrics.jsonl tick
-    checkpoint_every_images: int = 10_000  # checkpoint (resume point) interval
-    sample_every_images: int = 0  # sample grid interval; 0 = only at the end
-    sample_steps: int = 18  # Heun steps for the training-time sample grids
-    keep_checkpoints: int = 2  # how many checkpoints to keep on disk
-    threads: int = 0  # torch CPU threads; 0 = leave torch's default
-    time_budget_s: float = 0.0  # stop early (checkpointing) after this wall time; 0 = none
+    log_every_images: int = field(default=2_000, metadata=NOT_IDENTITY)  # metrics.jsonl tick
+    checkpoint_every_images: int = field(default=10_000, metadata=NOT_IDENTITY)  # checkpoint (resume point) interval
+    sample_every_images: int = field(default=0, metadata=NOT_IDENTITY)  # sample grid interval; 0 = only at the end
+    sample_steps: int = field(default=18, metadata=NOT_IDENTITY)  # Heun steps for the training-time sample grids
+    keep_checkpoints: int = field(default=2, metadata=NOT_IDENTITY)  # how many checkpoints to keep on disk
+    threads: int = field(default=0, metadata=NOT_IDENTITY)  # torch CPU threads; 0 = leave torch's default
+    time_budget_s: float = field(default=0.0, metadata=NOT_IDENTITY)  # stop early (checkpointing) after this wall time; 0 = none
     locality_penalty: float = 0.0  # weight of the off-window conditioner-sensitivity penalty (intervene.training)
     locality_window_px: float = 3.0  # window radius of that penalty, in pixels
     locality_fraction: float = 1.0  # share of each batch the penalty is computed on (cost ~ 1 + fraction)
+
+    def irrelevant_fields(self) -> tuple[str, ...]:
+        """Without a penalty its window and fraction change nothing."""
+        return ("locality_window_px", "locality_fraction") if self.locality_penalty == 0 else ()
 
     def __post_init__(self) -> None:
         positive = ["total_images", "batch_size", "log_every_images", "checkpoint_every_images"]
@@ -51,3 +64,33 @@ class TrainConfig:
             )
         if self.keep_checkpoints < 1:
             raise ConfigError(f"train.keep_checkpoints={self.keep_checkpoints}: expected >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one trained model."""
+
+    name: str = field(default="model", metadata=NOT_IDENTITY)  # label used in reports
+    seed: int = 0  # initialisation and data-order seed
+    label_policy: Literal["all", "one"] = "all"  # which objects' locations are conditioners
+    # (shape, colour) pairs held out of training: scenes holding any such object are skipped
+    holdout_combos: tuple[tuple[str, str], ...] = ()
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        self.holdout_indices()
+
+    def holdout_indices(self) -> tuple[tuple[int, int], ...]:
+        """The held-out pairs as (shape, colour) vocabulary indices. A pair the data never draws
+        (e.g. its colour is not among data.scene.colors) is held out trivially; holding out every
+        pair the data draws leaves nothing to train on and is an error."""
+        try:
+            pairs = vocab.combo_indices(self.holdout_combos)
+        except LocodiffError as e:
+            raise ConfigError(f"{self.name}: holdout_combos: {e}") from None
+        if pairs and set(self.data.scene.allowed_combos()) <= set(pairs):
+            raise ConfigError(f"{self.name}: holdout_combos holds out every (shape, colour) pair the data "
+                              f"draws (shapes {list(self.data.scene.shapes)}, colors {list(self.data.scene.colors)})")
+        return pairs

@@ -14,7 +14,7 @@ from ..imaging import image_grid, save_png
 from ..io import atomic_path
 from ..scenes.conditioners import make_conditioning
 from ..scenes.dataset import DataConfig, SceneSource
-from .run import load_denoiser
+from .checkpoint import load_denoiser
 
 
 def requested_scenes(

@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..conditioning import Conditioning
+from ..conditioning import Conditioning, location_windows
 from ..denoiser import Denoiser, as_sigma_batch
 from ..diffusion.loss import EDMLoss
 from ..diffusion.schedule import sample_training_sigmas
 from ..errors import ConfigError
-from .masked import location_windows
 
 
 @dataclass

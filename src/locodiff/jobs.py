@@ -1,0 +1,143 @@
+"""Running a stage's jobs in parallel: worker processes, live progress, clean interrupts.
+
+A ``Job`` is ``fn(*args)`` plus a way to read its progress from the files it writes, so that a
+bar (or, without a terminal, one plain line a minute) shows how far every job is. With one
+worker the jobs run one after another in a thread of this process (no start-up cost); with more
+they run in spawned processes. On a 2-core CPU two single-threaded processes beat one
+two-threaded process for these small networks (threads fight over the cores and small
+convolutions do not split well).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .errors import StudyError
+from .io import read_jsonl
+
+LOG_EVERY_S = 60  # without a terminal, one progress line per this many seconds
+
+
+@dataclass
+class Job:
+    """One unit of parallel work: ``fn(*args)`` in a worker, progress polled from its files."""
+
+    fn: Callable
+    args: tuple
+    total: int = 1
+    poll: Callable[[], int] | None = None  # completed units, read from files the job writes
+
+
+def run_jobs(jobs: dict[str, Job], workers: int, console: Console) -> dict[str, object]:
+    """Run every job in ``workers`` spawned processes with one live progress bar per job.
+
+    With one worker the jobs run one after another in a thread of this process instead (no
+    start-up cost, same live progress). All jobs run to the end even if one fails (their finished work is kept); then the first
+    failure is raised with the worker's own message.
+    """
+    if not jobs:
+        return {}
+    results: dict[str, object] = {}
+    errors: list[BaseException] = []
+    pool_cm = (ThreadPoolExecutor(max_workers=1) if workers == 1 else
+               ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")))
+    with pool_cm as pool, _progress(console) as bar, _stop_workers_on_interrupt(pool):
+        tasks = {n: bar.add_task(n, total=j.total, completed=_poll(j)) for n, j in jobs.items()}
+        futures = {n: pool.submit(j.fn, *j.args) for n, j in jobs.items()}
+        pending = set(futures)
+        last_line = time.monotonic()
+        while pending:
+            time.sleep(0.5)
+            if not console.is_terminal and time.monotonic() - last_line >= LOG_EVERY_S:
+                console.print(progress_line(jobs, pending))  # a log file gets no live bars
+                last_line = time.monotonic()
+            for n in sorted(pending):
+                bar.update(tasks[n], completed=_poll(jobs[n]))
+                if futures[n].done():
+                    pending.discard(n)
+                    try:
+                        results[n] = futures[n].result()
+                        bar.update(tasks[n], completed=jobs[n].total)
+                    except Exception as e:  # noqa: BLE001 - reported after the others finish
+                        console.print(f"  [red]{n} failed: {e}")
+                        errors.append(e)
+    if errors:
+        if isinstance(errors[0], BrokenProcessPool):
+            raise StudyError(
+                "a worker process died (killed from outside, or out of memory?); finished work and the "
+                "last checkpoints are kept: run the same command again to resume"
+            ) from None
+        raise errors[0]
+    return results
+
+
+@contextmanager
+def _stop_workers_on_interrupt(pool):
+    """On Ctrl-C or SIGTERM stop the worker processes too, instead of leaving them training
+    orphaned; every run resumes from its last checkpoint on the next call."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, interrupt) if in_main else None
+    try:
+        yield
+    except KeyboardInterrupt:
+        processes = list((getattr(pool, "_processes", None) or {}).values())  # empty for threads
+        for process in processes:
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def progress_line(jobs: dict[str, Job], pending: set[str]) -> str:
+    """``  [12:03:04] exp1 65536/150000 (44%), exp2 0/100000 (0%)``: every unfinished job's progress."""
+    parts = []
+    for n in sorted(pending):
+        done, total = _poll(jobs[n]), jobs[n].total
+        parts.append(f"{n} {done}/{total} ({done / max(total, 1):.0%})")
+    return f"  [{time.strftime('%H:%M:%S')}] " + ", ".join(parts)
+
+
+def _poll(job: Job) -> int:
+    try:
+        return min(job.total, job.poll()) if job.poll else 0
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def last_record(path: Path, key: str) -> int:
+    records = read_jsonl(path) if path.exists() else []
+    return int(records[-1][key]) if records else 0
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("  {task.description:<18}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a job with ``n`` torch threads and give the process its previous count back after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

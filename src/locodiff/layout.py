@@ -1,0 +1,134 @@
+"""Where every result lives, and what names its folder: one module for the whole study layout.
+
+A folder is named by the hash of the config that determines its content (``identity_dict``:
+options marked ``NOT_IDENTITY`` in their dataclass do not count), so re-running finds finished
+work, an interrupted stage resumes, and changing one model's config redoes only what depends on
+it. The study, the report, every CLI verb and the tests take their paths from here:
+
+    <out_dir>/data/<data hash>/                   rendered train/test splits (scenes.dataset)
+    <out_dir>/models/<name>-<run hash>/           training run: config.json, checkpoints, metrics
+    <out_dir>/models/<name>-<intervention hash>/  post hoc intervention on a run (intervention.json)
+        eval-<eval hash>/                         evaluation per k (evaluate)
+        locality-<probe hash>/                    locality probe (locality)
+    <out_dir>/detectors/heatmap-<detector hash>/  the learned detector (evaluate.heatmap)
+    <out_dir>/detectors/ceiling-<hash>.json       the detector's accuracy on ground truth
+    <out_dir>/crowding/crowding-<hash>.json       crowding of training and test windows
+    <out_dir>/report/                             report.md, report.html and figures
+
+This module imports no stage: it reads configs by their fields, so any module may use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import config_hash, identity_dict, to_dict
+
+if TYPE_CHECKING:  # types only: importing the stages here would make every stage import them all
+    from .evaluate.config import EvalConfig
+    from .intervene.config import InterventionSpec
+    from .locality.config import LocalityOptions
+    from .study_config import StudyConfig
+    from .train.config import RunConfig
+
+DETECTOR_VERSION = 2  # bump when the detector's network, targets or decoding change meaning
+
+
+# ----- identities -------------------------------------------------------------------------------
+
+def run_identity(run: RunConfig) -> str:
+    """Hash of what determines a trained model's weights (its name and schedule do not)."""
+    return config_hash(identity_dict(replace(run, model=run.model.resolved())))
+
+
+def intervention_identity(spec: InterventionSpec, base: RunConfig) -> str:
+    """An intervention is its spec applied to one base run: the same pair, the same folder."""
+    return config_hash({"base": run_identity(base), "spec": identity_dict(spec)})
+
+
+def eval_identity(config: EvalConfig, checkpoint: str) -> str:
+    key: dict[str, Any] = {"config": to_dict(config), "checkpoint": checkpoint}
+    if config.detector == "heatmap":  # a retrained detector (new version) scores afresh, elsewhere
+        key["detector_version"] = DETECTOR_VERSION
+    return config_hash(key)
+
+
+# ----- folders of one subject (a training run or an intervention) -------------------------------
+
+def models_dir(out_dir: str | Path) -> Path:
+    return Path(out_dir) / "models"
+
+
+def run_folder(out_dir: str | Path, run: RunConfig) -> Path:
+    return models_dir(out_dir) / f"{run.name}-{run_identity(run)}"
+
+
+def intervention_folder(out_dir: str | Path, name: str, spec: InterventionSpec, base: RunConfig) -> Path:
+    return models_dir(out_dir) / f"{name}-{intervention_identity(spec, base)}"
+
+
+def eval_dir(subject: str | Path, config: EvalConfig, checkpoint: str) -> Path:
+    """Where the evaluation of ``subject``'s ``checkpoint`` under ``config`` is stored."""
+    return Path(subject) / f"eval-{eval_identity(config, checkpoint)}"
+
+
+def probe_dir(subject: str | Path, options: LocalityOptions, checkpoint: str) -> Path:
+    """Where the locality probe of ``subject``'s ``checkpoint`` with ``options`` is stored."""
+    return Path(subject) / f"locality-{config_hash({'options': to_dict(options), 'checkpoint': checkpoint})}"
+
+
+# ----- the study's folders ----------------------------------------------------------------------
+
+def run_dir(cfg: StudyConfig, name: str) -> Path:
+    return run_folder(cfg.out_dir, cfg.run_config(name))
+
+
+def intervention_dir(cfg: StudyConfig, name: str) -> Path:
+    spec = cfg.interventions[name]
+    return intervention_folder(cfg.out_dir, name, spec, cfg.run_config(spec.base))
+
+
+def subject_dirs(cfg: StudyConfig) -> dict[str, Path]:
+    """Folders of everything the study evaluates: enabled models, then interventions."""
+    dirs = {name: run_dir(cfg, name) for name in cfg.enabled_models()}
+    dirs.update({name: intervention_dir(cfg, name) for name in cfg.enabled_interventions()})
+    return dirs
+
+
+def dataset_root(data: Any, out_dir: str | Path) -> Path:
+    """The folder of a data config's rendered splits (``data`` is a ``scenes.DataConfig``)."""
+    return Path(out_dir) / "data" / data.cache_key()
+
+
+def detector_cache(cfg: StudyConfig) -> Path:
+    return Path(cfg.out_dir) / "detectors"
+
+
+def detector_dir(cache: str | Path, key: str) -> Path:
+    """A learned detector's folder; ``key`` is ``evaluate.heatmap.detector_key`` (it renders)."""
+    return Path(cache) / f"heatmap-{key}"
+
+
+def ceiling_path(cfg: StudyConfig) -> Path:
+    ev = cfg.evaluate
+    key = config_hash({"data": to_dict(cfg.data), "detector": ev.detector, "heatmap": to_dict(ev.heatmap),
+                       "counts": ev.counts, "per_count": ev.per_count, "min_separation": ev.min_separation,
+                       "tolerance_px": ev.tolerance_px, "seed": ev.seed})
+    return detector_cache(cfg) / f"ceiling-{key}.json"
+
+
+def crowding_path(cfg: StudyConfig) -> Path:
+    ev = cfg.evaluate
+    key = config_hash({"data": cfg.data.cache_key(), "counts": ev.counts, "per_count": ev.per_count,
+                       "min_separation": ev.min_separation, "seed": ev.seed, "radii": cfg.crowding_radii()})
+    return Path(cfg.out_dir) / "crowding" / f"crowding-{key}.json"
+
+
+def report_dir(cfg: StudyConfig) -> Path:
+    return Path(cfg.out_dir) / "report"
+
+
+def study_config_path(out_dir: str | Path) -> Path:
+    return Path(out_dir) / "study_config.json"
