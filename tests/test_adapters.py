@@ -470,7 +470,7 @@ def test_probe_diffusers_cli_on_a_saved_tiny_sdxl(tmp_path):
 
 
 def test_block_pixel_sensitivity_against_autograd_and_locality():
-    from locodiff.adapters.features import block_pixel_sensitivity, replaced_block_fn
+    from locodiff.locality.features import block_pixel_sensitivity, replaced_block_fn
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 5, 3, padding=1), torch.nn.Tanh())

@@ -49,13 +49,12 @@ def test_colour_concepts_follow_the_data_palette_for_attribute_models_only():
 
     from locodiff.locality.run import colour_concepts
     from locodiff.scenes import vocab
-    from locodiff.study import run_config
     from locodiff.study_config import load_study_config
 
     cfg = load_study_config("full")
-    plain = run_config(cfg, "exp1", cfg.models["exp1"])
+    plain = cfg.run_config("exp1")
     assert colour_concepts(plain) == []
-    coloured = run_config(cfg, "exp1_color", cfg.models["exp1_color"])
+    coloured = cfg.run_config("exp1_color")
     assert colour_concepts(coloured) == list(range(len(vocab.COLOR_NAMES)))
     two = replace(coloured, data=replace(coloured.data, scene=replace(coloured.data.scene, colors=("red", "blue"))))
     assert colour_concepts(two) == [vocab.color_index("red"), vocab.color_index("blue")]
@@ -229,7 +228,7 @@ def test_block_locality_tells_a_convolution_from_global_mixing():
 
 
 def test_a_residual_blocks_update_is_measured_without_its_skip_path():
-    from locodiff.adapters.features import block_pixel_sensitivity, replaced_block_fn
+    from locodiff.locality.features import block_pixel_sensitivity, replaced_block_fn
 
     net = torch.nn.Sequential(torch.nn.Identity(), ToyBlocks.GlobalMix())
     x = torch.rand(1, 4, 8, 8)

@@ -86,7 +86,7 @@ def test_study_interventions_must_name_an_enabled_model(tmp_path):
 # ----- locality enforced during training ---------------------------------------------------------
 
 from locodiff.diffusion import EDMLoss  # noqa: E402
-from locodiff.intervene.training import LocalityPenaltyLoss  # noqa: E402
+from locodiff.train.penalty import LocalityPenaltyLoss  # noqa: E402
 
 
 class BumpToy:

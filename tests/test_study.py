@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from locodiff.cli import app
 from locodiff.errors import ConfigError
-from locodiff.study import run_dir, run_study, subject_dirs
+from locodiff.layout import run_dir, subject_dirs
+from locodiff.study import run_study
 from locodiff.study_config import load_study_config
 
 
@@ -105,9 +106,9 @@ def test_rerun_skips_finished_work(finished):
 def test_changing_one_model_retrains_only_that_model(tmp_path):
     cfg = micro(tmp_path, "evaluate.counts=[1]", "evaluate.per_count=1")
     run_study(cfg, only=["data", "train", "evaluate"], console=quiet())
-    before = {n: run_dir(cfg, n, s) for n, s in cfg.enabled_models().items()}
+    before = {n: run_dir(cfg, n) for n in cfg.enabled_models()}
     changed = micro(tmp_path, "evaluate.counts=[1]", "evaluate.per_count=1", "models.exp2.train.lr=1e-3")
-    after = {n: run_dir(changed, n, s) for n, s in changed.enabled_models().items()}
+    after = {n: run_dir(changed, n) for n in changed.enabled_models()}
     assert after["exp1"] == before["exp1"] and after["exp3_local"] == before["exp3_local"]
     assert after["exp2"] != before["exp2"]
     run_study(changed, only=["train", "evaluate"], console=quiet())
@@ -138,14 +139,14 @@ def test_bad_locality_options_are_rejected(tmp_path):
 def test_cli_verbs_on_a_finished_study(finished):
     runner = CliRunner()
     base = ["-p", "micro", "-s", f"out_dir={finished.out_dir}"]
-    folder = run_dir(finished, "exp1", finished.models["exp1"])
+    folder = run_dir(finished, "exp1")
     res = runner.invoke(app, ["evaluate", str(folder), *base, "--counts", "1", "--per-count", "1"])
     assert res.exit_code == 0, res.output
     assert "| 1 | 1 |" in res.output
     res = runner.invoke(app, ["locality", str(folder), *base])
     assert res.exit_code == 0, res.output
     assert "normalised" in res.output
-    exp2 = run_dir(finished, "exp2", finished.models["exp2"])
+    exp2 = run_dir(finished, "exp2")
     res = runner.invoke(app, ["intervene", str(exp2), *base, "--radius", "2", "--no-locality",
                               "-s", "evaluate.counts=[2]", "-s", "evaluate.per_count=1"])
     assert res.exit_code == 0, res.output
@@ -197,8 +198,8 @@ def test_a_stopped_training_resumes_from_its_checkpoint(tmp_path):
     short = micro(tmp_path, "models.exp1.train.total_images=32")
     run_study(short, only=["data", "train"], console=quiet())
     full = micro(tmp_path)
-    folder = run_dir(full, "exp1", full.models["exp1"])
-    assert folder == run_dir(short, "exp1", short.models["exp1"])  # schedule is not identity
+    folder = run_dir(full, "exp1")
+    assert folder == run_dir(short, "exp1")  # schedule is not identity
     steps_before = len((folder / "metrics.jsonl").read_text().splitlines())
     run_study(full, only=["train"], console=quiet())
     log = (folder / "log.txt").read_text()
@@ -270,7 +271,7 @@ def test_a_probe_missing_its_feature_results_is_completed(finished):
 
 
 def test_progress_line_for_logs_names_each_running_job():
-    from locodiff.study import Job, progress_line
+    from locodiff.jobs import Job, progress_line
 
     jobs = {"exp1": Job(print, (), total=200, poll=lambda: 50), "exp2": Job(print, (), total=10, poll=lambda: 10),
             "broken": Job(print, (), total=4, poll=lambda: int("x"))}

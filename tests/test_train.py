@@ -16,6 +16,7 @@ from locodiff.train.config import TrainConfig
 from locodiff.train.data import StreamBatches
 from locodiff.train.checkpoint import load_denoiser
 from locodiff.train.config import RunConfig
+from locodiff.layout import run_identity
 from locodiff.train.run import train_run
 
 TINY_MODEL = ModelConfig(arch="spatial", image_size=16, channels=(8, 16), norm_groups=4, head_dim=8)
@@ -109,9 +110,9 @@ def test_trained_run_loads_as_denoiser(tmp_path):
 
 def test_locality_penalty_trains_and_is_part_of_the_run_identity(tmp_path):
     plain, penalised = tiny_run(), tiny_run(locality_penalty=0.5, locality_window_px=2.0)
-    assert plain.identity_hash() != penalised.identity_hash()
+    assert run_identity(plain) != run_identity(penalised)
     # Without a penalty its window changes nothing, so it must not change the identity either.
-    assert plain.identity_hash() == tiny_run(locality_window_px=5.0).identity_hash()
+    assert run_identity(plain) == run_identity(tiny_run(locality_window_px=5.0))
     result = train_run(penalised, tmp_path / "run", source=StreamBatches(TINY_DATA, "all", 3), progress=False)
     assert result.images_seen == 64 and torch.isfinite(torch.tensor(result.final_loss))
 
@@ -144,7 +145,7 @@ def test_held_out_combinations_never_reach_training(tmp_path):
 
     run = dataclasses.replace(tiny_run(), holdout_combos=held)
     assert run.holdout_indices() == idx
-    assert run.identity_hash() != tiny_run().identity_hash()
+    assert run_identity(run) != run_identity(tiny_run())
     red_only = dataclasses.replace(TINY_DATA, scene=dataclasses.replace(TINY_DATA.scene, colors=("red",)))
     assert dataclasses.replace(tiny_run(), data=red_only, holdout_combos=(("cube", "blue"),)).holdout_indices()
     with pytest.raises(ConfigError, match="every"):

@@ -7,17 +7,36 @@ lives in the stage subpackages so that it can be called from Python just the sam
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
+import torch
 import typer
+from safetensors.torch import load_file
 
-from . import __version__
+from . import __version__, layout
+from .adapters.diffusers_unet import load_diffusers_unet
+from .adapters.probe import load_prompt_file, probe_diffusers, summary_lines, write_probe
 from .config import to_dict
 from .errors import LocodiffError
+from .evaluate.runner import evaluate_run
+from .intervene.config import InterventionSpec
+from .intervene.subject import write_intervention
+from .io import atomic_path
+from .locality.probe import LocalityResult
+from .locality.run import probe_run
+from .report import write_report
+from .scenes.dataset import build_dataset
+from .scenes.figures import data_contact_sheet
+from .study import run_study
 from .study_config import PRESETS, StudyConfig, load_study_config
+from .train.checkpoint import read_run_config
+from .train.run import train_run
+from .train.sampling import sample_run
 
 app = typer.Typer(
     help="locodiff: compositional generalization in conditional diffusion through locality.",
@@ -26,18 +45,19 @@ app = typer.Typer(
 )
 
 PresetOpt = typer.Option("quick", "--preset", "-p", help=f"Named preset: one of {', '.join(PRESETS)}.")
-ConfigOpt = typer.Option(None, "--config", "-c", help="TOML file merged over the preset.")
+ConfigOpt = typer.Option(None, "--config", "-c", help="TOML file merged over the preset, or a complete JSON config "
+                         "(a study's saved study_config.json, which loads without a preset).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override one option, e.g. --set train.lr=2e-4 (repeatable).")
 DryRunOpt = typer.Option(False, "--dry-run", help="Print the resolved config as JSON and exit.")
 
 
+_debug = {"on": False}  # set by --debug: show tracebacks instead of one-line errors
+
+
 def resolve_config(preset: str | None, config: Optional[Path], sets: Optional[list[str]], dry_run: bool) -> StudyConfig:
     """Load the config or exit with a readable error; with ``dry_run`` print it and exit."""
-    try:
+    with fail_cleanly():
         cfg = load_study_config(preset, config, sets or [])
-    except LocodiffError as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
     if dry_run:
         typer.echo(json.dumps(to_dict(cfg), indent=2))
         raise typer.Exit(0)
@@ -46,12 +66,16 @@ def resolve_config(preset: str | None, config: Optional[Path], sets: Optional[li
 
 @contextmanager
 def fail_cleanly():
-    """Turn locodiff's input errors into one red line and exit code 2 (no traceback)."""
+    """Turn locodiff's errors and failed file operations into one red line and exit code 2
+    (a traceback only with ``locodiff --debug``)."""
     try:
         yield
-    except LocodiffError as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+    except (LocodiffError, OSError) as e:
+        if _debug["on"]:
+            raise
+        message = str(e) if isinstance(e, LocodiffError) else f"cannot read or write {e.filename!r}: {e.strerror or e}"
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
 
 
 def parse_counts(text: str) -> list[int]:
@@ -70,8 +94,9 @@ def parse_counts(text: str) -> list[int]:
 
 
 @app.callback()
-def _root() -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors.")) -> None:
     """locodiff: compositional generalization in conditional diffusion through locality."""
+    _debug["on"] = debug
 
 
 @app.command()
@@ -90,26 +115,14 @@ def render(
     device: str = typer.Option("cpu", "--device", help="Torch device to render on, e.g. cpu or cuda."),
 ) -> None:
     """Render the train and test scene data sets (cached, resumable) and a contact sheet."""
-    import time
-
-    from .io import atomic_path
-    from .scenes.dataset import build_dataset
-    from .scenes.figures import data_contact_sheet
-
     cfg = resolve_config(preset, config, set_, dry_run)
     out_dir = out if out is not None else Path(cfg.out_dir)
     start = time.perf_counter()
-    try:
+    with fail_cleanly():
         root = build_dataset(cfg.data, out_dir, device=device, progress=True)
         sheet = data_contact_sheet(cfg.data, device=device)
         with atomic_path(root / "contact_sheet.png") as tmp:
             sheet.save(tmp, format="PNG")
-    except LocodiffError as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
-    except OSError as e:
-        typer.secho(f"error: cannot write under {str(out_dir)!r}: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
     d = cfg.data
     typer.echo(
         f"data set ready in {root} ({time.perf_counter() - start:.1f} s): "
@@ -120,7 +133,8 @@ def render(
 
 @app.command()
 def train(
-    model: str = typer.Argument(..., help="Name of a model of the study config ([models.NAME])."),
+    model: str = typer.Argument(..., help="Name of a model of the study config: a models.NAME table of the preset or "
+                                "--config file (e.g. exp1; `locodiff study --dry-run` lists them)."),
     preset: str = PresetOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
@@ -129,21 +143,15 @@ def train(
     on_the_fly: bool = typer.Option(False, "--on-the-fly", help="Render batches during training instead of using the cached data set."),
 ) -> None:
     """Train one model of the study (renders the data set first if needed). Re-running resumes."""
-    from .scenes.dataset import build_dataset
-    from .study import run_config
-    from .study import run_dir as default_run_dir
-    from .train.run import train_run
-
     cfg = resolve_config(preset, config, set_, False)
     with fail_cleanly():
         if model not in cfg.models:
             raise LocodiffError(f"no model named {model!r} in the config; models: {sorted(cfg.models)}")
-        spec = cfg.models[model]
-        rcfg = run_config(cfg, model, spec)
+        rcfg = cfg.run_config(model)
         if dry_run:
             typer.echo(json.dumps(to_dict(rcfg), indent=2))
             raise typer.Exit(0)
-        folder = run_dir or default_run_dir(cfg, model, spec)
+        folder = run_dir or layout.run_dir(cfg, model)
         data_root = None if on_the_fly else build_dataset(cfg.data, cfg.out_dir, ("train",), progress=True)
         result = train_run(rcfg, folder, data_root=data_root)
     typer.echo(f"{model}: {result.images_seen} images, final loss {result.final_loss:.4f}, "
@@ -162,8 +170,6 @@ def sample(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: RUN/samples)."),
 ) -> None:
     """Sample images from a trained run: a PNG grid (one row per count) and a .safetensors file."""
-    from .train.sampling import sample_run
-
     with fail_cleanly():
         loc_list = None
         if locations is not None:
@@ -198,10 +204,6 @@ def evaluate(
     Options come from the config's [evaluate] section; results go to RUN/eval-<hash>/ (resumable),
     the detector is cached under <out_dir>/detectors.
     """
-    import dataclasses
-
-    from .evaluate import evaluate_run
-
     cfg = resolve_config(preset, config, set_, False)
     with fail_cleanly():
         ev = cfg.evaluate
@@ -214,7 +216,7 @@ def evaluate(
         if dry_run:
             typer.echo(json.dumps(to_dict(ev), indent=2))
             raise typer.Exit(0)
-        result = evaluate_run(run, ev, Path(cfg.out_dir) / "detectors", device, progress=True)
+        result = evaluate_run(run, ev, layout.detector_cache(cfg), device, progress=True)
     typer.echo(result.markdown())
     typer.echo(f"results in {result.out_dir}")
 
@@ -235,11 +237,6 @@ def locality(
     Options come from the config's [locality] section (or the flags); results go to
     RUN/locality-<hash>/ (a repeated call with the same options reuses them).
     """
-    from .locality.run import probe_run
-    from .locality.probe import LocalityResult
-    from .scenes.dataset import build_dataset
-    from .train.run import read_run_config
-
     extra = list(set_ or [])
     if sigmas is not None:
         extra.append(f"locality.sigmas=[{sigmas}]")
@@ -274,24 +271,17 @@ def intervene(
     """Make a trained run's score local post hoc (masked composition), then evaluate it.
 
     No retraining: each conditioner acts only within --radius pixels of its location. The result
-    is a folder beside the run (intervention.json, eval-*/, locality-*/) that every verb accepts.
+    is a folder beside the run (intervention.json, eval-*/, locality-*/) that every verb accepts;
+    the study's [interventions.NAME] with the same base, radius and softness uses the same folder.
     """
-    from .config import config_hash
-    from .evaluate import evaluate_run
-    from .intervene.subject import InterventionSpec, write_intervention
-    from .locality.run import probe_run
-    from .scenes.dataset import build_dataset
-    from .train.run import read_run_config
-
     cfg = resolve_config(preset, config, set_, False)
     with fail_cleanly():
         run_cfg = read_run_config(run)
-        spec = InterventionSpec(base=run.name, radius_px=radius, softness_px=softness,
-                                description=f"masked composition of {run.name}, r = {radius:g} px")
-        label = name or f"{run.name.rsplit('-', 1)[0]}-masked"
-        folder = run.parent / f"{label}-{config_hash({'base': run.name, 'spec': spec})}"
+        spec = InterventionSpec(base=run_cfg.name, radius_px=radius, softness_px=softness,
+                                description=f"masked composition of {run_cfg.name}, r = {radius:g} px")
+        folder = layout.intervention_folder(run.parent, name or f"{run_cfg.name}-masked", spec, run_cfg)
         write_intervention(folder, spec, run)
-        result = evaluate_run(folder, cfg.evaluate, Path(cfg.out_dir) / "detectors", device, progress=True)
+        result = evaluate_run(folder, cfg.evaluate, layout.detector_cache(cfg), device, progress=True)
         typer.echo(result.markdown())
         if locality_too:
             data_root = build_dataset(run_cfg.data, cfg.out_dir, ("test",), progress=True)
@@ -316,13 +306,7 @@ def probe_diffusers_cmd(
     probes: int = typer.Option(1, "--probes", help="Random tangents per mapped token (--words): more = less noisy maps."),
 ) -> None:
     """Spatial and per-token conditional locality of a diffusers UNet (SD 1.x/2.x, SDXL) in latent space."""
-    import torch
-
-    from .adapters.probe import load_prompt_file, probe_diffusers, summary_lines, write_probe
-
     with fail_cleanly():
-        from .adapters import load_diffusers_unet
-
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(dtype)
         if torch_dtype is None:
             raise LocodiffError(f"--dtype {dtype!r}: expected float32 or bfloat16")
@@ -330,8 +314,6 @@ def probe_diffusers_cmd(
         adapter = load_diffusers_unet(model, torch_dtype, device, prompt=prompt)
         channels = adapter.unet.config.in_channels
         if latents_file is not None:
-            from safetensors.torch import load_file
-
             lat = load_file(str(latents_file)).get("latents")
             if lat is None:
                 raise LocodiffError(f"{latents_file} has no tensor named 'latents'")
@@ -357,10 +339,8 @@ def report(
 
     Nothing is recomputed: tables and figures are redrawn from the saved results.
     """
-    from .report import write_report
-
     if study_dir is not None:
-        saved = study_dir / "study_config.json"
+        saved = layout.study_config_path(study_dir)
         if not saved.is_file():
             typer.secho(f"error: {saved} not found; is {study_dir} a study's out_dir?", fg=typer.colors.RED, err=True)
             raise typer.Exit(2)
@@ -368,7 +348,7 @@ def report(
     else:
         cfg = resolve_config(preset, config, set_, dry_run)
     with fail_cleanly():
-        path = write_report(cfg, Path(cfg.out_dir) / "report")
+        path = write_report(cfg, layout.report_dir(cfg))
     typer.echo(f"report: {path} and {path.with_suffix('.html')}")
 
 
@@ -384,8 +364,6 @@ def study(
 
     Finished work is cached by config hash: re-running skips it, an interrupted study resumes.
     """
-    from .study import run_study
-
     cfg = resolve_config(preset, config, set_, dry_run)
     with fail_cleanly():
         try:

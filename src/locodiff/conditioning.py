@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 
 # Order of the attribute columns in ``Conditioning.attributes``.
 ATTRIBUTE_NAMES = ("color", "shape", "size", "material")
@@ -191,9 +191,9 @@ def location_windows(cond: Conditioning, height: int, width: int, radius_px: flo
     hard seams; ``softness_px = 0`` gives a hard disc.
     """
     if radius_px <= 0:
-        raise InputError(f"radius_px={radius_px}: expected a positive window radius in pixels")
+        raise ConfigError(f"radius_px={radius_px}: expected a positive window radius in pixels")
     if softness_px < 0:
-        raise InputError(f"softness_px={softness_px}: expected >= 0")
+        raise ConfigError(f"softness_px={softness_px}: expected >= 0")
     dev = cond.locations.device
     ys, xs = pixel_centers(height, dev), pixel_centers(width, dev)
     loc = cond.locations.float()

@@ -21,7 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 
 T = TypeVar("T")
 
@@ -111,6 +111,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         return cls(**kwargs)
     except TypeError as e:  # a required field is missing
         raise ConfigError(f"{where or cls.__name__}: {e}") from None
+    except ConfigError:
+        raise
+    except InputError as e:  # a section's own check (e.g. an unknown colour): name where it sits
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
 
 
 def to_dict(obj: Any) -> Any:

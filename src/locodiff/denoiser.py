@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 
 from .conditioning import Conditioning
@@ -23,8 +24,6 @@ class Denoiser(Protocol):
 
 def as_sigma_batch(sigma: Tensor | float, x: Tensor) -> Tensor:
     """Broadcast a scalar or [B] sigma to a [B] tensor on ``x``'s device and dtype."""
-    import torch
-
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
     if sigma.ndim == 0:
         sigma = sigma.expand(x.shape[0])

@@ -61,12 +61,14 @@ def models_dir(out_dir: str | Path) -> Path:
     return Path(out_dir) / "models"
 
 
-def run_folder(out_dir: str | Path, run: RunConfig) -> Path:
-    return models_dir(out_dir) / f"{run.name}-{run_identity(run)}"
+def run_folder(models: str | Path, run: RunConfig) -> Path:
+    """A training run's folder inside a models folder (``models_dir``)."""
+    return Path(models) / f"{run.name}-{run_identity(run)}"
 
 
-def intervention_folder(out_dir: str | Path, name: str, spec: InterventionSpec, base: RunConfig) -> Path:
-    return models_dir(out_dir) / f"{name}-{intervention_identity(spec, base)}"
+def intervention_folder(models: str | Path, name: str, spec: InterventionSpec, base: RunConfig) -> Path:
+    """An intervention's folder beside its base run (the study and ``locodiff intervene`` alike)."""
+    return Path(models) / f"{name}-{intervention_identity(spec, base)}"
 
 
 def eval_dir(subject: str | Path, config: EvalConfig, checkpoint: str) -> Path:
@@ -82,12 +84,12 @@ def probe_dir(subject: str | Path, options: LocalityOptions, checkpoint: str) ->
 # ----- the study's folders ----------------------------------------------------------------------
 
 def run_dir(cfg: StudyConfig, name: str) -> Path:
-    return run_folder(cfg.out_dir, cfg.run_config(name))
+    return run_folder(models_dir(cfg.out_dir), cfg.run_config(name))
 
 
 def intervention_dir(cfg: StudyConfig, name: str) -> Path:
     spec = cfg.interventions[name]
-    return intervention_folder(cfg.out_dir, name, spec, cfg.run_config(spec.base))
+    return intervention_folder(models_dir(cfg.out_dir), name, spec, cfg.run_config(spec.base))
 
 
 def subject_dirs(cfg: StudyConfig) -> dict[str, Path]:

@@ -142,8 +142,14 @@ def preset_dict(name: str) -> dict[str, Any]:
 def load_study_config(
     preset: str | None = "quick", path: str | Path | None = None, sets: list[str] | None = None
 ) -> StudyConfig:
-    """Preset, then file, then ``--set`` overrides, validated into a ``StudyConfig``."""
-    data: dict[str, Any] = preset_dict(preset) if preset else {}
+    """Preset, then file, then ``--set`` overrides, validated into a ``StudyConfig``.
+
+    A JSON file is a complete config (the ``study_config.json`` a study saves): it loads alone,
+    with no preset under it, so that a saved study reruns exactly as it ran. A TOML file holds
+    changes to the preset.
+    """
+    complete = path is not None and Path(path).suffix.lower() == ".json"
+    data: dict[str, Any] = preset_dict(preset) if preset and not complete else {}
     if path is not None:
         data = merge(data, load_config_file(path))
     for s in sets or []:

@@ -16,7 +16,7 @@ from .diffusers_unet import (
     load_scheduler,
     token_sensitivity,
 )
-from .features import (
+from ..locality.features import (
     block_names,
     capture_features,
     cosine_matrix,

@@ -60,8 +60,8 @@ from torch import Tensor, nn
 from ..conditioning import Conditioning
 from ..denoiser import as_sigma_batch
 from ..errors import CheckpointError, InputError
+from ..locality.features import Channels, SensitivityMode, input_sensitivity
 from ..locality.jacobian import Target, as_image_batch, cond_target_fn
-from .features import Channels, SensitivityMode, input_sensitivity
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 TimestepMode = Literal["interpolate", "nearest"]

@@ -19,11 +19,15 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..conditioning import Conditioning
 from ..errors import LocodiffError
-from ..io import write_json_atomic
+from ..io import atomic_path, write_json_atomic
+from ..locality.figures import save_figure
+from ..locality.probe import probe_locality, sample_pixels
+from .diffusers_unet import Prompt, token_sensitivity
 
 
 def token_concentration(sensitivity: Tensor, top_share: float = 0.1) -> Tensor:
@@ -49,8 +53,6 @@ def probe_diffusers(
     estimated from ``probes`` random tangents (``(words + 1) * probes`` JVPs per sigma); the maps
     ride along under the key ``"_token_maps"`` ([sigmas, words + 1, H, W], not JSON) for
     ``write_probe`` to save."""
-    from ..locality.probe import probe_locality, sample_pixels
-    from .diffusers_unet import token_sensitivity
 
     if latents.ndim != 4:
         raise LocodiffError(f"latents must have shape [B, C, H, W], got {tuple(latents.shape)}")
@@ -94,7 +96,6 @@ def probe_diffusers(
 
 def write_probe(result: dict, out_dir: str | Path) -> Path:
     """``probe.json`` and ``token_concentration.png`` in ``out_dir``."""
-    from ..locality.figures import save_figure
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,9 +105,6 @@ def write_probe(result: dict, out_dir: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     if maps is not None:
-        from safetensors.torch import save_file
-
-        from ..io import atomic_path
 
         with atomic_path(out / "token_maps.safetensors") as tmp:
             save_file({"maps": maps.contiguous()}, str(tmp))
@@ -149,9 +147,6 @@ def _token_map_figure(maps: Tensor, result: dict):
 def load_prompt_file(path: str | Path):
     """A ``Prompt`` from a .safetensors file with ``encoder_hidden_states`` [B|1, T, D] (and, for
     SDXL, ``text_embeds`` and ``time_ids``), e.g. saved from a pipeline's ``encode_prompt``."""
-    from safetensors.torch import load_file
-
-    from .diffusers_unet import Prompt
 
     path = Path(path)
     if not path.is_file():

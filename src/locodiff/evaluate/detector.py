@@ -30,11 +30,9 @@ import torch
 from scipy import ndimage as ndi
 from torch import Tensor
 
-from ..errors import InputError
-from ..scenes import vocab
 from ..conditioning import pixel_centers
-
-
+from ..errors import InputError
+from ..scenes import SceneBatch, vocab
 
 
 @dataclass
@@ -182,7 +180,6 @@ class ColorDetector:
         floor pixels well inside shadows give the lit-to-shadowed brightness ratio, and a
         quadratic in (x, y) spreads it over the whole image (the key light falls off smoothly).
         """
-        from ..scenes import SceneBatch
 
         gen = generator if isinstance(generator, torch.Generator) else torch.Generator().manual_seed(int(generator))
         background = renderer(SceneBatch.empty(1, 1), with_masks=False).images[0].cpu()

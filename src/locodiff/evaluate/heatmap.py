@@ -27,6 +27,7 @@ interrupted training resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -38,16 +39,15 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
+from ..conditioning import pixel_centers
 from ..config import config_hash, to_dict
 from ..io import append_jsonl, atomic_path, write_json_atomic
-from ..scenes import vocab
-from .detector import Detections, InputError, to_unit_images
+from ..layout import DETECTOR_VERSION
+from ..scenes import Renderer, SceneBatch, SceneSampler, vocab
 from .config import HeatmapConfig
-from ..conditioning import pixel_centers
-
-DETECTOR_VERSION = 2  # bump when the network, targets or decoding change meaning
-
+from .detector import Detections, InputError, to_unit_images
 
 # ----- the network -------------------------------------------------------------------------------
 
@@ -260,9 +260,6 @@ def render_fingerprint(data_cfg) -> str:
     Part of the cache key so that any change to the renderer's look (lights, materials, shadows)
     retrains the detector even if nobody remembered to bump a version number.
     """
-    import hashlib
-
-    from ..scenes import Renderer, SceneBatch
 
     n = len(vocab.COLOR_NAMES)
     scenes = SceneBatch.empty(2, n)
@@ -294,9 +291,6 @@ def train_heatmap_detector(data_cfg, cfg: HeatmapConfig | None = None, folder: s
     With ``folder`` the training checkpoints there every ``checkpoint_every`` images and resumes
     from the last checkpoint when called again; the finished weights are ``detector.safetensors``.
     """
-    from tqdm.auto import tqdm
-
-    from ..scenes import Renderer, SceneSampler
 
     cfg = cfg or HeatmapConfig()
     scene_cfg = replace(data_cfg.scene, min_separation=cfg.min_separation, max_objects=max(cfg.max_objects, data_cfg.scene.max_objects))

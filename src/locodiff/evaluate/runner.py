@@ -29,19 +29,30 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..conditioning import ATTRIBUTE_NAMES, Conditioning
 from ..denoiser import Denoiser
-from ..io import append_jsonl, atomic_path, read_jsonl, write_json_atomic, write_text_atomic
-from ..imaging import to_uint8
+from ..diffusion import get_sampler
 from ..errors import InputError
+from ..imaging import to_uint8
+from ..intervene.subject import load_subject, subject_checkpoint
+from ..io import append_jsonl, atomic_path, read_jsonl, write_json_atomic, write_text_atomic
+from ..layout import eval_dir
+from ..scenes import Renderer, SceneSampler, batch_conditioning, make_conditioning
+from ..scenes.camera import Camera
 from .config import EvalConfig
 from .detector import ColorDetector, Detections, Detector
-from .heatmap import DETECTOR_VERSION, load_or_train_detector
 from .figures import accuracy_plot, detection_grid
+from .heatmap import load_or_train_detector
 from .metrics import (
-    CountMetrics, ImageMatch, count_metrics, default_tolerance_px,
-    match_locations, score_attributes, summarize,
+    CountMetrics,
+    ImageMatch,
+    count_metrics,
+    default_tolerance_px,
+    match_locations,
+    score_attributes,
+    summarize,
 )
 
 # (k, n, generator) -> n conditionings with exactly k locations each
@@ -80,8 +91,6 @@ def scene_conditionings(data_cfg, min_separation: float | None = None) -> Condit
     apart, visible), and the attributes of the sampled objects come along for attribute scoring.
     ``min_separation`` overrides the scene config's image-plane separation.
     """
-    from ..scenes import SceneSampler, make_conditioning
-    from ..scenes.camera import Camera
 
     scene_cfg = data_cfg.scene if min_separation is None else replace(data_cfg.scene, min_separation=min_separation)
     sampler = SceneSampler(scene_cfg, data_cfg.camera)
@@ -100,7 +109,6 @@ def dataset_conditionings(dataset) -> ConditioningFactory:
 
     The generator is unused: the test split is already a fixed random draw.
     """
-    from ..scenes import batch_conditioning
 
     counts = dataset.tensors["counts"][dataset.index]
 
@@ -206,9 +214,6 @@ def evaluate_denoiser(
     objects are also scored for colour and shape, and ``holdout`` ((shape, colour) index pairs the
     model never saw in training) splits the combination accuracy into seen and held-out pairs.
     """
-    from tqdm.auto import tqdm
-
-    from ..diffusion import get_sampler
 
     cfg = config or EvalConfig()
     if isinstance(resolution, bool) or not isinstance(resolution, int) or not 8 <= resolution <= 1024:
@@ -260,7 +265,6 @@ def build_detector(data_cfg, config: EvalConfig, resolution: int, cache_dir: str
     ``heatmap`` is loaded from ``cache_dir`` or trained there first (minutes on a CPU, once per
     look of the data); ``color`` is calibrated on the spot for ``resolution``.
     """
-    from ..scenes import Renderer, SceneSampler
 
     if config.detector == "heatmap":
         return load_or_train_detector(data_cfg, cache_dir, config.heatmap, progress=progress)
@@ -292,27 +296,16 @@ def evaluate_model(
                              holdout)
 
 
-def eval_folder(run_dir: str | Path, config: EvalConfig, checkpoint: str) -> Path:
-    """Where the evaluation of ``run_dir``'s ``checkpoint`` under ``config`` is stored."""
-    from ..config import config_hash
-
-    key = {"config": asdict(config), "checkpoint": checkpoint}
-    if config.detector == "heatmap":  # a retrained detector (new version) scores afresh, elsewhere
-        key["detector_version"] = DETECTOR_VERSION
-    return Path(run_dir) / f"eval-{config_hash(key)}"
-
-
 def evaluate_run(run_dir: str | Path, config: EvalConfig, cache_dir: str | Path,
                  device: str | torch.device = "cpu", progress: bool = False) -> EvalResult:
     """Evaluate the latest EMA weights of a training run (the study's and ``locodiff evaluate``'s
     entry point); results go to ``run_dir/eval-<hash>/`` and resume like ``evaluate_denoiser``."""
-    from ..intervene.subject import load_subject, subject_checkpoint
 
     ckpt = subject_checkpoint(run_dir)
     if ckpt is None:
         raise InputError(f"run {run_dir} has no checkpoint yet; train it before evaluating")
     denoiser, run_cfg = load_subject(run_dir)
-    return evaluate_model(denoiser.to(device), run_cfg.data, eval_folder(run_dir, config, ckpt.name),
+    return evaluate_model(denoiser.to(device), run_cfg.data, eval_dir(run_dir, config, ckpt.name),
                           config, cache_dir, device, progress, run_cfg.holdout_indices())
 
 

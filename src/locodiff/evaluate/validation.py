@@ -14,7 +14,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from ..scenes import Renderer, SceneSampler
 from .detector import Detector
 from .heatmap import gaussian_blur
 from .metrics import count_metrics, default_tolerance_px, match_locations, score_attributes
@@ -54,9 +56,6 @@ def validate_detector(
     (the colour detector is calibrated per resolution). Returns a JSON-able dict; format it with
     ``validation_markdown``.
     """
-    from tqdm.auto import tqdm
-
-    from ..scenes import Renderer, SceneSampler
 
     perturbations = PERTURBATIONS if perturbations is None else perturbations
     scene_cfg = data_cfg.scene if min_separation is None else replace(data_cfg.scene, min_separation=min_separation)

@@ -17,7 +17,8 @@ from .lcs_machine import (
     r2_score,
 )
 from .masked import location_windows, masked_composition
-from .subject import InterventionSpec, load_subject, subject_checkpoint
+from .config import InterventionSpec
+from .subject import load_subject, subject_checkpoint
 from .toys import (
     LocalityCheck,
     RegionMixtureToy,

@@ -71,6 +71,8 @@ from torch import Tensor, nn
 from ..conditioning import Conditioning
 from ..denoiser import Denoiser, as_sigma_batch
 from ..errors import ConfigError, InputError
+from ..scenes.conditioners import batch_conditioning
+from ..scenes.dataset import to_model_batch
 
 Fallback = Literal["unconditional", "error"]
 
@@ -255,8 +257,6 @@ class LCSMachine(nn.Module):
         """A machine over (the first ``max_images`` of) a ``SceneDataset``, conditioned as the
         model it is compared with was trained: ``policy`` "all" or "one" (see
         ``scenes.conditioners``)."""
-        from ..scenes.conditioners import batch_conditioning
-        from ..scenes.dataset import to_model_batch
 
         index = dataset.index if max_images is None else dataset.index[:max_images]
         batch = to_model_batch({k: v[index] for k, v in dataset.tensors.items()})

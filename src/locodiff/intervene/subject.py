@@ -15,7 +15,10 @@ from pathlib import Path
 from ..config import from_dict, to_dict
 from ..errors import LocodiffError
 from ..io import write_json_atomic
+from ..train.checkpoint import latest_checkpoint
+from ..train.checkpoint import load_denoiser
 from .config import InterventionSpec
+from .masked import masked_composition
 
 INTERVENTION_FILE = "intervention.json"
 
@@ -38,7 +41,6 @@ def read_intervention(folder: Path) -> tuple[InterventionSpec, Path]:
 
 def subject_checkpoint(folder: str | Path) -> Path | None:
     """The checkpoint a subject's results belong to (for an intervention: its base run's)."""
-    from ..train.checkpoint import latest_checkpoint
 
     folder = Path(folder)
     if (folder / INTERVENTION_FILE).is_file():
@@ -48,8 +50,6 @@ def subject_checkpoint(folder: str | Path) -> Path | None:
 
 def load_subject(folder: str | Path):
     """``(denoiser, run_config)`` of a training run or of an intervention folder."""
-    from ..train.run import load_denoiser
-    from .masked import masked_composition
 
     folder = Path(folder)
     if not (folder / INTERVENTION_FILE).is_file():

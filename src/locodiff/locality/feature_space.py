@@ -20,6 +20,16 @@ from torch import Tensor, nn
 
 from ..conditioning import Conditioning, pixel_centers
 from ..io import write_json_atomic
+from .features import (
+    block_pixel_sensitivity,
+    capture_features,
+    cosine_matrix,
+    feature_fn,
+    input_sensitivity,
+    mean_difference_vectors,
+    replaced_block_fn,
+    resolve_blocks,
+)
 
 FEATURES_FILE = "features.json"
 
@@ -52,7 +62,6 @@ def concept_cosines(denoiser: nn.Module, images: Tensor, sigma: float, block: st
     ``colors`` (palette indices, for a model that reads attributes) also colour concepts: one
     conditioner at the image centre with each colour (shape, size and material fixed to index 0).
     """
-    from ..adapters.features import capture_features, cosine_matrix, mean_difference_vectors
 
     net = denoiser.net
     block = block or default_block(net)
@@ -107,7 +116,6 @@ def attribute_concepts(denoiser: nn.Module, images: Tensor, sigma: float, colors
     matrices of ``a`` and of ``b``, the mean |cos| between the two families, and (with
     ``heldout`` (shape, colour) pairs) each pair's relative interaction, seen vs held out.
     """
-    from ..adapters.features import capture_features, cosine_matrix
 
     net = denoiser.net
     block = block or default_block(net)
@@ -161,7 +169,6 @@ def feature_conditional_locality(denoiser: nn.Module, images: Tensor, cond: Cond
     about the area fraction of the disc for one that reaches everywhere. Returns the mean over
     conditioners (and test scenes), the chance level for the same discs, and the map size.
     """
-    from ..adapters.features import feature_fn, input_sensitivity
 
     net = denoiser.net
     block = block or default_block(net)
@@ -209,7 +216,6 @@ def block_locality(denoiser: nn.Module, images: Tensor, cond: Conditioning, sigm
     measured, so the skip path's identity does not make every block look local. Convolutions
     give 1 at a radius covering their kernel; attention over the whole map spreads it. None when
     ``block`` has no previous block."""
-    from ..adapters.features import block_pixel_sensitivity, capture_features, replaced_block_fn, resolve_blocks
 
     net = denoiser.net
     block = block or default_block(net)

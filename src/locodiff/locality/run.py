@@ -13,19 +13,19 @@ from typing import Sequence
 
 import torch
 
-from ..config import config_hash, to_dict
+from ..conditioning import Conditioning
 from ..errors import LocodiffError
-from ..scenes import vocab
-from .jacobian import InputError
+from ..intervene.subject import load_subject, subject_checkpoint
+from ..layout import probe_dir
+from ..scenes import SceneDataset, batch_conditioning, vocab
+from ..scenes.dataset import to_model_batch
 from .feature_space import FEATURES_FILE, feature_run
+from .jacobian import InputError
 from .probe import SUMMARY_FILE, probe_locality
 
 
 def probe_scenes(data_root: str | Path, counts: Sequence[int], n: int):
     """``n`` test images (and their all-object conditionings) with object counts in ``counts``."""
-    from ..conditioning import Conditioning
-    from ..scenes import SceneDataset, batch_conditioning
-    from ..scenes.dataset import to_model_batch
 
     data = SceneDataset(data_root, "test", tuple(counts))
     by_count = {k: (data.tensors["counts"][data.index] == k).nonzero(as_tuple=True)[0] for k in counts}
@@ -46,23 +46,17 @@ def probe_scenes(data_root: str | Path, counts: Sequence[int], n: int):
     return batch["images"], cond
 
 
-def probe_folder(run_dir: Path, options, checkpoint: str) -> Path:
-    """Where the probe of ``run_dir``'s ``checkpoint`` with ``options`` is stored."""
-    return Path(run_dir) / f"locality-{config_hash({'options': to_dict(options), 'checkpoint': checkpoint})}"
-
-
 def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0, progress: bool = False) -> Path:
     """Probe the latest EMA weights of ``run_dir``; cached in ``run_dir/locality-<hash>/``.
 
     ``options`` is a ``study_config.LocalityOptions``. Returns the result folder.
     """
-    from ..intervene.subject import load_subject, subject_checkpoint
 
     run_dir = Path(run_dir)
     ckpt = subject_checkpoint(run_dir)
     if ckpt is None:
         raise LocodiffError(f"run {run_dir} has no checkpoint yet; train it before probing locality")
-    folder = probe_folder(run_dir, options, ckpt.name)
+    folder = probe_dir(run_dir, options, ckpt.name)
     if probe_complete(folder):
         return folder
     denoiser, run_cfg = load_subject(run_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import nn
 
 from .config import ARCHITECTURES, ModelConfig
@@ -109,9 +110,11 @@ _NOTES = {
 
 
 def describe(cfg: ModelConfig) -> ArchitectureInfo:
-    """Parameter count and locality of the network ``cfg`` builds."""
+    """Parameter count and locality of the network ``cfg`` builds (built on the meta device: no
+    memory, and the global random stream is left untouched)."""
     cfg = cfg.resolved()
-    net = build_network(cfg)
+    with torch.device("meta"):
+        net = build_network(cfg)
     if cfg.arch == "local":
         assert isinstance(net, LocalNet)
         rf, window, conv = net.radius, net.conditioner_window, net.radius

@@ -6,14 +6,30 @@ can be regenerated at any time (``locodiff report``) and shows whatever has fini
 from __future__ import annotations
 
 import json
+import os
+import platform
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from scipy.stats import rankdata
 
+from .. import __version__, layout
+from ..config import to_dict
+from ..evaluate.crowding import OUTSIDE, RARE, Crowding
+from ..evaluate.metrics import default_tolerance_px
 from ..io import read_jsonl, write_text_atomic
+from ..locality.feature_space import load_features
+from ..locality.figures import conditioner_sensitivity_figure, index_vs_sigma_figure, save_figure
+from ..locality.probe import LocalityResult
+from ..models import describe
+from ..scenes import vocab
+from ..train.checkpoint import latest_checkpoint, read_state
 from .document import Code, Figure, Section, Table, Text, to_html, to_markdown
+from .figures import cosine_matrices, locality_vs_generalization, recall_and_crowding, success_vs_k
 
 
 @dataclass
@@ -37,19 +53,16 @@ class ModelFacts:
 
 
 def gather(cfg) -> list[ModelFacts]:
-    from ..models import describe
-    from ..study import intervention_dir, run_dir
-
     facts = []
     for name, spec in cfg.enabled_models().items():
         f = ModelFacts(name, spec.role, spec.model.arch, spec.label_policy, spec.description,
-                       describe(spec.model).param_count, run_dir(cfg, name, spec))
+                       describe(spec.model).param_count, layout.run_dir(cfg, name))
         facts.append(_read_results(cfg, f, f.folder))
     for name, spec in cfg.enabled_interventions().items():
         base = cfg.models[spec.base]
         f = ModelFacts(name, spec.role, f"{spec.form}({spec.base}, r={spec.radius_px:g} px)", base.label_policy,
-                       spec.description, describe(base.model).param_count, intervention_dir(cfg, name, spec))
-        facts.append(_read_results(cfg, f, run_dir(cfg, spec.base, base)))
+                       spec.description, describe(base.model).param_count, layout.intervention_dir(cfg, name))
+        facts.append(_read_results(cfg, f, layout.run_dir(cfg, spec.base)))
     return facts
 
 
@@ -70,19 +83,16 @@ def training_time(records: list[dict]) -> tuple[float | None, float | None, floa
 
 def _read_results(cfg, f: ModelFacts, train_dir: Path) -> ModelFacts:
     """Training facts from ``train_dir``, evaluation and locality results from ``f.folder``."""
-    from ..evaluate.runner import eval_folder
-    from ..locality.run import probe_folder
-    from ..train.checkpoint import latest_checkpoint, read_state
 
     ckpt = latest_checkpoint(train_dir) if train_dir.exists() else None
     if ckpt is None:
         return f
     f.images_seen = read_state(ckpt)["images_seen"]
     f.train_seconds, f.images_per_s, f.final_loss = training_time(read_jsonl(train_dir / "metrics.jsonl"))
-    ev = eval_folder(f.folder, cfg.evaluate, ckpt.name)
+    ev = layout.eval_dir(f.folder, cfg.evaluate, ckpt.name)
     if (ev / "eval.json").is_file():
         f.evaluation, f.eval_dir = json.loads((ev / "eval.json").read_text()), ev
-    loc = probe_folder(f.folder, cfg.locality, ckpt.name)
+    loc = layout.probe_dir(f.folder, cfg.locality, ckpt.name)
     if (loc / "summary.json").is_file():
         f.locality_dir = loc
     return f
@@ -120,7 +130,6 @@ def mean_normalised_index(summary: dict) -> float:
 
 def rank_correlation(a: list[float], b: list[float]) -> float:
     """Spearman's rho (average ranks for ties); nan when either side is constant."""
-    from scipy.stats import rankdata
 
     ra, rb = rankdata(a), rankdata(b)
     if ra.std() == 0 or rb.std() == 0:
@@ -134,9 +143,8 @@ def _num(v: float | None) -> str:
 
 def detector_ceiling(cfg) -> dict[int, dict]:
     """Per-k accuracies of the detector on ground-truth renders, if the evaluate stage saved them."""
-    from ..study import ceiling_path
 
-    path = ceiling_path(cfg)
+    path = layout.ceiling_path(cfg)
     if not path.is_file():
         return {}
     table = json.loads(path.read_text())
@@ -173,10 +181,6 @@ def setup_section(cfg, facts: list[ModelFacts], timings: dict) -> Section:
 
 
 def generalization_section(cfg, facts: list[ModelFacts], figures: Path) -> Section:
-    from .figures import success_vs_k
-
-    from ..evaluate.metrics import default_tolerance_px
-
     ev = cfg.evaluate
     tolerance = ev.tolerance_px or default_tolerance_px(cfg.data.resolution)
     sec = Section("Length generalization")
@@ -231,12 +235,9 @@ def generalization_section(cfg, facts: list[ModelFacts], figures: Path) -> Secti
 
 def crowding_section(cfg, facts: list[ModelFacts], figures: Path) -> Section:
     """How crowded the test windows are compared with training, beside each model's recall."""
-    from ..evaluate.crowding import OUTSIDE, RARE, Crowding
-    from ..study import crowding_path
-    from .figures import recall_and_crowding
 
     sec = Section("Crowding: do test windows look like training?")
-    path = crowding_path(cfg)
+    path = layout.crowding_path(cfg)
     if not path.is_file():
         sec.blocks.append(Text("Not computed yet (the evaluate stage writes it)."))
         return sec
@@ -268,9 +269,6 @@ def crowding_section(cfg, facts: list[ModelFacts], figures: Path) -> Section:
 
 
 def locality_section(cfg, facts: list[ModelFacts], figures: Path) -> Section:
-    from ..locality.figures import conditioner_sensitivity_figure, index_vs_sigma_figure, save_figure
-    from ..locality.probe import LocalityResult
-
     sec = Section("Locality of the learned score")
     done = [f for f in facts if f.locality_dir]
     if not done:
@@ -303,8 +301,6 @@ def locality_section(cfg, facts: list[ModelFacts], figures: Path) -> Section:
 
 def feature_blocks(cfg, done: list[ModelFacts], figures: Path) -> list:
     """Feature-space composition: cosines between the feature directions of different concepts."""
-    from ..locality.feature_space import load_features
-    from .figures import cosine_matrices
 
     feats = {f.name: load_features(f.locality_dir) for f in done}
     feats = {n: v for n, v in feats.items() if v}
@@ -341,8 +337,6 @@ def feature_blocks(cfg, done: list[ModelFacts], figures: Path) -> list:
 
 def colour_blocks(cfg, done: list[ModelFacts], feats: dict[str, dict], figures: Path) -> list:
     """Colour concepts of attribute-conditioned models: feature cosines and colour accuracy per k."""
-    from ..scenes import vocab
-    from .figures import cosine_matrices
 
     colours = {n: v["colors"] for n, v in feats.items() if v.get("colors")}
     if not colours:
@@ -396,7 +390,6 @@ def combination_blocks(cfg, done: list[ModelFacts], feats: dict[str, dict]) -> l
     """Held-out (shape, colour) combinations: every attribute model scored on the pairs some model
     of the study never saw in training and on the other pairs, so a model that saw every pair is
     the control; beside it, whether its features decompose additively into colour and shape."""
-    from ..scenes import vocab
 
     held = {n: vocab.combo_indices(spec.holdout_combos) for n, spec in cfg.enabled_models().items()
             if spec.holdout_combos}
@@ -464,7 +457,7 @@ def diffusers_section(cfg, figures: Path) -> Section:
         "locodiff measures each on any diffusers `UNet2DConditionModel` whose weights you have locally: (1) "
         "the share of the score's input Jacobian within a radius, (2) each token's share of its squared "
         "influence on its top 10% of pixels (0.1 = spread evenly; near 1 = confined), (3) concept cosines and "
-        "Jacobians at any block (`locodiff.adapters.features`). Run "
+        "Jacobians at any block (`locodiff.locality.features`). Run "
         f"`locodiff probe-diffusers --model PATH --embeddings PROMPT.safetensors --out {folder}` and "
         "re-run `locodiff report` to see the numbers here."))
     path = folder / "probe.json"
@@ -527,7 +520,6 @@ def findings_section(cfg, facts: list[ModelFacts]) -> Section:
 def held_out_findings(cfg, facts: list[ModelFacts]) -> list:
     """One line per model trained without some (shape, colour) pairs: its colour accuracy on those
     pairs vs the pairs it saw, and the same for attribute models that saw every pair (controls)."""
-    from ..scenes import vocab
 
     scored = {f.name: f for f in facts if f.eval_dir is not None and f.name in cfg.models
               and cfg.models[f.name].model.use_attributes}
@@ -636,8 +628,6 @@ def summary_section(cfg, facts: list[ModelFacts]) -> Section:
 
 
 def scatter_block(cfg, facts: list[ModelFacts], figures: Path) -> list:
-    from .figures import locality_vs_generalization
-
     points = {}
     for f in facts:
         if f.evaluation and f.locality_dir and learned_conditioner(f, cfg.evaluate.threshold):
@@ -650,15 +640,6 @@ def scatter_block(cfg, facts: list[ModelFacts], figures: Path) -> list:
 
 
 def reproducibility_section(cfg) -> Section:
-    import os
-    import platform
-    import sys
-
-    import torch
-
-    from .. import __version__
-    from ..config import to_dict
-
     versions = {"locodiff": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
                 "numpy": np.__version__}
     try:
@@ -686,7 +667,6 @@ def reproducibility_section(cfg) -> Section:
 
 def write_report(cfg, out_dir: str | Path) -> Path:
     """Write ``report.md``, ``report.html`` (self-contained) and ``figures/`` into ``out_dir``."""
-    from ..scenes.dataset import dataset_root
 
     out = Path(out_dir)
     figures = out / "figures"
@@ -695,7 +675,7 @@ def write_report(cfg, out_dir: str | Path) -> Path:
     timings_path = Path(cfg.out_dir) / "timings.json"
     timings = json.loads(timings_path.read_text()).get("stage_seconds", {}) if timings_path.exists() else {}
     sections = [summary_section(cfg, facts), setup_section(cfg, facts, timings)]
-    sheet = dataset_root(cfg.data, cfg.out_dir) / "contact_sheet.png"
+    sheet = layout.dataset_root(cfg.data, cfg.out_dir) / "contact_sheet.png"
     if sheet.exists():
         shutil.copyfile(sheet, figures / "data.png")
         sections[1].blocks.append(Figure(figures / "data.png", "Rendered scenes, one row per object count."))

@@ -14,7 +14,6 @@ from .dataset import (
     SceneSource,
     SceneStream,
     build_dataset,
-    dataset_root,
 )
 from .figures import contact_sheet, data_contact_sheet
 from .render import Lighting, Renderer, RenderOutput, render_scenes
@@ -25,6 +24,6 @@ __all__ = [
     "Camera", "CameraConfig", "DataConfig", "LABEL_POLICIES", "Lighting", "Renderer",
     "RenderOutput", "Scene", "SceneBatch", "SceneConfig", "SceneDataset", "SceneObject",
     "SceneSampler", "SceneSource", "SceneStream", "batch_conditioning", "build_dataset",
-    "contact_sheet", "data_contact_sheet", "dataset_root", "make_conditioning",
+    "contact_sheet", "data_contact_sheet", "make_conditioning",
     "object_attributes", "render_scenes",
 ]

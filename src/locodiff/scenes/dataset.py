@@ -34,10 +34,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from ..config import config_hash, identity_dict, to_dict
 from ..errors import ConfigError, DataError, LocodiffError
 from ..io import atomic_path, write_json_atomic
+from ..layout import dataset_root
 from .camera import CameraConfig
 from .render import Renderer, check_resolution
 from .sampler import SceneConfig, SceneSampler, as_generator
@@ -119,10 +121,6 @@ def resolve_device(name: str | torch.device) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r}: CUDA is not available on this machine; use cpu")
     return device
-
-
-def dataset_root(cfg: DataConfig, out_dir: str | Path) -> Path:
-    return Path(out_dir) / "data" / cfg.cache_key()
 
 
 # ----- rendering batches (shared by the cache and the on-the-fly stream) ----------------------
@@ -315,7 +313,6 @@ def build_dataset(
             if not _shard_ok(root, split, shard_name(i), entries.get(shard_name(i))):
                 todo.append((split, i))
     source = SceneSource(cfg, device) if todo else None
-    from tqdm.auto import tqdm
 
     total = sum(min(cfg.shard_size, cfg.split_size(s) - i * cfg.shard_size) for s, i in todo)
     with tqdm(total=total, unit="img", desc="render", disable=not progress or not todo) as bar:

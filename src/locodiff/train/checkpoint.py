@@ -22,11 +22,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import CheckpointError
-from ..diffusion import EDMPrecond
-from .config import RunConfig
 from ..config import from_dict
+from ..diffusion import EDMPrecond
+from ..errors import CheckpointError
 from ..models import build_network
+from .config import RunConfig
 
 CKPT_PREFIX = "ckpt-"
 

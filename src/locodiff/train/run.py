@@ -20,15 +20,15 @@ from ..config import to_dict
 from ..diffusion import EDMLoss, EDMPrecond
 from ..errors import CheckpointError
 from ..io import write_json_atomic
+from ..layout import run_identity
 from ..models import build_network
+from ..scenes.dataset import SceneDataset
 from .checkpoint import latest_checkpoint, read_run_config, read_state
 from .config import RunConfig, TrainConfig
-from .loop import BatchSource, TrainResult, train_loop
 from .data import CachedBatches, StreamBatches
-from ..layout import run_identity
-from .sampling import training_grid
-from ..scenes.dataset import SceneDataset
+from .loop import BatchSource, TrainResult, train_loop
 from .penalty import LocalityPenaltyLoss
+from .sampling import training_grid
 
 
 def _log(run_dir: Path, msg: str) -> None:

@@ -9,11 +9,12 @@ import torch
 from safetensors.torch import save_file
 
 from ..conditioning import Conditioning
-from ..diffusion import ClassifierFreeGuidance, sample_heun
+from ..diffusion import ClassifierFreeGuidance, EDMPrecond, sample_heun
 from ..imaging import image_grid, save_png
 from ..io import atomic_path
 from ..scenes.conditioners import make_conditioning
 from ..scenes.dataset import DataConfig, SceneSource
+from ..scenes.scene import SceneBatch
 from .checkpoint import load_denoiser
 
 
@@ -28,7 +29,6 @@ def requested_scenes(
     ks = torch.tensor(list(counts)).repeat_interleave(per_count)
     slots = max(max(counts), 1)
     batch = SceneSource(data).render(ks, torch.Generator().manual_seed(seed), slots)
-    from ..scenes.scene import SceneBatch
 
     cond = make_conditioning(SceneBatch.from_tensors(batch), batch["centers"], "all")
     return batch["images"].float() / 127.5 - 1.0, cond
@@ -56,7 +56,6 @@ GRID_COUNTS = (1, 2, 3, 5, 8)  # a training-time grid: the trained range and two
 def training_grid(net, data: DataConfig, images_seen: int, out_dir: Path, steps: int, per_count: int = 6) -> Path:
     """Samples of the current EMA weights for a few counts, one row per count:
     ``out_dir/grid-<images>.png`` (the same requested scenes at every point of training)."""
-    from ..diffusion import EDMPrecond
 
     denoiser = EDMPrecond(net).eval()
     _, cond = requested_scenes(data, GRID_COUNTS, per_count, seed=0)

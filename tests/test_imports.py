@@ -1,0 +1,111 @@
+"""The package's import graph: no cycles, and imports at the top of modules.
+
+Importing ``a.b.c`` runs ``a/__init__`` and ``a/b/__init__`` first, so the graph has an edge
+from every importer to each package on the way as well as to the module itself. Imports under
+``if TYPE_CHECKING:`` are for type hints only and do not count.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SRC / "locodiff"
+# optional or heavy dependencies that a module may import where it needs them
+LAZY_ALLOWED = {"diffusers", "matplotlib", "tomli"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _targets(node: ast.AST, importer: str, is_package: bool) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    assert isinstance(node, ast.ImportFrom)
+    if node.level:
+        base = importer.split(".") if is_package else importer.split(".")[:-1]
+        base = base[: len(base) - node.level + 1]
+        module = ".".join(base + ([node.module] if node.module else []))
+    else:
+        module = node.module or ""
+    return [module] + [f"{module}.{a.name}" for a in node.names]
+
+
+def _type_checking_nodes(tree: ast.Module) -> set[ast.AST]:
+    nodes: set[ast.AST] = set()
+    for stmt in tree.body:
+        if isinstance(stmt, ast.If) and "TYPE_CHECKING" in ast.dump(stmt.test):
+            nodes.update(ast.walk(stmt))
+    return nodes
+
+
+def import_graph() -> tuple[dict[str, set[str]], list[tuple[str, int, str]]]:
+    """Edges between locodiff modules, and every import not at a module's top level."""
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in files}
+    nested: list[tuple[str, int, str]] = []
+    for name, path in files.items():
+        tree = ast.parse(path.read_text())
+        top = set(tree.body) | {n for s in tree.body if isinstance(s, (ast.If, ast.Try)) for n in ast.walk(s)}
+        skip = _type_checking_nodes(tree)
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)) or node in skip:
+                continue
+            targets = _targets(node, name, path.name == "__init__.py")
+            if node not in top and targets[0].split(".")[0] not in LAZY_ALLOWED:
+                nested.append((name, node.lineno, targets[0]))
+            for target in targets:
+                parts = target.split(".")
+                for i in range(1, len(parts) + 1):  # every package on the way runs its __init__
+                    prefix = ".".join(parts[:i])
+                    if prefix in files and prefix != name and not name.startswith(prefix + "."):
+                        graph[name].add(prefix)
+    return graph, nested
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_import_cycle():
+    cycle = find_cycle(import_graph()[0])
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_imports_at_module_top():
+    nested = import_graph()[1]
+    assert not nested, "imports inside functions: " + ", ".join(f"{m}:{line} ({t})" for m, line, t in nested)
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+@pytest.mark.parametrize("module", sorted(module_name(p) for p in PACKAGE.rglob("*.py")))
+def test_every_module_imports(module):
+    importlib.import_module(module)
