@@ -19,7 +19,6 @@ already done.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -54,6 +53,7 @@ from .metrics import (
     score_attributes,
     summarize,
 )
+from ..rng import generator
 
 # (k, n, generator) -> n conditionings with exactly k locations each
 ConditioningFactory = Callable[[int, int, torch.Generator], Conditioning]
@@ -182,15 +182,10 @@ def _check_images(x: Tensor, n: int, resolution: int, k: int) -> None:
         raise InputError(f"the denoiser produced NaN or infinite pixels at k={k}")
 
 
-def _k_seed(seed: int, k: int) -> int:
-    digest = hashlib.sha256(f"locodiff-eval/{seed}/{k}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
 def k_generator(seed: int, k: int) -> torch.Generator:
     """The generator of k's test conditionings and sampling noise (the crowding diagnostic
     draws the same conditionings from it)."""
-    return torch.Generator().manual_seed(_k_seed(seed, k))
+    return generator(seed, "eval", k)
 
 
 # ----- the runner -------------------------------------------------------------------------------------

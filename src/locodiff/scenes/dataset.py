@@ -44,6 +44,7 @@ from .camera import CameraConfig
 from .render import Renderer, check_resolution
 from .sampler import SceneConfig, SceneSampler, as_generator
 from .scene import SceneBatch
+from ..rng import derived_seed
 
 FORMAT_VERSION = 1  # bump when the renderer's look or the shard layout changes
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -108,8 +109,7 @@ def _check_split(split: str) -> None:
 
 def shard_seed(seed: int, split: str, index: int) -> int:
     """A 63-bit seed for one shard, independent of every other shard's."""
-    digest = hashlib.sha256(f"locodiff-data/{seed}/{split}/{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    return derived_seed(seed, "data", split, index)
 
 
 def resolve_device(name: str | torch.device) -> torch.device:

@@ -11,11 +11,12 @@ from ..conditioning import Conditioning
 from ..scenes import vocab
 from ..scenes.conditioners import LabelPolicy, batch_conditioning
 from ..scenes.dataset import DataConfig, SceneDataset, SceneSource, to_model_batch
-from .loop import step_generator
+from ..rng import epoch_generator, step_generator
+from ..errors import ConfigError
 
 
 def _epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    return torch.randperm(n, generator=epoch_generator(seed, epoch))
 
 
 class CachedBatches:
@@ -35,7 +36,7 @@ class CachedBatches:
         self.tensors = {k: v[keep] for k, v in tensors.items()}
         self.n = len(keep)
         if self.n == 0:
-            raise ValueError("the training split is empty" + (" once the held-out combinations are removed"
+            raise ConfigError("the training split is empty" + (" once the held-out combinations are removed"
                                                               if holdout else ""))
         self.policy, self.seed = policy, seed
 
@@ -49,7 +50,7 @@ class CachedBatches:
     def batch(self, step: int, size: int) -> tuple[Tensor, Conditioning]:
         idx = self.indices(step, size)
         raw = to_model_batch({k: v[idx] for k, v in self.tensors.items()})
-        cond = batch_conditioning(raw, self.policy, step_generator(self.seed, step, 0))
+        cond = batch_conditioning(raw, self.policy, step_generator(self.seed, step, "labels"))
         return raw["images"], cond
 
 
@@ -65,8 +66,8 @@ class StreamBatches:
         self.cfg, self.policy, self.seed = cfg, policy, seed
 
     def batch(self, step: int, size: int) -> tuple[Tensor, Conditioning]:
-        gen = step_generator(self.seed, step, 3)
+        gen = step_generator(self.seed, step, "scenes")
         counts = self.source.draw_counts("train", size, gen)
         raw = to_model_batch(self.source.render(counts, gen, self.cfg.slots("train")))
-        cond = batch_conditioning(raw, self.policy, step_generator(self.seed, step, 0))
+        cond = batch_conditioning(raw, self.policy, step_generator(self.seed, step, "labels"))
         return raw["images"], cond

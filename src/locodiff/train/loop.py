@@ -19,8 +19,9 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..conditioning import Conditioning
-from ..errors import TrainingDiverged
+from ..errors import ConfigError, TrainingDiverged
 from ..io import append_jsonl
+from ..rng import step_generator
 from .checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .ema import EMA
@@ -30,11 +31,6 @@ class BatchSource(Protocol):
     """Training data as a pure function of the step: ``batch(step, size) -> (images, cond)``."""
 
     def batch(self, step: int, size: int) -> tuple[torch.Tensor, Conditioning]: ...
-
-
-def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
-    """A generator for one purpose (``stream``) at one step, independent of every other."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 16 + stream)
 
 
 @dataclass
@@ -104,7 +100,7 @@ def train_loop(
     rank, world = accel.process_index, accel.num_processes
     per_process = cfg.batch_size // world
     if per_process * world != cfg.batch_size:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} processes")
+        raise ConfigError(f"train.batch_size={cfg.batch_size} is not divisible by the {world} processes")
 
     start = time.perf_counter()
     tick_start, tick_images, tick_losses = start, 0, []
@@ -123,13 +119,13 @@ def train_loop(
 
     while images_seen < cfg.total_images:
         images, cond = source.batch(step, cfg.batch_size)
-        keep = torch.rand(cfg.batch_size, generator=step_generator(seed, step, 1)) >= cfg.label_dropout
+        keep = torch.rand(cfg.batch_size, generator=step_generator(seed, step, "dropout")) >= cfg.label_dropout
         cond = cond.drop(keep)
         sl = slice(rank * per_process, (rank + 1) * per_process)
         images, cond = images[sl].to(accel.device), cond[sl].to(accel.device)
         for group in opt.param_groups:
             group["lr"] = _lr_at(cfg, images_seen)
-        loss = loss_fn(denoiser, images, cond, step_generator(seed, step, 2 + rank)).mean()
+        loss = loss_fn(denoiser, images, cond, step_generator(seed, step, "loss", rank)).mean()
         if not torch.isfinite(loss):
             msg = (f"loss became {loss.item()} at step {step} ({images_seen} images); "
                    f"the last good checkpoint in {run_dir / 'checkpoints'} is kept")
