@@ -405,6 +405,21 @@ def test_missing_directory_or_files_raise_clear_errors(tmp_path):
     assert issubclass(CheckpointError, LocodiffError)
 
 
+def test_pickled_weights_are_refused_unless_allowed(tmp_path, capsys):
+    """A folder with only diffusion_pytorch_model.bin (a pickle) is not unpickled by default."""
+    ad = make_adapter(sdxl=False, prediction="epsilon")
+    ad.unet.save_pretrained(tmp_path / "unet", safe_serialization=False)
+    ad_sched("epsilon").save_pretrained(tmp_path / "scheduler")
+    assert not list((tmp_path / "unet").glob("*.safetensors"))
+    with pytest.raises(CheckpointError, match="only pickled weights"):
+        load_diffusers_unet(tmp_path, prompt=ad.prompt)
+    loaded = load_diffusers_unet(tmp_path, prompt=ad.prompt, allow_pickle=True)
+    assert "--allow-pickle" in capsys.readouterr().err
+    x = latents(1)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, 0.7), ad(x, 0.7), rtol=0, atol=0)
+
+
 def test_save_and_load_round_trip(tmp_path):
     ad = make_adapter(sdxl=True, prediction="v_prediction")
     ad.unet.save_pretrained(tmp_path / "unet")

@@ -4,7 +4,8 @@ from torch import nn
 
 from locodiff.errors import CheckpointError
 from locodiff.train.checkpoint import (
-    CheckpointState, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint,
+    CheckpointState, checkpoint_problem, latest_checkpoint, list_checkpoints, load_checkpoint, load_extra,
+    save_checkpoint,
 )
 from locodiff.train.ema import EMA
 
@@ -57,3 +58,37 @@ def test_ema_halflife():
         m.weight.fill_(1.0)
     ema.update(m, batch_images=100)  # one half-life: halfway to the new value
     assert torch.allclose(ema.model.weight, torch.tensor([[0.5]]))
+
+
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_older_one_used(tmp_path, capsys):
+    m, opt = _model_and_opt()
+    older = save_checkpoint(tmp_path, m, m, opt, CheckpointState(64, 1, "h"))
+    newest = save_checkpoint(tmp_path, m, m, opt, CheckpointState(128, 2, "h"))
+    data = bytearray((newest / "ema.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit: same size, other checksum
+    (newest / "ema.safetensors").write_bytes(bytes(data))
+    assert latest_checkpoint(tmp_path) == older
+    err = capsys.readouterr().err
+    assert "ckpt-0000000128 is damaged (ema.safetensors differs" in err and "fell back" in err
+    assert (tmp_path / "checkpoints" / "damaged-ckpt-0000000128" / "ema.safetensors").is_file()  # evidence kept
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-0000000064"]
+
+
+def test_a_checkpoint_missing_a_file_is_damaged_and_none_left_means_none(tmp_path, capsys):
+    m, opt = _model_and_opt()
+    ckpt = save_checkpoint(tmp_path, m, m, opt, CheckpointState(64, 1, "h"))
+    assert checkpoint_problem(ckpt) is None
+    (ckpt / "optimizer.safetensors").unlink()
+    assert checkpoint_problem(ckpt) == "optimizer.safetensors is missing"
+    assert latest_checkpoint(tmp_path) is None
+    assert "damaged" in capsys.readouterr().err
+
+
+def test_extra_state_round_trips(tmp_path):
+    m, opt = _model_and_opt()
+    gen = torch.Generator().manual_seed(3)
+    ckpt = save_checkpoint(tmp_path, m, None, opt, CheckpointState(8, 1, "d"), extra={"generator": gen.get_state()})
+    restored = torch.Generator()
+    restored.set_state(load_extra(ckpt)["generator"])
+    assert torch.equal(torch.rand(4, generator=restored), torch.rand(4, generator=gen))
+    assert not (ckpt / "ema.safetensors").exists() and checkpoint_problem(ckpt) is None

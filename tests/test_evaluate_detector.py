@@ -200,3 +200,32 @@ def test_trained_heatmap_detector_meets_its_targets(tmp_path):
         if row["k"] <= 3:
             assert row["success"] >= 0.97, row
         assert row["count"] >= 0.85, row
+
+
+class _Planted:
+    """Unpickling this would create a file: proof that a cache's pickle was never loaded."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_planted_in_a_shared_detector_cache_is_never_loaded(tmp_path, capsys):
+    import pickle
+
+    from locodiff.evaluate.heatmap import detector_key
+    from locodiff.layout import detector_dir
+
+    data = DataConfig(resolution=16, supersample=1)
+    cfg = HeatmapConfig(width=8, train_images=8, batch_size=8, checkpoint_every=8, render_resolutions=(16,))
+    folder = detector_dir(tmp_path, detector_key(data, cfg))
+    folder.mkdir(parents=True)
+    marker = tmp_path / "code-ran"
+    (folder / "training_state.pt").write_bytes(pickle.dumps(_Planted(marker)))
+    load_or_train_detector(data, tmp_path, cfg)
+    assert not marker.exists()
+    assert "is a pickle from an older locodiff; it is never loaded" in capsys.readouterr().err
+    assert [p.name for p in folder.rglob("*.pt")] == ["training_state.pt"]  # left as evidence; nothing new pickled
+    assert (folder / "detector.safetensors").is_file()

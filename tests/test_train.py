@@ -75,6 +75,23 @@ def test_resume_is_bit_identical(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_a_damaged_newest_checkpoint_resumes_from_the_older_one_to_the_same_weights(tmp_path, capsys):
+    """Healing instead of stopping: the run falls back one checkpoint, says so, and still ends
+    bit-identical to an uninterrupted run."""
+    source = StreamBatches(TINY_DATA, "all", 0)
+    cfg = tiny_run(checkpoint_every_images=16)
+    train_run(cfg, tmp_path / "a", source, progress=False)
+    short = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, total_images=48))
+    train_run(short, tmp_path / "b", source, progress=False)  # checkpoints at 32 and 48 images
+    newest = latest_checkpoint(tmp_path / "b")
+    (newest / "model.safetensors").write_bytes(b"truncated")
+    train_run(cfg, tmp_path / "b", source, progress=False)
+    assert f"{newest} is damaged" in capsys.readouterr().err
+    assert (tmp_path / "b" / "checkpoints" / f"damaged-{newest.name}").is_dir()
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     source = PoisonAfter(StreamBatches(TINY_DATA, "all", 0), step=5)
     with pytest.raises(TrainingDiverged, match="last good checkpoint"):

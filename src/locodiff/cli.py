@@ -304,6 +304,7 @@ def probe_diffusers_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the latents, noise and probed pixels."),
     words: int = typer.Option(0, "--words", help="Also map every latent pixel for the first N tokens (the rest as one padding group): (N+1) x probes JVPs per sigma."),
     probes: int = typer.Option(1, "--probes", help="Random tangents per mapped token (--words): more = less noisy maps."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Also load pickled .bin weights (can run code: only for files you trust)."),
 ) -> None:
     """Spatial and per-token conditional locality of a diffusers UNet (SD 1.x/2.x, SDXL) in latent space."""
     with fail_cleanly():
@@ -311,7 +312,7 @@ def probe_diffusers_cmd(
         if torch_dtype is None:
             raise LocodiffError(f"--dtype {dtype!r}: expected float32 or bfloat16")
         prompt = load_prompt_file(embeddings)
-        adapter = load_diffusers_unet(model, torch_dtype, device, prompt=prompt)
+        adapter = load_diffusers_unet(model, torch_dtype, device, prompt=prompt, allow_pickle=allow_pickle)
         channels = adapter.unet.config.in_channels
         if latents_file is not None:
             lat = load_file(str(latents_file)).get("latents")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,19 +52,36 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON-lines file, ignoring a torn final line left by an interrupted write."""
+    """Read a JSON-lines file, skipping lines that are not JSON objects: a torn final line left
+    by an interrupted write silently, any other damaged line with a notice (the reader redoes
+    whatever that line recorded)."""
     records = []
     p = Path(path)
     if not p.exists():
         return records
-    lines = p.read_text().splitlines()
+    lines = p.read_text(errors="replace").splitlines()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif i < len(lines) - 1:
+            notice(f"{p}: line {i + 1} is damaged; skipping it (what it recorded is redone)")
     return records
+
+
+def notice(message: str) -> None:
+    """One line on stderr about something locodiff found and repaired (healing is never silent)."""
+    print(f"locodiff: {message}", file=sys.stderr, flush=True)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -60,6 +60,7 @@ from torch import Tensor, nn
 from ..conditioning import Conditioning
 from ..denoiser import as_sigma_batch
 from ..errors import CheckpointError, InputError
+from ..io import notice
 from ..locality.features import Channels, SensitivityMode, input_sensitivity
 from ..locality.jacobian import Target, as_image_batch, cond_target_fn
 
@@ -410,12 +411,15 @@ def load_diffusers_unet(
     prompt: Prompt | None = None,
     prediction_type: PredictionType | None = None,
     timestep: TimestepMode = "interpolate",
+    allow_pickle: bool = False,
 ) -> DiffusersDenoiser:
     """Load a UNet and its scheduler from a local directory, never from the network.
 
     ``path`` is a pipeline folder (``unet/config.json`` + weights, ``scheduler/
     scheduler_config.json``) or a UNet folder (``config.json`` + weights) with the scheduler
-    config beside it, in ``scheduler/`` below it, or in ``../scheduler``.
+    config beside it, in ``scheduler/`` below it, or in ``../scheduler``. Weights must be
+    safetensors: a ``.bin`` file is a pickle, and unpickling a file from someone else can run
+    their code; ``allow_pickle=True`` (``--allow-pickle``) loads one anyway, with a warning.
     """
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -448,14 +452,23 @@ def load_diffusers_unet(
             "loading a diffusers UNet needs the diffusers package: "
             "pip install 'locodiff[diffusers]'"
         ) from e
+    has_safetensors = any(unet_dir.glob("*.safetensors"))
+    if not has_safetensors and any(unet_dir.glob("*.bin")):
+        if not allow_pickle:
+            raise CheckpointError(
+                f"{unet_dir} holds only pickled weights (.bin); unpickling can run code from whoever made "
+                "the file. Convert them to safetensors, or pass --allow-pickle if you trust the source"
+            )
+        notice(f"loading pickled weights from {unet_dir} (--allow-pickle): only do this for files you trust")
     try:
         unet = UNet2DConditionModel.from_pretrained(
-            str(root), subfolder=subfolder, torch_dtype=dtype, local_files_only=True
+            str(root), subfolder=subfolder, torch_dtype=dtype, local_files_only=True,
+            use_safetensors=not (allow_pickle and not has_safetensors),
         )
     except (OSError, ValueError) as e:
         raise CheckpointError(
             f"could not load UNet weights from {unet_dir}: expected config.json and "
-            f"diffusion_pytorch_model.safetensors (or .bin) there ({e})"
+            f"diffusion_pytorch_model.safetensors there ({e})"
         ) from e
     scheduler = load_scheduler(scheduler_file)
     unet = unet.to(device).eval()  # type: ignore[union-attr]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import math
 import time
 from dataclasses import asdict, replace
@@ -43,11 +44,12 @@ from tqdm.auto import tqdm
 
 from ..conditioning import pixel_centers
 from ..config import config_hash, to_dict
-from ..io import append_jsonl, atomic_path, write_json_atomic
+from ..io import append_jsonl, atomic_path, notice, write_json_atomic
 from ..layout import DETECTOR_VERSION
 from ..scenes import Renderer, SceneBatch, SceneSampler, vocab
 from .config import HeatmapConfig
 from .detector import Detections, InputError, to_unit_images
+from ..train.checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, load_extra, save_checkpoint
 
 # ----- the network -------------------------------------------------------------------------------
 
@@ -297,18 +299,18 @@ def train_heatmap_detector(data_cfg, cfg: HeatmapConfig | None = None, folder: s
     sampler = SceneSampler(scene_cfg, data_cfg.camera)
     sides = sorted(set(cfg.render_resolutions) | {data_cfg.resolution})
     renderers = {r: Renderer(r, data_cfg.supersample, data_cfg.camera, device=device) for r in sides}
-    torch.manual_seed(cfg.seed)  # initial weights
-    net = HeatmapNet(cfg.width).to(device)
+    with torch.random.fork_rng(devices=[]):  # initial weights from the seed, the global stream untouched
+        torch.manual_seed(cfg.seed)
+        net = HeatmapNet(cfg.width).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    seen = 0
-    state_path = Path(folder) / "training_state.pt" if folder is not None else None
-    if state_path is not None and state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["generator"])
-        seen = state["images_seen"]
+    gen = torch.Generator().manual_seed(cfg.seed)  # the detector's stream since version 1 (weights unchanged)
+    seen = step = 0
+    folder = Path(folder) if folder is not None else None
+    ckpt = latest_checkpoint(folder) if folder is not None else None
+    if ckpt is not None:  # resume: weights, Adam moments and the scene generator (no pickles)
+        meta = load_checkpoint(ckpt, net, None, opt)
+        gen.set_state(load_extra(ckpt)["generator"])
+        seen, step = meta["images_seen"], meta["step"]
     net.train()
     bar = tqdm(total=cfg.train_images, initial=seen, unit="img", desc="detector", disable=not progress)
     since_ckpt, t0 = 0, time.perf_counter()
@@ -326,13 +328,13 @@ def train_heatmap_detector(data_cfg, cfg: HeatmapConfig | None = None, folder: s
         loss.backward()
         opt.step()
         seen += cfg.batch_size
+        step += 1
         since_ckpt += cfg.batch_size
         bar.update(cfg.batch_size)
-        if state_path is not None and (since_ckpt >= cfg.checkpoint_every or seen >= cfg.train_images):
+        if folder is not None and (since_ckpt >= cfg.checkpoint_every or seen >= cfg.train_images):
             since_ckpt = 0
-            with atomic_path(state_path) as tmp:
-                torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "generator": gen.get_state(),
-                            "images_seen": seen}, tmp)
+            save_checkpoint(folder, net, None, opt, CheckpointState(seen, step, folder.name), keep=1,
+                            extra={"generator": gen.get_state()})
             append_jsonl(Path(folder) / "training_log.jsonl", {
                 "images_seen": seen, "loss": round(loss.item(), 5), **{k: round(v, 5) for k, v in parts.items()},
                 "seconds": round(time.perf_counter() - t0, 1),
@@ -379,10 +381,11 @@ def load_or_train_detector(data_cfg, cache_dir: str | Path, cfg: HeatmapConfig |
     folder = Path(cache_dir) / name
     if not (folder / "detector.safetensors").is_file():
         folder.mkdir(parents=True, exist_ok=True)
+        if (folder / "training_state.pt").exists():  # made by locodiff <= 0.1 with torch.save
+            notice(f"{folder / 'training_state.pt'} is a pickle from an older locodiff; it is never loaded "
+                   "(loading pickles can run code): training the detector from the start")
         save_detector(train_heatmap_detector(data_cfg, cfg, folder, progress=progress, device=device), folder)
-        state = folder / "training_state.pt"
-        if state.exists():
-            state.unlink()  # the optimizer state is only needed to resume
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # only needed to resume
     detector = load_detector(folder)
     detector.name = name  # names the exact weights in eval.json and on resume
     return detector

@@ -22,7 +22,6 @@ Train images hold 1..3 objects (``train_counts``, drawn uniformly per image); th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from tqdm.auto import tqdm
 
 from ..config import config_hash, identity_dict, to_dict
 from ..errors import ConfigError, DataError, LocodiffError
-from ..io import atomic_path, write_json_atomic
+from ..io import atomic_path, notice, sha256_file, write_json_atomic
 from ..layout import dataset_root
 from .camera import CameraConfig
 from .render import Renderer, check_resolution
@@ -196,14 +195,6 @@ class SceneStream:
 
 
 # ----- the on-disk cache ------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
@@ -217,7 +208,7 @@ def _shard_ok(root: Path, split: str, name: str, entry: dict | None) -> bool:
         rec = entry.get(suffix.lstrip("."))
         if rec is None or not path.is_file() or path.stat().st_size != rec["bytes"]:
             return False
-        if _sha256(path) != rec["sha256"]:
+        if sha256_file(path) != rec["sha256"]:
             return False
     return True
 
@@ -279,7 +270,7 @@ def _write_shard(root: Path, split: str, name: str, tensors: dict[str, Tensor], 
         save_file(tensors, str(tmp), metadata={"locodiff": json.dumps(meta, sort_keys=True)})
     write_json_atomic(json_path, {"scenes": scenes, **meta})
     for key, path in (("safetensors", tensor_path), ("json", json_path)):
-        entry[key] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        entry[key] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
     return entry
 
 
@@ -310,7 +301,10 @@ def build_dataset(
         _check_split(split)
         entries = manifest["splits"][split]
         for i in range(cfg.num_shards(split)):
-            if not _shard_ok(root, split, shard_name(i), entries.get(shard_name(i))):
+            entry = entries.get(shard_name(i))
+            if not _shard_ok(root, split, shard_name(i), entry):
+                if entry:  # it was finished once: say that it is damaged and redone
+                    notice(f"{root / split / shard_name(i)}: missing or damaged (size or checksum differs); rendering it again")
                 todo.append((split, i))
     source = SceneSource(cfg, device) if todo else None
 

@@ -2,11 +2,16 @@
 
 Layout of ``<run>/checkpoints/ckpt-<images>/``:
   model.safetensors      network weights (the raw network, before preconditioning)
-  ema.safetensors        EMA weights (what evaluation uses)
+  ema.safetensors        EMA weights (what evaluation uses; absent for the detector)
   optimizer.safetensors  AdamW moments, flattened to ``<param index>.<key>`` tensors
-  state.json             images seen, step, optimizer hyper-parameters, config hash
+  extra.safetensors      other resumable state, e.g. a generator's (optional)
+  state.json             images seen, step, optimizer hyper-parameters, config hash, and the
+                         size and sha256 of every file above (written last)
 A checkpoint folder appears under its final name only once complete, so a crash mid-write never
-leaves a half checkpoint that a resume would pick up.
+leaves a half checkpoint that a resume would pick up. A checkpoint damaged later (a disk error,
+a truncated copy) fails its checksums: ``latest_checkpoint`` then moves it aside to
+``damaged-ckpt-<images>`` (never deleting evidence), says so, and falls back to the newest good
+one. Nothing here unpickles: every file is safetensors or JSON.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from torch import nn
 from ..config import from_dict
 from ..diffusion import EDMPrecond
 from ..errors import CheckpointError
+from ..io import notice, sha256_file
 from ..models import build_network
 from .config import RunConfig
 
@@ -66,8 +72,8 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def save_checkpoint(
-    run_dir: Path, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
-    state: CheckpointState, keep: int = 2,
+    run_dir: Path, model: nn.Module, ema: nn.Module | None, opt: torch.optim.Optimizer,
+    state: CheckpointState, keep: int = 2, extra: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically and prune old ones, keeping the newest ``keep``."""
     ckpt_root = Path(run_dir) / "checkpoints"
@@ -76,11 +82,15 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=ckpt_root))
     try:
         save_file(_state_dict_cpu(model), tmp / "model.safetensors")
-        save_file(_state_dict_cpu(ema), tmp / "ema.safetensors")
+        if ema is not None:
+            save_file(_state_dict_cpu(ema), tmp / "ema.safetensors")
         opt_tensors, opt_meta = _flatten_optimizer(opt)
         save_file(opt_tensors, tmp / "optimizer.safetensors")
+        if extra:
+            save_file({k: v.detach().cpu().contiguous() for k, v in extra.items()}, tmp / "extra.safetensors")
+        files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in sorted(tmp.iterdir())}
         meta = {"images_seen": state.images_seen, "step": state.step,
-                "config_hash": state.config_hash, "optimizer": opt_meta}
+                "config_hash": state.config_hash, "optimizer": opt_meta, "files": files}
         (tmp / "state.json").write_text(json.dumps(meta, indent=1))
         if final.exists():
             shutil.rmtree(final)
@@ -101,9 +111,63 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(CKPT_PREFIX))
 
 
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """What is wrong with a checkpoint folder (``None`` when every file matches state.json).
+    Checkpoints written before state.json listed its files are only checked for presence."""
+    try:
+        meta = json.loads((Path(ckpt) / "state.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return "state.json is missing or unreadable"
+    files = meta.get("files") or {"model.safetensors": None, "optimizer.safetensors": None}
+    for name, record in files.items():
+        path = Path(ckpt) / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if record and (path.stat().st_size != record["bytes"] or sha256_file(path) != record["sha256"]):
+            return f"{name} differs from the size or checksum recorded in state.json"
+    return None
+
+
+_verified: set[tuple] = set()  # checkpoints already checked by this process, by their files' stats
+
+
+def _stat_key(ckpt: Path) -> tuple | None:
+    try:
+        return (str(ckpt), *sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in ckpt.iterdir()))
+    except OSError:
+        return None
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = list_checkpoints(run_dir)
-    return ckpts[-1] if ckpts else None
+    """The newest intact checkpoint. A damaged newer one is moved aside with a notice. (Checksums
+    are computed once per process and checkpoint; a file changed since is checked again.)"""
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        key = _stat_key(ckpt)
+        if key is not None and key in _verified:
+            return ckpt
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            if key is not None:
+                _verified.add(key)
+            return ckpt
+        aside = _set_aside(ckpt)
+        notice(f"checkpoint {ckpt} is damaged ({problem}); moved it to {aside.name} and fell back to an older one")
+    return None
+
+
+def _set_aside(ckpt: Path) -> Path:
+    target, n = ckpt.with_name(f"damaged-{ckpt.name}"), 1
+    while target.exists():
+        n += 1
+        target = ckpt.with_name(f"damaged-{ckpt.name}-{n}")
+    os.replace(ckpt, target)
+    return target
+
+
+def load_extra(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The extra tensors a checkpoint was saved with (empty when there are none)."""
+    path = Path(ckpt) / "extra.safetensors"
+    return load_file(str(path)) if path.is_file() else {}
 
 
 def read_state(ckpt: Path) -> dict:
