@@ -16,7 +16,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "locodiff"
 # optional or heavy dependencies that a module may import where it needs them
-LAZY_ALLOWED = {"diffusers", "matplotlib", "tomli"}
+LAZY_ALLOWED = {"diffusers", "matplotlib"}
 
 
 def module_name(path: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import re
 from pathlib import Path
 
@@ -11,8 +12,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from locodiff.cli import app
-from locodiff.errors import ConfigError
-from locodiff.layout import run_dir, subject_dirs
+from locodiff.errors import ConfigError, LocodiffError
+from locodiff.layout import intervention_dir, run_dir, subject_dirs
 from locodiff.study import run_study
 from locodiff.study_config import load_study_config
 
@@ -129,6 +130,14 @@ def test_report_before_anything_ran_says_so(tmp_path):
     assert "No model has been evaluated yet" in md and "No model has been probed yet" in md
 
 
+def test_config_strings_come_out_inert_in_the_html_report(tmp_path):
+    cfg = micro(tmp_path, "models.exp1.description='<script>alert(1)</script> & <b>bold</b>'")
+    run_study(cfg, only=["report"], console=quiet())
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in html
+    assert "<script>alert" not in html and "<b>bold" not in html
+
+
 def test_bad_locality_options_are_rejected(tmp_path):
     with pytest.raises(ConfigError, match="locality.counts"):
         micro(tmp_path, "locality.counts=[0]")
@@ -161,6 +170,43 @@ def test_cli_verbs_on_a_finished_study(finished):
     assert res.exit_code == 2 and "study_config.json" in res.output
     res = runner.invoke(app, ["evaluate", str(folder.parent / "missing"), *base])
     assert res.exit_code == 2 and "error" in res.output
+
+
+def test_the_intervene_verb_and_the_study_write_one_folder(finished):
+    """One intervention, one folder: ``locodiff intervene`` on the study's base run with the
+    study's options reuses the study's results instead of making a second folder."""
+    spec = finished.interventions["exp3_masked"]
+    study_folder = intervention_dir(finished, "exp3_masked")
+    before = sorted(p.name for p in study_folder.iterdir())
+    res = CliRunner().invoke(app, ["intervene", str(run_dir(finished, spec.base)), "--name", "exp3_masked",
+                                   "--radius", str(spec.radius_px), "--softness", str(spec.softness_px),
+                                   "--no-locality", "-p", "micro", "-s", f"out_dir={finished.out_dir}"])
+    assert res.exit_code == 0, res.output
+    assert f"results in {study_folder}" in res.output
+    assert sorted(p.name for p in study_folder.iterdir()) == before  # its evaluation was found, not redone
+
+
+def test_a_saved_study_config_reloads_alone(finished, tmp_path):
+    """The study_config.json a study saves is complete: loading it puts no preset underneath, so a
+    micro study does not gain the quick preset's models (the default --preset)."""
+    saved = load_study_config("quick", Path(finished.out_dir) / "study_config.json")
+    assert saved == finished
+    res = CliRunner().invoke(app, ["study", "-c", str(Path(finished.out_dir) / "study_config.json"), "--dry-run"])
+    assert res.exit_code == 0 and json.loads(res.output)["models"].keys() == finished.models.keys()
+
+
+def test_train_help_names_where_model_names_come_from():
+    res = CliRunner().invoke(app, ["train", "--help"])
+    text = " ".join(res.output.replace("│", " ").split())  # the help box's borders split lines
+    assert res.exit_code == 0 and "a models.NAME table of the preset or --config file" in text
+
+
+def test_errors_are_one_line_and_tracebacks_only_with_debug(tmp_path):
+    args = ["train", "nope", "-p", "micro", "-s", f"out_dir={tmp_path}"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "no model named 'nope'" in res.output
+    res = CliRunner().invoke(app, ["--debug", *args])
+    assert res.exit_code == 1 and isinstance(res.exception, LocodiffError)
 
 
 def _chromium() -> str | None:
@@ -277,6 +323,11 @@ def test_progress_line_for_logs_names_each_running_job():
             "broken": Job(print, (), total=4, poll=lambda: int("x"))}
     line = progress_line(jobs, {"exp1", "broken"})
     assert "exp1 50/200 (25%)" in line and "broken 0/4 (0%)" in line and "exp2" not in line
+    # 30 units in the 60 s since the start: 0.5/s, 300 s for the 150 left; the detail follows
+    jobs["exp1"].detail = lambda: "loss 0.0412"
+    started = {"exp1": (time.monotonic() - 60, 20)}
+    line = progress_line(jobs, {"exp1"}, started)
+    assert "exp1 50/200 (25%, 0.5/s, ETA 5m00s, loss 0.0412)" in line
 
 
 def test_claims_are_judged_from_recall_and_name_their_numbers(tmp_path):

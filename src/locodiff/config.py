@@ -10,16 +10,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sys
+import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 from .errors import ConfigError, InputError
 

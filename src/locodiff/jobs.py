@@ -39,6 +39,7 @@ class Job:
     args: tuple
     total: int = 1
     poll: Callable[[], int] | None = None  # completed units, read from files the job writes
+    detail: Callable[[], str] | None = None  # e.g. the last logged loss, for the log line
 
 
 def run_jobs(jobs: dict[str, Job], workers: int, console: Console) -> dict[str, object]:
@@ -59,10 +60,11 @@ def run_jobs(jobs: dict[str, Job], workers: int, console: Console) -> dict[str, 
         futures = {n: pool.submit(j.fn, *j.args) for n, j in jobs.items()}
         pending = set(futures)
         last_line = time.monotonic()
+        started = {n: (last_line, _poll(j)) for n, j in jobs.items()}
         while pending:
             time.sleep(0.5)
             if not console.is_terminal and time.monotonic() - last_line >= LOG_EVERY_S:
-                console.print(progress_line(jobs, pending))  # a log file gets no live bars
+                console.print(progress_line(jobs, pending, started))  # a log file gets no live bars
                 last_line = time.monotonic()
             for n in sorted(pending):
                 bar.update(tasks[n], completed=_poll(jobs[n]))
@@ -106,13 +108,33 @@ def _stop_workers_on_interrupt(pool):
             signal.signal(signal.SIGTERM, previous)
 
 
-def progress_line(jobs: dict[str, Job], pending: set[str]) -> str:
-    """``  [12:03:04] exp1 65536/150000 (44%), exp2 0/100000 (0%)``: every unfinished job's progress."""
+def progress_line(jobs: dict[str, Job], pending: set[str],
+                  started: dict[str, tuple[float, int]] | None = None) -> str:
+    """``  [12:03:04] exp1 65536/150000 (44%, 221/s, ETA 6m20s, loss 0.0412), exp2 0/100000 (0%)``:
+    every unfinished job's progress; rate and ETA once it has moved since ``started``
+    (``{name: (monotonic time, units done)}``)."""
     parts = []
+    now = time.monotonic()
     for n in sorted(pending):
-        done, total = _poll(jobs[n]), jobs[n].total
-        parts.append(f"{n} {done}/{total} ({done / max(total, 1):.0%})")
+        job = jobs[n]
+        done, total = _poll(job), job.total
+        facts = [f"{done / max(total, 1):.0%}"]
+        t0, done0 = (started or {}).get(n, (now, done))
+        if done > done0 and now > t0:
+            rate = (done - done0) / (now - t0)
+            facts += [f"{rate:.3g}/s", f"ETA {_duration((total - done) / rate)}"]
+        if job.detail is not None:
+            try:
+                facts.append(job.detail())
+            except (OSError, ValueError, KeyError):
+                pass
+        parts.append(f"{n} {done}/{total} ({', '.join(f for f in facts if f)})")
     return f"  [{time.strftime('%H:%M:%S')}] " + ", ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(int(seconds), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{s:02d}s"
 
 
 def _poll(job: Job) -> int:

@@ -26,7 +26,7 @@ from .evaluate.heatmap import detector_key
 from .evaluate.runner import build_detector, evaluate_run
 from .evaluate.validation import validate_detector
 from .intervene.subject import subject_checkpoint, write_intervention
-from .io import atomic_path, write_json_atomic
+from .io import atomic_path, read_jsonl, write_json_atomic
 from .jobs import Job, last_record, run_jobs, torch_threads
 from .locality.config import LocalityOptions
 from .locality.run import probe_complete, probe_run
@@ -117,7 +117,8 @@ def stage_train(cfg: StudyConfig, data_root: Path, console: Console, with_detect
             console.print(f"  {name}: trained already ({folder.name})")
             continue
         jobs[name] = Job(_train_worker, (cfg.run_config(name), str(folder), str(data_root), threads),
-                         spec.train.total_images, lambda f=folder: last_record(f / "metrics.jsonl", "images_seen"))
+                         spec.train.total_images, lambda f=folder: last_record(f / "metrics.jsonl", "images_seen"),
+                         lambda f=folder: _loss_detail(f / "metrics.jsonl"))
     if with_detector and needs_detector_training(cfg):
         jobs["detector"] = _detector_job(cfg, threads)
     # Longest models first, so that the slowest does not start last and leave a core idle; the
@@ -127,6 +128,11 @@ def stage_train(cfg: StudyConfig, data_root: Path, console: Console, with_detect
         if name in models:
             console.print(f"  {name}: {info['images_seen']} images in {info['wall_s']:.0f} s "
                           f"({info['images_per_s']:.0f} img/s), final loss {info['final_loss']:.4f}")
+
+
+def _loss_detail(metrics: Path) -> str:
+    records = read_jsonl(metrics) if metrics.exists() else []
+    return f"loss {records[-1]['loss']:.4f}" if records else ""
 
 
 def stage_evaluate(cfg: StudyConfig, console: Console) -> None:

@@ -9,12 +9,13 @@ training-time models, ``paper`` for GPUs, ``micro`` for tests) is a TOML file in
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import from_dict, load_config_file, merge, parse_set_option, tomllib
+from .config import from_dict, load_config_file, merge, parse_set_option
 from .errors import ConfigError
 from .evaluate.config import EvalConfig
 from .intervene.config import InterventionSpec
