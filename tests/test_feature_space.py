@@ -243,17 +243,15 @@ def test_a_residual_blocks_update_is_measured_without_its_skip_path():
         replaced_block_fn(shrink, "0", "1", lambda: shrink(x), update=True)(x)
 
 
-def test_pair_accuracy_splits_matched_objects_by_pair(tmp_path):
-    import json
-
-    from locodiff.report.build import pair_accuracy, pair_means
+def test_pair_accuracy_splits_matched_objects_by_pair():
+    from locodiff.evaluate.metrics import pair_accuracy
+    from locodiff.locality.feature_space import pair_means
 
     rec = {"requested_shapes": [0, 1, 2], "requested_colors": [1, 2, 3], "pairs": [[0, 1], [1, 0]],
            "detections": {"color_index": [2, 1], "shape_index": [0, 0]}}
     legacy = {"requested_shapes": None, "requested_colors": None, "pairs": [[0, 0]],
               "detections": {"color_index": [0]}}
-    (tmp_path / "eval.jsonl").write_text(json.dumps(rec) + "\n" + json.dumps(legacy) + "\n")
-    acc = pair_accuracy(tmp_path, {(1, 2)})  # requested object 1 = (shape 1, colour 2): held out
+    acc = pair_accuracy([rec, legacy], {(1, 2)})  # requested object 1 = (shape 1, colour 2): held out
     # object 0 -> detection 1: colour 1 right, shape 0 right; object 1 -> detection 0: colour 2 right, shape wrong
     assert acc["out_color"] == (1.0, 1) and acc["out_both"] == (1.0, 1)
     assert acc["in_color"] == (1.0, 1) and acc["in_both"] == (0.0, 1)

@@ -36,13 +36,18 @@ class EDMLoss:
         return_sigma: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Loss [B]; ``sigma`` overrides the log-normal draw; ``return_sigma`` also returns it."""
-        b = x0.shape[0]
-        if sigma is None:
-            sigma = sample_training_sigmas(b, generator, self.p_mean, self.p_std, x0.device)
-        sigma = as_sigma_batch(sigma, x0)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        s = sigma.reshape(-1, 1, 1, 1)
-        d = denoiser(x0 + s * noise, sigma, cond)
-        weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
+        x, sigma, weight = self.noisy(x0, generator, sigma)
+        d = denoiser(x, sigma, cond)
         loss = weight * (d.float() - x0.float()).square().flatten(1).mean(1)
         return (loss, sigma) if return_sigma else loss
+
+    def noisy(self, x0: Tensor, generator: torch.Generator | None = None,
+              sigma: Tensor | float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The noisy input ``x0 + sigma n``, its [B] noise levels (drawn unless given) and their
+        loss weights ``lambda(sigma)``: the part of the loss every variant shares."""
+        if sigma is None:
+            sigma = sample_training_sigmas(x0.shape[0], generator, self.p_mean, self.p_std, x0.device)
+        sigma = as_sigma_batch(sigma, x0)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
+        return x0 + sigma.reshape(-1, 1, 1, 1) * noise, sigma, weight

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from ..conditioning import Conditioning
 from ..denoiser import Denoiser
-from .schedule import InputError, karras_sigmas
+from ..errors import InputError
+from .schedule import karras_sigmas
 
 
 @dataclass
@@ -136,6 +137,20 @@ def sample_stochastic(
         x = x_next
         path.add(x, x0)
     return path.finish(x, sigmas)
+
+
+def sample_in_batches(
+    denoiser: Denoiser, cond: Conditioning, resolution: int, steps: int, generator: torch.Generator,
+    batch_size: int, sampler: Callable[..., Tensor] | None = None, device: torch.device | str = "cpu",
+) -> Iterator[tuple[int, Conditioning, Tensor]]:
+    """Sample one image per row of ``cond``, ``batch_size`` rows at a time: yields ``(start, part,
+    images)``. Each batch's noise comes from ``generator`` in order, so the images do not depend on
+    the device, only on the generator and the batch size."""
+    sampler = sampler or sample_heun
+    for start in range(0, cond.batch_size, batch_size):
+        part = cond[start: start + batch_size]
+        noise = torch.randn(part.batch_size, 3, resolution, resolution, generator=generator)
+        yield start, part, sampler(denoiser, noise.to(device), part.to(device), steps, generator=generator)
 
 
 def get_sampler(name: str) -> Callable[..., Sample]:

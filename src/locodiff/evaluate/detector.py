@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -275,6 +275,3 @@ def _fit_quadratic(values: Tensor, where: Tensor, fallback: float) -> Tensor:
     return (basis @ coef)[..., 0].float()
 
 
-def detections_to_lists(dets: Sequence[Detections]) -> list[list[tuple[float, float]]]:
-    """Centres of every image as plain lists (for ``Conditioning.from_lists`` and plots)."""
-    return [[(float(x), float(y)) for x, y in d.centers] for d in dets]

@@ -32,6 +32,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from scipy.stats import rankdata
 
 from ..errors import InputError
 from .config import SummaryOptions
@@ -378,3 +379,31 @@ def summarize(per_k: dict[int, CountMetrics], options: SummaryOptions | None = N
             out[f"{kind}_min_{label}"] = min((acc[k] for k in ks), default=None)
         out[f"{kind}_largest_k"] = largest_k_above(acc, opts.threshold)
     return out
+
+
+def rank_correlation(a: list[float], b: list[float]) -> float:
+    """Spearman's rho (average ranks for ties); nan when either side is constant."""
+    ra, rb = rankdata(a), rankdata(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def pair_accuracy(records: list[dict], pairs: set[tuple[int, int]]) -> dict[str, tuple[float | None, int]]:
+    """From the records of ``eval.jsonl``: over matched objects of every k, the share with colour right and with
+    colour and shape right, on the (shape, colour) index ``pairs`` (``"in"``) and on the others
+    (``"out"``); each as (accuracy, objects)."""
+    tally = {f"{where}_{what}": [0, 0] for where in ("in", "out") for what in ("color", "both")}
+    for rec in records:
+        shapes, colours = rec.get("requested_shapes"), rec.get("requested_colors")
+        det_shapes = rec["detections"].get("shape_index")
+        if not shapes or colours is None or det_shapes is None:
+            continue
+        det_colours = rec["detections"]["color_index"]
+        for r, d in rec["pairs"]:
+            where = "in" if (shapes[r], colours[r]) in pairs else "out"
+            colour_ok = det_colours[d] == colours[r]
+            for what, ok in (("color", colour_ok), ("both", colour_ok and det_shapes[d] == shapes[r])):
+                tally[f"{where}_{what}"][0] += int(ok)
+                tally[f"{where}_{what}"][1] += 1
+    return {k: ((c / n if n else None), n) for k, (c, n) in tally.items()}

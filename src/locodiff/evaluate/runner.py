@@ -54,6 +54,7 @@ from .metrics import (
     summarize,
 )
 from ..rng import generator
+from ..diffusion.samplers import sample_in_batches
 
 # (k, n, generator) -> n conditionings with exactly k locations each
 ConditioningFactory = Callable[[int, int, torch.Generator], Conditioning]
@@ -233,10 +234,9 @@ def evaluate_denoiser(
         cond = make_test_conditionings(k, cfg.per_count, gen)
         check_conditioning(cond, k, cfg.per_count, detector.min_separation)
         lines, strip = [], []
-        for start in range(0, cfg.per_count, cfg.batch_size):
-            part = cond[start : start + cfg.batch_size]
-            noise = torch.randn(part.batch_size, 3, resolution, resolution, generator=gen)
-            x = sample(_ShapeChecked(denoiser, k), noise.to(device), part.to(device), cfg.steps, generator=gen)
+        batches = sample_in_batches(_ShapeChecked(denoiser, k), cond, resolution, cfg.steps, gen, cfg.batch_size,
+                                    sample, device)
+        for start, part, x in batches:
             _check_images(x, part.batch_size, resolution, k)
             images = x.detach().float().cpu().clamp(-1, 1)
             dets = detector(images, value_range=(-1.0, 1.0))

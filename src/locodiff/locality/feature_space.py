@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -275,3 +276,10 @@ def load_features(folder: Path) -> dict | None:
     path = Path(folder) / FEATURES_FILE
     result = json.loads(path.read_text()) if path.is_file() else None
     return None if result is None or "skipped" in result else result
+
+
+def pair_means(matrix: list, colors: list, shapes: list, pairs: set[tuple[int, int]]) -> dict[str, float | None]:
+    """Mean of a [colour][shape] matrix over the listed (shape, colour) pairs and over the rest."""
+    inside = [matrix[i][j] for i, c in enumerate(colors) for j, s in enumerate(shapes) if (s, c) in pairs]
+    outside = [matrix[i][j] for i, c in enumerate(colors) for j, s in enumerate(shapes) if (s, c) not in pairs]
+    return {"in": float(np.mean(inside)) if inside else None, "out": float(np.mean(outside)) if outside else None}

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -543,3 +544,9 @@ def sampling_error(
         full_fraction=ff.tolist(), sampled_radius=sr.tolist(), sampled_radius_se=sr_se.tolist(),
         full_radius=fr.tolist(),
     )
+
+
+def mean_normalised_index(summary: dict) -> float:
+    """The headline locality number of a probe's summary.json: the normalised index averaged over noise levels."""
+    return float(np.mean([s["index"]["normalised"]["mean"] for s in summary["summaries"]]))
+

@@ -10,24 +10,24 @@ import os
 import platform
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from .. import __version__, layout
 from ..config import to_dict
 from ..evaluate.crowding import OUTSIDE, RARE, Crowding
-from ..evaluate.metrics import default_tolerance_px
+from ..evaluate.metrics import default_tolerance_px, pair_accuracy, rank_correlation
 from ..io import read_jsonl, write_text_atomic
-from ..locality.feature_space import load_features
+from ..locality.feature_space import load_features, pair_means
 from ..locality.figures import conditioner_sensitivity_figure, index_vs_sigma_figure, save_figure
-from ..locality.probe import LocalityResult
+from ..locality.probe import LocalityResult, mean_normalised_index
 from ..models import describe
 from ..scenes import vocab
 from ..train.checkpoint import latest_checkpoint, read_state
+from ..train.loop import training_time
 from .document import Code, Figure, Section, Table, Text, to_html, to_markdown
 from .figures import cosine_matrices, locality_vs_generalization, recall_and_crowding, success_vs_k
 
@@ -49,7 +49,11 @@ class ModelFacts:
     final_loss: float | None = None
     evaluation: dict | None = None  # eval.json
     eval_dir: Path | None = None
+    eval_records: list[dict] = field(default_factory=list)  # eval.jsonl
     locality_dir: Path | None = None
+    locality: dict | None = None  # the probe's summary.json
+    locality_index: float | None = None  # its mean normalised conditional-locality index
+    features: dict | None = None  # features.json (feature-space results)
 
 
 def gather(cfg) -> list[ModelFacts]:
@@ -66,21 +70,6 @@ def gather(cfg) -> list[ModelFacts]:
     return facts
 
 
-def training_time(records: list[dict]) -> tuple[float | None, float | None, float | None]:
-    """(seconds spent training, mean images/s, last loss) from metrics.jsonl, summed over every
-    tick so that a resumed run counts all its sessions (``wall_s`` restarts at each resume)."""
-    seconds, images, previous = 0.0, 0, 0
-    for r in records:
-        done = r["images_seen"] - previous
-        if done > 0 and r.get("images_per_s"):
-            seconds += done / r["images_per_s"]
-            images += done
-        previous = r["images_seen"]
-    if not images:
-        return None, None, None
-    return seconds, images / seconds, records[-1].get("loss")
-
-
 def _read_results(cfg, f: ModelFacts, train_dir: Path) -> ModelFacts:
     """Training facts from ``train_dir``, evaluation and locality results from ``f.folder``."""
 
@@ -92,9 +81,12 @@ def _read_results(cfg, f: ModelFacts, train_dir: Path) -> ModelFacts:
     ev = layout.eval_dir(f.folder, cfg.evaluate, ckpt.name)
     if (ev / "eval.json").is_file():
         f.evaluation, f.eval_dir = json.loads((ev / "eval.json").read_text()), ev
+        f.eval_records = read_jsonl(ev / "eval.jsonl")
     loc = layout.probe_dir(f.folder, cfg.locality, ckpt.name)
     if (loc / "summary.json").is_file():
-        f.locality_dir = loc
+        f.locality_dir, f.locality = loc, json.loads((loc / "summary.json").read_text())
+        f.locality_index = mean_normalised_index(f.locality)
+        f.features = load_features(loc) or None
     return f
 
 
@@ -118,23 +110,6 @@ def learned_conditioner(f: ModelFacts, threshold: float) -> bool | None:
     """Does the model place a single requested object? Failure at larger k means nothing otherwise."""
     s = accuracy_at(f, 1, "placed")
     return None if s is None else s >= threshold
-
-
-def locality_summary(folder: Path) -> dict:
-    return json.loads((folder / "summary.json").read_text())
-
-
-def mean_normalised_index(summary: dict) -> float:
-    return float(np.mean([s["index"]["normalised"]["mean"] for s in summary["summaries"]]))
-
-
-def rank_correlation(a: list[float], b: list[float]) -> float:
-    """Spearman's rho (average ranks for ties); nan when either side is constant."""
-
-    ra, rb = rankdata(a), rankdata(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def _num(v: float | None) -> str:
@@ -275,7 +250,7 @@ def locality_section(cfg, facts: list[ModelFacts], figures: Path) -> Section:
         sec.blocks.append(Text("No model has been probed yet (run the locality stage)."))
         return sec
     loc = cfg.locality
-    summaries = {f.name: locality_summary(f.locality_dir) for f in done}
+    summaries = {f.name: f.locality for f in done}
     sec.blocks.append(Text(
         f"Jacobians of the score on {loc.scenes} test scenes with {', '.join(map(str, loc.counts))} objects, "
         f"{loc.pixels} probed pixels each, conditioned on every object's location. The **conditional-locality "
@@ -284,7 +259,7 @@ def locality_section(cfg, facts: list[ModelFacts], figures: Path) -> Section:
         "disc covers). The normalised index (index − chance) / (1 − chance) is 0 at chance and 1 when local."))
     sigmas = summaries[done[0].name]["sigmas"]
     rows = [[f.name] + [s["index"]["normalised"]["mean"] for s in summaries[f.name]["summaries"]] +
-            [mean_normalised_index(summaries[f.name])] for f in done]
+            [f.locality_index] for f in done]
     sec.blocks.append(Table(["model"] + [f"σ={s:g}" for s in sigmas] + ["mean"], rows,
                             "Normalised conditional-locality index per noise level."))
     fig = index_vs_sigma_figure({n: s for n, s in summaries.items()})
@@ -302,8 +277,7 @@ def locality_section(cfg, facts: list[ModelFacts], figures: Path) -> Section:
 def feature_blocks(cfg, done: list[ModelFacts], figures: Path) -> list:
     """Feature-space composition: cosines between the feature directions of different concepts."""
 
-    feats = {f.name: load_features(f.locality_dir) for f in done}
-    feats = {n: v for n, v in feats.items() if v}
+    feats = {f.name: f.features for f in done if f.features}
     if not feats:
         return []
     loc = cfg.locality
@@ -366,26 +340,6 @@ def colour_blocks(cfg, done: list[ModelFacts], feats: dict[str, dict], figures: 
     return blocks
 
 
-def pair_accuracy(eval_dir: Path, pairs: set[tuple[int, int]]) -> dict[str, tuple[float | None, int]]:
-    """From ``eval.jsonl``: over matched objects of every k, the share with colour right and with
-    colour and shape right, on the (shape, colour) index ``pairs`` (``"in"``) and on the others
-    (``"out"``); each as (accuracy, objects)."""
-    tally = {f"{where}_{what}": [0, 0] for where in ("in", "out") for what in ("color", "both")}
-    for rec in read_jsonl(eval_dir / "eval.jsonl"):
-        shapes, colours = rec.get("requested_shapes"), rec.get("requested_colors")
-        det_shapes = rec["detections"].get("shape_index")
-        if not shapes or colours is None or det_shapes is None:
-            continue
-        det_colours = rec["detections"]["color_index"]
-        for r, d in rec["pairs"]:
-            where = "in" if (shapes[r], colours[r]) in pairs else "out"
-            colour_ok = det_colours[d] == colours[r]
-            for what, ok in (("color", colour_ok), ("both", colour_ok and det_shapes[d] == shapes[r])):
-                tally[f"{where}_{what}"][0] += int(ok)
-                tally[f"{where}_{what}"][1] += 1
-    return {k: ((c / n if n else None), n) for k, (c, n) in tally.items()}
-
-
 def combination_blocks(cfg, done: list[ModelFacts], feats: dict[str, dict]) -> list:
     """Held-out (shape, colour) combinations: every attribute model scored on the pairs some model
     of the study never saw in training and on the other pairs, so a model that saw every pair is
@@ -399,7 +353,7 @@ def combination_blocks(cfg, done: list[ModelFacts], feats: dict[str, dict]) -> l
         attrs = (feats.get(f.name) or {}).get("attributes")
         if not attrs or not f.evaluation or f.eval_dir is None:
             continue
-        acc = pair_accuracy(f.eval_dir, pairs)
+        acc = pair_accuracy(f.eval_records, pairs)
         inter = pair_means(attrs["interaction"], attrs["colors"], attrs["shapes"], pairs)
         per_k = f.evaluation["per_k"]
         shape_counts = [r.get("attribute_counts", {}) for r in per_k]
@@ -436,13 +390,6 @@ def combination_blocks(cfg, done: list[ModelFacts], feats: dict[str, dict]) -> l
                "colour, other pairs", "colour, held-out pairs", "additive share", "interaction, other",
                "interaction, held-out", "|cos| colour vs shape"], rows),
     ]
-
-
-def pair_means(matrix: list, colors: list, shapes: list, pairs: set[tuple[int, int]]) -> dict[str, float | None]:
-    """Mean of a [colour][shape] matrix over the listed (shape, colour) pairs and over the rest."""
-    inside = [matrix[i][j] for i, c in enumerate(colors) for j, s in enumerate(shapes) if (s, c) in pairs]
-    outside = [matrix[i][j] for i, c in enumerate(colors) for j, s in enumerate(shapes) if (s, c) not in pairs]
-    return {"in": float(np.mean(inside)) if inside else None, "out": float(np.mean(outside)) if outside else None}
 
 
 def diffusers_section(cfg, figures: Path) -> Section:
@@ -497,13 +444,13 @@ def findings_section(cfg, facts: list[ModelFacts]) -> Section:
                 f"{s.get(f'{kind}_largest_k')}, {kind} AUC over k = {s['extrapolation_range'][0]}–"
                 f"{s['extrapolation_range'][1]}: {_num(s.get(f'{kind}_auc_extrapolation'))}")
         if f.locality_dir:
-            line += f"; mean normalised locality index {mean_normalised_index(locality_summary(f.locality_dir)):.2f}"
+            line += f"; mean normalised locality index {f.locality_index:.2f}"
         learned = learned_conditioner(f, thr)
         line += "." if learned is not False else " — conditioner not learned, so this is not evidence either way."
         sec.blocks.append(Text(line))
     usable = [f for f in both if learned_conditioner(f, thr)]
     if len(usable) >= 3:
-        idx = [mean_normalised_index(locality_summary(f.locality_dir)) for f in usable]
+        idx = [f.locality_index for f in usable]
         auc = [recall_beyond(f)[1] or 0.0 for f in usable]
         rho = rank_correlation(idx, auc)
         sec.blocks.append(Text(
@@ -528,8 +475,8 @@ def held_out_findings(cfg, facts: list[ModelFacts]) -> list:
         pairs = set(vocab.combo_indices(cfg.models[name].holdout_combos))
         if not pairs:
             continue
-        acc = pair_accuracy(f.eval_dir, pairs)
-        controls = [(n, pair_accuracy(c.eval_dir, pairs)) for n, c in scored.items()
+        acc = pair_accuracy(f.eval_records, pairs)
+        controls = [(n, pair_accuracy(c.eval_records, pairs)) for n, c in scored.items()
                     if not cfg.models[n].holdout_combos]
         line = (f"**{name}** never saw {len(pairs)} (shape, colour) pairs: colour right on "
                 f"{_num(acc['in_color'][0])} of the matched objects asked for them (n={acc['in_color'][1]}) vs "
@@ -581,7 +528,7 @@ def claim_lines(cfg, facts: list[ModelFacts]) -> list[str]:
                              "is not evidence)."))
     probed = [f for f in judged if f.locality_dir and learned_conditioner(f, thr) and recall_beyond(f)[1] is not None]
     if len(probed) >= 3:
-        rho = rank_correlation([mean_normalised_index(locality_summary(f.locality_dir)) for f in probed],
+        rho = rank_correlation([f.locality_index for f in probed],
                                [recall_beyond(f)[1] for f in probed])
         lines.append(f"The more local the score, the further the model generalizes: {verdict(rho > 0.5)} "
                      f"(Spearman {rho:.2f} between locality index and mean recall at k = {lo}–{hi} over "
@@ -613,7 +560,7 @@ def summary_section(cfg, facts: list[ModelFacts]) -> Section:
         text += f" Not learned their conditioner (no evidence either way): {', '.join(not_learned)}."
     probed = [f for f in learned if f.locality_dir]
     if probed:
-        idx = {f.name: mean_normalised_index(locality_summary(f.locality_dir)) for f in probed}
+        idx = {f.name: f.locality_index for f in probed}
         text += " Mean normalised conditional-locality index: " + ", ".join(
             f"{n} {v:.2f}" for n, v in sorted(idx.items(), key=lambda kv: -kv[1])) + "."
         if len(probed) >= 3:
@@ -631,7 +578,7 @@ def scatter_block(cfg, facts: list[ModelFacts], figures: Path) -> list:
     points = {}
     for f in facts:
         if f.evaluation and f.locality_dir and learned_conditioner(f, cfg.evaluate.threshold):
-            points[f.name] = (mean_normalised_index(locality_summary(f.locality_dir)), recall_beyond(f)[1] or 0.0)
+            points[f.name] = (f.locality_index, recall_beyond(f)[1] or 0.0)
     if len(points) < 2:
         return []
     path = locality_vs_generalization(points, figures / "locality_vs_generalization.png")

@@ -59,6 +59,3 @@ def gaussian_bumps(
     return bumps * cond.mask[:, :, None, None].to(bumps.dtype)
 
 
-def location_map(cond: Conditioning, height: int, width: int, sigma_px: float = 1.5) -> Tensor:
-    """All conditioners' bumps summed into one channel, [B, 1, H, W]."""
-    return gaussian_bumps(cond, height, width, sigma_px).sum(1, keepdim=True)

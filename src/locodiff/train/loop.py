@@ -168,3 +168,18 @@ def train_loop(
     wall = time.perf_counter() - start
     return TrainResult(images_seen, step, last_loss, wall,
                        (images_seen and images_seen / max(wall, 1e-9)), stopped_early)
+
+
+def training_time(records: list[dict]) -> tuple[float | None, float | None, float | None]:
+    """(seconds spent training, mean images/s, last loss) from metrics.jsonl, summed over every
+    tick so that a resumed run counts all its sessions (``wall_s`` restarts at each resume)."""
+    seconds, images, previous = 0.0, 0, 0
+    for r in records:
+        done = r["images_seen"] - previous
+        if done > 0 and r.get("images_per_s"):
+            seconds += done / r["images_per_s"]
+            images += done
+        previous = r["images_seen"]
+    if not images:
+        return None, None, None
+    return seconds, images / seconds, records[-1].get("loss")

@@ -24,9 +24,8 @@ import torch
 from torch import Tensor
 
 from ..conditioning import Conditioning, location_windows
-from ..denoiser import Denoiser, as_sigma_batch
+from ..denoiser import Denoiser
 from ..diffusion.loss import EDMLoss
-from ..diffusion.schedule import sample_training_sigmas
 from ..errors import ConfigError
 
 
@@ -50,11 +49,8 @@ class LocalityPenaltyLoss:
 
     def __call__(self, denoiser: Denoiser, x0: Tensor, cond: Conditioning,
                  generator: torch.Generator | None = None) -> Tensor:
-        b, base = x0.shape[0], self.base
-        sigma = as_sigma_batch(sample_training_sigmas(b, generator, base.p_mean, base.p_std, x0.device), x0)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        x = x0 + sigma.reshape(-1, 1, 1, 1) * noise
-        lam = (sigma**2 + base.sigma_data**2) / (sigma * base.sigma_data) ** 2
+        b = x0.shape[0]
+        x, sigma, lam = self.base.noisy(x0, generator)
         d = denoiser(x, sigma, cond)
         loss = lam * (d.float() - x0.float()).square().flatten(1).mean(1)
         moved, outside, has = self._perturbation(cond, x0, generator)

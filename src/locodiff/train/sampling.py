@@ -9,13 +9,14 @@ import torch
 from safetensors.torch import save_file
 
 from ..conditioning import Conditioning
-from ..diffusion import ClassifierFreeGuidance, EDMPrecond, sample_heun
+from ..diffusion import ClassifierFreeGuidance, EDMPrecond
 from ..imaging import image_grid, save_png
 from ..io import atomic_path
 from ..scenes.conditioners import make_conditioning
 from ..scenes.dataset import DataConfig, SceneSource
 from ..scenes.scene import SceneBatch
 from .checkpoint import load_denoiser
+from ..diffusion.samplers import sample_in_batches
 
 
 def requested_scenes(
@@ -41,13 +42,9 @@ def generate(denoiser, cond: Conditioning, resolution: int, steps: int = 18, gui
     model = denoiser if guidance == 1.0 else ClassifierFreeGuidance(denoiser, guidance)
     params = getattr(denoiser, "parameters", None)
     device = next(params()).device if params is not None and any(True for _ in params()) else torch.device("cpu")
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for start in range(0, cond.batch_size, batch_size):
-        part = cond[start: start + batch_size].to(device)
-        noise = torch.randn(part.batch_size, 3, resolution, resolution, generator=gen).to(device)
-        out.append(sample_heun(model, noise, part, steps).cpu())
-    return torch.cat(out)
+    batches = sample_in_batches(model, cond, resolution, steps, torch.Generator().manual_seed(seed), batch_size,
+                                device=device)
+    return torch.cat([images.cpu() for _, _, images in batches])
 
 
 GRID_COUNTS = (1, 2, 3, 5, 8)  # a training-time grid: the trained range and two counts beyond
