@@ -20,8 +20,8 @@ import torch
 
 from locodiff.evaluate.runner import EvalConfig, evaluate_model
 from locodiff.intervene.lcs_machine import LCSMachine
-from locodiff.scenes.dataset import SceneDataset, dataset_root
-from locodiff.study import detector_cache
+from locodiff.layout import dataset_root, detector_cache
+from locodiff.scenes.dataset import SceneDataset
 from locodiff.study_config import load_study_config
 
 

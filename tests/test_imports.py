@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,20 @@ def test_the_cycle_finder_finds_a_cycle():
 @pytest.mark.parametrize("module", sorted(module_name(p) for p in PACKAGE.rglob("*.py")))
 def test_every_module_imports(module):
     importlib.import_module(module)
+
+
+def _script_imports() -> list[tuple[str, str, str]]:
+    """(script, module, name) for every ``from locodiff... import name`` of the examples and benchmarks."""
+    found = []
+    root = SRC.parent
+    for script in sorted([*root.glob("examples/*.py"), *root.glob("benchmarks/*.py")]):
+        for node in ast.walk(ast.parse(script.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("locodiff"):
+                found += [(script.name, node.module, a.name) for a in node.names]
+    return found
+
+
+@pytest.mark.parametrize("script,module,name", _script_imports())
+def test_examples_and_benchmarks_import_what_exists(script, module, name):
+    mod = importlib.import_module(module)
+    assert hasattr(mod, name) or importlib.util.find_spec(f"{module}.{name}"), f"{script}: {module}.{name}"

@@ -27,6 +27,7 @@ and the figures in ``locality.figures`` draw from either.
 from __future__ import annotations
 
 import json
+import os
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ..conditioning import Conditioning
 from ..denoiser import Denoiser
-from ..io import atomic_path, write_json_atomic
+from ..io import atomic_path, notice, sha256_file, write_json_atomic
 from . import stats
 from .jacobian import (
     Channels,
@@ -197,7 +198,9 @@ class LocalityResult:
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(directory / MAPS_FILE) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in self.arrays.items()}, str(tmp))
-        write_json_atomic(directory / SUMMARY_FILE, self.to_dict())
+        maps = directory / MAPS_FILE
+        record = {MAPS_FILE: {"bytes": maps.stat().st_size, "sha256": sha256_file(maps)}}
+        write_json_atomic(directory / SUMMARY_FILE, {**self.to_dict(), "files": record})  # written last
         return directory
 
     @classmethod
@@ -550,3 +553,22 @@ def mean_normalised_index(summary: dict) -> float:
     """The headline locality number of a probe's summary.json: the normalised index averaged over noise levels."""
     return float(np.mean([s["index"]["normalised"]["mean"] for s in summary["summaries"]]))
 
+
+def maps_intact(directory: str | Path) -> bool:
+    """Whether ``maps.safetensors`` matches the size and checksum its summary.json recorded. A
+    damaged one is moved aside (``maps.safetensors.damaged``) and its summary removed, with a
+    notice, so that the probe computes that part again; summaries from before checksums pass."""
+    directory = Path(directory)
+    try:
+        record = json.loads((directory / SUMMARY_FILE).read_text()).get("files", {}).get(MAPS_FILE)
+    except (OSError, json.JSONDecodeError):
+        return False
+    maps = directory / MAPS_FILE
+    if record is None or (maps.is_file() and maps.stat().st_size == record["bytes"]
+                          and sha256_file(maps) == record["sha256"]):
+        return True
+    if maps.exists():
+        os.replace(maps, maps.with_name(MAPS_FILE + ".damaged"))
+    (directory / SUMMARY_FILE).unlink()
+    notice(f"{maps} is missing or damaged (size or checksum differs from summary.json); probing again")
+    return False

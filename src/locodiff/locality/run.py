@@ -21,7 +21,7 @@ from ..scenes import SceneDataset, batch_conditioning, vocab
 from ..scenes.dataset import to_model_batch
 from .feature_space import FEATURES_FILE, feature_run
 from .jacobian import InputError
-from .probe import SUMMARY_FILE, probe_locality
+from .probe import maps_intact, probe_locality
 
 
 def probe_scenes(data_root: str | Path, counts: Sequence[int], n: int):
@@ -61,7 +61,7 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
         return folder
     denoiser, run_cfg = load_subject(run_dir)
     images, cond = probe_scenes(data_root, options.counts, options.scenes)
-    if not (folder / SUMMARY_FILE).is_file():
+    if not maps_intact(folder):
         _probe(folder, run_dir, run_cfg, ckpt, denoiser, images, cond, options, seed, progress)
     feature_run(folder, denoiser, images, options.feature_sigma, options.feature_grid, seed,
                 colour_concepts(run_cfg), shape_concepts(run_cfg), run_cfg.holdout_indices(),
@@ -71,7 +71,7 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
 
 def probe_complete(folder: Path) -> bool:
     """Whether a probe folder holds both the score's locality and the feature-space results."""
-    return (Path(folder) / SUMMARY_FILE).is_file() and (Path(folder) / FEATURES_FILE).is_file()
+    return maps_intact(folder) and (Path(folder) / FEATURES_FILE).is_file()
 
 
 def colour_concepts(run_cfg) -> list[int]:

@@ -29,7 +29,8 @@ from torch import nn
 
 from ..config import from_dict
 from ..diffusion import EDMPrecond
-from ..errors import CheckpointError
+from .. import __version__
+from ..errors import CheckpointError, ConfigError
 from ..io import notice, sha256_file
 from ..models import build_network
 from .config import RunConfig
@@ -226,6 +227,11 @@ def read_run_config(run_dir: Path) -> RunConfig:
         return from_dict(RunConfig, json.loads(path.read_text()))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    except ConfigError as e:
+        raise CheckpointError(
+            f"{path} does not describe a run this locodiff ({__version__}) can read, so it was probably made by "
+            f"another version or edited by hand ({e}); train into a new folder, or use the version that made it"
+        ) from None
 
 
 def load_denoiser(run_dir: Path, ema: bool = True) -> tuple[EDMPrecond, RunConfig]:
