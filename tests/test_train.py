@@ -1,6 +1,7 @@
 """Training loop behaviour: learning, exact resume, divergence and config guards."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -90,6 +91,15 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_older_one_to_the_same_weig
     assert (tmp_path / "b" / "checkpoints" / f"damaged-{newest.name}").is_dir()
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_runs_of_different_precisions_train_one_after_another_in_one_process(tmp_path):
+    """accelerate keeps a process-wide state; a study with jobs = 1 trains every model in its own
+    process, so an fp32 run followed by a bf16 run must not trip over the first one's settings."""
+    source = StreamBatches(TINY_DATA, "all", 0)
+    train_run(tiny_run(total_images=16), tmp_path / "fp32", source, progress=False)
+    result = train_run(tiny_run(total_images=16, precision="bf16"), tmp_path / "bf16", source, progress=False)
+    assert result.images_seen == 16 and math.isfinite(result.final_loss)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

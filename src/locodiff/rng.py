@@ -5,10 +5,12 @@ index, a count k, a process rank): ``generator(seed, "eval", k)``. Its seed is a
 name, so adding a stage, a process or a count cannot shift another stream's numbers, and two
 different names collide only with probability ~2^-63.
 
-Training draws four streams per optimizer step (``STEP_STREAMS``). For process 0 their seeds keep
-the integer layout locodiff used before streams had names, so that runs made then still resume to
-bit-identical weights; every stream of another process is derived by name (before, rank 1's
-loss noise reused the scene stream).
+Training draws four streams per optimizer step (``STEP_STREAMS``), each for the whole global
+batch: with several processes every one draws the same numbers and keeps its own rows
+(``diffusion.loss.Rows``), so the processes never share noise and the weights do not depend on
+how many processes there are (before, rank 1 drew its loss noise from the scene stream). Their
+seeds keep the integer layout locodiff used before streams had names, so that runs made then
+still resume to bit-identical weights.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import torch
 from .errors import InputError
 
 STEP_STREAMS = ("labels", "dropout", "loss", "scenes")  # drawn at every training step
-PER_PROCESS = ("loss",)  # streams that differ between processes; the rest make the shared global batch
 
 
 def derived_seed(seed: int, stage: str, *parts: object) -> int:
@@ -34,16 +35,13 @@ def generator(seed: int, stage: str, *parts: object) -> torch.Generator:
     return torch.Generator().manual_seed(derived_seed(seed, stage, *parts))
 
 
-def step_generator(seed: int, step: int, stream: str, rank: int = 0) -> torch.Generator:
+def step_generator(seed: int, step: int, stream: str) -> torch.Generator:
     """The generator of one training stream at one optimizer step (data order is a pure function
-    of the step, so a resumed run draws exactly what the uninterrupted run would have)."""
+    of the step, so a resumed run draws exactly what the uninterrupted run would have). The four
+    streams of a step differ in the last of 16 slots per step, so none equals another."""
     if stream not in STEP_STREAMS:
         raise InputError(f"unknown training stream {stream!r}; expected one of {STEP_STREAMS}")
-    if stream not in PER_PROCESS:
-        rank = 0
-    if rank == 0:
-        return torch.Generator().manual_seed((seed * 1_000_003 + step) * 16 + STEP_STREAMS.index(stream))
-    return generator(seed, "train", stream, rank, step)
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 16 + STEP_STREAMS.index(stream))
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

@@ -7,7 +7,7 @@ wrappers take any denoiser, and the wrappers are denoisers themselves.
 
 from .analytic import GaussianDenoiser, GaussianMixtureDenoiser
 from .guidance import ClassifierFreeGuidance, ScoreComposition
-from .loss import EDMLoss
+from .loss import EDMLoss, Rows
 from .precond import SIGMA_DATA, EDMPrecond, preconditioning
 from .samplers import Trajectory, get_sampler, sample_euler, sample_heun, sample_stochastic
 from .schedule import karras_sigmas, sample_training_sigmas
@@ -16,6 +16,7 @@ __all__ = [
     "SIGMA_DATA",
     "ClassifierFreeGuidance",
     "EDMLoss",
+    "Rows",
     "EDMPrecond",
     "GaussianDenoiser",
     "GaussianMixtureDenoiser",

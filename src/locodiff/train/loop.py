@@ -16,9 +16,11 @@ from typing import Callable, Protocol
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 
 from ..conditioning import Conditioning
+from ..diffusion.loss import Rows
 from ..errors import ConfigError, TrainingDiverged
 from ..io import append_jsonl
 from ..rng import step_generator
@@ -70,13 +72,17 @@ def train_loop(
     """Train ``network`` until ``cfg.total_images``, resuming from the run's latest checkpoint.
 
     ``make_denoiser`` wraps a network into a Denoiser (EDM preconditioning); ``loss_fn``
-    is called as ``loss_fn(denoiser, images, cond, generator) -> per-image loss [B]``.
+    is called as ``loss_fn(denoiser, images, cond, generator, rows=rows) -> per-image loss [B]``, where
+    ``rows`` says which rows of the global batch this process holds (``diffusion.loss.Rows``).
     ``on_checkpoint(ema_network, images_seen)`` runs after each checkpoint (sample grids).
     """
     run_dir = Path(run_dir)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
+    # accelerate keeps one process-wide state: forget the previous run's precision (a study with
+    # jobs = 1 trains its models one after another in one process), keep the process group.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accel = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed)
     # Channels-last weights make the convolutions run channels-last (measured on one CPU core:
     # +18 % images/s for the quick preset's exp1 network); the same math. Only for training:
@@ -125,9 +131,11 @@ def train_loop(
         images, cond = images[sl].to(accel.device), cond[sl].to(accel.device)
         for group in opt.param_groups:
             group["lr"] = _lr_at(cfg, images_seen)
-        loss = loss_fn(denoiser, images, cond, step_generator(seed, step, "loss", rank)).mean()
-        if not torch.isfinite(loss):
-            msg = (f"loss became {loss.item()} at step {step} ({images_seen} images); "
+        rows = Rows(rank * per_process, cfg.batch_size)
+        loss = loss_fn(denoiser, images, cond, step_generator(seed, step, "loss"), rows=rows).mean()
+        global_loss = accel.reduce(loss.detach(), reduction="mean") if world > 1 else loss.detach()
+        if not torch.isfinite(global_loss):  # every process sees the same value and stops together
+            msg = (f"loss became {global_loss.item()} at step {step} ({images_seen} images); "
                    f"the last good checkpoint in {run_dir / 'checkpoints'} is kept")
             (run_dir / "log.txt").open("a").write(f"DIVERGED: {msg}\n")
             raise TrainingDiverged(msg)
@@ -139,7 +147,7 @@ def train_loop(
         ema.update(accel.unwrap_model(net), cfg.batch_size)
         images_seen += cfg.batch_size
         step += 1
-        last_loss = loss.item()
+        last_loss = global_loss.item()
         tick_losses.append(last_loss)
         tick_images += cfg.batch_size
         bar.update(cfg.batch_size)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..conditioning import Conditioning, location_windows
 from ..denoiser import Denoiser
-from ..diffusion.loss import EDMLoss
+from ..diffusion.loss import EDMLoss, Rows
 from ..errors import ConfigError
 
 
@@ -48,14 +48,15 @@ class LocalityPenaltyLoss:
             raise ConfigError(f"locality penalty fraction={self.fraction}: expected in (0, 1]")
 
     def __call__(self, denoiser: Denoiser, x0: Tensor, cond: Conditioning,
-                 generator: torch.Generator | None = None) -> Tensor:
+                 generator: torch.Generator | None = None, rows: Rows = Rows()) -> Tensor:
         b = x0.shape[0]
-        x, sigma, lam = self.base.noisy(x0, generator)
+        x, sigma, lam = self.base.noisy(x0, generator, rows=rows)
         d = denoiser(x, sigma, cond)
         loss = lam * (d.float() - x0.float()).square().flatten(1).mean(1)
-        moved, outside, has = self._perturbation(cond, x0, generator)
-        if self.fraction < 1:  # the batch is already shuffled: penalise its first share
-            has = has & (torch.arange(b, device=x0.device) < max(1, round(self.fraction * b)))
+        moved, outside, has = self._perturbation(cond, x0, generator, rows)
+        if self.fraction < 1:  # the batch is already shuffled: penalise the global batch's first share
+            first = max(1, round(self.fraction * (rows.total or b)))
+            has = has & (torch.arange(rows.start, rows.start + b, device=x0.device) < first)
         if self.weight == 0 or not has.any():
             return loss
         d_moved = denoiser(x[has], sigma[has], moved[has])
@@ -63,14 +64,15 @@ class LocalityPenaltyLoss:
         penalty = lam[has] * (change.square() * outside[has][:, None]).flatten(1).mean(1)
         return loss.index_add(0, has.nonzero(as_tuple=True)[0], (self.weight / self.fraction) * penalty)
 
-    def _perturbation(self, cond: Conditioning, x0: Tensor, generator: torch.Generator | None):
+    def _perturbation(self, cond: Conditioning, x0: Tensor, generator: torch.Generator | None, rows: Rows):
         """Conditioning with one random present conditioner moved by eps, the [B,H,W] region
         outside its window, and which images have a conditioner at all."""
         b, n = cond.batch_size, cond.slots
         has = cond.mask.any(1)
-        scores = torch.rand(b, n, generator=generator, device=x0.device) * cond.mask  # pick among present
-        slot = scores.argmax(1)
-        angle = torch.rand(b, generator=generator, device=x0.device) * 2 * torch.pi
+        where = generator.device if generator is not None else x0.device
+        scores = rows.take(lambda m: torch.rand(m, n, generator=generator, device=where), b).to(x0.device)
+        slot = (scores * cond.mask).argmax(1)  # a random present conditioner
+        angle = rows.take(lambda m: torch.rand(m, generator=generator, device=where), b).to(x0.device) * 2 * torch.pi
         step = torch.stack([angle.cos(), angle.sin()], -1) * self.eps
         here = cond.locations[torch.arange(b), slot]
         step = torch.where(((here + step) < 0) | ((here + step) > 1), -step, step)  # stay inside the image

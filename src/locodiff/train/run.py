@@ -10,6 +10,7 @@ weights a given number of images produces.
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import time
 from pathlib import Path
@@ -31,7 +32,14 @@ from .penalty import LocalityPenaltyLoss
 from .sampling import training_grid
 
 
+def is_main_process() -> bool:
+    """Whether this is the first (or only) process of a run; launchers set RANK for the others."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _log(run_dir: Path, msg: str) -> None:
+    if not is_main_process():
+        return
     with open(run_dir / "log.txt", "a") as f:
         f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
 
