@@ -102,3 +102,18 @@ def test_a_two_process_run_killed_mid_training_resumes_bit_identically(tmp_path)
     whole, resumed = weights(tmp_path / "whole"), weights(tmp_path / "killed")
     for name in whole:
         assert all(torch.equal(whole[name][k], resumed[name][k]) for k in whole[name]), name
+
+
+def test_the_readme_recipe_torchrun_of_the_train_verb(tmp_path):
+    """``torchrun --nproc_per_node 2 -m locodiff.cli train ...`` trains what one process trains."""
+    base = ["-m", "locodiff.cli", "train", "exp1", "-p", "micro", "-s", f"out_dir={str(tmp_path)!r}"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    one = subprocess.run([sys.executable, *base, "--run-dir", str(tmp_path / "one")], capture_output=True,
+                         text=True, env=env, timeout=300)
+    two = subprocess.run([str(TORCHRUN), "--nproc_per_node=2", f"--master_port={next(_port)}", *base,
+                          "--run-dir", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("run folder") == 1  # one process reports
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for key in a["ema"]:
+        torch.testing.assert_close(b["ema"][key], a["ema"][key], rtol=0, atol=1e-3)

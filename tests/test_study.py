@@ -15,7 +15,7 @@ from locodiff.cli import app
 from locodiff.errors import ConfigError, LocodiffError
 from locodiff.layout import intervention_dir, run_dir, subject_dirs
 from locodiff.study import run_study
-from locodiff.study_config import load_study_config
+from locodiff.study_config import PRESETS, load_study_config
 
 
 def micro(tmp_path, *sets):
@@ -349,3 +349,20 @@ def test_claims_are_judged_from_recall_and_name_their_numbers(tmp_path):
     assert "— c: **not supported**" in text
     # a model that never learned its label cannot support "Exp 2 fails"
     assert "— d: **not supported**" in text and "has not learned its label" in text
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_is_a_valid_study(preset):
+    res = CliRunner().invoke(app, ["study", "--preset", preset, "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["models"]
+
+
+def test_the_gpu_preset_is_quick_at_twice_the_pixels():
+    quick, gpu = load_study_config("quick"), load_study_config("gpu")
+    assert gpu.data.resolution == 2 * quick.data.resolution and gpu.models.keys() == quick.models.keys()
+    assert gpu.locality.radius_px == 2 * quick.locality.radius_px
+    assert gpu.evaluate.tolerance_px == 2 * quick.evaluate.tolerance_px and gpu.evaluate.per_count >= 128
+    assert gpu.models["exp3_local"].model.local_radius == 2 * quick.models["exp3_local"].model.local_radius
+    assert gpu.interventions["exp3_masked"].radius_px == 2 * quick.interventions["exp3_masked"].radius_px
+    assert all(s.train.precision == "bf16" for s in gpu.models.values())

@@ -35,7 +35,7 @@ from .scenes.figures import data_contact_sheet
 from .study import run_study
 from .study_config import PRESETS, StudyConfig, load_study_config
 from .train.checkpoint import read_run_config
-from .train.run import train_run
+from .train.run import is_main_process, train_run
 from .train.sampling import sample_run
 
 app = typer.Typer(
@@ -154,8 +154,9 @@ def train(
         folder = run_dir or layout.run_dir(cfg, model)
         data_root = None if on_the_fly else build_dataset(cfg.data, cfg.out_dir, ("train",), progress=True)
         result = train_run(rcfg, folder, data_root=data_root)
-    typer.echo(f"{model}: {result.images_seen} images, final loss {result.final_loss:.4f}, "
-               f"{result.images_per_s:.0f} img/s; run folder {folder}")
+    if is_main_process():  # under a launcher every process gets here
+        typer.echo(f"{model}: {result.images_seen} images, final loss {result.final_loss:.4f}, "
+                   f"{result.images_per_s:.0f} img/s; run folder {folder}")
 
 
 @app.command()

@@ -63,9 +63,9 @@ def _train_worker(run_cfg: RunConfig, folder: str, data_root: str, threads: int)
             "images_per_s": result.images_per_s, "final_loss": result.final_loss}
 
 
-def _detector_worker(data_cfg, eval_cfg: EvalConfig, cache: str, threads: int) -> str:
+def _detector_worker(data_cfg, eval_cfg: EvalConfig, cache: str, device: str, threads: int) -> str:
     with torch_threads(threads):
-        return build_detector(data_cfg, eval_cfg, data_cfg.resolution, cache).name
+        return build_detector(data_cfg, eval_cfg, data_cfg.resolution, cache, device=device).name
 
 
 def _eval_worker(folder: str, eval_cfg: EvalConfig, cache: str, device: str, threads: int) -> dict:
@@ -81,7 +81,7 @@ def _locality_worker(folder: str, data_root: str, options: LocalityOptions, seed
 # ----- stages ---------------------------------------------------------------------------------
 
 def stage_data(cfg: StudyConfig, console: Console) -> Path:
-    root = build_dataset(cfg.data, cfg.out_dir, progress=True)
+    root = build_dataset(cfg.data, cfg.out_dir, device=study_device(cfg), progress=True)
     sheet = root / "contact_sheet.png"
     if not sheet.exists():
         with atomic_path(sheet) as tmp:
@@ -99,7 +99,7 @@ def needs_detector_training(cfg: StudyConfig) -> bool:
 
 def _detector_job(cfg: StudyConfig, threads: int) -> Job:
     folder = layout.detector_dir(layout.detector_cache(cfg), detector_key(cfg.data, cfg.evaluate.heatmap))
-    return Job(_detector_worker, (cfg.data, cfg.evaluate, str(layout.detector_cache(cfg)), threads),
+    return Job(_detector_worker, (cfg.data, cfg.evaluate, str(layout.detector_cache(cfg)), study_device(cfg), threads),
                cfg.evaluate.heatmap.train_images, lambda: last_record(folder / "training_log.jsonl", "images_seen"))
 
 

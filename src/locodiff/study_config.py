@@ -1,7 +1,8 @@
 """The study configuration: one typed config with a section per pipeline stage.
 
 A preset (``quick`` for a 2-core CPU, ``full`` = quick plus the attribute, held-out-pair and
-training-time models, ``paper`` for GPUs, ``micro`` for tests) is a TOML file in
+training-time models, ``gpu`` = quick at 64x64 for one large GPU, ``paper`` the long faithful
+GPU preset, ``micro`` for tests) is a TOML file in
 ``locodiff/presets/`` (``extends = "quick"`` builds one preset on another); a user file and
 ``--set key=value`` overrides are merged on top, then the result is validated into
 ``StudyConfig``. Every CLI verb loads this and uses its own section(s).
@@ -24,7 +25,7 @@ from .models.config import ModelConfig
 from .scenes.dataset import DataConfig
 from .train.config import RunConfig, TrainConfig
 
-PRESETS = ("micro", "quick", "full", "paper")
+PRESETS = ("micro", "quick", "full", "gpu", "paper")
 
 
 @dataclass(frozen=True)

@@ -254,15 +254,16 @@ def evaluate_denoiser(
     return finalize(out, cfg, resolution, detector.name, records)
 
 
-def build_detector(data_cfg, config: EvalConfig, resolution: int, cache_dir: str | Path, progress: bool = False) -> Detector:
+def build_detector(data_cfg, config: EvalConfig, resolution: int, cache_dir: str | Path, progress: bool = False,
+                   device: str | torch.device = "cpu") -> Detector:
     """The detector ``config.detector`` names, for images that look like ``data_cfg``'s renders.
 
     ``heatmap`` is loaded from ``cache_dir`` or trained there first (minutes on a CPU, once per
-    look of the data); ``color`` is calibrated on the spot for ``resolution``.
+    look of the data; ``device`` renders and trains it); ``color`` is calibrated on the spot for ``resolution``.
     """
 
     if config.detector == "heatmap":
-        return load_or_train_detector(data_cfg, cache_dir, config.heatmap, progress=progress)
+        return load_or_train_detector(data_cfg, cache_dir, config.heatmap, progress=progress, device=device)
     renderer = Renderer(resolution, data_cfg.supersample, data_cfg.camera)
     return ColorDetector.calibrate(renderer, SceneSampler(data_cfg.scene, data_cfg.camera), generator=config.seed)
 
@@ -285,7 +286,7 @@ def evaluate_model(
     """
     cfg = config or EvalConfig()
     cache = Path(cache_dir) if cache_dir is not None else Path(out_dir).parent / "detectors"
-    detector = build_detector(data_cfg, cfg, data_cfg.resolution, cache, progress)
+    detector = build_detector(data_cfg, cfg, data_cfg.resolution, cache, progress, device)
     factory = scene_conditionings(data_cfg, cfg.min_separation)
     return evaluate_denoiser(denoiser, detector, factory, data_cfg.resolution, out_dir, cfg, device, progress,
                              holdout)
