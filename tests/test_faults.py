@@ -30,9 +30,10 @@ from locodiff.study import run_study
 from locodiff.study_config import load_study_config
 from locodiff.train.checkpoint import read_run_config
 
-# The micro study cut to what exercises every stage: two trained models in two worker processes,
-# an intervention on one of them, evaluation, locality, report.
+# The micro study cut to what exercises every stage: one model and the detector training in two
+# worker processes, an intervention on the model, evaluation, locality, report.
 STUDY = [sys.executable, "-m", "locodiff.cli", "study", "-p", "micro", "-s", "jobs=2",
+         "-s", "models.exp2.enabled=false", "-s", "interventions.exp3_masked.base=exp1",
          "-s", "models.exp3_local.enabled=false", "-s", "models.exp1_combo.enabled=false",
          "-s", "evaluate.counts=[0,1,2]", "-s", "locality.sigmas=[2.0]", "-s", "locality.pixels=2"]
 RESULTS = ("eval.json", "summary.json", "features.json")

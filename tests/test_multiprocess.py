@@ -69,22 +69,6 @@ def test_the_global_batch_draws_are_split_by_rows_not_redrawn():
     assert not torch.allclose(noise[0], noise[1])
 
 
-def test_two_processes_train_the_same_model_as_one(tmp_path):
-    train(tmp_path / "one", 1)
-    train(tmp_path / "two", 2)
-    assert sorted(p.name for p in (tmp_path / "two").glob("rank-*")) == ["rank-0", "rank-1"]
-    assert (tmp_path / "two" / "rank-1").read_text().startswith("2 ")  # accelerate saw two processes
-    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
-    for name in one:
-        for key in one[name]:
-            torch.testing.assert_close(two[name][key], one[name][key], rtol=0, atol=1e-3)
-    loss_one = [r["loss"] for r in read_jsonl(tmp_path / "one" / "metrics.jsonl")]
-    loss_two = [r["loss"] for r in read_jsonl(tmp_path / "two" / "metrics.jsonl")]  # mean over both processes
-    assert len(loss_one) == len(loss_two) == 8
-    torch.testing.assert_close(torch.tensor(loss_two), torch.tensor(loss_one), rtol=1e-5, atol=0)
-    assert (tmp_path / "two" / "log.txt").read_text().count("start:") == 1  # one process writes the log
-
-
 def test_a_two_process_run_killed_mid_training_resumes_bit_identically(tmp_path):
     total = 160
     train(tmp_path / "whole", 2, total)
@@ -96,6 +80,7 @@ def test_a_two_process_run_killed_mid_training_resumes_bit_identically(tmp_path)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+    assert (tmp_path / "whole" / "rank-1").read_text().startswith("2 ")  # accelerate saw two processes
     done = json.loads((latest_checkpoint(tmp_path / "killed") / "state.json").read_text())["images_seen"]
     assert done < total, "the run finished before the kill"
     train(tmp_path / "killed", 2, total)
@@ -104,8 +89,10 @@ def test_a_two_process_run_killed_mid_training_resumes_bit_identically(tmp_path)
         assert all(torch.equal(whole[name][k], resumed[name][k]) for k in whole[name]), name
 
 
-def test_the_readme_recipe_torchrun_of_the_train_verb(tmp_path):
-    """``torchrun --nproc_per_node 2 -m locodiff.cli train ...`` trains what one process trains."""
+def test_two_processes_train_the_same_model_as_one(tmp_path):
+    """The README's recipe, ``torchrun --nproc_per_node 2 -m locodiff.cli train ...``, against
+    the same verb in one process: same weights up to the all-reduce's float sums, same logged loss
+    (the mean over both processes), one process writing the log and the report line."""
     base = ["-m", "locodiff.cli", "train", "exp1", "-p", "micro", "-s", f"out_dir={str(tmp_path)!r}"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     one = subprocess.run([sys.executable, *base, "--run-dir", str(tmp_path / "one")], capture_output=True,
@@ -113,7 +100,13 @@ def test_the_readme_recipe_torchrun_of_the_train_verb(tmp_path):
     two = subprocess.run([str(TORCHRUN), "--nproc_per_node=2", f"--master_port={next(_port)}", *base,
                           "--run-dir", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
-    assert two.stdout.count("run folder") == 1  # one process reports
+    assert two.stdout.count("run folder") == 1
+    assert (tmp_path / "two" / "log.txt").read_text().count("start:") == 1
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
-    for key in a["ema"]:
-        torch.testing.assert_close(b["ema"][key], a["ema"][key], rtol=0, atol=1e-3)
+    for name in a:
+        for key in a[name]:
+            torch.testing.assert_close(b[name][key], a[name][key], rtol=0, atol=1e-3)
+    loss_one = [r["loss"] for r in read_jsonl(tmp_path / "one" / "metrics.jsonl")]
+    loss_two = [r["loss"] for r in read_jsonl(tmp_path / "two" / "metrics.jsonl")]
+    assert len(loss_one) == len(loss_two) >= 2
+    torch.testing.assert_close(torch.tensor(loss_two), torch.tensor(loss_one), rtol=1e-5, atol=0)
