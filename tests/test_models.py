@@ -342,3 +342,18 @@ def test_position_bias_sends_far_pixels_to_the_null_token_and_learns_its_width()
                 torch.tensor([[False, True, True]]))
     out.square().sum().backward()
     assert block.log_width.grad is not None and block.log_width.grad.abs().sum() > 0
+
+
+def test_an_attention_radius_masks_every_token_farther_than_it():
+    """Hard locality: a pixel gives zero weight to located tokens beyond the radius, keeps the
+    null token, and within the radius attends as without a mask."""
+    locations = [[0.5, 0.5], [3.5 / 16, 3.5 / 16], [12.5 / 16, 12.5 / 16]]
+    w = _attention_weights(_position_only_attention(radius_px=2.0, image_size=16), locations, [False, True, True])
+    torch.testing.assert_close(w.sum(-1), torch.ones(16, 16))
+    assert w[3, 3, 2] == 0 and w[12, 12, 1] == 0  # each token is out of the other's reach
+    assert w[3, 3, 1] == pytest.approx(0.5) and w[12, 12, 2] == pytest.approx(0.5)  # null + the near token
+    assert w[8, 0, 0] == 1 and w[3, 6, 1] == 0 and w[3, 5, 1] > 0  # 3 px away: masked; 2 px: seen
+    with pytest.raises(ConfigError, match="attention_radius_px"):
+        ModelConfig(arch="cross_attention", attention_radius_px=0.0)
+    with pytest.raises(ConfigError, match="attention_radius_px"):
+        ModelConfig(arch="spatial", attention_radius_px=3.0)

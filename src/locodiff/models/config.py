@@ -10,8 +10,9 @@ error rather than a silent no-op, so a config never claims something the network
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ..config import IDENTITY_UNLESS_DEFAULT
 from ..errors import ConfigError
 from ..scenes.encodings import MAX_FREQ_LOG2
 
@@ -50,6 +51,8 @@ class ModelConfig:
     query_position: bool | None = None  # pixel-position term on the queries; None = on
     shared_position: bool | None = None  # keys get the queries' position encoding of their location; None = off
     position_bias_px: float | None = None  # learned distance bias on attention logits, initial width px; None/0 = off
+    # hard locality mask: a pixel attends only to tokens within this many px (and the null token); None = off
+    attention_radius_px: float | None = field(default=None, metadata=IDENTITY_UNLESS_DEFAULT)
     # --- local only (spatial may also set bump_cutoff) ---
     local_radius: int | None = None  # receptive-field radius in px (= 3x3 convs); None = 8
     local_width: int | None = None  # channels of the local network; None = 64
@@ -109,6 +112,7 @@ class ModelConfig:
             "query_position": ("cross_attention",),
             "shared_position": ("cross_attention",),
             "position_bias_px": ("cross_attention",),
+            "attention_radius_px": ("cross_attention",),
             "local_radius": ("local",),
             "local_width": ("local",),
             "bump_cutoff": ("local", "spatial"),
@@ -130,6 +134,8 @@ class ModelConfig:
                 "model.shared_position=true needs the query position term; leave "
                 "model.query_position unset or true"
             )
+        if self.attention_radius_px is not None and not self.attention_radius_px > 0:
+            raise ConfigError(f"model.attention_radius_px={self.attention_radius_px}: expected a radius > 0 pixels (unset = off)")
         if self.position_bias_px is not None and self.position_bias_px < 0:
             raise ConfigError(f"model.position_bias_px={self.position_bias_px}: expected >= 0 pixels (0 = off)")
         if self.arch == "local" and self.attention_resolutions:

@@ -176,11 +176,17 @@ class CrossAttention(nn.Module):
     ``d`` the pixel-to-token distance in image pixels and ``s`` a learned width per head that
     starts at ``bias_px``: a soft locality prior (pixels far from every token attend to the null
     token) that training may widen until it is gone. ``image_size`` converts to pixels.
+
+    With ``radius_px > 0`` the prior is a hard mask: a pixel attends only to located tokens within
+    ``radius_px`` image pixels of it, and to the null token (always). A conditioner then reaches
+    the features only within that radius at each attention layer (the convolutions around it
+    still spread its effect by their receptive field): locality enforced in training and kept at
+    test time, an attention constraint rather than a penalty.
     """
 
     def __init__(
         self, channels: int, token_dim: int, heads: int, groups: int, position_freqs: int,
-        shared_position: bool = False, bias_px: float = 0.0, image_size: int = 1,
+        shared_position: bool = False, bias_px: float = 0.0, image_size: int = 1, radius_px: float = 0.0,
     ) -> None:
         super().__init__()
         if shared_position and not position_freqs:
@@ -195,6 +201,7 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(channels, channels)
         self.image_size = image_size
         self.log_width = nn.Parameter(torch.full((heads,), math.log(bias_px))) if bias_px > 0 else None
+        self.radius_px = radius_px
 
     def forward(
         self, x: Tensor, tokens: Tensor, token_mask: Tensor, token_locations: Tensor | None = None,
@@ -212,13 +219,16 @@ class CrossAttention(nn.Module):
             where = self.position(fourier_features(token_locations.to(k.dtype), self.position_freqs))
             k = k + where * located[..., None].to(k.dtype)
         q, k, v = (rearrange(t, "b l (n d) -> b n l d", n=self.heads) for t in (q, k, v))
-        bias = None
-        if self.log_width is not None:
+        bias, mask = None, token_mask[:, None, None, :]
+        if self.log_width is not None or self.radius_px > 0:
             grid = pixel_grid(height, width, x.device, torch.float32).reshape(1, height * width, 1, 2)
             d2 = ((grid - token_locations.float()[:, None]) * self.image_size).square().sum(-1)  # [B, HW, L]
-            d2 = d2 * located[:, None, :]  # the null token (no location) gets no bias
+            d2 = d2 * located[:, None, :]  # the null token (no location) is never biased nor masked
+        if self.log_width is not None:
             bias = -0.5 * d2[:, None] / torch.exp(2 * self.log_width.float())[None, :, None, None]
-        out = attention(q, k, v, token_mask[:, None, None, :], bias)
+        if self.radius_px > 0:
+            mask = mask & (d2 <= self.radius_px**2)[:, None]  # [B, 1, HW, L]
+        out = attention(q, k, v, mask, bias)
         out = self.proj(rearrange(out, "b n l d -> b l (n d)"))
         return x + rearrange(out, "b (h w) c -> b c h w", h=height)
 

@@ -98,7 +98,7 @@ class CrossAttentionConditioning(Mechanism):
         attention = CrossAttention(
             channels, self.cfg.token_dim, heads_for(channels, self.cfg.head_dim),
             self.cfg.norm_groups, freqs, bool(self.cfg.shared_position),
-            self.cfg.position_bias_px or 0.0, self.cfg.image_size,
+            self.cfg.position_bias_px or 0.0, self.cfg.image_size, self.cfg.attention_radius_px or 0.0,
         )
         return AttendToTokens(attention)
 

@@ -77,105 +77,145 @@ def train_loop(
     ``on_checkpoint(ema_network, images_seen)`` runs after each checkpoint (sample grids).
     """
     run_dir = Path(run_dir)
+    threads = torch.get_num_threads()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
-    # accelerate keeps one process-wide state: forget the previous run's precision (a study with
-    # jobs = 1 trains its models one after another in one process), keep the process group.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    accel = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed)
-    # Channels-last weights make the convolutions run channels-last (measured on one CPU core:
-    # +18 % images/s for the quick preset's exp1 network); the same math. Only for training:
-    # forward-mode AD through GroupNorm fails on channels-last tensors in torch 2.13, and the
-    # analysis tools build their networks afresh (contiguous) from the saved weights.
-    network.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(
-        network.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay
-    )
-    ema = EMA(network, cfg.ema_halflife_images)
-    images_seen = step = 0
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is not None:
-        meta = load_checkpoint(ckpt, network, ema.model, opt)
-        images_seen, step = meta["images_seen"], meta["step"]
-        accel.print(f"resuming {run_dir.name} from {ckpt.name} ({images_seen} images)")
-    net, opt = accel.prepare(network, opt)
-    ema.model.to(accel.device)
-    denoiser = make_denoiser(net)
-    log_path = run_dir / "metrics.jsonl"
-    rank, world = accel.process_index, accel.num_processes
-    per_process = cfg.batch_size // world
-    if per_process * world != cfg.batch_size:
-        raise ConfigError(f"train.batch_size={cfg.batch_size} is not divisible by the {world} processes")
+    try:
+        run = _Run.start(run_dir, network, make_denoiser, cfg)
+        return run.train(loss_fn, source, seed, config_hash, on_checkpoint, progress)
+    finally:
+        torch.set_num_threads(threads)  # the caller's process keeps its own setting
 
-    start = time.perf_counter()
-    tick_start, tick_images, tick_losses = start, 0, []
-    last_loss = float("nan")
-    stopped_early = False
-    bar = tqdm(total=cfg.total_images, initial=images_seen, unit="img", disable=not progress
-               or not accel.is_main_process, desc=run_dir.name, dynamic_ncols=True)
 
-    def checkpoint() -> None:
-        if accel.is_main_process:
-            save_checkpoint(run_dir, accel.unwrap_model(net), ema.model, opt,
-                            CheckpointState(images_seen, step, config_hash), cfg.keep_checkpoints)
-            if on_checkpoint is not None:
-                on_checkpoint(ema.model, images_seen)
-        accel.wait_for_everyone()
+@dataclass
+class _Run:
+    """The state of one training session: accelerator, wrapped network, optimizer, EMA, counters."""
 
-    while images_seen < cfg.total_images:
+    run_dir: Path
+    cfg: TrainConfig
+    accel: Accelerator
+    net: torch.nn.Module
+    denoiser: Callable
+    opt: torch.optim.Optimizer
+    ema: EMA
+    images_seen: int = 0
+    step: int = 0
+
+    @classmethod
+    def start(cls, run_dir: Path, network: torch.nn.Module, make_denoiser: Callable, cfg: TrainConfig) -> "_Run":
+        # accelerate keeps one process-wide state: forget the previous run's precision (a study with
+        # jobs = 1 trains its models one after another in one process), keep the process group.
+        AcceleratorState._reset_state(reset_partial_state=False)
+        mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
+        accel = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed)
+        if cfg.batch_size % accel.num_processes:
+            raise ConfigError(f"train.batch_size={cfg.batch_size} is not divisible by the {accel.num_processes} processes")
+        # Channels-last weights make the convolutions run channels-last (measured on one CPU core:
+        # +18 % images/s for the quick preset's exp1 network); the same math. Only for training:
+        # forward-mode AD through GroupNorm fails on channels-last tensors in torch 2.13, and the
+        # analysis tools build their networks afresh (contiguous) from the saved weights.
+        network.to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(network.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+        ema = EMA(network, cfg.ema_halflife_images)
+        images_seen = step = 0
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is not None:
+            meta = load_checkpoint(ckpt, network, ema.model, opt)
+            images_seen, step = meta["images_seen"], meta["step"]
+            accel.print(f"resuming {run_dir.name} from {ckpt.name} ({images_seen} images)")
+        net, opt = accel.prepare(network, opt)
+        ema.model.to(accel.device)
+        return cls(run_dir, cfg, accel, net, make_denoiser(net), opt, ema, images_seen, step)
+
+    def train(self, loss_fn: Callable, source: BatchSource, seed: int, config_hash: str,
+              on_checkpoint: Callable | None, progress: bool) -> TrainResult:
+        cfg, accel = self.cfg, self.accel
+        ticks = _Ticks(self.run_dir / "metrics.jsonl", accel)
+        last_loss, stopped_early = float("nan"), False
+        bar = tqdm(total=cfg.total_images, initial=self.images_seen, unit="img", disable=not progress
+                   or not accel.is_main_process, desc=self.run_dir.name, dynamic_ncols=True)
+        while self.images_seen < cfg.total_images:
+            last_loss = self.optimizer_step(loss_fn, source, seed)
+            bar.update(cfg.batch_size)
+            crossed = lambda every: every > 0 and self.images_seen // every != (self.images_seen - cfg.batch_size) // every
+            done = self.images_seen >= cfg.total_images
+            ticks.add(last_loss, cfg.batch_size)
+            if crossed(cfg.log_every_images) or done:
+                rec = ticks.record(self.images_seen, self.step, self.opt.param_groups[0]["lr"])
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", ips=f"{rec['images_per_s']:.0f}")
+            budget_hit = cfg.time_budget_s > 0 and ticks.elapsed() > cfg.time_budget_s
+            if crossed(cfg.checkpoint_every_images) or done or budget_hit:
+                self.checkpoint(config_hash, on_checkpoint)
+            if budget_hit and not done:
+                stopped_early = True
+                break
+        bar.close()
+        wall = ticks.elapsed()
+        return TrainResult(self.images_seen, self.step, last_loss, wall,
+                           (self.images_seen and self.images_seen / max(wall, 1e-9)), stopped_early)
+
+    def optimizer_step(self, loss_fn: Callable, source: BatchSource, seed: int) -> float:
+        """One step on this process's rows of the global batch; returns the mean loss over all processes."""
+        cfg, accel, step = self.cfg, self.accel, self.step
+        per_process = cfg.batch_size // accel.num_processes
         images, cond = source.batch(step, cfg.batch_size)
         keep = torch.rand(cfg.batch_size, generator=step_generator(seed, step, "dropout")) >= cfg.label_dropout
         cond = cond.drop(keep)
-        sl = slice(rank * per_process, (rank + 1) * per_process)
-        images, cond = images[sl].to(accel.device), cond[sl].to(accel.device)
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(cfg, images_seen)
-        rows = Rows(rank * per_process, cfg.batch_size)
-        loss = loss_fn(denoiser, images, cond, step_generator(seed, step, "loss"), rows=rows).mean()
-        global_loss = accel.reduce(loss.detach(), reduction="mean") if world > 1 else loss.detach()
+        rows = Rows(accel.process_index * per_process, cfg.batch_size)
+        mine = slice(rows.start, rows.start + per_process)
+        images, cond = images[mine].to(accel.device), cond[mine].to(accel.device)
+        for group in self.opt.param_groups:
+            group["lr"] = _lr_at(cfg, self.images_seen)
+        loss = loss_fn(self.denoiser, images, cond, step_generator(seed, step, "loss"), rows=rows).mean()
+        global_loss = accel.reduce(loss.detach(), reduction="mean") if accel.num_processes > 1 else loss.detach()
         if not torch.isfinite(global_loss):  # every process sees the same value and stops together
-            msg = (f"loss became {global_loss.item()} at step {step} ({images_seen} images); "
-                   f"the last good checkpoint in {run_dir / 'checkpoints'} is kept")
-            (run_dir / "log.txt").open("a").write(f"DIVERGED: {msg}\n")
+            msg = (f"loss became {global_loss.item()} at step {step} ({self.images_seen} images); "
+                   f"the last good checkpoint in {self.run_dir / 'checkpoints'} is kept")
+            (self.run_dir / "log.txt").open("a").write(f"DIVERGED: {msg}\n")
             raise TrainingDiverged(msg)
-        opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=True)
         accel.backward(loss)
         if cfg.grad_clip > 0:
-            accel.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
-        ema.update(accel.unwrap_model(net), cfg.batch_size)
-        images_seen += cfg.batch_size
-        step += 1
-        last_loss = global_loss.item()
-        tick_losses.append(last_loss)
-        tick_images += cfg.batch_size
-        bar.update(cfg.batch_size)
+            accel.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.ema.update(accel.unwrap_model(self.net), cfg.batch_size)
+        self.images_seen += cfg.batch_size
+        self.step += 1
+        return global_loss.item()
 
-        crossed = lambda every: every > 0 and images_seen // every != (images_seen - cfg.batch_size) // every
-        if crossed(cfg.log_every_images) or images_seen >= cfg.total_images:
-            now = time.perf_counter()
-            rec = {
-                "images_seen": images_seen, "step": step,
-                "loss": sum(tick_losses) / len(tick_losses),
-                "images_per_s": tick_images / max(now - tick_start, 1e-9),
-                "lr": opt.param_groups[0]["lr"], "wall_s": now - start,
-                "peak_memory_mb": _peak_memory_mb(accel.device),
-            }
-            if accel.is_main_process:
-                append_jsonl(log_path, rec)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", ips=f"{rec['images_per_s']:.0f}")
-            tick_start, tick_images, tick_losses = now, 0, []
-        budget_hit = cfg.time_budget_s > 0 and time.perf_counter() - start > cfg.time_budget_s
-        if crossed(cfg.checkpoint_every_images) or images_seen >= cfg.total_images or budget_hit:
-            checkpoint()
-        if budget_hit and images_seen < cfg.total_images:
-            stopped_early = True
-            break
-    bar.close()
-    wall = time.perf_counter() - start
-    return TrainResult(images_seen, step, last_loss, wall,
-                       (images_seen and images_seen / max(wall, 1e-9)), stopped_early)
+    def checkpoint(self, config_hash: str, on_checkpoint: Callable | None) -> None:
+        if self.accel.is_main_process:
+            save_checkpoint(self.run_dir, self.accel.unwrap_model(self.net), self.ema.model, self.opt,
+                            CheckpointState(self.images_seen, self.step, config_hash), self.cfg.keep_checkpoints)
+            if on_checkpoint is not None:
+                on_checkpoint(self.ema.model, self.images_seen)
+        self.accel.wait_for_everyone()
+
+
+class _Ticks:
+    """Losses and timing since the last ``metrics.jsonl`` line, and that line."""
+
+    def __init__(self, path: Path, accel: Accelerator) -> None:
+        self.path, self.accel = path, accel
+        self.start = self.tick_start = time.perf_counter()
+        self.images, self.losses = 0, []
+
+    def add(self, loss: float, images: int) -> None:
+        self.losses.append(loss)
+        self.images += images
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def record(self, images_seen: int, step: int, lr: float) -> dict:
+        now = time.perf_counter()
+        rec = {"images_seen": images_seen, "step": step, "loss": sum(self.losses) / len(self.losses),
+               "images_per_s": self.images / max(now - self.tick_start, 1e-9), "lr": lr,
+               "wall_s": now - self.start, "peak_memory_mb": _peak_memory_mb(self.accel.device)}
+        if self.accel.is_main_process:
+            append_jsonl(self.path, rec)
+        self.tick_start, self.images, self.losses = now, 0, []
+        return rec
 
 
 def training_time(records: list[dict]) -> tuple[float | None, float | None, float | None]:
