@@ -366,3 +366,22 @@ def test_the_gpu_preset_is_quick_at_twice_the_pixels():
     assert gpu.models["exp3_local"].model.local_radius == 2 * quick.models["exp3_local"].model.local_radius
     assert gpu.interventions["exp3_masked"].radius_px == 2 * quick.interventions["exp3_masked"].radius_px
     assert all(s.train.precision == "bf16" for s in gpu.models.values())
+
+
+def test_results_over_training_from_every_kept_checkpoint(finished):
+    """``--checkpoints all`` measures every kept checkpoint (each in its own folder, keyed by the
+    checkpoint) and prints one row per checkpoint, oldest first."""
+    runner = CliRunner()
+    folder = run_dir(finished, "exp2")
+    base = [str(folder), "-p", "micro", "-s", f"out_dir={finished.out_dir}", "--checkpoints", "all"]
+    res = runner.invoke(app, ["locality", *base])
+    assert res.exit_code == 0, res.output
+    rows = [line.split() for line in res.output.splitlines() if line[:1].isdigit()]
+    assert [r[0] for r in rows] == ["32", "64"]  # images seen at each kept checkpoint
+    assert len({r[-1] for r in rows}) == 2 and all((folder / r[-1] / "summary.json").is_file() for r in rows)
+    res = runner.invoke(app, ["evaluate", *base, "--counts", "1", "--per-count", "1"])
+    assert res.exit_code == 0, res.output
+    rows = [line.split() for line in res.output.splitlines() if line[:1].isdigit()]
+    assert [r[0] for r in rows] == ["32", "64"] and len({r[-1] for r in rows}) == 2
+    res = runner.invoke(app, ["locality", *base[:-1], "some"])
+    assert res.exit_code == 2 and "expected latest or all" in res.output

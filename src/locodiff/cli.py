@@ -25,16 +25,16 @@ from .config import to_dict
 from .errors import LocodiffError
 from .evaluate.runner import evaluate_run
 from .intervene.config import InterventionSpec
-from .intervene.subject import write_intervention
+from .intervene.subject import subject_checkpoints, write_intervention
 from .io import atomic_path
-from .locality.probe import LocalityResult
+from .locality.probe import LocalityResult, mean_normalised_index
 from .locality.run import probe_run
 from .report import write_report
 from .scenes.dataset import build_dataset
 from .scenes.figures import data_contact_sheet
 from .study import run_study
 from .study_config import PRESETS, StudyConfig, load_study_config
-from .train.checkpoint import read_run_config
+from .train.checkpoint import read_run_config, read_state
 from .train.run import is_main_process, train_run
 from .train.sampling import sample_run
 
@@ -76,6 +76,10 @@ def fail_cleanly():
         message = str(e) if isinstance(e, LocodiffError) else f"cannot read or write {e.filename!r}: {e.strerror or e}"
         typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def parse_counts(text: str) -> list[int]:
@@ -185,6 +189,20 @@ def sample(
 
 
 RunArg = typer.Argument(..., help="A training run folder (<out_dir>/models/<name>-<hash>).")
+CheckpointsOpt = typer.Option("latest", "--checkpoints", help="latest, or all: every kept checkpoint, oldest first "
+                              "(how the result grew over training; keep more with train.keep_checkpoints).")
+
+
+def chosen_checkpoints(run: Path, which: str) -> list[Path | None]:
+    """``[None]`` (the latest) or every kept checkpoint of a run or intervention, oldest first."""
+    if which == "latest":
+        return [None]
+    if which != "all":
+        raise LocodiffError(f"--checkpoints {which!r}: expected latest or all")
+    found = subject_checkpoints(run)
+    if not found:
+        raise LocodiffError(f"run {run} has no checkpoint yet; train it first")
+    return found
 DeviceOpt = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda.")
 
 
@@ -199,6 +217,7 @@ def evaluate(
     per_count: Optional[int] = typer.Option(None, "--per-count", help="Samples per count (default: the config's)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the test conditionings and noise (default: the config's)."),
     device: str = DeviceOpt,
+    checkpoints: str = CheckpointsOpt,
 ) -> None:
     """Length generalization of a trained run: sample k objects for each k, detect, score.
 
@@ -217,9 +236,18 @@ def evaluate(
         if dry_run:
             typer.echo(json.dumps(to_dict(ev), indent=2))
             raise typer.Exit(0)
-        result = evaluate_run(run, ev, layout.detector_cache(cfg), device, progress=True)
-    typer.echo(result.markdown())
-    typer.echo(f"results in {result.out_dir}")
+        rows = []
+        for ckpt in chosen_checkpoints(run, checkpoints):
+            result = evaluate_run(run, ev, layout.detector_cache(cfg), device, progress=True, checkpoint=ckpt)
+            rows.append((ckpt, result))
+    if checkpoints == "latest":
+        typer.echo(result.markdown())
+        typer.echo(f"results in {result.out_dir}")
+        return
+    typer.echo("images    " + "  ".join(f"recall k={k:<2d}" for k in ev.counts))
+    for ckpt, result in rows:
+        cells = "  ".join(f"{_cell(result.per_k[k].recall):<11}" for k in ev.counts)
+        typer.echo(f"{read_state(ckpt)['images_seen']:<9d} {cells}  {result.out_dir.name}")
 
 
 @app.command()
@@ -232,6 +260,7 @@ def locality(
     sigmas: Optional[str] = typer.Option(None, "--sigmas", help="Comma-separated noise levels, e.g. 0.05,0.5,5 (default: the config's)."),
     scenes: Optional[int] = typer.Option(None, "--scenes", help="Test scenes to probe (default: the config's)."),
     pixels: Optional[int] = typer.Option(None, "--pixels", help="Probed output pixels per scene (default: the config's)."),
+    checkpoints: str = CheckpointsOpt,
 ) -> None:
     """Locality of a trained run's score: Jacobians w.r.t. pixels and conditioners per noise level.
 
@@ -249,7 +278,16 @@ def locality(
     with fail_cleanly():
         run_cfg = read_run_config(run)
         data_root = build_dataset(run_cfg.data, cfg.out_dir, ("test",), progress=True)
-        folder = probe_run(run, data_root, cfg.locality, cfg.seed, progress=True)
+        folders = [(ckpt, probe_run(run, data_root, cfg.locality, cfg.seed, progress=True, checkpoint=ckpt))
+                   for ckpt in chosen_checkpoints(run, checkpoints)]
+    if checkpoints == "all":  # the conditional-locality index as training went on
+        typer.echo("images    normalised index per sigma (" + ", ".join(f"{s:g}" for s in cfg.locality.sigmas) + ")  mean")
+        for ckpt, folder in folders:
+            summary = json.loads((folder / "summary.json").read_text())
+            per_sigma = " ".join(f"{s['index']['normalised']['mean']:.3f}" for s in summary["summaries"])
+            typer.echo(f"{read_state(ckpt)['images_seen']:<9d} {per_sigma}  {mean_normalised_index(summary):.3f}  {folder.name}")
+        return
+    folder = folders[0][1]
     result = LocalityResult.load(folder)
     typer.echo("sigma   index  chance  normalised")
     for s in result.summaries:

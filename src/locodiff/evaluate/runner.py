@@ -293,14 +293,15 @@ def evaluate_model(
 
 
 def evaluate_run(run_dir: str | Path, config: EvalConfig, cache_dir: str | Path,
-                 device: str | torch.device = "cpu", progress: bool = False) -> EvalResult:
-    """Evaluate the latest EMA weights of a training run (the study's and ``locodiff evaluate``'s
-    entry point); results go to ``run_dir/eval-<hash>/`` and resume like ``evaluate_denoiser``."""
-
-    ckpt = subject_checkpoint(run_dir)
+                 device: str | torch.device = "cpu", progress: bool = False,
+                 checkpoint: Path | None = None) -> EvalResult:
+    """Evaluate the EMA weights of a training run's latest checkpoint, or of ``checkpoint`` (the
+    study's and ``locodiff evaluate``'s entry point); results go to ``run_dir/eval-<hash>/``
+    (keyed by the checkpoint) and resume like ``evaluate_denoiser``."""
+    ckpt = Path(checkpoint) if checkpoint is not None else subject_checkpoint(run_dir)
     if ckpt is None:
         raise InputError(f"run {run_dir} has no checkpoint yet; train it before evaluating")
-    denoiser, run_cfg = load_subject(run_dir)
+    denoiser, run_cfg = load_subject(run_dir, ckpt)
     return evaluate_model(denoiser.to(device), run_cfg.data, eval_dir(run_dir, config, ckpt.name),
                           config, cache_dir, device, progress, run_cfg.holdout_indices())
 

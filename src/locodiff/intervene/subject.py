@@ -15,8 +15,7 @@ from pathlib import Path
 from ..config import from_dict, to_dict
 from ..errors import LocodiffError
 from ..io import write_json_atomic
-from ..train.checkpoint import latest_checkpoint
-from ..train.checkpoint import load_denoiser
+from ..train.checkpoint import latest_checkpoint, list_checkpoints, load_denoiser
 from .config import InterventionSpec
 from .masked import masked_composition
 
@@ -39,21 +38,29 @@ def read_intervention(folder: Path) -> tuple[InterventionSpec, Path]:
     return from_dict(InterventionSpec, record["spec"]), Path(record["base_run"])
 
 
+def _training_run(folder: Path) -> Path:
+    """The training run a subject's weights come from (for an intervention: its base run)."""
+    return read_intervention(folder)[1] if (folder / INTERVENTION_FILE).is_file() else folder
+
+
 def subject_checkpoint(folder: str | Path) -> Path | None:
     """The checkpoint a subject's results belong to (for an intervention: its base run's)."""
-
-    folder = Path(folder)
-    if (folder / INTERVENTION_FILE).is_file():
-        folder = read_intervention(folder)[1]
-    return latest_checkpoint(folder) if folder.exists() else None
+    run = _training_run(Path(folder))
+    return latest_checkpoint(run) if run.exists() else None
 
 
-def load_subject(folder: str | Path):
-    """``(denoiser, run_config)`` of a training run or of an intervention folder."""
+def subject_checkpoints(folder: str | Path) -> list[Path]:
+    """Every checkpoint kept for a subject, oldest first (the newest one verified)."""
+    run = _training_run(Path(folder))
+    return list_checkpoints(run) if run.exists() and latest_checkpoint(run) is not None else []
 
+
+def load_subject(folder: str | Path, checkpoint: Path | None = None):
+    """``(denoiser, run_config)`` of a training run or of an intervention folder, at ``checkpoint``
+    (a folder of the run's ``checkpoints/``; default: the latest)."""
     folder = Path(folder)
     if not (folder / INTERVENTION_FILE).is_file():
-        return load_denoiser(folder)
+        return load_denoiser(folder, checkpoint=checkpoint)
     spec, base_run = read_intervention(folder)
-    denoiser, run_cfg = load_denoiser(base_run)
+    denoiser, run_cfg = load_denoiser(base_run, checkpoint=checkpoint)
     return masked_composition(denoiser, spec.radius_px, "null", spec.softness_px), run_cfg

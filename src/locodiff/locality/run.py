@@ -46,20 +46,21 @@ def probe_scenes(data_root: str | Path, counts: Sequence[int], n: int):
     return batch["images"], cond
 
 
-def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0, progress: bool = False) -> Path:
-    """Probe the latest EMA weights of ``run_dir``; cached in ``run_dir/locality-<hash>/``.
+def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0, progress: bool = False,
+              checkpoint: Path | None = None) -> Path:
+    """Probe the EMA weights of ``run_dir``'s latest checkpoint, or of ``checkpoint``; cached in
+    ``run_dir/locality-<hash>/`` (keyed by the checkpoint).
 
-    ``options`` is a ``study_config.LocalityOptions``. Returns the result folder.
+    ``options`` is a ``locality.config.LocalityOptions``. Returns the result folder.
     """
-
     run_dir = Path(run_dir)
-    ckpt = subject_checkpoint(run_dir)
+    ckpt = Path(checkpoint) if checkpoint is not None else subject_checkpoint(run_dir)
     if ckpt is None:
         raise LocodiffError(f"run {run_dir} has no checkpoint yet; train it before probing locality")
     folder = probe_dir(run_dir, options, ckpt.name)
     if probe_complete(folder):
         return folder
-    denoiser, run_cfg = load_subject(run_dir)
+    denoiser, run_cfg = load_subject(run_dir, ckpt)
     images, cond = probe_scenes(data_root, options.counts, options.scenes)
     if not maps_intact(folder):
         _probe(folder, run_dir, run_cfg, ckpt, denoiser, images, cond, options, seed, progress)

@@ -234,11 +234,12 @@ def read_run_config(run_dir: Path) -> RunConfig:
         ) from None
 
 
-def load_denoiser(run_dir: Path, ema: bool = True) -> tuple[EDMPrecond, RunConfig]:
-    """The trained Denoiser of a run (EMA weights by default) and its config."""
+def load_denoiser(run_dir: Path, ema: bool = True, checkpoint: Path | None = None) -> tuple[EDMPrecond, RunConfig]:
+    """The trained Denoiser of a run (EMA weights by default, of the latest checkpoint unless
+    ``checkpoint`` names another) and its config."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
-    ckpt = latest_checkpoint(run_dir)
+    ckpt = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
     if ckpt is None:
         raise CheckpointError(f"run {run_dir} has no checkpoint yet; train it first")
     net = build_network(cfg.model)
