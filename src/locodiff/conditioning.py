@@ -24,8 +24,6 @@ from .errors import ConfigError, InputError
 ATTRIBUTE_NAMES = ("color", "shape", "size", "material")
 
 
-
-
 @dataclass
 class Conditioning:
     locations: Tensor  # [B, N, 2] float, (x, y) in [0, 1]; padded slots hold anything

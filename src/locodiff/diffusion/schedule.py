@@ -13,8 +13,6 @@ from torch import Tensor
 from ..errors import InputError
 
 
-
-
 def karras_sigmas(
     n_steps: int,
     sigma_min: float = 0.002,

@@ -77,8 +77,6 @@ from ..scenes.dataset import to_model_batch
 Fallback = Literal["unconditional", "error"]
 
 
-
-
 # ----- patch-size schedules ------------------------------------------------------------------
 
 

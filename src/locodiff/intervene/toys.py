@@ -40,8 +40,6 @@ from ..errors import ConfigError, InputError
 from ..locality.jacobian import conditioner_jacobian, full_pixel_jacobian
 
 
-
-
 class RegionMixtureToy(nn.Module):
     """An exact conditional distribution over ``[B, 1, H, W]`` images (see the module doc).
 

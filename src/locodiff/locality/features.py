@@ -42,8 +42,6 @@ Channels = Literal["each", "sum"]
 JVP_COST = 2.0
 
 
-
-
 # ----- capturing block outputs ---------------------------------------------------------------
 
 

@@ -58,8 +58,6 @@ Channels = Literal["sum", "each"]
 Mode = Literal["forward", "reverse"]
 
 
-
-
 # ----- small helpers -------------------------------------------------------------------------
 
 

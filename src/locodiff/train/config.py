@@ -37,7 +37,7 @@ class TrainConfig:
     keep_checkpoints: int = field(default=2, metadata=NOT_IDENTITY)  # how many checkpoints to keep on disk
     threads: int = field(default=0, metadata=NOT_IDENTITY)  # torch CPU threads; 0 = leave torch's default
     time_budget_s: float = field(default=0.0, metadata=NOT_IDENTITY)  # stop early (checkpointing) after this wall time; 0 = none
-    locality_penalty: float = 0.0  # weight of the off-window conditioner-sensitivity penalty (intervene.training)
+    locality_penalty: float = 0.0  # weight of the off-window conditioner-sensitivity penalty (train.penalty)
     locality_window_px: float = 3.0  # window radius of that penalty, in pixels
     locality_fraction: float = 1.0  # share of each batch the penalty is computed on (cost ~ 1 + fraction)
 
