@@ -385,3 +385,6 @@ def test_results_over_training_from_every_kept_checkpoint(finished):
     assert [r[0] for r in rows] == ["32", "64"] and len({r[-1] for r in rows}) == 2
     res = runner.invoke(app, ["locality", *base[:-1], "some"])
     assert res.exit_code == 2 and "expected latest or all" in res.output
+    masked = intervention_dir(finished, "exp3_masked")  # an intervention is measured like a run
+    res = runner.invoke(app, ["locality", str(masked), "-p", "micro", "-s", f"out_dir={finished.out_dir}"])
+    assert res.exit_code == 0 and f"results in {masked}" in res.output, res.output

@@ -25,7 +25,7 @@ from .config import to_dict
 from .errors import LocodiffError
 from .evaluate.runner import evaluate_run
 from .intervene.config import InterventionSpec
-from .intervene.subject import subject_checkpoints, write_intervention
+from .intervene.subject import subject_checkpoints, training_run, write_intervention
 from .io import atomic_path
 from .locality.probe import LocalityResult, mean_normalised_index
 from .locality.run import probe_run
@@ -276,7 +276,7 @@ def locality(
         typer.echo(json.dumps(to_dict(cfg.locality), indent=2))
         raise typer.Exit(0)
     with fail_cleanly():
-        run_cfg = read_run_config(run)
+        run_cfg = read_run_config(training_run(run))  # an intervention reads its base run's config
         data_root = build_dataset(run_cfg.data, cfg.out_dir, ("test",), progress=True)
         folders = [(ckpt, probe_run(run, data_root, cfg.locality, cfg.seed, progress=True, checkpoint=ckpt))
                    for ckpt in chosen_checkpoints(run, checkpoints)]

@@ -38,20 +38,20 @@ def read_intervention(folder: Path) -> tuple[InterventionSpec, Path]:
     return from_dict(InterventionSpec, record["spec"]), Path(record["base_run"])
 
 
-def _training_run(folder: Path) -> Path:
+def training_run(folder: Path) -> Path:
     """The training run a subject's weights come from (for an intervention: its base run)."""
     return read_intervention(folder)[1] if (folder / INTERVENTION_FILE).is_file() else folder
 
 
 def subject_checkpoint(folder: str | Path) -> Path | None:
     """The checkpoint a subject's results belong to (for an intervention: its base run's)."""
-    run = _training_run(Path(folder))
+    run = training_run(Path(folder))
     return latest_checkpoint(run) if run.exists() else None
 
 
 def subject_checkpoints(folder: str | Path) -> list[Path]:
     """Every checkpoint kept for a subject, oldest first (the newest one verified)."""
-    run = _training_run(Path(folder))
+    run = training_run(Path(folder))
     return list_checkpoints(run) if run.exists() and latest_checkpoint(run) is not None else []
 
 
