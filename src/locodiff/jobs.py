@@ -60,14 +60,21 @@ def run_jobs(jobs: dict[str, Job], workers: int, console: Console) -> dict[str, 
         futures = {n: pool.submit(j.fn, *j.args) for n, j in jobs.items()}
         pending = set(futures)
         last_line = time.monotonic()
-        started = {n: (last_line, _poll(j)) for n, j in jobs.items()}
+        started = {n: (last_line, _poll(j)) for n, j in jobs.items()}  # for rates: when each began to move
+        moving: set[str] = set()
         while pending:
             time.sleep(0.5)
             if not console.is_terminal and time.monotonic() - last_line >= LOG_EVERY_S:
                 console.print(progress_line(jobs, pending, started))  # a log file gets no live bars
                 last_line = time.monotonic()
             for n in sorted(pending):
-                bar.update(tasks[n], completed=_poll(jobs[n]))
+                done = _poll(jobs[n])
+                bar.update(tasks[n], completed=done)
+                if n not in moving:  # a queued job's clock starts when it does, not with the stage
+                    if done != started[n][1]:
+                        moving.add(n)
+                    else:
+                        started[n] = (time.monotonic(), done)
                 if futures[n].done():
                     pending.discard(n)
                     try:
