@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from locodiff.cli import app
 from locodiff.errors import CheckpointError
 from locodiff.io import atomic_path, read_jsonl, write_json_atomic
+from locodiff.jobs import last_record
 from locodiff.layout import run_dir
 from locodiff.study import run_study
 from locodiff.study_config import load_study_config
@@ -154,6 +155,12 @@ def test_a_damaged_eval_line_is_skipped_and_its_count_redone(tmp_path, capsys):
     assert "line 1 is damaged" in capsys.readouterr().err
     assert json.loads((log.parent / "eval.json").read_text()) == before
     assert len(read_jsonl(log)) == 4
+    lines = log.read_text().splitlines()  # damaged again: progress polls read it quietly
+    log.write_text("\n".join([lines[0][:20], *lines[1:]]) + "\n")
+    assert last_record(log, "k") == read_jsonl(log, quiet=True)[-1]["k"]
+    assert capsys.readouterr().err == ""
+    read_jsonl(log)
+    assert "line 1 is damaged" in capsys.readouterr().err
 
 
 def test_a_damaged_probe_map_is_probed_again(tmp_path, capsys):

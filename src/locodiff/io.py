@@ -51,10 +51,11 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
+def read_jsonl(path: str | os.PathLike, quiet: bool = False) -> list[dict]:
     """Read a JSON-lines file, skipping lines that are not JSON objects: a torn final line left
     by an interrupted write silently, any other damaged line with a notice (the reader redoes
-    whatever that line recorded)."""
+    whatever that line recorded) unless ``quiet`` (progress polls read the same file again and
+    again; the stage that uses the records says it once)."""
     records = []
     p = Path(path)
     if not p.exists():
@@ -69,7 +70,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             record = None
         if isinstance(record, dict):
             records.append(record)
-        elif i < len(lines) - 1:
+        elif i < len(lines) - 1 and not quiet:
             notice(f"{p}: line {i + 1} is damaged; skipping it (what it recorded is redone)")
     return records
 

@@ -152,7 +152,7 @@ def _poll(job: Job) -> int:
 
 
 def last_record(path: Path, key: str) -> int:
-    records = read_jsonl(path) if path.exists() else []
+    records = read_jsonl(path, quiet=True) if path.exists() else []
     return int(records[-1][key]) if records else 0
 
 

@@ -131,7 +131,7 @@ def stage_train(cfg: StudyConfig, data_root: Path, console: Console, with_detect
 
 
 def _loss_detail(metrics: Path) -> str:
-    records = read_jsonl(metrics) if metrics.exists() else []
+    records = read_jsonl(metrics, quiet=True) if metrics.exists() else []
     return f"loss {records[-1]['loss']:.4f}" if records else ""
 
 
