@@ -147,3 +147,70 @@ def test_penalty_on_a_fraction_of_the_batch_is_rescaled_and_skips_the_rest():
     assert torch.allclose(half[:2], 2 * full[:2], rtol=1e-5) and (half[2:] == 0).all()
     with pytest.raises(ConfigError, match="fraction"):
         LocalityPenaltyLoss(fraction=0.0)
+
+
+class CountToy:
+    """Local under shifts, global under removal: each conditioner draws its own bump, and the
+    number of conditioners brightens the whole image (a token acting through how many there are)."""
+
+    def __call__(self, x, sigma, cond: Conditioning):
+        return BumpToy()(x, sigma, cond) + 0.1 * cond.mask.sum(1)[:, None, None, None]
+
+
+class ScaledToy:
+    """A local bump plus a global offset, both scaled by ``gain``: the conditioner's whole effect."""
+
+    def __init__(self, gain: float):
+        self.gain = gain
+
+    def __call__(self, x, sigma, cond: Conditioning):
+        w = location_windows(cond, x.shape[-2], x.shape[-1], radius_px=1.5, softness_px=0.0).sum(1)
+        shift = (cond.locations * cond.mask[..., None]).sum((1, 2))[:, None, None, None]
+        return 0.5 * x + self.gain * (w[:, None] + 0.2 * shift + 0.2 * cond.mask.any(1)[:, None, None, None])
+
+
+def _extra(toy, **options):
+    """The penalty part of the loss on ``_batch``, same noise for every call."""
+    x0, cond = _batch()
+    base = LocalityPenaltyLoss(weight=0.0)(toy, x0, cond, torch.Generator().manual_seed(2))
+    return LocalityPenaltyLoss(weight=1.0, window_px=3.0, **options)(toy, x0, cond, torch.Generator().manual_seed(2)) - base
+
+
+@pytest.mark.parametrize("form", ["shift", "presence"])
+@pytest.mark.parametrize("relative", [False, True])
+def test_every_form_is_zero_for_a_local_score_and_positive_for_a_global_one(form, relative):
+    local, global_ = _extra(BumpToy(), form=form, relative=relative), _extra(GlobalToy(), form=form, relative=relative)
+    assert torch.allclose(local, torch.zeros(4), atol=1e-6)
+    assert (global_[[0, 1, 3]] > 1e-3).all() and global_[2] == 0
+    if relative:
+        assert (global_ <= 1 + 1e-6).all()  # a share
+
+
+def test_presence_sees_a_count_effect_that_shifts_cannot():
+    assert torch.allclose(_extra(CountToy(), form="shift"), torch.zeros(4), atol=1e-6)
+    assert (_extra(CountToy(), form="presence")[[0, 1, 3]] > 1e-3).all()
+
+
+def test_the_relative_penalty_does_not_reward_a_weaker_conditioner():
+    for form in ("shift", "presence"):
+        weak, strong = _extra(ScaledToy(0.1), form=form), _extra(ScaledToy(1.0), form=form)
+        assert torch.allclose(strong[[0, 1, 3]], 100 * weak[[0, 1, 3]], rtol=1e-3)  # ignoring it pays
+        weak, strong = (_extra(ScaledToy(g), form=form, relative=True) for g in (0.1, 1.0))
+        assert torch.allclose(strong, weak, rtol=1e-2, atol=1e-7) and (strong[[0, 1, 3]] > 0).all()
+
+
+def test_the_penalty_starts_after_its_warm_up():
+    x0, cond = _batch()
+    loss = LocalityPenaltyLoss(weight=1.0, form="presence", start_images=1000)
+    g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    plain = EDMLoss()(GlobalToy(), x0, cond, g())
+    assert torch.allclose(loss(GlobalToy(), x0, cond, g(), images_seen=999), plain)
+    assert (loss(GlobalToy(), x0, cond, g(), images_seen=1000)[[0, 1, 3]] > plain[[0, 1, 3]] + 1e-3).all()
+    with pytest.raises(ConfigError, match="form"):
+        LocalityPenaltyLoss(form="everywhere")
+
+
+def test_keep_slots_drops_single_conditioners():
+    cond = Conditioning.from_lists([[(0.3, 0.3), (0.7, 0.6)], [(0.5, 0.5)]])
+    kept = cond.keep_slots(torch.tensor([[True, False], [False, True]]))
+    assert kept.mask.tolist() == [[True, False], [False, False]]

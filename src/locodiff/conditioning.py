@@ -111,6 +111,10 @@ class Conditioning:
         mask = self.mask & keep.to(self.mask.device).bool()[:, None]
         return Conditioning(self.locations, mask, self.attributes)
 
+    def keep_slots(self, keep: Tensor) -> "Conditioning":
+        """Drop individual conditioners: slot (b, n) stays only where ``keep`` [B, N] is True."""
+        return Conditioning(self.locations, self.mask & keep.to(self.mask.device).bool(), self.attributes)
+
     def with_locations(self, locations: Tensor) -> "Conditioning":
         """Same set with new location values (used to differentiate w.r.t. locations)."""
         return Conditioning(locations, self.mask, self.attributes)

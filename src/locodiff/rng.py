@@ -5,7 +5,7 @@ index, a count k, a process rank): ``generator(seed, "eval", k)``. Its seed is a
 name, so adding a stage, a process or a count cannot shift another stream's numbers, and two
 different names collide only with probability ~2^-63.
 
-Training draws four streams per optimizer step (``STEP_STREAMS``), each for the whole global
+Training draws up to five streams per optimizer step (``STEP_STREAMS``), each for the whole global
 batch: with several processes every one draws the same numbers and keeps its own rows
 (``diffusion.loss.Rows``), so the processes never share noise and the weights do not depend on
 how many processes there are (before, rank 1 drew its loss noise from the scene stream). Their
@@ -21,7 +21,7 @@ import torch
 
 from .errors import InputError
 
-STEP_STREAMS = ("labels", "dropout", "loss", "scenes")  # drawn at every training step
+STEP_STREAMS = ("labels", "dropout", "loss", "scenes", "objects")  # drawn at every training step
 
 
 def derived_seed(seed: int, stage: str, *parts: object) -> int:
@@ -37,7 +37,7 @@ def generator(seed: int, stage: str, *parts: object) -> torch.Generator:
 
 def step_generator(seed: int, step: int, stream: str) -> torch.Generator:
     """The generator of one training stream at one optimizer step (data order is a pure function
-    of the step, so a resumed run draws exactly what the uninterrupted run would have). The four
+    of the step, so a resumed run draws exactly what the uninterrupted run would have). The
     streams of a step differ in the last of 16 slots per step, so none equals another."""
     if stream not in STEP_STREAMS:
         raise InputError(f"unknown training stream {stream!r}; expected one of {STEP_STREAMS}")

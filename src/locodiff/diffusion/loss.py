@@ -50,8 +50,10 @@ class EDMLoss:
         sigma: Tensor | float | None = None,
         return_sigma: bool = False,
         rows: Rows = Rows(),
+        images_seen: int = 0,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """Loss [B]; ``sigma`` overrides the log-normal draw; ``return_sigma`` also returns it."""
+        """Loss [B]; ``sigma`` overrides the log-normal draw; ``return_sigma`` also returns it.
+        ``images_seen`` is the training clock, unused here (a penalty's schedule reads it)."""
         x, sigma, weight = self.noisy(x0, generator, sigma, rows)
         d = denoiser(x, sigma, cond)
         loss = weight * (d.float() - x0.float()).square().flatten(1).mean(1)

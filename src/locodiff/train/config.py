@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import NOT_IDENTITY
+from ..config import IDENTITY_UNLESS_DEFAULT, NOT_IDENTITY
 from ..errors import ConfigError, LocodiffError
 from ..models.config import ModelConfig
 from ..scenes import vocab
 from ..scenes.dataset import DataConfig
+
+PENALTY_FORMS = ("shift", "presence")  # train.penalty's two measures of a conditioner's effect
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,9 @@ class TrainConfig:
     p_mean: float = -1.2  # mean of ln(sigma) over training images (EDM: -1.2; higher = more layout-level noise)
     p_std: float = 1.2  # std of ln(sigma) over training images
     label_dropout: float = 0.1  # share of images trained with the null conditioning (for CFG)
+    # share of the remaining images' conditioners dropped one by one (each label must explain its
+    # own region); with one label per scene (label_policy "one") it is just more label dropout
+    object_dropout: float = field(default=0.0, metadata=IDENTITY_UNLESS_DEFAULT)
     log_every_images: int = field(default=2_000, metadata=NOT_IDENTITY)  # metrics.jsonl tick
     checkpoint_every_images: int = field(default=10_000, metadata=NOT_IDENTITY)  # checkpoint (resume point) interval
     sample_every_images: int = field(default=0, metadata=NOT_IDENTITY)  # sample grid interval; 0 = only at the end
@@ -40,18 +45,31 @@ class TrainConfig:
     locality_penalty: float = 0.0  # weight of the off-window conditioner-sensitivity penalty (train.penalty)
     locality_window_px: float = 3.0  # window radius of that penalty, in pixels
     locality_fraction: float = 1.0  # share of each batch the penalty is computed on (cost ~ 1 + fraction)
+    # what the penalty measures: "shift" (a conditioner moved a little) or "presence" (removed)
+    locality_form: str = field(default="shift", metadata=IDENTITY_UNLESS_DEFAULT)
+    # penalise the off-window share of the effect (scale-free) instead of its size
+    locality_relative: bool = field(default=False, metadata=IDENTITY_UNLESS_DEFAULT)
+    # images trained without the penalty first (the label is learned before it is confined)
+    locality_start_images: int = field(default=0, metadata=IDENTITY_UNLESS_DEFAULT)
 
     def irrelevant_fields(self) -> tuple[str, ...]:
-        """Without a penalty its window and fraction change nothing."""
-        return ("locality_window_px", "locality_fraction") if self.locality_penalty == 0 else ()
+        """Without a penalty its options change nothing."""
+        penalty_options = ("locality_window_px", "locality_fraction", "locality_form", "locality_relative",
+                           "locality_start_images")
+        return penalty_options if self.locality_penalty == 0 else ()
 
     def __post_init__(self) -> None:
         positive = ["total_images", "batch_size", "log_every_images", "checkpoint_every_images"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name}={getattr(self, name)}: expected > 0")
-        if not 0.0 <= self.label_dropout < 1.0:
-            raise ConfigError(f"train.label_dropout={self.label_dropout}: expected in [0, 1)")
+        for name in ("label_dropout", "object_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"train.{name}={getattr(self, name)}: expected in [0, 1)")
+        if self.locality_form not in PENALTY_FORMS:
+            raise ConfigError(f"train.locality_form={self.locality_form!r}: expected one of {', '.join(PENALTY_FORMS)}")
+        if self.locality_start_images < 0:
+            raise ConfigError(f"train.locality_start_images={self.locality_start_images}: expected >= 0")
         if not self.p_std > 0:
             raise ConfigError(f"train.p_std={self.p_std}: expected > 0")
         if self.lr <= 0:

@@ -161,12 +161,16 @@ class _Run:
         images, cond = source.batch(step, cfg.batch_size)
         keep = torch.rand(cfg.batch_size, generator=step_generator(seed, step, "dropout")) >= cfg.label_dropout
         cond = cond.drop(keep)
+        if cfg.object_dropout > 0:
+            cond = cond.keep_slots(torch.rand(cond.mask.shape, generator=step_generator(seed, step, "objects"))
+                                   >= cfg.object_dropout)
         rows = Rows(accel.process_index * per_process, cfg.batch_size)
         mine = slice(rows.start, rows.start + per_process)
         images, cond = images[mine].to(accel.device), cond[mine].to(accel.device)
         for group in self.opt.param_groups:
             group["lr"] = _lr_at(cfg, self.images_seen)
-        loss = loss_fn(self.denoiser, images, cond, step_generator(seed, step, "loss"), rows=rows).mean()
+        loss = loss_fn(self.denoiser, images, cond, step_generator(seed, step, "loss"), rows=rows,
+                       images_seen=self.images_seen).mean()
         global_loss = accel.reduce(loss.detach(), reduction="mean") if accel.num_processes > 1 else loss.detach()
         if not torch.isfinite(global_loss):  # every process sees the same value and stops together
             msg = (f"loss became {global_loss.item()} at step {step} ({self.images_seen} images); "

@@ -97,6 +97,8 @@ def training_loss(train: TrainConfig):
     if train.locality_penalty == 0:
         return EDMLoss(p_mean=train.p_mean, p_std=train.p_std)
     return LocalityPenaltyLoss(train.locality_penalty, train.locality_window_px, fraction=train.locality_fraction,
+                               form=train.locality_form, relative=train.locality_relative,
+                               start_images=train.locality_start_images,
                                base=EDMLoss(p_mean=train.p_mean, p_std=train.p_std))
 
 
