@@ -99,6 +99,24 @@ def test_local_model_scores_local_and_global_model_scores_near_chance():
         assert s_local.effective_radius[-1].mean <= math.sqrt(8) + 1e-6
 
 
+class CountNet(LocalNet):
+    """LocalNet plus a global brightening by the number of conditioners: local under every small
+    move of a location, global in whether a conditioner is there."""
+
+    def forward(self, x, sigma, cond):
+        return super().forward(x, sigma, cond) + 0.3 * cond.mask.sum(1).to(x.dtype)[:, None, None, None]
+
+
+def test_the_presence_index_catches_what_location_derivatives_cannot():
+    local, count, glob = probe(LocalNet), probe(CountNet), probe(GlobalNet)
+    for s_local, s_count, s_glob in zip(local.summaries, count.summaries, glob.summaries):
+        assert s_local.presence_index.index.mean == pytest.approx(1.0, abs=1e-6)
+        assert s_local.presence_index.n_conditioners == 6
+        assert s_count.index.index.mean == pytest.approx(1.0, abs=1e-6)  # moves: local
+        assert s_count.presence_index.normalised.hi < 0.3  # removal: global
+        assert s_glob.presence_index.normalised.hi < 0.3
+
+
 def test_probe_is_deterministic_given_the_generator():
     a, b = probe(LocalNet, seed=3), probe(LocalNet, seed=3)
     assert json.dumps(a.to_dict()) == json.dumps(b.to_dict())

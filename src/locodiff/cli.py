@@ -27,7 +27,7 @@ from .evaluate.runner import evaluate_run
 from .intervene.config import InterventionSpec
 from .intervene.subject import subject_checkpoints, training_run, write_intervention
 from .io import atomic_path
-from .locality.probe import LocalityResult, mean_normalised_index
+from .locality.probe import LocalityResult, mean_normalised_index, mean_presence_index
 from .locality.run import probe_run
 from .report import write_report
 from .scenes.dataset import build_dataset
@@ -281,17 +281,20 @@ def locality(
         folders = [(ckpt, probe_run(run, data_root, cfg.locality, cfg.seed, progress=True, checkpoint=ckpt))
                    for ckpt in chosen_checkpoints(run, checkpoints)]
     if checkpoints == "all":  # the conditional-locality index as training went on
-        typer.echo("images    normalised index per sigma (" + ", ".join(f"{s:g}" for s in cfg.locality.sigmas) + ")  mean")
+        typer.echo("images    normalised index per sigma (" + ", ".join(f"{s:g}" for s in cfg.locality.sigmas)
+                   + ")  mean  presence")
         for ckpt, folder in folders:
             summary = json.loads((folder / "summary.json").read_text())
             per_sigma = " ".join(f"{s['index']['normalised']['mean']:.3f}" for s in summary["summaries"])
-            typer.echo(f"{read_state(ckpt)['images_seen']:<9d} {per_sigma}  {mean_normalised_index(summary):.3f}  {folder.name}")
+            typer.echo(f"{read_state(ckpt)['images_seen']:<9d} {per_sigma}  {mean_normalised_index(summary):.3f}  "
+                       f"{mean_presence_index(summary):.3f}  {folder.name}")
         return
     folder = folders[0][1]
     result = LocalityResult.load(folder)
-    typer.echo("sigma   index  chance  normalised")
+    typer.echo("sigma   index  chance  normalised  presence (normalised)")
     for s in result.summaries:
-        typer.echo(f"{s.sigma:<7g} {s.index.index.mean:.3f}  {s.index.chance.mean:.3f}   {s.index.normalised.mean:.3f}")
+        typer.echo(f"{s.sigma:<7g} {s.index.index.mean:.3f}  {s.index.chance.mean:.3f}   {s.index.normalised.mean:.3f}"
+                   f"       {s.presence_index.normalised.mean:.3f}")
     typer.echo(f"results in {folder}")
 
 

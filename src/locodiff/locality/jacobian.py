@@ -499,6 +499,37 @@ def conditioner_sensitivity(
     return sensitivity_from_jacobian(jac, cond.mask)
 
 
+def presence_effect(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigma: Tensor | float,
+    cond: Conditioning,
+    *,
+    target: Target = "score",
+) -> Tensor:
+    """Removal maps ``[B, N, H, W]``: ``|out(x; c) - out(x; c without c_j)|``, the norm over output
+    channels, i.e. what conditioner j's *presence* changes at each pixel (zero for padded slots).
+
+    The location Jacobian only sees what moving j changes; a network can be local under small
+    moves and still change every pixel when j is there at all (through how many conditioners
+    there are, say), which is what composing more conditioners than training had exposes. One
+    forward pass per slot, no gradients."""
+    x = as_image_batch(x)
+    b, n = cond.batch_size, cond.slots
+    maps = x.new_zeros(b, n, *x.shape[-2:])
+    with torch.no_grad():
+        full = target_fn(denoiser, sigma, cond, target)(x)
+        for j in range(n):
+            present = cond.mask[:, j]
+            if not present.any():
+                continue
+            others = torch.ones_like(cond.mask)
+            others[:, j] = False
+            without = target_fn(denoiser, sigma, cond.keep_slots(others), target)(x)
+            maps[:, j] = (full - without).float().norm(dim=1) * present[:, None, None]
+    return maps
+
+
 def sensitivity_from_jacobian(jac: Tensor, mask: Tensor) -> Tensor:
     """Reduce ``[B, N, 2, C, H, W]`` location Jacobians to ``[B, N, H, W]`` per-pixel norms."""
     h, w = jac.shape[-2:]

@@ -52,6 +52,7 @@ from .jacobian import (
     conditioner_sensitivity,
     full_pixel_jacobian,
     pixel_jacobian,
+    presence_effect,
 )
 from .stats import CIMethod, Estimate, IndexSummary
 
@@ -61,7 +62,7 @@ MAPS_FILE = "maps.safetensors"
 # Arrays with a conditioner-slot axis, and where that axis is (for merging results).
 _SLOT_AXIS = {
     "locations": 1, "mask": 1, "chance": 1, "cond_sensitivity": 2, "own_share": 2,
-    "cond_valid": 2, "cond_inert": 2,
+    "cond_valid": 2, "cond_inert": 2, "presence_share": 2, "presence_valid": 2, "presence_inert": 2,
 }
 _MAP_KEYS = ("pixel_energy", "cond_sensitivity")
 
@@ -125,6 +126,9 @@ class SigmaSummary:
     own_share: list[Estimate]  # rho(r) for each r in radii
     index: IndexSummary  # conditional-locality index at the headline radius
     nearest_share: Estimate
+    # the same index of each conditioner's presence effect (removal, not a move); None in results
+    # saved before it was measured
+    presence_index: IndexSummary | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -134,6 +138,7 @@ class SigmaSummary:
             "own_share": [e.to_dict() for e in self.own_share],
             "index": self.index.to_dict(),
             "nearest_share": self.nearest_share.to_dict(),
+            **({"presence_index": self.presence_index.to_dict()} if self.presence_index else {}),
         }
 
     @classmethod
@@ -145,6 +150,7 @@ class SigmaSummary:
             own_share=[Estimate.from_dict(e) for e in d["own_share"]],
             index=IndexSummary.from_dict(d["index"]),
             nearest_share=Estimate.from_dict(d["nearest_share"]),
+            presence_index=IndexSummary.from_dict(d["presence_index"]) if "presence_index" in d else None,
         )
 
 
@@ -355,6 +361,9 @@ def _probe_batch(
     cl = stats.conditional_locality(sens, cond.locations, cond.mask, radii, inert_tol)
     out.update(cond_sensitivity=sens, own_share=cl.own_share, chance=cl.chance,
                cond_valid=cl.valid, cond_inert=cl.inert, nearest_share=cl.nearest_share)
+    removal = presence_effect(denoiser, x_t, sigma, cond, target=target)
+    pl = stats.conditional_locality(removal, cond.locations, cond.mask, radii, inert_tol)
+    out.update(presence_share=pl.own_share, presence_valid=pl.valid, presence_inert=pl.inert)
     return out
 
 
@@ -404,6 +413,10 @@ def summarize(
                     result.radius, group, generator, ci, n_boot, level,
                 ),
                 nearest_share=est(a["nearest_share"][s], group),
+                presence_index=None if "presence_share" not in a else stats.conditional_locality_index(
+                    a["presence_share"][s][..., r_head], a["chance"][..., r_head], a["presence_valid"][s],
+                    a["presence_inert"][s], result.radius, group, generator, ci, n_boot, level,
+                ),
             )
         )
     return out
@@ -457,7 +470,7 @@ def merge_results(
 # Arrays whose first axis is sigma (scenes on axis 1).
 _SIGMA_FIRST = {
     "pixel_energy", "mass_fraction", "effective_radius", "gradient_energy", "cond_sensitivity",
-    "own_share", "cond_valid", "cond_inert", "nearest_share",
+    "own_share", "cond_valid", "cond_inert", "nearest_share", "presence_share", "presence_valid", "presence_inert",
 }
 
 
@@ -552,6 +565,27 @@ def sampling_error(
 def mean_normalised_index(summary: dict) -> float:
     """The headline locality number of a probe's summary.json: the normalised index averaged over noise levels."""
     return float(np.mean([s["index"]["normalised"]["mean"] for s in summary["summaries"]]))
+
+
+def mean_presence_index(summary: dict) -> float | None:
+    """The presence index (normalised, averaged over noise levels) of a probe's summary.json;
+    None for a probe saved before it was measured."""
+    values = [s["presence_index"]["normalised"]["mean"] for s in summary["summaries"] if "presence_index" in s]
+    return float(np.mean(values)) if values and len(values) == len(summary["summaries"]) else None
+
+
+def has_presence(directory: str | Path, quiet: bool = False) -> bool:
+    """Whether a saved probe measured the presence index; one made before is redone (and, unless
+    ``quiet``, this says so)."""
+    try:
+        summary = json.loads((Path(directory) / SUMMARY_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if mean_presence_index(summary) is None:
+        if not quiet:
+            notice(f"{directory} predates the presence index; probing it again")
+        return False
+    return True
 
 
 def maps_intact(directory: str | Path) -> bool:

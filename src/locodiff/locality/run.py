@@ -21,7 +21,7 @@ from ..scenes import SceneDataset, batch_conditioning, vocab
 from ..scenes.dataset import to_model_batch
 from .feature_space import FEATURES_FILE, feature_run
 from .jacobian import InputError
-from .probe import maps_intact, probe_locality
+from .probe import has_presence, maps_intact, probe_locality
 
 
 def probe_scenes(data_root: str | Path, counts: Sequence[int], n: int):
@@ -62,7 +62,7 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
         return folder
     denoiser, run_cfg = load_subject(run_dir, ckpt)
     images, cond = probe_scenes(data_root, options.counts, options.scenes)
-    if not maps_intact(folder):
+    if not (maps_intact(folder) and has_presence(folder)):
         _probe(folder, run_dir, run_cfg, ckpt, denoiser, images, cond, options, seed, progress)
     feature_run(folder, denoiser, images, options.feature_sigma, options.feature_grid, seed,
                 colour_concepts(run_cfg), shape_concepts(run_cfg), run_cfg.holdout_indices(),
@@ -72,7 +72,8 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
 
 def probe_complete(folder: Path) -> bool:
     """Whether a probe folder holds both the score's locality and the feature-space results."""
-    return maps_intact(folder) and (Path(folder) / FEATURES_FILE).is_file()
+    return (maps_intact(folder) and (Path(folder) / FEATURES_FILE).is_file()
+            and has_presence(folder, quiet=True))
 
 
 def colour_concepts(run_cfg) -> list[int]:

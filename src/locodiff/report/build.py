@@ -23,7 +23,7 @@ from ..evaluate.metrics import default_tolerance_px, pair_accuracy, rank_correla
 from ..io import read_jsonl, write_text_atomic
 from ..locality.feature_space import load_features, pair_means
 from ..locality.figures import conditioner_sensitivity_figure, index_vs_sigma_figure, save_figure
-from ..locality.probe import LocalityResult, mean_normalised_index
+from ..locality.probe import LocalityResult, mean_normalised_index, mean_presence_index
 from ..models import describe
 from ..scenes import vocab
 from ..train.checkpoint import latest_checkpoint, read_state
@@ -53,6 +53,7 @@ class ModelFacts:
     locality_dir: Path | None = None
     locality: dict | None = None  # the probe's summary.json
     locality_index: float | None = None  # its mean normalised conditional-locality index
+    presence_index: float | None = None  # the same index of each conditioner's presence (removal) effect
     features: dict | None = None  # features.json (feature-space results)
 
 
@@ -86,6 +87,7 @@ def _read_results(cfg, f: ModelFacts, train_dir: Path) -> ModelFacts:
     if (loc / "summary.json").is_file():
         f.locality_dir, f.locality = loc, json.loads((loc / "summary.json").read_text())
         f.locality_index = mean_normalised_index(f.locality)
+        f.presence_index = mean_presence_index(f.locality)
         f.features = load_features(loc) or None
     return f
 
@@ -256,12 +258,20 @@ def locality_section(cfg, facts: list[ModelFacts], figures: Path) -> Section:
         f"{loc.pixels} probed pixels each, conditioned on every object's location. The **conditional-locality "
         f"index** is the share of a conditioner's squared influence on the output that falls within "
         f"{loc.radius_px:g} px of its own location (1 = purely local; chance = the share of the image that "
-        "disc covers). The normalised index (index − chance) / (1 − chance) is 0 at chance and 1 when local."))
+        "disc covers). The normalised index (index − chance) / (1 − chance) is 0 at chance and 1 when local. "
+        "The index measures what *moving* a conditioner changes (the location Jacobian); the **presence "
+        "index** is the same share for what *removing* it changes (D with it minus D without it), which is "
+        "what composing more conditioners than training had depends on: a network can be local under "
+        "small moves and still change every pixel through how many conditioners there are."))
     sigmas = summaries[done[0].name]["sigmas"]
+    presence = lambda s: s["presence_index"]["normalised"]["mean"] if "presence_index" in s else None  # noqa: E731
     rows = [[f.name] + [s["index"]["normalised"]["mean"] for s in summaries[f.name]["summaries"]] +
             [f.locality_index] for f in done]
     sec.blocks.append(Table(["model"] + [f"σ={s:g}" for s in sigmas] + ["mean"], rows,
                             "Normalised conditional-locality index per noise level."))
+    rows = [[f.name] + [presence(s) for s in summaries[f.name]["summaries"]] + [f.presence_index] for f in done]
+    sec.blocks.append(Table(["model"] + [f"σ={s:g}" for s in sigmas] + ["mean"], rows,
+                            "Normalised presence index per noise level (removing a conditioner instead of moving it)."))
     fig = index_vs_sigma_figure({n: s for n, s in summaries.items()})
     sec.blocks.append(Figure(save_figure(fig, figures / "locality_index.png"),
                              "Conditional-locality index against noise level (dotted: chance)."))
@@ -533,6 +543,12 @@ def claim_lines(cfg, facts: list[ModelFacts]) -> list[str]:
         lines.append(f"The more local the score, the further the model generalizes: {verdict(rho > 0.5)} "
                      f"(Spearman {rho:.2f} between locality index and mean recall at k = {lo}–{hi} over "
                      f"{len(probed)} models; criterion > 0.5).")
+        with_presence = [f for f in probed if f.presence_index is not None]
+        if len(with_presence) >= 3:
+            rho = rank_correlation([f.presence_index for f in with_presence],
+                                   [recall_beyond(f)[1] for f in with_presence])
+            lines.append(f"The same with the presence index (removal instead of moves): {verdict(rho > 0.5)} "
+                         f"(Spearman {rho:.2f} over {len(with_presence)} models).")
     return lines
 
 
