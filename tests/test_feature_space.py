@@ -61,7 +61,8 @@ def test_colour_concepts_follow_the_data_palette_for_attribute_models_only():
 
 
 def test_report_shows_colour_cosines_and_accuracy(tmp_path):
-    from locodiff.report.build import ModelFacts, colour_blocks
+    from locodiff.report.build import colour_blocks
+    from locodiff.report.facts import ModelFacts
     from locodiff.report.document import Figure, Table
     from locodiff.study_config import load_study_config
 

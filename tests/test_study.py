@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from locodiff import layout
 from locodiff.cli import app
 from locodiff.errors import ConfigError, LocodiffError
 from locodiff.layout import intervention_dir, run_dir, subject_dirs
@@ -331,7 +332,8 @@ def test_progress_line_for_logs_names_each_running_job():
 
 
 def test_claims_are_judged_from_recall_and_name_their_numbers(tmp_path):
-    from locodiff.report.build import ModelFacts, claim_lines
+    from locodiff.report.build import claim_lines
+    from locodiff.report.facts import ModelFacts
     from locodiff.study_config import load_study_config
 
     cfg = load_study_config("micro")
@@ -388,3 +390,40 @@ def test_results_over_training_from_every_kept_checkpoint(finished):
     masked = intervention_dir(finished, "exp3_masked")  # an intervention is measured like a run
     res = runner.invoke(app, ["locality", str(masked), "-p", "micro", "-s", f"out_dir={finished.out_dir}"])
     assert res.exit_code == 0 and f"results in {masked}" in res.output, res.output
+
+
+def test_seeds_and_emergence_are_trained_cached_and_reported(tmp_path):
+    from locodiff.layout import seeded_subject_dirs
+    from locodiff.study_config import EmergenceOptions
+    from locodiff.train.checkpoint import list_checkpoints, read_state
+
+    cfg = micro(tmp_path, "seeds=[0, 1]", 'emergence.models=["exp2"]', "emergence.counts=[1, 2]",
+                "emergence.per_count=2", "models.exp1.enabled=false", "models.exp1_combo.enabled=false",
+                "models.exp3_local.enabled=false")
+    run_study(cfg, console=quiet())
+    assert set(seeded_subject_dirs(cfg)) == {"exp2@s0", "exp2@s1", "exp3_masked@s0", "exp3_masked@s1"}
+    folders = [run_dir(cfg.per_seed()[s], "exp2") for s in (0, 1)]
+    assert folders[0] != folders[1]
+    weights = [(list_checkpoints(f)[-1] / "model.safetensors").read_bytes() for f in folders]
+    assert weights[0] != weights[1]  # the seed reaches the weights
+    ev = cfg.emergence.eval_config(cfg.evaluate)
+    for folder in folders:
+        checkpoints = list_checkpoints(folder)
+        assert [read_state(c)["images_seen"] for c in checkpoints] == [32, 64]
+        for ckpt in checkpoints:
+            e = json.loads((layout.eval_dir(folder, ev, ckpt.name) / "eval.json").read_text())
+            assert [r["k"] for r in e["per_k"]] == [1, 2]
+            assert (layout.probe_dir(folder, cfg.locality, ckpt.name) / "summary.json").is_file()
+    stamps = {p: p.stat().st_mtime_ns for f in folders for p in f.rglob("*.safetensors")}
+    run_study(cfg, console=quiet())  # everything cached: nothing retrained or re-measured
+    assert stamps == {p: p.stat().st_mtime_ns for f in folders for p in f.rglob("*.safetensors")}
+    md = (Path(cfg.out_dir) / "report" / "report.md").read_text()
+    assert "## Seeds" in md and re.search(r"\| exp2 \| 2 \| ", md)
+    assert "## Locality over training" in md and "**exp2@s0**" in md and "**exp2@s1**" in md
+    assert (Path(cfg.out_dir) / "report" / "figures" / "emergence.png").is_file()
+    with pytest.raises(ConfigError, match="emergence.models"):
+        micro(tmp_path, 'emergence.models=["nope"]')
+    with pytest.raises(ConfigError, match="distinct"):
+        micro(tmp_path, "seeds=[1, 1]")
+    with pytest.raises(ConfigError, match="per_count"):
+        EmergenceOptions(per_count=0)

@@ -401,7 +401,7 @@ def study(
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     dry_run: bool = DryRunOpt,
-    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated stages to run (data,train,evaluate,locality,report)."),
+    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated stages to run (data,train,evaluate,locality,emergence,report)."),
 ) -> None:
     """Run the whole study: render, train every model, evaluate, probe locality, write the report.
 

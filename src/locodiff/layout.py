@@ -99,6 +99,27 @@ def subject_dirs(cfg: StudyConfig) -> dict[str, Path]:
     return dirs
 
 
+def seeded_name(name: str, seed: int, cfg: StudyConfig) -> str:
+    """A subject's name in a study of several seeds (``exp2@s1``); the plain name with one seed."""
+    return name if len(cfg.seed_list()) == 1 else f"{name}@s{seed}"
+
+
+def seeded_subjects(cfg: StudyConfig) -> dict[str, tuple[int, Path]]:
+    """``subject_dirs`` under every seed of the study: ``seeded_name`` -> (seed, folder)."""
+    return {seeded_name(name, seed, cfg): (seed, folder) for seed, sub in cfg.per_seed().items()
+            for name, folder in subject_dirs(sub).items()}
+
+
+def seeded_subject_dirs(cfg: StudyConfig) -> dict[str, Path]:
+    return {key: folder for key, (_, folder) in seeded_subjects(cfg).items()}
+
+
+def emergence_runs(cfg: StudyConfig) -> dict[str, tuple[int, Path]]:
+    """The runs whose checkpoints the emergence stage follows: ``seeded_name`` -> (seed, folder)."""
+    return {seeded_name(name, seed, cfg): (seed, run_dir(sub, name))
+            for seed, sub in cfg.per_seed().items() for name in cfg.emergence.models}
+
+
 def dataset_root(data: Any, out_dir: str | Path) -> Path:
     """The folder of a data config's rendered splits (``data`` is a ``scenes.DataConfig``)."""
     return Path(out_dir) / "data" / data.cache_key()

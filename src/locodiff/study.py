@@ -25,7 +25,7 @@ from .evaluate.crowding import study_crowding
 from .evaluate.heatmap import detector_key
 from .evaluate.runner import build_detector, evaluate_run
 from .evaluate.validation import validate_detector
-from .intervene.subject import subject_checkpoint, write_intervention
+from .intervene.subject import subject_checkpoint, subject_checkpoints, write_intervention
 from .io import atomic_path, read_jsonl, write_json_atomic
 from .jobs import Job, last_record, run_jobs, torch_threads
 from .locality.config import LocalityOptions
@@ -38,7 +38,7 @@ from .train.checkpoint import latest_checkpoint, read_state
 from .train.config import RunConfig
 from .train.run import train_run
 
-STAGES = ("data", "train", "evaluate", "locality", "report")
+STAGES = ("data", "train", "evaluate", "locality", "emergence", "report")
 
 
 def images_trained(folder: Path) -> int:
@@ -48,6 +48,12 @@ def images_trained(folder: Path) -> int:
 
 def is_trained(cfg: StudyConfig, name: str) -> bool:
     return images_trained(layout.run_dir(cfg, name)) >= cfg.models[name].train.total_images
+
+
+def seeded_models(cfg: StudyConfig) -> dict[str, tuple[StudyConfig, str]]:
+    """Every model the study trains, under every seed: ``seeded_name`` -> (that seed's config, name)."""
+    return {layout.seeded_name(name, seed, cfg): (sub, name)
+            for seed, sub in cfg.per_seed().items() for name in cfg.enabled_models()}
 
 
 def worker_threads(cfg: StudyConfig) -> int:
@@ -76,6 +82,13 @@ def _eval_worker(folder: str, eval_cfg: EvalConfig, cache: str, device: str, thr
 def _locality_worker(folder: str, data_root: str, options: LocalityOptions, seed: int, threads: int) -> str:
     with torch_threads(threads):
         return str(probe_run(folder, data_root, options, seed))
+
+
+def _emergence_worker(folder: str, checkpoint: str, data_root: str, eval_cfg: EvalConfig, options: LocalityOptions,
+                      seed: int, cache: str, device: str, threads: int) -> str:
+    with torch_threads(threads):
+        evaluate_run(folder, eval_cfg, cache, device, checkpoint=Path(checkpoint))
+        return str(probe_run(folder, data_root, options, seed, checkpoint=Path(checkpoint)))
 
 
 # ----- stages ---------------------------------------------------------------------------------
@@ -108,17 +121,18 @@ def stage_train(cfg: StudyConfig, data_root: Path, console: Console, with_detect
 
     With ``with_detector`` the evaluation's learned detector trains alongside when not cached.
     """
-    models = cfg.enabled_models()
+    models = seeded_models(cfg)
     threads = worker_threads(cfg)
     jobs: dict[str, Job] = {}
-    for name, spec in models.items():
-        folder = layout.run_dir(cfg, name)
-        if is_trained(cfg, name):
-            console.print(f"  {name}: trained already ({folder.name})")
+    for key, (sub, name) in models.items():
+        folder = layout.run_dir(sub, name)
+        if is_trained(sub, name):
+            console.print(f"  {key}: trained already ({folder.name})")
             continue
-        jobs[name] = Job(_train_worker, (cfg.run_config(name), str(folder), str(data_root), threads),
-                         spec.train.total_images, lambda f=folder: last_record(f / "metrics.jsonl", "images_seen"),
-                         lambda f=folder: _loss_detail(f / "metrics.jsonl"))
+        jobs[key] = Job(_train_worker, (sub.run_config(name), str(folder), str(data_root), threads),
+                        cfg.models[name].train.total_images,
+                        lambda f=folder: last_record(f / "metrics.jsonl", "images_seen"),
+                        lambda f=folder: _loss_detail(f / "metrics.jsonl"))
     if with_detector and needs_detector_training(cfg):
         jobs["detector"] = _detector_job(cfg, threads)
     # Longest models first, so that the slowest does not start last and leave a core idle; the
@@ -186,12 +200,30 @@ def write_crowding(cfg: StudyConfig) -> Path:
 def stage_locality(cfg: StudyConfig, data_root: Path, console: Console) -> None:
     """Jacobian locality probe of every trained model (cached per checkpoint and options)."""
     jobs = {}
+    seeds = {key: seed for key, (seed, _) in layout.seeded_subjects(cfg).items()}
     for name, folder in prepare_subjects(cfg).items():
         out = layout.probe_dir(folder, cfg.locality, subject_checkpoint(folder).name)
         if probe_complete(out):
             console.print(f"  {name}: probed already ({out.name})")
             continue
-        jobs[name] = Job(_locality_worker, (str(folder), str(data_root), cfg.locality, cfg.seed, worker_threads(cfg)))
+        jobs[name] = Job(_locality_worker, (str(folder), str(data_root), cfg.locality, seeds[name], worker_threads(cfg)))
+    run_jobs(jobs, cfg.jobs, console)
+
+
+def stage_emergence(cfg: StudyConfig, data_root: Path, console: Console) -> None:
+    """Recall at a few k and the locality probe at every kept checkpoint of ``emergence.models``
+    (cached per checkpoint like the final ones): how both grew over training."""
+    ev = cfg.emergence.eval_config(cfg.evaluate)
+    jobs = {}
+    for key, (seed, folder) in layout.emergence_runs(cfg).items():
+        checkpoints = subject_checkpoints(folder)
+        todo = [c for c in checkpoints if not ((layout.eval_dir(folder, ev, c.name) / "eval.json").is_file()
+                                               and probe_complete(layout.probe_dir(folder, cfg.locality, c.name)))]
+        console.print(f"  {key}: {len(checkpoints)} checkpoints kept, {len(todo)} to measure")
+        for ckpt in todo:
+            jobs[f"{key}@{read_state(ckpt)['images_seen']}"] = Job(
+                _emergence_worker, (str(folder), str(ckpt), str(data_root), ev, cfg.locality, seed,
+                                    str(layout.detector_cache(cfg)), study_device(cfg), worker_threads(cfg)))
     run_jobs(jobs, cfg.jobs, console)
 
 
@@ -202,15 +234,17 @@ def stage_report(cfg: StudyConfig, console: Console) -> Path:
 
 
 def prepare_subjects(cfg: StudyConfig) -> dict[str, Path]:
-    """Check that every model is trained and write each intervention's folder (it only names its
-    base run); returns the folders of everything the study evaluates."""
-    for name in cfg.enabled_models():
-        folder = layout.run_dir(cfg, name)
+    """Check that every model is trained (under every seed) and write each intervention's folder
+    (it only names its base run); returns the folders of everything the study evaluates, keyed
+    by ``layout.seeded_name``."""
+    for key, (sub, name) in seeded_models(cfg).items():
+        folder = layout.run_dir(sub, name)
         if latest_checkpoint(folder) is None:
-            raise ConfigError(f"model {name!r} is not trained yet ({folder}); run the train stage first")
-    for name, spec in cfg.enabled_interventions().items():
-        write_intervention(layout.intervention_dir(cfg, name), spec, layout.run_dir(cfg, spec.base))
-    return layout.subject_dirs(cfg)
+            raise ConfigError(f"model {key!r} is not trained yet ({folder}); run the train stage first")
+    for sub in cfg.per_seed().values():
+        for name, spec in sub.enabled_interventions().items():
+            write_intervention(layout.intervention_dir(sub, name), spec, layout.run_dir(sub, spec.base))
+    return layout.seeded_subject_dirs(cfg)
 
 
 def study_device(cfg: StudyConfig) -> str:
@@ -263,6 +297,7 @@ def run_study(
         "train": lambda: stage_train(cfg, data_root, console, with_detector="evaluate" in only),
         "evaluate": lambda: stage_evaluate(cfg, console),
         "locality": lambda: stage_locality(cfg, data_root, console),
+        "emergence": lambda: stage_emergence(cfg, data_root, console),
         "report": lambda: stage_report(cfg, console),
     }
     for i, stage in enumerate(STAGES):
@@ -274,4 +309,4 @@ def run_study(
         seconds[stage] = time.perf_counter() - start
         console.print(f"  {stage} done in {seconds[stage]:.1f} s")
         record_timing(out, stage, seconds[stage], config_hash(cfg))
-    return StudyResult(out, seconds, layout.subject_dirs(cfg))
+    return StudyResult(out, seconds, layout.seeded_subject_dirs(cfg))

@@ -11,7 +11,7 @@ GPU preset, ``micro`` for tests) is a TOML file in
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -42,8 +42,31 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class EmergenceOptions:
+    """How locality and extrapolation grow over training: every kept checkpoint of ``models`` is
+    evaluated at ``counts`` (``per_count`` samples each) and probed with the [locality] options.
+    Keep enough checkpoints (``train.keep_checkpoints``) for a curve."""
+
+    models: tuple[str, ...] = ()  # trained models to follow (none: the stage does nothing)
+    counts: tuple[int, ...] = (1, 4, 8)  # object counts evaluated at each checkpoint
+    per_count: int = 16  # samples per count and checkpoint
+
+    def eval_config(self, evaluate: EvalConfig) -> EvalConfig:
+        """The study's evaluation with these counts and samples (run at every checkpoint)."""
+        return replace(evaluate, counts=self.counts, per_count=self.per_count)
+
+    def __post_init__(self) -> None:
+        if self.per_count < 1 or not self.counts or min(self.counts) < 0:
+            raise ConfigError(f"emergence.counts={list(self.counts)} / per_count={self.per_count}: "
+                              "expected counts >= 0 and per_count >= 1")
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     seed: int = 0  # master seed; every stage derives its generators from it
+    # train (and evaluate, probe) every model under each of these seeds; empty: just ``seed``.
+    # Sections that show one model show the first seed; the seeds section, means with CIs.
+    seeds: tuple[int, ...] = ()
     out_dir: str = "runs"  # where run folders and caches are written
     data: DataConfig = field(default_factory=DataConfig)  # scenes, rendering and data-set sizes
     train: TrainConfig = field(default_factory=TrainConfig)  # defaults for every model
@@ -53,6 +76,7 @@ class StudyConfig:
     locality: LocalityOptions = field(default_factory=LocalityOptions)
     device: str = "auto"  # evaluation and locality device: auto (cuda if available) | cpu | cuda[:N]
     jobs: int = 1  # models trained at once (processes); on a 2-core CPU 2 jobs x 1 thread is fastest
+    emergence: EmergenceOptions = field(default_factory=EmergenceOptions)  # locality over training
 
     def __post_init__(self) -> None:
         if self.jobs < 1:
@@ -82,6 +106,12 @@ class StudyConfig:
                 f"evaluate.trained_range={list(self.evaluate.trained_range)} contradicts data.train_counts="
                 f"{list(self.data.train_counts)}; leave it unset to follow the data"
             )
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds={list(self.seeds)}: expected distinct seeds")
+        unknown = [m for m in self.emergence.models if m not in self.enabled_models()]
+        if unknown:
+            raise ConfigError(f"emergence.models {unknown} are not enabled models of the study; "
+                              f"models: {sorted(self.enabled_models())}")
         missing = [k for k in self.locality.counts if k not in self.data.test_counts]
         if missing:
             raise ConfigError(
@@ -93,6 +123,13 @@ class StudyConfig:
 
     def enabled_interventions(self) -> dict[str, InterventionSpec]:
         return {k: v for k, v in self.interventions.items() if v.enabled}
+
+    def seed_list(self) -> tuple[int, ...]:
+        return self.seeds or (self.seed,)
+
+    def per_seed(self) -> dict[int, "StudyConfig"]:
+        """The study under each of its seeds (one config each, ``seeds`` emptied)."""
+        return {s: replace(self, seed=s, seeds=()) for s in self.seed_list()}
 
     def run_config(self, name: str) -> RunConfig:
         """Everything that determines model ``name``'s weights."""

@@ -10,7 +10,6 @@ import os
 import platform
 import shutil
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,102 +19,17 @@ from .. import __version__, layout
 from ..config import to_dict
 from ..evaluate.crowding import OUTSIDE, RARE, Crowding
 from ..evaluate.metrics import default_tolerance_px, pair_accuracy, rank_correlation
-from ..io import read_jsonl, write_text_atomic
-from ..locality.feature_space import load_features, pair_means
+from ..io import write_text_atomic
+from ..locality.feature_space import pair_means
 from ..locality.figures import conditioner_sensitivity_figure, index_vs_sigma_figure, save_figure
-from ..locality.probe import LocalityResult, mean_normalised_index, mean_presence_index
-from ..models import describe
+from ..locality.probe import LocalityResult
 from ..scenes import vocab
-from ..train.checkpoint import latest_checkpoint, read_state
-from ..train.loop import training_time
 from .document import Code, Figure, Section, Table, Text, to_html, to_markdown
+from .facts import (
+    FAILS, GENERALIZES, ModelFacts, accuracy_at, gather, headline, learned_conditioner, num, recall_beyond,
+)
 from .figures import cosine_matrices, locality_vs_generalization, recall_and_crowding, success_vs_k
-
-
-@dataclass
-class ModelFacts:
-    """Everything the report says about one model, read from its run folder."""
-
-    name: str
-    role: str
-    arch: str
-    label_policy: str
-    description: str
-    params: int
-    folder: Path
-    images_seen: int = 0
-    images_per_s: float | None = None
-    train_seconds: float | None = None
-    final_loss: float | None = None
-    evaluation: dict | None = None  # eval.json
-    eval_dir: Path | None = None
-    eval_records: list[dict] = field(default_factory=list)  # eval.jsonl
-    locality_dir: Path | None = None
-    locality: dict | None = None  # the probe's summary.json
-    locality_index: float | None = None  # its mean normalised conditional-locality index
-    presence_index: float | None = None  # the same index of each conditioner's presence (removal) effect
-    features: dict | None = None  # features.json (feature-space results)
-
-
-def gather(cfg) -> list[ModelFacts]:
-    facts = []
-    for name, spec in cfg.enabled_models().items():
-        f = ModelFacts(name, spec.role, spec.model.arch, spec.label_policy, spec.description,
-                       describe(spec.model).param_count, layout.run_dir(cfg, name))
-        facts.append(_read_results(cfg, f, f.folder))
-    for name, spec in cfg.enabled_interventions().items():
-        base = cfg.models[spec.base]
-        f = ModelFacts(name, spec.role, f"{spec.form}({spec.base}, r={spec.radius_px:g} px)", base.label_policy,
-                       spec.description, describe(base.model).param_count, layout.intervention_dir(cfg, name))
-        facts.append(_read_results(cfg, f, layout.run_dir(cfg, spec.base)))
-    return facts
-
-
-def _read_results(cfg, f: ModelFacts, train_dir: Path) -> ModelFacts:
-    """Training facts from ``train_dir``, evaluation and locality results from ``f.folder``."""
-
-    ckpt = latest_checkpoint(train_dir) if train_dir.exists() else None
-    if ckpt is None:
-        return f
-    f.images_seen = read_state(ckpt)["images_seen"]
-    f.train_seconds, f.images_per_s, f.final_loss = training_time(read_jsonl(train_dir / "metrics.jsonl"))
-    ev = layout.eval_dir(f.folder, cfg.evaluate, ckpt.name)
-    if (ev / "eval.json").is_file():
-        f.evaluation, f.eval_dir = json.loads((ev / "eval.json").read_text()), ev
-        f.eval_records = read_jsonl(ev / "eval.jsonl")
-    loc = layout.probe_dir(f.folder, cfg.locality, ckpt.name)
-    if (loc / "summary.json").is_file():
-        f.locality_dir, f.locality = loc, json.loads((loc / "summary.json").read_text())
-        f.locality_index = mean_normalised_index(f.locality)
-        f.presence_index = mean_presence_index(f.locality)
-        f.features = load_features(loc) or None
-    return f
-
-
-# ----- numbers the text is written from ------------------------------------------------------------
-
-
-def headline(f: ModelFacts) -> str:
-    """The accuracy a model is judged by. With labels ``all`` the training images hold exactly the
-    labelled objects, so extra objects are errors (``success``: exact count, all placed). With
-    ``one`` the training images also hold unlabelled objects, so extras are the data's own
-    clutter and what counts is an object at every requested location (``placed``)."""
-    return "success" if f.label_policy == "all" else "placed"
-
-
-def accuracy_at(f: ModelFacts, k: int, kind: str | None = None) -> float | None:
-    rows = {r["k"]: r for r in (f.evaluation or {}).get("per_k", [])}
-    return rows[k].get(kind or headline(f)) if k in rows else None
-
-
-def learned_conditioner(f: ModelFacts, threshold: float) -> bool | None:
-    """Does the model place a single requested object? Failure at larger k means nothing otherwise."""
-    s = accuracy_at(f, 1, "placed")
-    return None if s is None else s >= threshold
-
-
-def _num(v: float | None) -> str:
-    return "–" if v is None else f"{v:.2f}"
+from .training import emergence_section, seeds_section, trained_in_section, trained_in_verdict
 
 
 def detector_ceiling(cfg) -> dict[int, dict]:
@@ -370,7 +284,7 @@ def combination_blocks(cfg, done: list[ModelFacts], feats: dict[str, dict]) -> l
         n_shape = sum(c.get("shape_checked", 0) for c in shape_counts)
         shape_acc = sum(c.get("shape_correct", 0) for c in shape_counts) / n_shape if n_shape else None
         rows.append([f.name, len(held.get(f.name, ())), shape_acc,
-                     acc["out_both"][0], f"{_num(acc['in_both'][0])} (n={acc['in_both'][1]})",
+                     acc["out_both"][0], f"{num(acc['in_both'][0])} (n={acc['in_both'][1]})",
                      acc["out_color"][0], acc["in_color"][0], attrs["additive_share"], inter["out"], inter["in"],
                      attrs["color_shape_abs_cos_mean"]])
     if not rows or not pairs:
@@ -379,7 +293,7 @@ def combination_blocks(cfg, done: list[ModelFacts], feats: dict[str, dict]) -> l
 
     def ceiling_mean(key: str) -> str:
         values = [r[key] for r in ceiling if r.get(key) is not None]
-        return _num(float(np.mean(values)) if values else None)
+        return num(float(np.mean(values)) if values else None)
 
     names = "; ".join(f"{n}: " + ", ".join(f"{vocab.SHAPES[s]} {vocab.COLOR_NAMES[c]}" for s, c in p)
                       for n, p in held.items())
@@ -449,10 +363,10 @@ def findings_section(cfg, facts: list[ModelFacts]) -> Section:
         k1 = accuracy_at(f, 1)
         low, mean = recall_beyond(f)
         line = (f"**{f.name}** ({f.arch}, labels `{f.label_policy}`): recall over k = {s['extrapolation_range'][0]}–"
-                f"{s['extrapolation_range'][1]} lowest {_num(low)}, mean {_num(mean)}; `{kind}` at k=1 "
+                f"{s['extrapolation_range'][1]} lowest {num(low)}, mean {num(mean)}; `{kind}` at k=1 "
                 f"{k1 if k1 is not None else float('nan'):.2f}, largest k with {kind} ≥ {thr}: "
                 f"{s.get(f'{kind}_largest_k')}, {kind} AUC over k = {s['extrapolation_range'][0]}–"
-                f"{s['extrapolation_range'][1]}: {_num(s.get(f'{kind}_auc_extrapolation'))}")
+                f"{s['extrapolation_range'][1]}: {num(s.get(f'{kind}_auc_extrapolation'))}")
         if f.locality_dir:
             line += f"; mean normalised locality index {f.locality_index:.2f}"
         learned = learned_conditioner(f, thr)
@@ -489,25 +403,13 @@ def held_out_findings(cfg, facts: list[ModelFacts]) -> list:
         controls = [(n, pair_accuracy(c.eval_records, pairs)) for n, c in scored.items()
                     if not cfg.models[n].holdout_combos]
         line = (f"**{name}** never saw {len(pairs)} (shape, colour) pairs: colour right on "
-                f"{_num(acc['in_color'][0])} of the matched objects asked for them (n={acc['in_color'][1]}) vs "
-                f"{_num(acc['out_color'][0])} on the pairs it saw; colour and shape right "
-                f"{_num(acc['in_both'][0])} vs {_num(acc['out_both'][0])}")
-        line += "".join(f"; {n}, which saw them, {_num(a['in_color'][0])} / {_num(a['in_both'][0])} on the same "
+                f"{num(acc['in_color'][0])} of the matched objects asked for them (n={acc['in_color'][1]}) vs "
+                f"{num(acc['out_color'][0])} on the pairs it saw; colour and shape right "
+                f"{num(acc['in_both'][0])} vs {num(acc['out_both'][0])}")
+        line += "".join(f"; {n}, which saw them, {num(a['in_color'][0])} / {num(a['in_both'][0])} on the same "
                         "pairs" for n, a in controls) + "."
         lines.append(Text(line))
     return lines
-
-
-# What "generalizes" and "fails" mean in the claims below: the lowest recall over the extrapolation
-# range must reach GENERALIZES; a failing model's mean recall there (AUC) stays below FAILS.
-GENERALIZES = 0.8
-FAILS = 0.5
-
-
-def recall_beyond(f: ModelFacts) -> tuple[float | None, float | None]:
-    """(lowest, mean) recall over the extrapolation range, from eval.json."""
-    s = f.evaluation["summary"]
-    return s.get("recall_min_extrapolation"), s.get("recall_auc_extrapolation")
 
 
 def claim_lines(cfg, facts: list[ModelFacts]) -> list[str]:
@@ -525,7 +427,7 @@ def claim_lines(cfg, facts: list[ModelFacts]) -> list[str]:
                 continue
             caveat = "" if learned_conditioner(f, thr) is not False else "; it has not learned its conditioner"
             lines.append(f"{claim} — {f.name}: {verdict(low >= GENERALIZES)} (recall at k = {lo}–{hi}: lowest "
-                         f"{low:.2f}, mean {_num(mean)}; criterion: lowest ≥ {GENERALIZES}{caveat}).")
+                         f"{low:.2f}, mean {num(mean)}; criterion: lowest ≥ {GENERALIZES}{caveat}).")
     for f in (f for f in judged if f.role == "exp2"):
         low, mean = recall_beyond(f)
         if mean is None:
@@ -533,7 +435,7 @@ def claim_lines(cfg, facts: list[ModelFacts]) -> list[str]:
         learned = learned_conditioner(f, thr)
         text = (f"Exp 2 (one object labelled) fails to length-generalize — {f.name}: "
                 f"{verdict(bool(learned) and mean < FAILS)} (mean recall at k = {lo}–{hi}: {mean:.2f}, criterion "
-                f"< {FAILS}; placed at k = 1: {_num(accuracy_at(f, 1, 'placed'))}")
+                f"< {FAILS}; placed at k = 1: {num(accuracy_at(f, 1, 'placed'))}")
         lines.append(text + (")." if learned else f", below {thr}: it has not learned its label, so its failure "
                              "is not evidence)."))
     probed = [f for f in judged if f.locality_dir and learned_conditioner(f, thr) and recall_beyond(f)[1] is not None]
@@ -587,6 +489,9 @@ def summary_section(cfg, facts: list[ModelFacts]) -> Section:
                         "weak support for the paper's claim."))
     sec.blocks.append(Text(text))
     sec.blocks += [Text(line) for line in claim_lines(cfg, facts)]
+    verdict = trained_in_verdict(cfg, facts)
+    if verdict:
+        sec.blocks.append(Text(verdict))
     return sec
 
 
@@ -645,8 +550,9 @@ def write_report(cfg, out_dir: str | Path) -> Path:
     findings = findings_section(cfg, facts)
     findings.blocks += scatter_block(cfg, facts, figures)
     sections += [generalization_section(cfg, facts, figures), crowding_section(cfg, facts, figures),
-                 locality_section(cfg, facts, figures),
-                 diffusers_section(cfg, figures), findings, reproducibility_section(cfg)]
+                 locality_section(cfg, facts, figures)]
+    sections += [s for s in (trained_in_section(cfg, facts), emergence_section(cfg, figures)) if s is not None]
+    sections += [seeds_section(cfg), diffusers_section(cfg, figures), findings, reproducibility_section(cfg)]
     title = "locodiff study report"
     write_text_atomic(out / "report.md", to_markdown(title, sections, out))
     write_text_atomic(out / "report.html", to_html(title, sections))

@@ -100,3 +100,26 @@ def cosine_matrices(matrices: Mapping[str, list], path: str | Path) -> Path:
         ax.set_yticks([])
     fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
     return _save(fig, path)
+
+
+def emergence_figure(curves: Mapping[str, list[dict]], counts: list[int], path: str | Path) -> Path:
+    """Locality (left) and recall per k (right) against training images, one colour per model.
+    Each point is a dict with ``images_seen``, ``index``, ``presence`` and ``recall`` {k: value}."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.4), sharex=True)
+    styles = ["-", "--", ":", "-."]
+    for i, (name, points) in enumerate(curves.items()):
+        x = [p["images_seen"] / 1000 for p in points]
+        left.plot(x, [p["index"] for p in points], "-o", color=f"C{i}", ms=3, label=f"{name} (moves)")
+        left.plot(x, [p["presence"] for p in points], "--", color=f"C{i}", label=f"{name} (presence)")
+        for j, k in enumerate(counts):
+            right.plot(x, [p["recall"].get(k) for p in points], styles[j % len(styles)], color=f"C{i}",
+                       label=f"{name} k={k}")
+    left.set_ylabel("normalised locality index")
+    right.set_ylabel("recall")
+    for ax in (left, right):
+        ax.set_xlabel("training images (thousands)")
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,124 @@
+"""What the report knows about each model, read once from the files the stages wrote.
+
+Every section formats these facts; none reads a result file itself. ``gather`` takes one seed's
+view of the study (the first seed unless told), ``gather_seeds`` every seed's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import layout
+from ..io import read_jsonl
+from ..locality.feature_space import load_features
+from ..locality.probe import mean_normalised_index, mean_presence_index
+from ..models import describe
+from ..train.checkpoint import latest_checkpoint, read_state
+from ..train.loop import training_time
+
+
+@dataclass
+class ModelFacts:
+    """Everything the report says about one model, read from its run folder."""
+
+    name: str
+    role: str
+    arch: str
+    label_policy: str
+    description: str
+    params: int
+    folder: Path
+    images_seen: int = 0
+    images_per_s: float | None = None
+    train_seconds: float | None = None
+    final_loss: float | None = None
+    evaluation: dict | None = None  # eval.json
+    eval_dir: Path | None = None
+    eval_records: list[dict] = field(default_factory=list)  # eval.jsonl
+    locality_dir: Path | None = None
+    locality: dict | None = None  # the probe's summary.json
+    locality_index: float | None = None  # its mean normalised conditional-locality index
+    presence_index: float | None = None  # the same index of each conditioner's presence (removal) effect
+    features: dict | None = None  # features.json (feature-space results)
+
+
+def gather(cfg, seed: int | None = None) -> list[ModelFacts]:
+    """Facts of every enabled model and intervention under ``seed`` (default: the study's first)."""
+    cfg = cfg.per_seed()[cfg.seed_list()[0] if seed is None else seed]
+    facts = []
+    for name, spec in cfg.enabled_models().items():
+        f = ModelFacts(name, spec.role, spec.model.arch, spec.label_policy, spec.description,
+                       describe(spec.model).param_count, layout.run_dir(cfg, name))
+        facts.append(_read_results(cfg, f, f.folder))
+    for name, spec in cfg.enabled_interventions().items():
+        base = cfg.models[spec.base]
+        f = ModelFacts(name, spec.role, f"{spec.form}({spec.base}, r={spec.radius_px:g} px)", base.label_policy,
+                       spec.description, describe(base.model).param_count, layout.intervention_dir(cfg, name))
+        facts.append(_read_results(cfg, f, layout.run_dir(cfg, spec.base)))
+    return facts
+
+
+def _read_results(cfg, f: ModelFacts, train_dir: Path) -> ModelFacts:
+    """Training facts from ``train_dir``, evaluation and locality results from ``f.folder``."""
+
+    ckpt = latest_checkpoint(train_dir) if train_dir.exists() else None
+    if ckpt is None:
+        return f
+    f.images_seen = read_state(ckpt)["images_seen"]
+    f.train_seconds, f.images_per_s, f.final_loss = training_time(read_jsonl(train_dir / "metrics.jsonl"))
+    ev = layout.eval_dir(f.folder, cfg.evaluate, ckpt.name)
+    if (ev / "eval.json").is_file():
+        f.evaluation, f.eval_dir = json.loads((ev / "eval.json").read_text()), ev
+        f.eval_records = read_jsonl(ev / "eval.jsonl")
+    loc = layout.probe_dir(f.folder, cfg.locality, ckpt.name)
+    if (loc / "summary.json").is_file():
+        f.locality_dir, f.locality = loc, json.loads((loc / "summary.json").read_text())
+        f.locality_index = mean_normalised_index(f.locality)
+        f.presence_index = mean_presence_index(f.locality)
+        f.features = load_features(loc) or None
+    return f
+
+
+# ----- numbers the text is written from ------------------------------------------------------------
+
+
+def headline(f: ModelFacts) -> str:
+    """The accuracy a model is judged by. With labels ``all`` the training images hold exactly the
+    labelled objects, so extra objects are errors (``success``: exact count, all placed). With
+    ``one`` the training images also hold unlabelled objects, so extras are the data's own
+    clutter and what counts is an object at every requested location (``placed``)."""
+    return "success" if f.label_policy == "all" else "placed"
+
+
+def accuracy_at(f: ModelFacts, k: int, kind: str | None = None) -> float | None:
+    rows = {r["k"]: r for r in (f.evaluation or {}).get("per_k", [])}
+    return rows[k].get(kind or headline(f)) if k in rows else None
+
+
+def learned_conditioner(f: ModelFacts, threshold: float) -> bool | None:
+    """Does the model place a single requested object? Failure at larger k means nothing otherwise."""
+    s = accuracy_at(f, 1, "placed")
+    return None if s is None else s >= threshold
+
+
+def num(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
+# What "generalizes" and "fails" mean in the claims below: the lowest recall over the extrapolation
+# range must reach GENERALIZES; a failing model's mean recall there (AUC) stays below FAILS.
+GENERALIZES = 0.8
+FAILS = 0.5
+
+
+def recall_beyond(f: ModelFacts) -> tuple[float | None, float | None]:
+    """(lowest, mean) recall over the extrapolation range, from eval.json."""
+    s = f.evaluation["summary"]
+    return s.get("recall_min_extrapolation"), s.get("recall_auc_extrapolation")
+
+
+def gather_seeds(cfg) -> dict[int, list[ModelFacts]]:
+    """``gather`` under every seed of the study."""
+    return {seed: gather(cfg, seed) for seed in cfg.seed_list()}

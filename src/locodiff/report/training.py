@@ -1,0 +1,274 @@
+"""Report sections about training: locality trained in (each form against its cost), how locality
+and recall grew over training (emergence), and the headline numbers over seeds with intervals.
+
+Like the rest of the report, built only from saved results; a section with nothing to show says so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+from .. import layout
+from ..evaluate.metrics import rank_correlation
+from ..locality.probe import mean_normalised_index, mean_presence_index
+from ..rng import derived_seed
+from ..train.checkpoint import list_checkpoints, read_state
+from .document import Figure, Section, Table, Text
+from .facts import GENERALIZES, ModelFacts, accuracy_at, gather_seeds, learned_conditioner, num
+from .figures import emergence_figure
+
+LOCAL = 0.8  # a normalised locality index at which the emergence text calls a score local
+
+
+def recall_at(evaluation: dict | None, k: int) -> float | None:
+    rows = {r["k"]: r for r in (evaluation or {}).get("per_k", [])}
+    return rows[k]["recall"] if k in rows else None
+
+
+def trained_in_form(spec) -> str | None:
+    """What a model does during training to be local, in words; None for ordinary training."""
+    t, m = spec.train, spec.model
+    parts = []
+    if t.locality_penalty > 0:
+        what = "share" if t.locality_relative else "size"
+        start = f" from {t.locality_start_images // 1000}k images" if t.locality_start_images else ""
+        parts.append(f"penalty on the {what} of each label's {t.locality_form} effect beyond "
+                     f"{t.locality_window_px:g} px (weight {t.locality_penalty:g}{start}, "
+                     f"{t.locality_fraction:.0%} of each batch)")
+    if m.attention_radius_px is not None:
+        parts.append(f"attention only to tokens within {m.attention_radius_px:g} px (also at test)")
+    if t.object_dropout > 0:
+        parts.append(f"each label dropped with probability {t.object_dropout:g}")
+    return "; ".join(parts) or None
+
+
+# ----- locality trained in ----------------------------------------------------------------------
+
+def _largest_counts(cfg) -> list[int]:
+    return sorted(cfg.evaluate.counts)[-2:]
+
+
+def trained_in_rows(cfg, facts: list[ModelFacts]) -> tuple[list[ModelFacts], list[ModelFacts], list[ModelFacts]]:
+    """(trained-in forms, Exp 2 baselines, post hoc interventions) among the evaluated facts."""
+    done = [f for f in facts if f.evaluation]
+    forms = [f for f in done if f.name in cfg.models and trained_in_form(cfg.models[f.name])]
+    plain = [f for f in done if f.role == "exp2"]
+    post_hoc = [f for f in done if f.name in cfg.interventions]
+    return forms, plain, post_hoc
+
+
+def trained_in_verdict(cfg, facts: list[ModelFacts]) -> str | None:
+    """Did a training-time form answer the open question here? supported / partly / not, from numbers:
+    supported when a form learned its label and its recall at the two largest k reaches both the
+    best post hoc intervention's and GENERALIZES; partly when it beats ordinary training there."""
+    forms, plain, post_hoc = trained_in_rows(cfg, facts)
+    if not forms:
+        return None
+    ks, thr = _largest_counts(cfg), cfg.evaluate.threshold
+    worst = lambda f: min((recall_at(f.evaluation, k) or 0.0) for k in ks)  # noqa: E731
+    bar = max([GENERALIZES] + [worst(f) for f in post_hoc])
+    learned = [f for f in forms if learned_conditioner(f, thr)]
+    best = max(learned, key=worst, default=None)
+    where = f"recall at k = {', '.join(map(str, ks))}"
+    if best is None:
+        return (f"Locality trained in: **not supported** here — no training-time form learned its label "
+                f"(placed at k = 1 ≥ {thr}); tried: {', '.join(f.name for f in forms)}.")
+    if worst(best) >= bar:
+        verdict = "**supported**"
+    elif plain and worst(best) > max(worst(f) for f in plain):
+        verdict = "**partly supported**"
+    else:
+        verdict = "**not supported**"
+    return (f"Locality trained in: {verdict} — best form {best.name} ({where}: lowest {worst(best):.2f}; bar: "
+            f"{bar:.2f}, the larger of {GENERALIZES} and the best post hoc intervention; ordinary training "
+            f"{', '.join(f'{f.name} {worst(f):.2f}' for f in plain) or '–'}).")
+
+
+def trained_in_section(cfg, facts: list[ModelFacts]) -> Section | None:
+    forms, plain, post_hoc = trained_in_rows(cfg, facts)
+    if not forms:
+        return None
+    sec = Section("Locality trained in")
+    sec.blocks.append(Text(
+        "Exp 2's data and network, trained with a form of locality enforcement (below), against ordinary "
+        "training (Exp 2) and the post hoc masked composition of Exp 2's network. Cost: training images per "
+        "second relative to Exp 2 on the same machine (the penalties run an extra forward pass on part of "
+        "each batch)."))
+    ks = [k for k in cfg.evaluate.counts if k >= 1]
+    base_rate = next((f.images_per_s for f in plain if f.images_per_s), None)
+    rows = []
+    for f in plain + forms + post_hoc:
+        form = (trained_in_form(cfg.models[f.name]) or "ordinary training") if f.name in cfg.models else "post hoc"
+        cost = base_rate / f.images_per_s if base_rate and f.images_per_s and f.name in cfg.models else None
+        rows.append([f.name, form, accuracy_at(f, 1, "placed")] + [recall_at(f.evaluation, k) for k in ks]
+                    + [f.locality_index, f.presence_index, f.images_per_s, None if cost is None else f"{cost:.2f}x"])
+    sec.blocks.append(Table(["model", "form", "placed k=1"] + [f"recall k={k}" for k in ks]
+                            + ["index", "presence", "img/s", "cost"], rows,
+                            "Training-time locality: placement, recall per k, locality indices and cost."))
+    verdict = trained_in_verdict(cfg, facts)
+    if verdict:
+        sec.blocks.append(Text(verdict))
+    return sec
+
+
+# ----- emergence --------------------------------------------------------------------------------
+
+def emergence_curves(cfg) -> dict[str, list[dict]]:
+    """Per followed run, one point per checkpoint measured by the emergence stage, oldest first."""
+    ev = cfg.emergence.eval_config(cfg.evaluate)
+    curves = {}
+    for key, (_, folder) in layout.emergence_runs(cfg).items():
+        points = []
+        for ckpt in list_checkpoints(folder) if folder.exists() else []:
+            evaluation, probe = layout.eval_dir(folder, ev, ckpt.name) / "eval.json", \
+                layout.probe_dir(folder, cfg.locality, ckpt.name) / "summary.json"
+            if not (evaluation.is_file() and probe.is_file()):
+                continue
+            e, p = json.loads(evaluation.read_text()), json.loads(probe.read_text())
+            points.append({"images_seen": read_state(ckpt)["images_seen"], "index": mean_normalised_index(p),
+                           "presence": mean_presence_index(p), "evaluation": e,
+                           "recall": {k: recall_at(e, k) for k in ev.counts}})
+        if points:
+            curves[key] = points
+    return curves
+
+
+def _first_at(points: list[dict], value, level: float) -> int | None:
+    return next((p["images_seen"] for p in points if (value(p) or 0.0) >= level), None)
+
+
+def emergence_line(name: str, points: list[dict], k: int) -> str:
+    """When locality (moves, presence) and recall at ``k`` first reached their levels, and their order."""
+    local = _first_at(points, lambda p: p["presence"], LOCAL)
+    moves = _first_at(points, lambda p: p["index"], LOCAL)
+    extrapolates = _first_at(points, lambda p: p["recall"].get(k), GENERALIZES)
+    at = lambda n: "never" if n is None else f"at {n // 1000}k images"  # noqa: E731
+    line = (f"**{name}**: locality index ≥ {LOCAL} {at(moves)}, presence index ≥ {LOCAL} {at(local)}, "
+            f"recall at k = {k} ≥ {GENERALIZES} {at(extrapolates)} (last: index {num(points[-1]['index'])}, "
+            f"presence {num(points[-1]['presence'])}, recall {num(points[-1]['recall'].get(k))})")
+    if local is not None and extrapolates is not None:
+        order = "before" if local < extrapolates else "with" if local == extrapolates else "after"
+        line += f": presence locality came {order} extrapolation"
+    return line + "."
+
+
+def emergence_section(cfg, figures: Path) -> Section | None:
+    if not cfg.emergence.models:
+        return None
+    sec = Section("Locality over training")
+    curves = emergence_curves(cfg)
+    if not curves:
+        sec.blocks.append(Text("No checkpoint has been measured yet (run the emergence stage)."))
+        return sec
+    counts = list(cfg.emergence.counts)
+    sec.blocks.append(Text(
+        f"Every kept checkpoint of {', '.join(curves)}: recall at k = {', '.join(map(str, counts))} "
+        f"({cfg.emergence.per_count} samples each) and the locality probe of the [locality] section. Levels: "
+        f"normalised index ≥ {LOCAL} counts as local, recall ≥ {GENERALIZES} as extrapolating."))
+    path = emergence_figure(curves, counts, figures / "emergence.png")
+    sec.blocks.append(Figure(path, "Left: locality index (solid: moves, dashed: presence) against training "
+                                   "images. Right: recall per k (line style) against training images."))
+    k = max(counts)
+    sec.blocks += [Text(emergence_line(name, points, k)) for name, points in curves.items()]
+    return sec
+
+
+# ----- seeds ------------------------------------------------------------------------------------
+
+def mean_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float] | None:
+    """Mean and t-interval over seeds (None with no values; the mean alone, as its own bounds, with one)."""
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    if v.size == 0:
+        return None
+    m = float(v.mean())
+    if v.size == 1:
+        return m, m, m
+    half = float(scipy_stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+    return m, m - half, m + half
+
+
+def _cell(values: list) -> str:
+    mi = mean_interval(values)
+    return "–" if mi is None else f"{mi[0]:.2f} [{mi[1]:.2f}, {mi[2]:.2f}]"
+
+
+def correlation_points(cfg, by_seed: dict[int, list[ModelFacts]]) -> dict[str, list[tuple[float, float, float]]]:
+    """Per run (model x seed): (locality index, presence index, mean recall at the emergence counts
+    beyond training) at its final checkpoint and at every emergence checkpoint, where the model
+    had learned its label."""
+    ks = [k for k in cfg.emergence.counts if k > cfg.evaluate.trained_range[1]]
+    thr = cfg.evaluate.threshold
+    mean_recall = lambda e: float(np.mean([recall_at(e, k) or 0.0 for k in ks]))  # noqa: E731
+    runs: dict[str, list[tuple[float, float, float]]] = {}
+    for seed, facts in by_seed.items():
+        for f in facts:
+            if f.evaluation and f.locality_dir and f.presence_index is not None and learned_conditioner(f, thr):
+                runs.setdefault(layout.seeded_name(f.name, seed, cfg), []).append(
+                    (f.locality_index, f.presence_index, mean_recall(f.evaluation)))
+    for key, points in emergence_curves(cfg).items():
+        for p in points:
+            placed = next((r.get("placed") for r in p["evaluation"]["per_k"] if r["k"] == 1), None)
+            if p["presence"] is not None and (placed is None or placed >= thr):
+                runs.setdefault(key, []).append((p["index"], p["presence"], mean_recall(p["evaluation"])))
+    return runs if ks else {}
+
+
+def clustered_spearman(runs: dict[str, list[tuple]], column: int, seed: int, n_boot: int = 2000,
+                       level: float = 0.95) -> tuple[float, float, float, int] | None:
+    """Spearman's rho between ``column`` of the points and recall, with a bootstrap interval that
+    resamples whole runs (a run's checkpoints are not independent of each other)."""
+    keys = list(runs)
+    pooled = [p for k in keys for p in runs[k]]
+    if len(keys) < 3 or len(pooled) < 4:
+        return None
+    rho = rank_correlation([p[column] for p in pooled], [p[-1] for p in pooled])
+    gen = np.random.default_rng(derived_seed(seed, "report", "spearman", column))
+    draws = []
+    for _ in range(n_boot):
+        sample = [p for i in gen.integers(0, len(keys), len(keys)) for p in runs[keys[i]]]
+        r = rank_correlation([p[column] for p in sample], [p[-1] for p in sample])
+        if not np.isnan(r):
+            draws.append(r)
+    if not draws:
+        return rho, float("nan"), float("nan"), len(pooled)
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return rho, float(lo), float(hi), len(pooled)
+
+
+def seeds_section(cfg) -> Section:
+    sec = Section("Seeds")
+    seeds = cfg.seed_list()
+    by_seed = gather_seeds(cfg)
+    if len(seeds) >= 2:
+        sec.blocks.append(Text(
+            f"Every model trained under seeds {', '.join(map(str, seeds))} (initialisation and data order; the "
+            f"data and test scenes are shared). Cells: mean [95% t-interval over seeds]; the other sections show "
+            f"seed {seeds[0]}."))
+        ks = [k for k in cfg.evaluate.counts if k >= 1]
+        rows = []
+        for name in (f.name for f in by_seed[seeds[0]]):
+            per = [next(f for f in by_seed[s] if f.name == name) for s in seeds]
+            per = [f for f in per if f.evaluation]
+            if not per:
+                continue
+            rows.append([name, len(per), _cell([accuracy_at(f, 1, "placed") for f in per])]
+                        + [_cell([recall_at(f.evaluation, k) for f in per]) for k in ks]
+                        + [_cell([f.locality_index for f in per]), _cell([f.presence_index for f in per])])
+        sec.blocks.append(Table(["model", "seeds", "placed k=1"] + [f"recall k={k}" for k in ks]
+                                + ["index", "presence"], rows, "Headline numbers over seeds."))
+    else:
+        sec.blocks.append(Text(f"One seed ({seeds[0]}); set `seeds = [0, 1, 2]` for intervals over seeds."))
+    runs = correlation_points(cfg, by_seed)
+    for column, what in ((0, "locality index (moves)"), (1, "presence index")):
+        r = clustered_spearman(runs, column, cfg.seed)
+        if r is not None:
+            sec.blocks.append(Text(
+                f"Spearman between {what} and mean recall at k = "
+                f"{', '.join(str(k) for k in cfg.emergence.counts if k > cfg.evaluate.trained_range[1])}: "
+                f"{r[0]:.2f} [{r[1]:.2f}, {r[2]:.2f}] over {r[3]} points from {len(runs)} runs (models × seeds, "
+                "final and emergence checkpoints where the label was learned; interval: bootstrap over runs)."))
+    return sec
