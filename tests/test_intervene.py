@@ -86,6 +86,7 @@ def test_study_interventions_must_name_an_enabled_model(tmp_path):
 # ----- locality enforced during training ---------------------------------------------------------
 
 from locodiff.diffusion import EDMLoss  # noqa: E402
+from locodiff.diffusion.loss import Rows  # noqa: E402
 from locodiff.train.penalty import LocalityPenaltyLoss  # noqa: E402
 
 
@@ -214,3 +215,48 @@ def test_keep_slots_drops_single_conditioners():
     cond = Conditioning.from_lists([[(0.3, 0.3), (0.7, 0.6)], [(0.5, 0.5)]])
     kept = cond.keep_slots(torch.tensor([[True, False], [False, True]]))
     assert kept.mask.tolist() == [[True, False], [False, False]]
+
+
+from locodiff.train.penalty import CompositionLoss  # noqa: E402
+
+
+def _composition_extra(toy, **options):
+    x0, cond = _batch()
+    g = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    base = EDMLoss()(toy, x0, cond, g())
+    return CompositionLoss(weight=1.0, window_px=4.0, fraction=1.0, **options)(toy, x0, cond, g()) - base
+
+
+def test_the_composition_loss_is_zero_for_a_composing_network_and_positive_otherwise():
+    composing, global_ = _composition_extra(BumpToy()), _composition_extra(GlobalToy())
+    assert (global_ > 1e-2).all()  # the empty scene gets phantoms too
+    # only the windows' soft edges (a logistic ramp of 0.5 px) separate a local network from its composition
+    assert (composing < 1e-2 * global_).all()
+    assert (_composition_extra(CountToy()) > 10 * composing).all()
+
+
+def test_phantom_labels_keep_their_distance_and_the_real_ones():
+    x0, cond = _batch()
+    loss = CompositionLoss(extra=3, min_separation=0.2)
+    more = loss._with_phantoms(cond, x0, torch.Generator().manual_seed(0), Rows())
+    assert torch.equal(more.mask[:, :cond.slots], cond.mask) and torch.equal(more.locations[:, :cond.slots], cond.locations)
+    added = more.mask[:, cond.slots:].sum(1)
+    assert ((added >= 1) & (added <= 3)).all()
+    for i in range(4):
+        where = more.locations[i][more.mask[i]]
+        gaps = torch.cdist(where, where) + torch.eye(len(where)) * 9
+        assert (gaps >= 0.2 - 1e-6).all()
+
+
+def test_composition_loss_gradients_reach_the_network_and_bad_options_are_refused():
+    net = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    class Net:
+        def __call__(self, x, sigma, cond):
+            return net(x) * (1 + cond.mask.sum(1)[:, None, None, None])
+
+    x0, cond = _batch()
+    CompositionLoss(weight=1.0)(Net(), x0, cond, torch.Generator().manual_seed(3)).mean().backward()
+    assert net.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="extra"):
+        CompositionLoss(extra=0)

@@ -16,7 +16,8 @@ from ..models.config import ModelConfig
 from ..scenes import vocab
 from ..scenes.dataset import DataConfig
 
-PENALTY_FORMS = ("shift", "presence")  # train.penalty's two measures of a conditioner's effect
+# train.penalty's measures of a conditioner's effect (shift, presence) and the composition target
+PENALTY_FORMS = ("shift", "presence", "composition")
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,11 @@ class TrainConfig:
     locality_penalty: float = 0.0  # weight of the off-window conditioner-sensitivity penalty (train.penalty)
     locality_window_px: float = 3.0  # window radius of that penalty, in pixels
     locality_fraction: float = 1.0  # share of each batch the penalty is computed on (cost ~ 1 + fraction)
-    # what the penalty measures: "shift" (a conditioner moved a little) or "presence" (removed)
+    # what the penalty measures: "shift" (a conditioner moved a little), "presence" (removed), or
+    # "composition" (distance to the masked composition of the network's single-label predictions
+    # on the labels plus up to locality_extra_tokens phantom labels)
     locality_form: str = field(default="shift", metadata=IDENTITY_UNLESS_DEFAULT)
+    locality_extra_tokens: int = field(default=4, metadata=IDENTITY_UNLESS_DEFAULT)
     # penalise the off-window share of the effect (scale-free) instead of its size
     locality_relative: bool = field(default=False, metadata=IDENTITY_UNLESS_DEFAULT)
     # images trained without the penalty first (the label is learned before it is confined)
@@ -55,7 +59,7 @@ class TrainConfig:
     def irrelevant_fields(self) -> tuple[str, ...]:
         """Without a penalty its options change nothing."""
         penalty_options = ("locality_window_px", "locality_fraction", "locality_form", "locality_relative",
-                           "locality_start_images")
+                           "locality_start_images", "locality_extra_tokens")
         return penalty_options if self.locality_penalty == 0 else ()
 
     def __post_init__(self) -> None:
@@ -68,6 +72,10 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}={getattr(self, name)}: expected in [0, 1)")
         if self.locality_form not in PENALTY_FORMS:
             raise ConfigError(f"train.locality_form={self.locality_form!r}: expected one of {', '.join(PENALTY_FORMS)}")
+        if self.locality_form == "composition" and self.locality_relative:
+            raise ConfigError("train.locality_relative applies to the shift and presence forms, not composition")
+        if self.locality_extra_tokens < 1:
+            raise ConfigError(f"train.locality_extra_tokens={self.locality_extra_tokens}: expected >= 1")
         if self.locality_start_images < 0:
             raise ConfigError(f"train.locality_start_images={self.locality_start_images}: expected >= 0")
         if not self.p_std > 0:

@@ -36,11 +36,11 @@ from torch import Tensor
 
 from ..conditioning import Conditioning, location_windows
 from ..denoiser import Denoiser
+from ..diffusion.guidance import ScoreComposition
 from ..diffusion.loss import EDMLoss, Rows
 from ..errors import ConfigError
-from .config import PENALTY_FORMS
 
-PenaltyForm = Literal["shift", "presence"]
+PenaltyForm = Literal["shift", "presence"]  # LocalityPenaltyLoss; "composition" is CompositionLoss
 
 
 @dataclass
@@ -63,8 +63,9 @@ class LocalityPenaltyLoss:
             raise ConfigError(f"locality penalty window_px={self.window_px}, eps={self.eps}: expected > 0")
         if not 0 < self.fraction <= 1:
             raise ConfigError(f"locality penalty fraction={self.fraction}: expected in (0, 1]")
-        if self.form not in PENALTY_FORMS:
-            raise ConfigError(f"locality penalty form={self.form!r}: expected one of {', '.join(PENALTY_FORMS)}")
+        if self.form not in ("shift", "presence"):
+            raise ConfigError(f"locality penalty form={self.form!r}: expected shift or presence "
+                              "(the composition form is CompositionLoss)")
         if self.start_images < 0:
             raise ConfigError(f"locality penalty start_images={self.start_images}: expected >= 0")
 
@@ -112,3 +113,78 @@ class LocalityPenaltyLoss:
         shift = torch.zeros_like(cond.locations)
         shift[torch.arange(b), slot] = step.to(shift.dtype)
         return cond.with_locations(cond.locations + shift), 1.0 - window, has
+
+
+@dataclass
+class CompositionLoss:
+    """EDM loss + ``weight`` x the distance to the network's own masked composition, on more
+    conditioners than the data has:
+
+        weight * lambda(sigma) * mean_pixels |D(x; C) - sg[D_bg + sum_j m_j (D(x; c_j) - D_bg)]|^2
+
+    with C = the image's labels plus up to ``extra`` phantom labels at random free locations,
+    D_bg = D(x; null), m_j the window of ``window_px`` around c_j and sg = no gradient. Exp 2's
+    data never shows more than one label, so nothing tells a network what several labels should
+    do; the masked composition of its single-label predictions (the post hoc Exp 3, which is
+    local by construction) says it, and this loss teaches it to the ordinary network, which then
+    needs one call per step at test instead of k + 1. The target costs k + 1 forward passes
+    without gradients and the composed pass one more with them, on ``fraction`` of each batch.
+    """
+
+    weight: float = 1.0
+    window_px: float = 4.0
+    extra: int = 4
+    min_separation: float = 0.12  # phantoms keep this far (share of the side) from other labels
+    fraction: float = 0.25
+    start_images: int = 0
+    base: EDMLoss = field(default_factory=EDMLoss)
+
+    def __post_init__(self) -> None:
+        if self.weight < 0 or self.window_px <= 0 or self.extra < 1 or not 0 < self.fraction <= 1:
+            raise ConfigError(f"composition loss weight={self.weight}, window_px={self.window_px}, "
+                              f"extra={self.extra}, fraction={self.fraction}: expected weight >= 0, "
+                              "window > 0, extra >= 1 and fraction in (0, 1]")
+
+    def __call__(self, denoiser: Denoiser, x0: Tensor, cond: Conditioning,
+                 generator: torch.Generator | None = None, rows: Rows = Rows(), images_seen: int = 0) -> Tensor:
+        b = x0.shape[0]
+        x, sigma, lam = self.base.noisy(x0, generator, rows=rows)
+        loss = lam * (denoiser(x, sigma, cond).float() - x0.float()).square().flatten(1).mean(1)
+        composed = self._with_phantoms(cond, x0, generator, rows)
+        first = max(1, round(self.fraction * (rows.total or b)))
+        chosen = (torch.arange(rows.start, rows.start + b, device=x0.device) < first).nonzero(as_tuple=True)[0]
+        if self.weight == 0 or images_seen < self.start_images or len(chosen) == 0:
+            return loss
+        sub = composed[chosen]
+        with torch.no_grad():
+            target = ScoreComposition(denoiser, "null", weights=self._windows)(x[chosen], sigma[chosen], sub)
+        gap = (denoiser(x[chosen], sigma[chosen], sub).float() - target.float()).square().flatten(1).mean(1)
+        return loss.index_add(0, chosen, (self.weight / self.fraction) * lam[chosen] * gap)
+
+    def _windows(self, cond: Conditioning, x: Tensor) -> Tensor:
+        return location_windows(cond, x.shape[-2], x.shape[-1], self.window_px)
+
+    def _with_phantoms(self, cond: Conditioning, x0: Tensor, generator: torch.Generator | None, rows: Rows):
+        """``cond`` plus up to ``extra`` labels per image at uniform locations that keep
+        ``min_separation`` from every other label (candidates that do not are skipped)."""
+        b, tries = cond.batch_size, 4 * self.extra
+        where = generator.device if generator is not None else x0.device
+        draw = rows.take(lambda m: torch.rand(m, tries, 2, generator=generator, device=where), b)
+        wanted = rows.take(lambda m: torch.randint(1, self.extra + 1, (m,), generator=generator, device=where), b)
+        candidates = (0.05 + 0.9 * draw).to(cond.locations)
+        n = cond.slots
+        locations = torch.cat([cond.locations, torch.zeros_like(candidates[:, :self.extra])], 1)
+        mask = torch.cat([cond.mask, torch.zeros(b, self.extra, dtype=torch.bool, device=cond.mask.device)], 1)
+        for i in range(b):
+            taken = [cond.locations[i, j] for j in range(n) if cond.mask[i, j]]
+            added = 0
+            for c in candidates[i]:
+                if added == int(wanted[i]):
+                    break
+                if all(float((c - t).norm()) >= self.min_separation for t in taken):
+                    locations[i, n + added], mask[i, n + added] = c, True
+                    taken.append(c)
+                    added += 1
+        attributes = None if cond.attributes is None else torch.cat(
+            [cond.attributes, cond.attributes.new_full((b, self.extra, cond.attributes.shape[-1]), -1)], 1)
+        return Conditioning(locations, mask, attributes)
