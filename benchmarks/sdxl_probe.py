@@ -2,8 +2,11 @@
 
     python benchmarks/sdxl_probe.py           # tiny SDXL-shaped UNet (~1M params), fp32, 16x16
     python benchmarks/sdxl_probe.py --full    # SDXL-base architecture (2.6B params, random
-                                              # weights, no download), bf16, 32x32 latent,
-                                              # 4 probed pixels; needs ~11 GB of memory
+                                              # weights, no download), 32x32 latent, 4 probed
+                                              # pixels; bf16 where the device has native bf16
+                                              # (~6 GB), else fp32 (~11 GB)
+
+Each row is printed as soon as it is measured (a slow machine shows progress).
 
 Rows of the table (time, peak memory of that step, and the check that makes the comparison fair):
 1. per-token conditional locality at ``--pixels`` probed latent pixels: batched reverse mode
@@ -32,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from locodiff.adapters import DiffusersDenoiser, Prompt, token_sensitivity  # noqa: E402
 from locodiff.conditioning import Conditioning  # noqa: E402
+from locodiff.hardware import fastest_dtype, native_bf16  # noqa: E402
 from locodiff.locality.jacobian import naive_pixel_jacobian, pixel_jacobian  # noqa: E402
 
 
@@ -148,7 +152,8 @@ def main(argv=None) -> None:
     ap.add_argument("--size", type=int, help="latent height = width (default 16; 32 with --full)")
     ap.add_argument("--tokens", type=int, help="prompt tokens (default 16; 77 with --full)")
     ap.add_argument("--pixels", type=int, help="probed latent pixels (default 16; 4 with --full)")
-    ap.add_argument("--dtype", choices=["fp32", "bf16"], help="default fp32; bf16 with --full")
+    ap.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="auto (default): bf16 for --full where the device has native bf16, else fp32")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--chunk", type=int, help="VJPs/JVPs per vmapped chunk (default 32; 8 with --full)")
     ap.add_argument("--probes", type=int, default=1, help="random tangents per token, sampled map")
@@ -164,9 +169,11 @@ def main(argv=None) -> None:
     size = args.size or (32 if full else 16)
     tokens = args.tokens or (77 if full else 16)
     n_pix = args.pixels or (4 if full else 16)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("bf16" if full
-                                                                             else "fp32")]
     dev = args.device
+    if args.dtype == "auto":
+        dtype = fastest_dtype(dev) if full else torch.float32
+    else:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     args.chunk = args.chunk or (8 if full else 32)
 
     t: dict = {}
@@ -184,27 +191,46 @@ def main(argv=None) -> None:
     print(f"model: UNet2DConditionModel ({kind}), {params / 1e6:.1f}M params in "
           f"{str(dtype).removeprefix('torch.')}, fp32 latent 4x{size}x"
           f"{size}, {tokens} tokens x {d}, {n_pix} probed pixels, sigma {sigma}, chunk "
-          f"{args.chunk}, {args.threads} threads, device {dev}, torch {torch.__version__}")
+          f"{args.chunk}, {args.threads} threads, device {dev} (native bf16: "
+          f"{'yes' if native_bf16(dev) else 'no'}), torch {torch.__version__}", flush=True)
+
+    def fmt(s: float) -> str:
+        return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s"
+
+    def row(name, fast, slow, check):
+        """``fast``/``slow``: a key of the measured times, or a (seconds, MiB) pair."""
+        (tf, mf), (ts, ms) = (v if isinstance(v, tuple) else t[v] for v in (fast, slow))
+        print(f"| {name:<44} | {fmt(tf):>9} {mf:7.0f} MiB | {fmt(ts):>9} {ms:7.0f} MiB "
+              f"| {ts / tf:6.1f}x | {check}", flush=True)
+
+    c = 4
 
     # warm-up: first vjp/jvp under vmap pays one-off set-up costs
     with measure(t, "forward", dev), torch.no_grad():
         ad(x, sigma, cond)
     token_sensitivity(ad, x, sigma, pixels=pix[:1], mode="reverse", chunk_size=args.chunk)
     pixel_jacobian(ad, x, sigma, cond, pix[:1], channels="each", chunk_size=args.chunk)
+    print(f"\nbuild {fmt(t['build'][0])} (+{t['build'][1]:.0f} MiB); one forward "
+          f"{fmt(t['forward'][0])}")
+    print(f"\n| {'comparison (fast vs slow)':<44} | {'fast: time, +peak mem':>21} | "
+          f"{'slow: time, +peak mem':>21} | {'ratio':>7} | check")
+    print("|" + "|".join("-" * k for k in (46, 23, 23, 9, 40)), flush=True)
 
     # 1. per-token sensitivity at the probed pixels
     with measure(t, "tok_naive", dev):
         tok_naive = naive_token_sensitivity(ad, x, sigma, pix)
     with measure(t, "tok", dev):
         tok = token_sensitivity(ad, x, sigma, pixels=pix, mode="reverse", chunk_size=args.chunk)
-    tok_err = rel_err(tok, tok_naive)
+    row(f"token map, {n_pix} px: batched vs naive loop", "tok", "tok_naive",
+        f"{n_pix * c} VJPs each; max rel. diff {rel_err(tok, tok_naive):.1e}")
 
     # 2. pixel-Jacobian rows at the same pixels
     with measure(t, "pix_naive", dev):
         pj_naive = naive_pixel_jacobian(ad, x, sigma, cond, pix, channels="each")
     with measure(t, "pix", dev):
         pj = pixel_jacobian(ad, x, sigma, cond, pix, channels="each", chunk_size=args.chunk)
-    pix_err = rel_err(pj, pj_naive)
+    row(f"pixel Jacobian, {n_pix} px: batched vs naive", "pix", "pix_naive",
+        f"{n_pix * c} VJPs each; max rel. diff {rel_err(pj, pj_naive):.1e}")
 
     # 3. the whole token map: forward vs reverse (tiny embeddings only)
     if not full:
@@ -212,7 +238,8 @@ def main(argv=None) -> None:
             map_f = token_sensitivity(ad, x, sigma, mode="forward", chunk_size=args.chunk)
         with measure(t, "map_rev", dev):
             map_r = token_sensitivity(ad, x, sigma, mode="reverse", chunk_size=args.chunk)
-        map_err = rel_err(map_f, map_r)
+        row(f"token map, all {size * size} px: forward vs reverse", "map_fwd", "map_rev",
+            f"{tokens * d} JVPs vs {size * size * c} VJPs; max rel. diff {rel_err(map_f, map_r):.1e}")
     with measure(t, "map_sampled", dev):
         map_s = token_sensitivity(ad, x, sigma, mode="sampled", probes=args.probes,
                                   chunk_size=args.chunk, generator=torch.Generator().manual_seed(1))
@@ -233,28 +260,6 @@ def main(argv=None) -> None:
     energy_err = float((sq_s.sum(1) / sq_e.sum(1) - 1).abs().mean())
     entry_corr = float(torch.corrcoef(torch.stack([sq_s.flatten(), sq_e.flatten()]))[0, 1])
 
-    def fmt(s: float) -> str:
-        return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s"
-
-    def row(name, fast, slow, check):
-        """``fast``/``slow``: a key of the measured times, or a (seconds, MiB) pair."""
-        (tf, mf), (ts, ms) = (v if isinstance(v, tuple) else t[v] for v in (fast, slow))
-        print(f"| {name:<44} | {fmt(tf):>9} {mf:7.0f} MiB | {fmt(ts):>9} {ms:7.0f} MiB "
-              f"| {ts / tf:6.1f}x | {check}")
-
-    c = 4
-    print(f"\nbuild {fmt(t['build'][0])} (+{t['build'][1]:.0f} MiB); one forward "
-          f"{fmt(t['forward'][0])}")
-    print(f"\n| {'comparison (fast vs slow)':<44} | {'fast: time, +peak mem':>21} | "
-          f"{'slow: time, +peak mem':>21} | {'ratio':>7} | check")
-    print("|" + "|".join("-" * k for k in (46, 23, 23, 9, 40)))
-    row(f"token map, {n_pix} px: batched vs naive loop", "tok", "tok_naive",
-        f"{n_pix * c} VJPs each; max rel. diff {tok_err:.1e}")
-    row(f"pixel Jacobian, {n_pix} px: batched vs naive", "pix", "pix_naive",
-        f"{n_pix * c} VJPs each; max rel. diff {pix_err:.1e}")
-    if not full:
-        row(f"token map, all {size * size} px: forward vs reverse", "map_fwd", "map_rev",
-            f"{tokens * d} JVPs vs {size * size * c} VJPs; max rel. diff {map_err:.1e}")
     exact_how = ("extrapolated from row 1" if full else "forward mode, run")
     row(f"token map, all px: {words} tokens + padding group vs {tokens} tokens", "map_words",
         "map_sampled", f"{(words + 1) * args.probes} vs {tokens * args.probes} JVPs (both sampled)")

@@ -508,3 +508,13 @@ def test_block_pixel_sensitivity_against_autograd_and_locality():
     assert (sens[:, 0, :1, :] == 0).all() and (sens[:, 0, 1:4, 2:5] > 0).all()  # a 3x3 conv: 3x3 support
     with pytest.raises(InputError, match="probes"):
         block_pixel_sensitivity(fn, theta, pix, probes=0)
+
+
+def test_the_fastest_dtype_follows_native_bf16(monkeypatch):
+    from locodiff import hardware
+
+    hardware.cpu_flags.cache_clear()
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))  # AMD Zen 3
+    assert hardware.fastest_dtype("cpu") == torch.float32 and not hardware.native_bf16("cpu")
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    assert hardware.fastest_dtype("cpu") == torch.bfloat16

@@ -25,6 +25,7 @@ from .config import to_dict
 from .errors import LocodiffError
 from .evaluate.runner import evaluate_run
 from .intervene.config import InterventionSpec
+from .hardware import fastest_dtype
 from .intervene.subject import subject_checkpoints, training_run, write_intervention
 from .io import atomic_path
 from .locality.probe import LocalityResult, mean_normalised_index, mean_presence_index
@@ -340,7 +341,8 @@ def probe_diffusers_cmd(
     sigmas: str = typer.Option("0.5,2,8", "--sigmas", help="Comma-separated noise levels (within the model's range)."),
     pixels: int = typer.Option(16, "--pixels", help="Probed output pixels per latent."),
     radius: float = typer.Option(2.0, "--radius", help="Radius (latent pixels) of the spatial-locality share."),
-    dtype: str = typer.Option("float32", "--dtype", help="UNet precision: float32 or bfloat16."),
+    dtype: str = typer.Option("float32", "--dtype", help="UNet precision: float32, bfloat16, or auto (bfloat16 "
+                              "where the device computes it natively, else float32; emulated bf16 is slow)."),
     device: str = DeviceOpt,
     out: Path = typer.Option(Path("runs/probe-diffusers"), "--out", "-o", help="Output folder."),
     seed: int = typer.Option(0, "--seed", help="Seed of the latents, noise and probed pixels."),
@@ -350,9 +352,9 @@ def probe_diffusers_cmd(
 ) -> None:
     """Spatial and per-token conditional locality of a diffusers UNet (SD 1.x/2.x, SDXL) in latent space."""
     with fail_cleanly():
-        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(dtype)
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": fastest_dtype(device)}.get(dtype)
         if torch_dtype is None:
-            raise LocodiffError(f"--dtype {dtype!r}: expected float32 or bfloat16")
+            raise LocodiffError(f"--dtype {dtype!r}: expected float32, bfloat16 or auto")
         prompt = load_prompt_file(embeddings)
         adapter = load_diffusers_unet(model, torch_dtype, device, prompt=prompt, allow_pickle=allow_pickle)
         channels = adapter.unet.config.in_channels
