@@ -34,11 +34,15 @@ def trained_in_form(spec) -> str | None:
     t, m = spec.train, spec.model
     parts = []
     if t.locality_penalty > 0:
-        what = "share" if t.locality_relative else "size"
         start = f" from {t.locality_start_images // 1000}k images" if t.locality_start_images else ""
-        parts.append(f"penalty on the {what} of each label's {t.locality_form} effect beyond "
-                     f"{t.locality_window_px:g} px (weight {t.locality_penalty:g}{start}, "
-                     f"{t.locality_fraction:.0%} of each batch)")
+        how = f"(weight {t.locality_penalty:g}{start}, {t.locality_fraction:.0%} of each batch)"
+        if t.locality_form == "composition":
+            parts.append(f"taught its own masked composition ({t.locality_window_px:g} px windows) on its labels "
+                         f"plus up to {t.locality_extra_tokens} phantom labels {how}")
+        else:
+            what = "share" if t.locality_relative else "size"
+            parts.append(f"penalty on the {what} of each label's {t.locality_form} effect beyond "
+                         f"{t.locality_window_px:g} px {how}")
     if m.attention_radius_px is not None:
         parts.append(f"attention only to tokens within {m.attention_radius_px:g} px (also at test)")
     if t.object_dropout > 0:
@@ -103,9 +107,10 @@ def trained_in_section(cfg, facts: list[ModelFacts]) -> Section | None:
     rows = []
     for f in plain + forms + post_hoc:
         form = (trained_in_form(cfg.models[f.name]) or "ordinary training") if f.name in cfg.models else "post hoc"
-        cost = base_rate / f.images_per_s if base_rate and f.images_per_s and f.name in cfg.models else None
+        trained = f.name in cfg.models and f.images_per_s
+        cost = f"{base_rate / f.images_per_s:.2f}x" if trained and base_rate else None
         rows.append([f.name, form, accuracy_at(f, 1, "placed")] + [recall_at(f.evaluation, k) for k in ks]
-                    + [f.locality_index, f.presence_index, f.images_per_s, None if cost is None else f"{cost:.2f}x"])
+                    + [f.locality_index, f.presence_index, f"{f.images_per_s:.0f}" if trained else None, cost])
     sec.blocks.append(Table(["model", "form", "placed k=1"] + [f"recall k={k}" for k in ks]
                             + ["index", "presence", "img/s", "cost"], rows,
                             "Training-time locality: placement, recall per k, locality indices and cost."))
