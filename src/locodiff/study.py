@@ -158,7 +158,7 @@ def stage_evaluate(cfg: StudyConfig, console: Console) -> None:
     write_detector_ceiling(cfg)
     write_crowding(cfg)
     jobs = {}
-    for name, folder in runs.items():
+    for name, (_, folder) in runs.items():
         out = layout.eval_dir(folder, ev, subject_checkpoint(folder).name)
         if (out / "eval.json").is_file():
             console.print(f"  {name}: evaluated already ({out.name})")
@@ -200,13 +200,12 @@ def write_crowding(cfg: StudyConfig) -> Path:
 def stage_locality(cfg: StudyConfig, data_root: Path, console: Console) -> None:
     """Jacobian locality probe of every trained model (cached per checkpoint and options)."""
     jobs = {}
-    seeds = {key: seed for key, (seed, _) in layout.seeded_subjects(cfg).items()}
-    for name, folder in prepare_subjects(cfg).items():
+    for name, (seed, folder) in prepare_subjects(cfg).items():
         out = layout.probe_dir(folder, cfg.locality, subject_checkpoint(folder).name)
         if probe_complete(out):
             console.print(f"  {name}: probed already ({out.name})")
             continue
-        jobs[name] = Job(_locality_worker, (str(folder), str(data_root), cfg.locality, seeds[name], worker_threads(cfg)))
+        jobs[name] = Job(_locality_worker, (str(folder), str(data_root), cfg.locality, seed, worker_threads(cfg)))
     run_jobs(jobs, cfg.jobs, console)
 
 
@@ -233,10 +232,10 @@ def stage_report(cfg: StudyConfig, console: Console) -> Path:
     return path
 
 
-def prepare_subjects(cfg: StudyConfig) -> dict[str, Path]:
+def prepare_subjects(cfg: StudyConfig) -> dict[str, tuple[int, Path]]:
     """Check that every model is trained (under every seed) and write each intervention's folder
-    (it only names its base run); returns the folders of everything the study evaluates, keyed
-    by ``layout.seeded_name``."""
+    (it only names its base run); returns everything the study evaluates as
+    ``layout.seeded_subjects`` does: ``seeded_name`` -> (seed, folder)."""
     for key, (sub, name) in seeded_models(cfg).items():
         folder = layout.run_dir(sub, name)
         if latest_checkpoint(folder) is None:
@@ -244,7 +243,7 @@ def prepare_subjects(cfg: StudyConfig) -> dict[str, Path]:
     for sub in cfg.per_seed().values():
         for name, spec in sub.enabled_interventions().items():
             write_intervention(layout.intervention_dir(sub, name), spec, layout.run_dir(sub, spec.base))
-    return layout.seeded_subject_dirs(cfg)
+    return layout.seeded_subjects(cfg)
 
 
 def study_device(cfg: StudyConfig) -> str:
