@@ -180,3 +180,14 @@ def test_held_out_combinations_never_reach_training(tmp_path):
                             holdout_combos=(("cube", "red"), ("sphere", "red"), ("cylinder", "red")))
     with pytest.raises(ConfigError, match="unknown shape"):
         dataclasses.replace(tiny_run(), holdout_combos=(("cone", "red"),))
+
+
+def test_object_dropout_reaches_the_weights_reproducibly_and_names_its_run(tmp_path):
+    source = StreamBatches(TINY_DATA, "all", 0)
+    dropped = tiny_run(object_dropout=0.5)
+    for name, cfg in (("a", dropped), ("b", dropped), ("plain", tiny_run())):
+        train_run(cfg, tmp_path / name, source, progress=False)
+    a, b, plain = (_weights(tmp_path / n) for n in ("a", "b", "plain"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], plain[k]) for k in a)
+    assert run_identity(dropped) != run_identity(tiny_run()) == run_identity(tiny_run(object_dropout=0.0))
