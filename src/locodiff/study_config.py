@@ -108,10 +108,9 @@ class StudyConfig:
             )
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds={list(self.seeds)}: expected distinct seeds")
-        unknown = [m for m in self.emergence.models if m not in self.enabled_models()]
-        if unknown:
-            raise ConfigError(f"emergence.models {unknown} are not enabled models of the study; "
-                              f"models: {sorted(self.enabled_models())}")
+        unknown = [m for m in self.emergence.models if m not in self.models]
+        if unknown:  # a disabled model is fine: it is not followed
+            raise ConfigError(f"emergence.models {unknown} are not models of the study; models: {sorted(self.models)}")
         missing = [k for k in self.locality.counts if k not in self.data.test_counts]
         if missing:
             raise ConfigError(

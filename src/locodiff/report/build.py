@@ -487,6 +487,10 @@ def summary_section(cfg, facts: list[ModelFacts]) -> Section:
                      + ("the more local models generalize further, as the paper argues." if rho > 0.5 else
                         "no clear support for the paper's claim on these models." if rho < 0.2 else
                         "weak support for the paper's claim."))
+        presence = {f.name: f.presence_index for f in probed if f.presence_index is not None}
+        if presence:
+            text += " Presence index (what removing a conditioner changes far from it): " + ", ".join(
+                f"{n} {v:.2f}" for n, v in sorted(presence.items(), key=lambda kv: -kv[1])) + "."
     sec.blocks.append(Text(text))
     sec.blocks += [Text(line) for line in claim_lines(cfg, facts)]
     verdict = trained_in_verdict(cfg, facts)

@@ -162,7 +162,7 @@ def emergence_line(name: str, points: list[dict], k: int) -> str:
 
 
 def emergence_section(cfg, figures: Path) -> Section | None:
-    if not cfg.emergence.models:
+    if not layout.emergence_runs(cfg):
         return None
     sec = Section("Locality over training")
     curves = emergence_curves(cfg)
