@@ -238,7 +238,7 @@ def test_the_composition_loss_is_zero_for_a_composing_network_and_positive_other
 def test_phantom_labels_keep_their_distance_and_the_real_ones():
     x0, cond = _batch()
     loss = CompositionLoss(extra=3, min_separation=0.2)
-    more = loss._with_phantoms(cond, x0, torch.Generator().manual_seed(0), Rows())
+    more = loss._with_phantoms(cond, x0, torch.Generator().manual_seed(0), Rows(), torch.arange(4))
     assert torch.equal(more.mask[:, :cond.slots], cond.mask) and torch.equal(more.locations[:, :cond.slots], cond.locations)
     added = more.mask[:, cond.slots:].sum(1)
     assert ((added >= 1) & (added <= 3)).all()

@@ -22,7 +22,7 @@ from locodiff.conditioning import Conditioning
 from locodiff.diffusion.loss import EDMLoss, Rows
 from locodiff.io import read_jsonl
 from locodiff.train.checkpoint import latest_checkpoint
-from locodiff.train.penalty import LocalityPenaltyLoss
+from locodiff.train.penalty import CompositionLoss, LocalityPenaltyLoss
 
 HELPER = Path(__file__).parent / "helpers" / "train_tiny.py"
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -59,7 +59,8 @@ def test_the_global_batch_draws_are_split_by_rows_not_redrawn():
     def denoiser(x, sigma, c):  # depends on the conditioning, so the penalty has something to see
         return x * 0.5 + c.locations.sum((1, 2))[:, None, None, None]
 
-    for loss in (EDMLoss(), LocalityPenaltyLoss(weight=1.0, window_px=2.0, fraction=0.5)):
+    for loss in (EDMLoss(), LocalityPenaltyLoss(weight=1.0, window_px=2.0, fraction=0.5),
+                 CompositionLoss(weight=1.0, window_px=2.0, fraction=0.5)):
         whole = loss(denoiser, x0, cond, torch.Generator().manual_seed(7))
         halves = [loss(denoiser, x0[r], cond[r], torch.Generator().manual_seed(7), rows=Rows(r.start, 6))
                   for r in (slice(0, 3), slice(3, 6))]

@@ -150,12 +150,11 @@ class CompositionLoss:
         b = x0.shape[0]
         x, sigma, lam = self.base.noisy(x0, generator, rows=rows)
         loss = lam * (denoiser(x, sigma, cond).float() - x0.float()).square().flatten(1).mean(1)
-        composed = self._with_phantoms(cond, x0, generator, rows)
         first = max(1, round(self.fraction * (rows.total or b)))
         chosen = (torch.arange(rows.start, rows.start + b, device=x0.device) < first).nonzero(as_tuple=True)[0]
         if self.weight == 0 or images_seen < self.start_images or len(chosen) == 0:
             return loss
-        sub = composed[chosen]
+        sub = self._with_phantoms(cond, x0, generator, rows, chosen)
         with torch.no_grad():
             target = ScoreComposition(denoiser, "null", weights=self._windows)(x[chosen], sigma[chosen], sub)
         gap = (denoiser(x[chosen], sigma[chosen], sub).float() - target.float()).square().flatten(1).mean(1)
@@ -164,15 +163,18 @@ class CompositionLoss:
     def _windows(self, cond: Conditioning, x: Tensor) -> Tensor:
         return location_windows(cond, x.shape[-2], x.shape[-1], self.window_px)
 
-    def _with_phantoms(self, cond: Conditioning, x0: Tensor, generator: torch.Generator | None, rows: Rows):
-        """``cond`` plus up to ``extra`` labels per image at uniform locations that keep
-        ``min_separation`` from every other label (candidates that do not are skipped)."""
-        b, tries = cond.batch_size, 4 * self.extra
+    def _with_phantoms(self, cond: Conditioning, x0: Tensor, generator: torch.Generator | None, rows: Rows,
+                       chosen: Tensor) -> Conditioning:
+        """Rows ``chosen`` of ``cond``, each plus up to ``extra`` labels at uniform locations that keep
+        ``min_separation`` from every other label (candidates that do not are skipped). The draws
+        are for the global batch (``rows``), so any number of processes gives the same phantoms."""
+        tries = 4 * self.extra
         where = generator.device if generator is not None else x0.device
-        draw = rows.take(lambda m: torch.rand(m, tries, 2, generator=generator, device=where), b)
-        wanted = rows.take(lambda m: torch.randint(1, self.extra + 1, (m,), generator=generator, device=where), b)
-        candidates = (0.05 + 0.9 * draw).to(cond.locations)
-        n = cond.slots
+        draw = rows.take(lambda m: torch.rand(m, tries, 2, generator=generator, device=where), cond.batch_size)
+        wanted = rows.take(lambda m: torch.randint(1, self.extra + 1, (m,), generator=generator, device=where),
+                           cond.batch_size)
+        cond, candidates, wanted = cond[chosen], (0.05 + 0.9 * draw[chosen.cpu()]).to(cond.locations), wanted[chosen.cpu()]
+        b, n = cond.batch_size, cond.slots
         locations = torch.cat([cond.locations, torch.zeros_like(candidates[:, :self.extra])], 1)
         mask = torch.cat([cond.mask, torch.zeros(b, self.extra, dtype=torch.bool, device=cond.mask.device)], 1)
         for i in range(b):
