@@ -75,7 +75,7 @@ def kill_inside(out: Path, stage: str, delay_s: float) -> bool:
                             start_new_session=True, env={**os.environ, "COLUMNS": "200"})
     try:
         for line in proc.stdout:
-            if re.search(rf"stage \d/5: {stage}\b", line):
+            if re.search(rf"stage \d/\d+: {stage}\b", line):
                 time.sleep(delay_s)
                 break
         landed = proc.poll() is None
