@@ -67,6 +67,7 @@ from ..locality.jacobian import Target, as_image_batch, cond_target_fn
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 TimestepMode = Literal["interpolate", "nearest"]
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+SigmaRange = Literal["error", "clamp"]
 SCHEDULER_FILE = "scheduler_config.json"
 # Relative tolerance on the sigma range, so that the table's own end points are accepted.
 _RANGE_TOL = 1e-5
@@ -134,7 +135,7 @@ class VPSchedule:
     """
 
     def __init__(self, alphas_cumprod: Tensor) -> None:
-        a = torch.as_tensor(alphas_cumprod, dtype=torch.float64).detach().cpu().reshape(-1)
+        a = torch.as_tensor(alphas_cumprod, dtype=torch.float64, device="cpu").detach().reshape(-1)
         if a.numel() < 2 or not torch.isfinite(a).all() or (a > 1).any() or (a < 0).any():
             raise InputError(
                 f"alphas_cumprod must be >= 2 values in [0, 1], got {a.numel()} values "
@@ -154,12 +155,13 @@ class VPSchedule:
     def sigma_max(self) -> float:
         return float(self.sigmas[-1])
 
-    def timestep(self, sigma: Tensor, mode: TimestepMode = "interpolate") -> Tensor:
-        """Fractional (or nearest integer) timesteps ``[B]`` float32 for noise levels ``[B]``."""
+    def timestep(self, sigma: Tensor, mode: TimestepMode = "interpolate", clamp: bool = False) -> Tensor:
+        """Fractional (or nearest integer) timesteps ``[B]`` float32 for noise levels ``[B]``;
+        outside the table an error, or with ``clamp`` the table's first or last step."""
         s = sigma.detach().to("cpu", torch.float64)
         lo_ok = s >= self.sigma_min * (1 - _RANGE_TOL)
         hi_ok = s <= self.sigma_max * (1 + _RANGE_TOL)
-        if not (lo_ok & hi_ok).all():
+        if not clamp and not (lo_ok & hi_ok).all():
             bad = float(s[~(lo_ok & hi_ok)][0])
             raise InputError(
                 f"sigma={bad:.4g} is outside the model's training range "
@@ -191,6 +193,9 @@ class DiffusersDenoiser(nn.Module):
     ...); its ``config.prediction_type`` says what the UNet predicts unless ``prediction_type`` is
     given. ``prompt`` is the default conditioning (see the module doc); it is plain state, not a
     buffer, and is moved to the UNet's device and dtype at each call. Put it in ``eval()``.
+    ``sigma_range="clamp"`` gives noise levels outside the table the timestep of its nearest end
+    (the skip terms still use the true sigma) instead of an error: for training, whose log-normal
+    noise levels have tails beyond any table.
     """
 
     def __init__(
@@ -201,6 +206,7 @@ class DiffusersDenoiser(nn.Module):
         *,
         prediction_type: PredictionType | None = None,
         timestep: TimestepMode = "interpolate",
+        sigma_range: SigmaRange = "error",
     ) -> None:
         super().__init__()
         self.unet = unet
@@ -220,6 +226,9 @@ class DiffusersDenoiser(nn.Module):
         if timestep not in ("interpolate", "nearest"):
             raise InputError(f"timestep={timestep!r}: expected 'interpolate' or 'nearest'")
         self.timestep_mode: str = timestep
+        if sigma_range not in ("error", "clamp"):
+            raise InputError(f"sigma_range={sigma_range!r}: expected 'error' or 'clamp'")
+        self.clamp_sigma = sigma_range == "clamp"
         self.prompt = None if prompt is None else self.check_prompt(prompt)
 
     # ----- model facts ----------------------------------------------------------------------
@@ -308,7 +317,7 @@ class DiffusersDenoiser(nn.Module):
         hi = torch.float64 if x.dtype == torch.float64 else torch.float32
         x_hi = x.to(hi)
         s = as_sigma_batch(sigma, x_hi)
-        t = self.schedule.timestep(s, self.timestep_mode)  # type: ignore[arg-type]
+        t = self.schedule.timestep(s, self.timestep_mode, self.clamp_sigma)  # type: ignore[arg-type]
         c = (1 + s**2).rsqrt().reshape(-1, 1, 1, 1)  # sqrt(a_t)
         param = self._unet_param()
         net_dtype = param.dtype

@@ -21,6 +21,9 @@ UNet channels (32, 64, 64), one residual block per level, self-attention at 8x8)
   3x3 conv each: receptive-field radius exactly 8 px (a 17x17 window); bumps cut off at 3 sigma
   = 4.5 px, so a conditioner farther than 12.5 px (Chebyshev) from a pixel provably cannot
   affect it. Per-pixel LayerNorm instead of GroupNorm; no attention, no down-sampling.
+- ``diffusers_text``: a diffusers ``UNet2DConditionModel`` (SD-style) reading the scene's caption
+  through a small learned text encoder (``models/text.py``); a Denoiser itself, not a raw network
+  (``as_denoiser`` knows the difference). Needs the diffusers package.
 
 The UNets are global: GroupNorm pools image-wide statistics and self-attention mixes all pixels
 (their conv path alone already spans ~55 px). ``describe(cfg)`` reports parameter counts,
@@ -46,11 +49,13 @@ from .mechanisms import (
 )
 from .registry import (
     ArchitectureInfo,
+    as_denoiser,
     available_architectures,
     build_network,
     describe,
     param_count,
 )
+from .text import CaptionEncoder, TextModel, TextUNet, save_text_model
 from .unet import UNet
 
 __all__ = [
@@ -64,7 +69,12 @@ __all__ = [
     "PixelNorm",
     "SpatialConditioning",
     "TokenEncoder",
+    "CaptionEncoder",
+    "TextModel",
+    "TextUNet",
     "UNet",
+    "save_text_model",
+    "as_denoiser",
     "available_architectures",
     "build_network",
     "describe",

@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..scenes.encodings import MAX_FREQ_LOG2
 
 # Names of the architectures (the registry in ``registry.py`` maps each to a builder).
-ARCHITECTURES = ("cross_attention", "spatial", "global", "local")
+ARCHITECTURES = ("cross_attention", "spatial", "global", "local", "diffusers_text")
 UNET_ARCHITECTURES = ("cross_attention", "spatial", "global")
 
 # Arch-specific defaults, applied by ``ModelConfig.resolved``.
@@ -26,6 +26,8 @@ DEFAULT_CROSS_ATTENTION_MAX_RES = 16  # cross-attention to <= 11 tokens is cheap
 DEFAULT_LOCAL_RADIUS = 8
 DEFAULT_LOCAL_WIDTH = 64
 DEFAULT_LOCAL_CUTOFF = 3.0
+DEFAULT_CAPTION_OBJECTS = 10  # phrases a diffusers_text caption has room for (the evaluation's largest k)
+DEFAULT_TEXT_LAYERS = 2  # caption-encoder layers: one within phrases, the rest over the caption
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,10 @@ class ModelConfig:
     local_radius: int | None = None  # receptive-field radius in px (= 3x3 convs); None = 8
     local_width: int | None = None  # channels of the local network; None = 64
     bump_cutoff: float | None = None  # bumps are 0 beyond cutoff * bump_sigma_px; None = 3 (local)
+    # --- diffusers_text only (a diffusers UNet2DConditionModel reading CLEVR captions; models/text.py) ---
+    caption_objects: int | None = field(default=None, metadata=IDENTITY_UNLESS_DEFAULT)  # phrases per caption; None = 10
+    caption_count: bool | None = field(default=None, metadata=IDENTITY_UNLESS_DEFAULT)  # lead with "three objects"; None = no
+    text_layers: int | None = field(default=None, metadata=IDENTITY_UNLESS_DEFAULT)  # caption-encoder layers; None = 2
 
     def __post_init__(self) -> None:
         self._check_arch_options()
@@ -97,6 +103,10 @@ class ModelConfig:
             defaults["local_radius"] = DEFAULT_LOCAL_RADIUS
             defaults["local_width"] = DEFAULT_LOCAL_WIDTH
             defaults["bump_cutoff"] = DEFAULT_LOCAL_CUTOFF
+        if self.arch == "diffusers_text":
+            defaults["caption_objects"] = DEFAULT_CAPTION_OBJECTS
+            defaults["caption_count"] = False
+            defaults["text_layers"] = DEFAULT_TEXT_LAYERS
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **filled)
 
@@ -116,6 +126,9 @@ class ModelConfig:
             "local_radius": ("local",),
             "local_width": ("local",),
             "bump_cutoff": ("local", "spatial"),
+            "caption_objects": ("diffusers_text",),
+            "caption_count": ("diffusers_text",),
+            "text_layers": ("diffusers_text",),
         }
         if self.patch_size != 1 and self.arch not in UNET_ARCHITECTURES:
             raise ConfigError(
@@ -138,6 +151,11 @@ class ModelConfig:
             raise ConfigError(f"model.attention_radius_px={self.attention_radius_px}: expected a radius > 0 pixels (unset = off)")
         if self.position_bias_px is not None and self.position_bias_px < 0:
             raise ConfigError(f"model.position_bias_px={self.position_bias_px}: expected >= 0 pixels (0 = off)")
+        if self.arch == "diffusers_text" and self.attention_resolutions:
+            raise ConfigError(
+                f"model.attention_resolutions={list(self.attention_resolutions)}: a diffusers_text UNet has "
+                "self- and cross-attention in every block (SD-style); leave it unset"
+            )
         if self.arch == "local" and self.attention_resolutions:
             raise ConfigError(
                 f"model.attention_resolutions={list(self.attention_resolutions)}: the local "
@@ -149,6 +167,10 @@ class ModelConfig:
                 raise ConfigError(f"model.local_radius={self.local_radius}: expected >= 1 pixel")
             if self.local_width is not None and self.local_width < 1:
                 raise ConfigError(f"model.local_width={self.local_width}: expected >= 1")
+        if self.caption_objects is not None and self.caption_objects < 1:
+            raise ConfigError(f"model.caption_objects={self.caption_objects}: expected >= 1 phrase")
+        if self.text_layers is not None and self.text_layers < 1:
+            raise ConfigError(f"model.text_layers={self.text_layers}: expected >= 1")
         if self.bump_cutoff is not None and self.bump_cutoff <= 0:
             raise ConfigError(
                 f"model.bump_cutoff={self.bump_cutoff}: expected > 0 (in units of bump_sigma_px)"
@@ -163,7 +185,7 @@ class ModelConfig:
             raise ConfigError(f"model.dropout={self.dropout}: expected in [0, 1)")
         if self.head_dim < 1:
             raise ConfigError(f"model.head_dim={self.head_dim}: expected >= 1")
-        if self.arch not in UNET_ARCHITECTURES:
+        if self.arch not in UNET_ARCHITECTURES + ("diffusers_text",):
             return
         if not self.channels:
             raise ConfigError(

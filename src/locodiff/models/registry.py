@@ -12,9 +12,12 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..denoiser import Denoiser
+from ..diffusion.precond import EDMPrecond
 from .config import ARCHITECTURES, ModelConfig
 from .local import LocalNet
 from .mechanisms import CrossAttentionConditioning, GlobalConditioning, SpatialConditioning
+from .text import TextUNet
 from .unet import UNet
 
 
@@ -43,6 +46,7 @@ _BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "spatial": _spatial,
     "global": _global,
     "local": _local,
+    "diffusers_text": TextUNet,
 }
 assert tuple(_BUILDERS) == ARCHITECTURES
 
@@ -54,6 +58,12 @@ def available_architectures() -> tuple[str, ...]:
 def build_network(cfg: ModelConfig) -> nn.Module:
     """The raw network for ``cfg`` (``None`` options resolved to the architecture's defaults)."""
     return _BUILDERS[cfg.arch](cfg.resolved())
+
+
+def as_denoiser(net: nn.Module) -> Denoiser:
+    """The Denoiser of a built network: EDM preconditioning around locodiff's raw networks; a
+    ``diffusers_text`` model is one already (its adapter does the preconditioning)."""
+    return net if isinstance(net, TextUNet) else EDMPrecond(net)
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,8 @@ _NOTES = {
     "global": "global: the pooled conditioner vector modulates every pixel (non-local baseline)",
     "local": "local by construction: per-pixel norms, no down-sampling or attention; "
     "exact receptive field; bumps cut off hard",
+    "diffusers_text": "global: a diffusers UNet2DConditionModel (GroupNorm, self-attention) reading a caption "
+    "through cross-attention at every level; no location enters except as coarse position words",
 }
 
 

@@ -28,11 +28,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import from_dict
-from ..diffusion import EDMPrecond
+from ..denoiser import Denoiser
 from .. import __version__
 from ..errors import CheckpointError, ConfigError
 from ..io import notice, sha256_file
-from ..models import build_network
+from ..models import as_denoiser, build_network
 from .config import RunConfig
 
 CKPT_PREFIX = "ckpt-"
@@ -234,7 +234,7 @@ def read_run_config(run_dir: Path) -> RunConfig:
         ) from None
 
 
-def load_denoiser(run_dir: Path, ema: bool = True, checkpoint: Path | None = None) -> tuple[EDMPrecond, RunConfig]:
+def load_denoiser(run_dir: Path, ema: bool = True, checkpoint: Path | None = None) -> tuple[Denoiser, RunConfig]:
     """The trained Denoiser of a run (EMA weights by default, of the latest checkpoint unless
     ``checkpoint`` names another) and its config."""
     run_dir = Path(run_dir)
@@ -244,5 +244,5 @@ def load_denoiser(run_dir: Path, ema: bool = True, checkpoint: Path | None = Non
         raise CheckpointError(f"run {run_dir} has no checkpoint yet; train it first")
     net = build_network(cfg.model)
     load_weights(net, ckpt / ("ema.safetensors" if ema else "model.safetensors"))
-    return EDMPrecond(net).eval().requires_grad_(False), cfg
+    return as_denoiser(net).eval().requires_grad_(False), cfg
 

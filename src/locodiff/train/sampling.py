@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from ..conditioning import Conditioning
-from ..diffusion import ClassifierFreeGuidance, EDMPrecond
+from ..diffusion import ClassifierFreeGuidance
+from ..models import as_denoiser
 from ..imaging import image_grid, save_png
 from ..io import atomic_path
 from ..scenes.conditioners import make_conditioning
@@ -54,7 +55,7 @@ def training_grid(net, data: DataConfig, images_seen: int, out_dir: Path, steps:
     """Samples of the current EMA weights for a few counts, one row per count:
     ``out_dir/grid-<images>.png`` (the same requested scenes at every point of training)."""
 
-    denoiser = EDMPrecond(net).eval()
+    denoiser = as_denoiser(net).eval()
     _, cond = requested_scenes(data, GRID_COUNTS, per_count, seed=0)
     images = generate(denoiser, cond, data.resolution, steps, seed=0)
     scale = max(1, 96 // data.resolution)

@@ -1,0 +1,137 @@
+"""The diffusers_text model: captions, tokenizer, caption encoder, the diffusers folder it saves."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from locodiff.adapters import DiffusersDenoiser, Prompt, load_diffusers_unet  # noqa: E402
+from locodiff.conditioning import Conditioning  # noqa: E402
+from locodiff.errors import InputError  # noqa: E402
+from locodiff.models import ModelConfig, TextModel, as_denoiser, build_network, save_text_model  # noqa: E402
+from locodiff.models.text import CaptionEncoder, text_scheduler  # noqa: E402
+from locodiff.scenes.captions import (  # noqa: E402
+    VOCABULARY, WordTokenizer, caption_ids, captions, phrase_index_of, word_id,
+)
+from locodiff.scenes.vocab import color_index, material_index, shape_index, size_index  # noqa: E402
+
+TINY = ModelConfig(arch="diffusers_text", image_size=8, channels=(8, 16), token_dim=16, head_dim=8, norm_groups=4)
+
+
+def _attrs(color, shape, size, material):
+    return [color_index(color), shape_index(shape), size_index(size), material_index(material)]
+
+
+def scenes() -> Conditioning:
+    """Two images: two objects (the second in slot 2, slot 1 empty), and the empty caption."""
+    loc = torch.tensor([[[0.1, 0.1], [0.5, 0.5], [0.9, 0.5]], [[0.5, 0.5]] * 3])
+    mask = torch.tensor([[True, False, True], [False, False, False]])
+    attrs = torch.tensor([[_attrs("red", "cube", "large", "metal"), [-1] * 4, _attrs("blue", "sphere", "small", "rubber")],
+                          [[-1] * 4] * 3])
+    return Conditioning(loc, mask, attrs)
+
+
+def test_captions_say_what_the_conditioning_holds():
+    assert captions(scenes(), 4) == ["large red metal cube top left and small blue rubber sphere middle right", ""]
+    assert captions(scenes(), 4, count_word=True)[0].startswith("two objects large red")
+
+
+def test_the_tokenizer_round_trips_and_refuses_what_it_cannot_read():
+    tok = WordTokenizer(30)
+    text = ["three objects small cyan rubber cylinder bottom centre and large gray metal cube top right", ""]
+    assert tok.decode(tok.encode(text)) == text
+    ids, _ = caption_ids(scenes(), 4)
+    assert WordTokenizer(ids.shape[1]).decode(ids) == captions(scenes(), 4)
+    with pytest.raises(InputError, match="unknown caption word 'pink'"):
+        tok.encode(["large pink cube"])
+    with pytest.raises(InputError, match="at most 2"):
+        WordTokenizer(2).encode(["large red cube"])
+    with pytest.raises(InputError, match="at most 1 objects"):
+        caption_ids(scenes(), 1)
+
+
+def test_packed_text_and_the_slot_layout_group_words_into_the_same_phrases():
+    ids, phrase = caption_ids(scenes(), 4, count_word=True)
+    packed = WordTokenizer(ids.shape[1]).encode(captions(scenes(), 4, count_word=True))
+    grouped = lambda i, p: sorted(tuple(i[p == g].tolist()) for g in p.unique() if g >= 0)
+    assert grouped(ids[0], phrase[0]) == grouped(packed[0], phrase_index_of(packed)[0])
+    assert len(grouped(ids[0], phrase[0])) == 3  # the count phrase and two objects
+
+
+def test_the_first_encoder_layer_binds_words_within_their_phrase_only():
+    torch.manual_seed(0)
+    enc = CaptionEncoder(16, layers=1, heads=2).eval()
+    ids, phrase = caption_ids(scenes(), 4)
+    other = ids.clone()
+    other[0, 15] = word_id("yellow")  # the second phrase's colour
+    with torch.no_grad():
+        a, b = enc(ids, phrase), enc(other, phrase)
+    first = phrase[0] == phrase[0][phrase[0] >= 0].min()
+    assert torch.equal(a[0, first], b[0, first])
+    assert not torch.allclose(a[0, 15], b[0, 15])
+    deep = CaptionEncoder(16, layers=2, heads=2).eval()  # the second layer reads the whole caption
+    with torch.no_grad():
+        assert not torch.allclose(deep(ids, phrase)[0, first], deep(other, phrase)[0, first])
+
+
+def test_the_saved_folder_reloads_bit_identically_and_captions_give_the_same_prompt(tmp_path):
+    torch.manual_seed(0)
+    net = build_network(TINY).eval()
+    cond, x, sigma = scenes(), torch.randn(2, 3, 8, 8), torch.tensor([0.3, 4.0])
+    with torch.no_grad():
+        prompt = net.prompt(cond)
+        before = net(x, sigma, prompt)
+    folder = save_text_model(net, tmp_path / "model")
+    adapter = load_diffusers_unet(folder)  # exactly as SDXL would be loaded
+    with torch.no_grad():
+        assert torch.equal(adapter(x, sigma, prompt), before)
+    model = TextModel(folder)
+    text_prompt = model.prompt(captions(cond, TINY.resolved().caption_objects))
+    # the same words in another order: equal up to float summation order
+    torch.testing.assert_close(text_prompt.encoder_hidden_states.sort(1).values,
+                               prompt.encoder_hidden_states.sort(1).values, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(model.denoiser(x, sigma, text_prompt), before, atol=1e-4, rtol=1e-4)
+
+
+def test_a_word_absent_from_the_caption_has_zero_jacobian():
+    torch.manual_seed(0)
+    net = build_network(TINY)
+    cond = scenes()[0]
+    out = net(torch.randn(1, 3, 8, 8), torch.tensor([1.0]), cond)
+    (grad,) = torch.autograd.grad(out.square().sum(), net.text.embed.weight)
+    used = set(caption_ids(cond, 10)[0].flatten().tolist())
+    per_word = grad.norm(dim=1)
+    for i, word in enumerate(VOCABULARY):
+        assert (per_word[i] > 0) == (i in used), word
+
+
+def test_noise_levels_beyond_the_table_are_clamped_only_where_asked():
+    torch.manual_seed(0)
+    net = build_network(TINY).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.isfinite(net(x, torch.tensor([1e-4, 500.0]), scenes())).all()
+    assert as_denoiser(net) is net
+    adapter = DiffusersDenoiser(net.unet, text_scheduler(), prompt=Prompt(torch.zeros(1, 70, 16)))
+    with pytest.raises(InputError, match="outside the model's training range"):
+        adapter(x, torch.tensor([1e-4, 1.0]))
+
+
+def test_the_padded_set_contract_holds_for_captions():
+    """Mixed counts in one batch match each image alone; padded slots are ignored even when NaN;
+    no conditioner is the empty caption however it is padded."""
+    torch.manual_seed(0)
+    net = build_network(TINY).eval()
+    cond, x, sigma = scenes(), torch.randn(2, 3, 8, 8), torch.tensor([0.7, 0.7])
+    with torch.no_grad():
+        both = net(x, sigma, cond)
+        alone = torch.cat([net(x[i:i + 1], sigma[i:i + 1], cond[i]) for i in range(2)])
+        torch.testing.assert_close(both, alone, atol=1e-5, rtol=1e-5)
+        poisoned = Conditioning(cond.locations.clone(), cond.mask, cond.attributes.clone())
+        poisoned.locations[~cond.mask] = float("nan")
+        assert torch.equal(net(x, sigma, poisoned), both)
+        empty = net(x[1:], sigma[1:], Conditioning.empty(1, slots=5))
+        torch.testing.assert_close(empty, both[1:], atol=1e-5, rtol=1e-5)
