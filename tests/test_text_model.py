@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -135,3 +137,92 @@ def test_the_padded_set_contract_holds_for_captions():
         assert torch.equal(net(x, sigma, poisoned), both)
         empty = net(x[1:], sigma[1:], Conditioning.empty(1, slots=5))
         torch.testing.assert_close(empty, both[1:], atol=1e-5, rtol=1e-5)
+
+
+# ----- the probe of the three SDXL findings, and its report ---------------------------------
+
+
+def test_phrase_share_is_one_for_a_confined_influence_and_zero_for_a_spread_one():
+    from locodiff.adapters.text_probe import phrase_share
+
+    cond = Conditioning(torch.tensor([[[0.25, 0.25], [0.75, 0.75]]]), torch.tensor([[True, True]]))
+    ys, xs = torch.meshgrid(torch.arange(16) + 0.5, torch.arange(16) + 0.5, indexing="ij")
+    near = lambda cx, cy: (((xs - cx * 16) ** 2 + (ys - cy * 16) ** 2).sqrt() <= 2).float()  # noqa: E731
+    confined = torch.stack([near(0.25, 0.25), near(0.75, 0.75)])[None]
+    assert phrase_share(confined, cond, 16, 2.0)["normalised"] == pytest.approx(1.0)
+    spread = phrase_share(torch.ones(1, 2, 16, 16), cond, 16, 2.0)
+    assert spread["normalised"] == pytest.approx(0.0, abs=1e-9) and spread["phrases"] == 2
+    swapped = phrase_share(confined.flip(1), cond, 16, 2.0)  # each phrase acting on the other's object
+    assert swapped["normalised"] < 0
+
+
+def test_text_scores_count_colours_and_cells_without_locations():
+    from locodiff.report.text_model import text_scores
+
+    rec = lambda k, req, colours, det, det_colours: {  # noqa: E731
+        "k": k, "requested": req, "requested_colors": colours, "n_detected": len(det),
+        "detections": {"centers": det, "color_index": det_colours}}
+    rows = text_scores([
+        rec(2, [[0.1, 0.1], [0.9, 0.9]], [1, 2], [[0.2, 0.2], [0.5, 0.5]], [2, 1]),  # colours right, one cell
+        rec(2, [[0.1, 0.1], [0.9, 0.9]], [1, 2], [[0.15, 0.1]], [1]),  # one object, right colour and cell
+    ])
+    assert rows == [{"k": 2, "images": 2, "count": 0.5, "mean_detected": 1.5, "colour": 0.75, "cell": 0.5,
+                     "colour_cell": 0.25}]
+
+
+def test_the_statements_follow_their_criteria():
+    from locodiff.report.text_model import statements
+
+    def result(spatial, pixel, cos):
+        return {"radius_px": 4.0, "summary": {"spatial_mass_within": spatial, "pixel_phrase_share": pixel,
+                                              "colour_offdiag": {"mid_block": cos}}}
+
+    rows = statements(result(0.8, 0.1, 0.3), result(0.8, 0.1, 0.9))
+    assert [r[-1] for r in rows] == ["supported", "supported", "supported"]
+    rows = statements(result(0.2, 0.45, 0.7), result(0.8, 0.1, 0.9))
+    assert [r[-1] for r in rows] == ["not supported", "partly", "partly"]
+    rows = statements(result(0.2, 0.9, 0.95), result(0.8, 0.1, 0.9))
+    assert [r[-1] for r in rows] == ["not supported", "not supported", "not supported"]
+
+
+def test_a_caption_model_runs_through_the_study_and_its_report(tmp_path):
+    from rich.console import Console
+
+    from locodiff.layout import run_dir
+    from locodiff.study import run_study
+    from locodiff.study_config import load_study_config
+
+    off = [f"models.{m}.enabled=false" for m in ("exp1", "exp2", "exp3_local", "exp1_combo")]
+    model = ('models.text={role="exp1", label_policy="all", model={arch="diffusers_text", channels=[8, 16], '
+             'norm_groups=4, head_dim=8, token_dim=16}}')
+    cfg = load_study_config("micro", sets=[f"out_dir={tmp_path}", "jobs=1", "interventions.exp3_masked.enabled=false",
+                                           *off, model])
+    run_study(cfg, console=Console(quiet=True))
+    probes = list(run_dir(cfg, "text").glob("locality-*/text_probe.json"))
+    assert len(probes) == 1
+    result = json.loads(probes[0].read_text())
+    assert set(result) == {"trained", "random"}
+    assert result["trained"]["summary"]["spatial_mass_within"] > 0
+    saved = probes[0].parent / "diffusers"
+    assert load_diffusers_unet(saved).prediction_type == "v_prediction"
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "A text-conditioned diffusers UNet trained here" in report
+    assert "(2) conditionally non-local in pixel space" in report
+    before = probes[0].stat().st_mtime_ns
+    run_study(cfg, only=["locality"], console=Console(quiet=True))  # cached: nothing redone
+    assert probes[0].stat().st_mtime_ns == before
+    # the saved folder through the command line, with the prompt given as words
+    from typer.testing import CliRunner
+
+    from locodiff.cli import app
+
+    out = tmp_path / "probe"
+    args = ["probe-diffusers", "--model", str(saved), "--latent-size", "16", "--sigmas", "1", "--pixels", "4",
+            "--out", str(out)]
+    done = CliRunner().invoke(app, args + ["--caption", "large red metal cube top left"])
+    assert done.exit_code == 0, done.output
+    assert json.loads((out / "probe.json").read_text())["latent_shape"] == [1, 3, 16, 16]
+    bad = CliRunner().invoke(app, args + ["--caption", "a pink cube"])
+    assert bad.exit_code == 2 and "unknown caption word 'a'" in bad.output
+    neither = CliRunner().invoke(app, args)
+    assert neither.exit_code == 2 and "--caption TEXT" in neither.output

@@ -30,6 +30,7 @@ from .intervene.subject import subject_checkpoints, training_run, write_interven
 from .io import atomic_path
 from .locality.probe import LocalityResult, mean_normalised_index, mean_presence_index
 from .locality.run import probe_run
+from .models.text import TextModel, is_text_model
 from .report import write_report
 from .scenes.dataset import build_dataset
 from .scenes.figures import data_contact_sheet
@@ -286,9 +287,9 @@ def locality(
                    + ")  mean  presence")
         for ckpt, folder in folders:
             summary = json.loads((folder / "summary.json").read_text())
-            per_sigma = " ".join(f"{s['index']['normalised']['mean']:.3f}" for s in summary["summaries"])
-            typer.echo(f"{read_state(ckpt)['images_seen']:<9d} {per_sigma}  {mean_normalised_index(summary):.3f}  "
-                       f"{mean_presence_index(summary):.3f}  {folder.name}")
+            per_sigma = " ".join(_three(s["index"]["normalised"]["mean"]) for s in summary["summaries"])
+            typer.echo(f"{read_state(ckpt)['images_seen']:<9d} {per_sigma}  {_three(mean_normalised_index(summary))}  "
+                       f"{_three(mean_presence_index(summary))}  {folder.name}")
         return
     folder = folders[0][1]
     result = LocalityResult.load(folder)
@@ -332,10 +333,16 @@ def intervene(
     typer.echo(f"results in {folder}")
 
 
+def _three(value: float | None) -> str:
+    """Three decimals, or a dash where nothing was measured (a caption model has no move index)."""
+    return "  –  " if value is None else f"{value:.3f}"
+
+
 @app.command("probe-diffusers")
 def probe_diffusers_cmd(
     model: Path = typer.Option(..., "--model", help="Local folder of a diffusers pipeline or UNet (never downloaded)."),
-    embeddings: Path = typer.Option(..., "--embeddings", help=".safetensors with encoder_hidden_states [1,T,D] (+ text_embeds, time_ids for SDXL)."),
+    embeddings: Optional[Path] = typer.Option(None, "--embeddings", help=".safetensors with encoder_hidden_states [1,T,D] (+ text_embeds, time_ids for SDXL)."),
+    caption: Optional[str] = typer.Option(None, "--caption", help="For a locodiff text model (a folder with text_encoder/): the prompt as words, e.g. \"large red metal cube top left\"."),
     latents_file: Optional[Path] = typer.Option(None, "--latents", help=".safetensors with 'latents' [B,C,H,W] (default: standard normal)."),
     latent_size: int = typer.Option(32, "--latent-size", help="Side of the random latents when --latents is not given."),
     sigmas: str = typer.Option("0.5,2,8", "--sigmas", help="Comma-separated noise levels (within the model's range)."),
@@ -355,7 +362,15 @@ def probe_diffusers_cmd(
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": fastest_dtype(device)}.get(dtype)
         if torch_dtype is None:
             raise LocodiffError(f"--dtype {dtype!r}: expected float32, bfloat16 or auto")
-        prompt = load_prompt_file(embeddings)
+        if (embeddings is None) == (caption is None):
+            raise LocodiffError("give the prompt as --embeddings FILE or, for a locodiff text model, as --caption TEXT (one of them)")
+        if caption is not None:
+            if not is_text_model(model):
+                raise LocodiffError(f"--caption needs a locodiff text model (text_encoder/ and tokenizer/ in {model}); "
+                                    "give other models their prompt as --embeddings")
+            prompt = TextModel(model).prompt([caption])
+        else:
+            prompt = load_prompt_file(embeddings)
         adapter = load_diffusers_unet(model, torch_dtype, device, prompt=prompt, allow_pickle=allow_pickle)
         channels = adapter.unet.config.in_channels
         if latents_file is not None:

@@ -177,7 +177,7 @@ def feature_conditional_locality(denoiser: nn.Module, images: Tensor, cond: Cond
     loc = cond.locations.detach()
     f = feature_fn(net, block, lambda theta: denoiser(x, s, cond.with_locations(theta)))
     sens = input_sensitivity(f, loc, mode="forward")  # [B, K, h, w]
-    share, area = _share_within(sens.double().pow(2), loc, images.shape[-1], radius_px)
+    share, area = share_within(sens.double().pow(2), loc, images.shape[-1], radius_px)
     h, w = sens.shape[-2:]
     valid = cond.mask & (sens.pow(2).sum((2, 3)) > 0)
     return {"block": block, "sigma": float(sigma), "radius_px": float(radius_px), "feature_map": [h, w],
@@ -194,7 +194,7 @@ def previous_block(block: str) -> str | None:
     return f"{container}.{int(index) - 1}" if container else str(int(index) - 1)
 
 
-def _share_within(energy: Tensor, centres: Tensor, side: int, radius_px: float) -> tuple[Tensor, Tensor]:
+def share_within(energy: Tensor, centres: Tensor, side: int, radius_px: float) -> tuple[Tensor, Tensor]:
     """Share of each map's energy ``[..., h, w]`` within ``radius_px`` image pixels of its centre
     ``[..., 2]`` (x, y in [0, 1]), and the area share of that disc (chance)."""
     h, w = energy.shape[-2:]
@@ -236,7 +236,7 @@ def block_locality(denoiser: nn.Module, images: Tensor, cond: Conditioning, sigm
     rows_cols = torch.stack([flat // w, flat % w], -1)  # [B, P, 2]
     sens = block_pixel_sensitivity(fn, theta, rows_cols, probes=probes, generator=generator)  # [B, P, hs, ws]
     centres = torch.stack([(flat % w + 0.5) / w, (flat // w + 0.5) / h], -1)
-    share, chance = _share_within(sens.double().pow(2), centres, images.shape[-1], radius_px)
+    share, chance = share_within(sens.double().pow(2), centres, images.shape[-1], radius_px)
     return {"block": block, "source": source, "measured": "update" if update else "output",
             "radius_px": float(radius_px), "feature_map": [h, w],
             "source_map": list(theta.shape[-2:]), "mass_within": float(share.mean()),

@@ -562,9 +562,13 @@ def sampling_error(
     )
 
 
-def mean_normalised_index(summary: dict) -> float:
-    """The headline locality number of a probe's summary.json: the normalised index averaged over noise levels."""
-    return float(np.mean([s["index"]["normalised"]["mean"] for s in summary["summaries"]]))
+def mean_normalised_index(summary: dict) -> float | None:
+    """The headline locality number of a probe's summary.json: the normalised index averaged over
+    noise levels; None where no conditioner moved the output (a caption model reads locations
+    only as coarse position words, so moving one changes nothing)."""
+    values = [s["index"]["normalised"]["mean"] for s in summary["summaries"]]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
 
 
 def mean_presence_index(summary: dict) -> float | None:

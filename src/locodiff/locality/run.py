@@ -13,10 +13,14 @@ from typing import Sequence
 
 import torch
 
+from ..adapters.diffusers_unet import load_diffusers_unet
+from ..adapters.text_probe import probe_text_model, write_text_probe
 from ..conditioning import Conditioning
 from ..errors import LocodiffError
 from ..intervene.subject import load_subject, subject_checkpoint
+from ..io import write_json_atomic
 from ..layout import probe_dir
+from ..models import TextUNet, build_network, save_text_model
 from ..scenes import SceneDataset, batch_conditioning, vocab
 from ..scenes.dataset import to_model_batch
 from .feature_space import FEATURES_FILE, feature_run
@@ -64,10 +68,34 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
     images, cond = probe_scenes(data_root, options.counts, options.scenes)
     if not (maps_intact(folder) and has_presence(folder)):
         _probe(folder, run_dir, run_cfg, ckpt, denoiser, images, cond, options, seed, progress)
-    feature_run(folder, denoiser, images, options.feature_sigma, options.feature_grid, seed,
-                colour_concepts(run_cfg), shape_concepts(run_cfg), run_cfg.holdout_indices(),
-                cond=cond, radius_px=options.radius_px)
+    if isinstance(denoiser, TextUNet):
+        text_probe_run(folder, denoiser, run_cfg, images, cond, options, seed)
+    else:
+        feature_run(folder, denoiser, images, options.feature_sigma, options.feature_grid, seed,
+                    colour_concepts(run_cfg), shape_concepts(run_cfg), run_cfg.holdout_indices(),
+                    cond=cond, radius_px=options.radius_px)
     return folder
+
+
+TEXT_PROBE_PROBES = 4  # random tangents per phrase for the text model's influence maps
+
+
+def text_probe_run(folder: Path, net: TextUNet, run_cfg, images, cond, options, seed: int) -> Path:
+    """For a caption model: save it as a diffusers folder (``folder/diffusers``), reload it the way
+    ``probe-diffusers`` loads SDXL, and measure the paper's three SDXL findings on it and on a
+    random-weight control of the same shape (``text_probe.json``); ``features.json`` then marks
+    the probe complete."""
+    saved = save_text_model(net, folder / "diffusers")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        control = build_network(run_cfg.model).eval().requires_grad_(False)
+    colors = [vocab.color_index(c) for c in run_cfg.data.scene.colors]
+    args = (images, cond, options.sigmas, options.radius_px, options.pixels, TEXT_PROBE_PROBES, seed, colors)
+    results = {"trained": probe_text_model(net, load_diffusers_unet(saved), *args),
+               "random": probe_text_model(control, control.denoiser, *args)}
+    path = write_text_probe(folder, results)
+    write_json_atomic(folder / FEATURES_FILE, {"skipped": "a caption model: its feature-space results are in text_probe.json"})
+    return path
 
 
 def probe_complete(folder: Path) -> bool:

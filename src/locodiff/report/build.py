@@ -26,9 +26,11 @@ from ..locality.probe import LocalityResult
 from ..scenes import vocab
 from .document import Code, Figure, Section, Table, Text, to_html, to_markdown
 from .facts import (
-    FAILS, GENERALIZES, ModelFacts, accuracy_at, gather, headline, learned_conditioner, num, recall_beyond,
+    FAILS, GENERALIZES, ModelFacts, accuracy_at, caption_models, gather, headline, learned_conditioner,
+    location_models, num, recall_beyond,
 )
 from .figures import cosine_matrices, locality_vs_generalization, recall_and_crowding, success_vs_k
+from .text_model import text_model_section
 from .training import emergence_section, seeds_section, trained_in_section, trained_in_verdict
 
 
@@ -543,7 +545,8 @@ def write_report(cfg, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    facts = gather(cfg)
+    gathered = gather(cfg)
+    facts, text_facts = location_models(gathered), caption_models(gathered)
     timings_path = Path(cfg.out_dir) / "timings.json"
     timings = json.loads(timings_path.read_text()).get("stage_seconds", {}) if timings_path.exists() else {}
     sections = [summary_section(cfg, facts), setup_section(cfg, facts, timings)]
@@ -556,7 +559,9 @@ def write_report(cfg, out_dir: str | Path) -> Path:
     sections += [generalization_section(cfg, facts, figures), crowding_section(cfg, facts, figures),
                  locality_section(cfg, facts, figures)]
     sections += [s for s in (trained_in_section(cfg, facts), emergence_section(cfg, figures)) if s is not None]
-    sections += [seeds_section(cfg), diffusers_section(cfg, figures), findings, reproducibility_section(cfg)]
+    text_section = text_model_section(cfg, text_facts, facts)
+    sections += [seeds_section(cfg), diffusers_section(cfg, figures)] + ([text_section] if text_section else [])
+    sections += [findings, reproducibility_section(cfg)]
     title = "locodiff study report"
     write_text_atomic(out / "report.md", to_markdown(title, sections, out))
     write_text_atomic(out / "report.html", to_html(title, sections))

@@ -44,6 +44,19 @@ class ModelFacts:
     features: dict | None = None  # features.json (feature-space results)
 
 
+CAPTION_ARCHS = ("diffusers_text",)
+
+
+def location_models(facts: list[ModelFacts]) -> list[ModelFacts]:
+    """The location-token family the paper's CLEVR claims are about (caption models have their
+    own section: their locations are words, so a location Jacobian says nothing)."""
+    return [f for f in facts if f.arch not in CAPTION_ARCHS]
+
+
+def caption_models(facts: list[ModelFacts]) -> list[ModelFacts]:
+    return [f for f in facts if f.arch in CAPTION_ARCHS]
+
+
 def gather(cfg, seed: int | None = None) -> list[ModelFacts]:
     """Facts of every enabled model and intervention under ``seed`` (default: the study's first)."""
     cfg = cfg.per_seed()[cfg.seed_list()[0] if seed is None else seed]

@@ -18,7 +18,7 @@ from ..locality.probe import mean_normalised_index, mean_presence_index
 from ..rng import derived_seed
 from ..train.checkpoint import list_checkpoints, read_state
 from .document import Figure, Section, Table, Text
-from .facts import GENERALIZES, ModelFacts, accuracy_at, gather_seeds, learned_conditioner, num
+from .facts import GENERALIZES, ModelFacts, accuracy_at, gather_seeds, learned_conditioner, location_models, num
 from .figures import emergence_figure
 
 LOCAL = 0.8  # a normalised locality index at which the emergence text calls a score local
@@ -217,7 +217,7 @@ def correlation_points(cfg, by_seed: dict[int, list[ModelFacts]]) -> dict[str, l
     for key, points in emergence_curves(cfg).items():
         for p in points:
             placed = next((r.get("placed") for r in p["evaluation"]["per_k"] if r["k"] == 1), None)
-            if p["presence"] is not None and (placed is None or placed >= thr):
+            if p["index"] is not None and p["presence"] is not None and (placed is None or placed >= thr):
                 runs.setdefault(key, []).append((p["index"], p["presence"], mean_recall(p["evaluation"])))
     return runs if ks else {}
 
@@ -247,7 +247,7 @@ def clustered_spearman(runs: dict[str, list[tuple]], column: int, seed: int, n_b
 def seeds_section(cfg) -> Section:
     sec = Section("Seeds")
     seeds = cfg.seed_list()
-    by_seed = gather_seeds(cfg)
+    by_seed = {s: location_models(facts) for s, facts in gather_seeds(cfg).items()}
     if len(seeds) >= 2:
         sec.blocks.append(Text(
             f"Every model trained under seeds {', '.join(map(str, seeds))} (initialisation and data order; the "
