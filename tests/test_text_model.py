@@ -195,7 +195,9 @@ def test_a_caption_model_runs_through_the_study_and_its_report(tmp_path):
     off = [f"models.{m}.enabled=false" for m in ("exp1", "exp2", "exp3_local", "exp1_combo")]
     model = ('models.text={role="exp1", label_policy="all", model={arch="diffusers_text", channels=[8, 16], '
              'norm_groups=4, head_dim=8, token_dim=16}}')
+    # 10 probed scenes: more than the location probe's batch of 8 (the prompt has one row per scene)
     cfg = load_study_config("micro", sets=[f"out_dir={tmp_path}", "jobs=1", "interventions.exp3_masked.enabled=false",
+                                           "locality.scenes=10",
                                            *off, model])
     run_study(cfg, console=Console(quiet=True))
     probes = list(run_dir(cfg, "text").glob("locality-*/text_probe.json"))

@@ -64,8 +64,10 @@ def probe_diffusers(
     groups = [[i] for i in range(words)] + [list(range(words, tokens))]
     gen = torch.Generator().manual_seed(seed)
     pixels = sample_pixels(h, w, n_pixels, gen, batch=b)
+    # one batch: the held prompt has one row per latent (or one for all), so it cannot be chunked
     spatial = probe_locality(adapter, latents, Conditioning.empty(b), list(sigmas), n_pixels, gen,
-                             radius=radius_px, pixels=pixels, keep_maps=False, progress=progress, n_boot=200)
+                             radius=radius_px, pixels=pixels, keep_maps=False, progress=progress, n_boot=200,
+                             batch_size=b)
     r_index = spatial.radii.index(float(radius_px))
     noise = torch.randn(latents.shape, generator=gen, dtype=latents.dtype)
     maps = []
