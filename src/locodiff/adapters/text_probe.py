@@ -5,7 +5,8 @@ For each noise level, on test scenes and their captions:
 
 1. **Spatial locality in pixel space**: the share of the score's input Jacobian within
    ``radius_px`` of the output pixel (``probe_diffusers``, run on the model *as reloaded from its
-   saved diffusers folder*).
+   saved diffusers folder*), and the same share for x0's Jacobian (the score's ``-x / sigma^2``
+   term alone puts most of its Jacobian on the diagonal, so x0's says more about the network).
 2. **Conditional locality in pixel space**: for each object's phrase (its seven tokens as one
    group), where its embedding moves the score — the share of that influence within ``radius_px``
    of the object's location, normalised so that 0 is chance (the disc's area share) and 1 is
@@ -32,6 +33,7 @@ from ..io import write_json_atomic
 from ..locality.feature_space import share_within
 from ..locality.features import capture_features, cosine_matrix, feature_fn, input_sensitivity, mean_difference_vectors
 from ..locality.jacobian import transform_context
+from ..locality.probe import probe_locality
 from ..models.text import TextUNet
 from ..scenes.captions import COUNT_TOKENS, PHRASE_TOKENS, VOCABULARY, WORD_CLASSES, caption_ids
 from .diffusers_unet import DiffusersDenoiser, Prompt
@@ -108,11 +110,16 @@ def probe_text_model(net: TextUNet, adapter: DiffusersDenoiser, images: Tensor, 
     ids, _ = caption_ids(cond, net.max_objects, net.count_word)
     adapter.set_prompt(prompt)
     spatial = probe_diffusers(adapter, images, sigmas, n_pixels=pixels, radius_px=radius_px, seed=seed)
+    # the score's -x / sigma^2 term alone puts its Jacobian on the diagonal; x0's shows how far D reaches
+    x0_spatial = probe_locality(adapter, images, Conditioning.empty(images.shape[0]), list(sigmas), pixels,
+                                torch.Generator().manual_seed(seed), target="x0", radius=radius_px, keep_maps=False,
+                                progress=False, n_boot=200, batch_size=images.shape[0])
+    at = x0_spatial.radii.index(float(radius_px))
     groups = phrase_groups(net, cond.slots)
     gen = torch.Generator().manual_seed(seed)
     side = images.shape[-1]
     per_sigma = []
-    for sigma, row in zip(sigmas, spatial["per_sigma"]):
+    for sigma, row, x0_row in zip(sigmas, spatial["per_sigma"], x0_spatial.summaries):
         x = images + sigma * torch.randn(images.shape, generator=gen)
         ehs = prompt.encoder_hidden_states
         targets = {"score": adapter.token_fn(x, sigma, prompt)}
@@ -125,6 +132,7 @@ def probe_text_model(net: TextUNet, adapter: DiffusersDenoiser, images: Tensor, 
                 shares[name] = phrase_share(maps, cond, side, radius_px)
         per_sigma.append({
             "sigma": float(sigma), "spatial_mass_within": row["mass_within_radius"],
+            "spatial_mass_within_x0": x0_row.mass_fraction[at].mean,
             "effective_radius_90": row["effective_radius_90"],
             "token_concentration": class_concentration(row["token_concentration"], ids),
             "phrase_share": shares,
@@ -145,6 +153,7 @@ def summary(result: dict) -> dict:
                          if any(v is not None for v in vals) else None)
     blocks = {b: mean([r["phrase_share"][b]["normalised"] for r in rows]) for b in result["blocks"]}
     return {"spatial_mass_within": mean([r["spatial_mass_within"] for r in rows]),
+            "spatial_mass_within_x0": mean([r.get("spatial_mass_within_x0") for r in rows]),
             "pixel_phrase_share": mean([r["phrase_share"]["score"]["normalised"] for r in rows]),
             "feature_phrase_share": blocks,
             "colour_offdiag": {b: v["offdiag_abs_mean"] for b, v in result.get("colour_cosines", {}).get("blocks", {}).items()}}

@@ -66,7 +66,8 @@ def statements(trained: dict, control: dict) -> list[list[object]]:
     ctrl_best = c["colour_offdiag"].get(best) if best else None
     r = trained["radius_px"]
     return [
-        ["(1) spatially local in pixel space", num(spatial), num(c["spatial_mass_within"]),
+        [f"(1) spatially local in pixel space (x0's Jacobian: {num(t.get('spatial_mass_within_x0'))}, random "
+         f"{num(c.get('spatial_mass_within_x0'))})", num(spatial), num(c["spatial_mass_within"]),
          f"Jacobian mass within {r:g} px ≥ {SPATIAL_LOCAL}", _verdict(spatial is not None and spatial >= SPATIAL_LOCAL)],
         ["(2) conditionally non-local in pixel space", num(pixel), num(c["pixel_phrase_share"]),
          f"normalised phrase share within {r:g} px < {COND_ABSENT}",
@@ -122,12 +123,16 @@ def text_model_section(cfg, text_facts: list[ModelFacts], location_facts: list[M
                                 "Means over the probed noise levels. The control: the same architecture and "
                                 "caption encoder with random weights."))
         blocks = trained["blocks"]
-        rows = [[r["sigma"], num(r["spatial_mass_within"]), num(r["phrase_share"]["score"]["normalised"])]
+        rows = [[r["sigma"], num(r["spatial_mass_within"]), num(r.get("spatial_mass_within_x0")),
+                 num(r["phrase_share"]["score"]["normalised"])]
                 + [num(r["phrase_share"][b]["normalised"]) for b in blocks] for r in trained["per_sigma"]]
-        sec.blocks.append(Table(["σ", "spatial mass", "phrase share: score"] + [f"phrase share: {b}" for b in blocks],
-                                rows, f"{f.name} per noise level: where an object's phrase moves the score and each "
-                                "block's features, normalised share within "
-                                f"{trained['radius_px']:g} px of the object (0 = chance, 1 = confined)."))
+        sec.blocks.append(Table(["σ", "spatial mass: score", "spatial mass: x0", "phrase share: score"]
+                                + [f"phrase share: {b}" for b in blocks],
+                                rows, f"{f.name} per noise level. Spatial: Jacobian mass within {trained['radius_px']:g} "
+                                "px of the output pixel (the score's is dominated by its -x/σ² diagonal; x0's shows "
+                                "how far the network reaches). Phrase share: where an object's phrase moves the "
+                                f"score and each block's features, normalised share within {trained['radius_px']:g} "
+                                "px of the object (0 = chance, 1 = confined)."))
         classes = sorted({c for r in trained["per_sigma"] for c in r["token_concentration"]})
         rows = [[name] + [num(sum(r["token_concentration"].get(c, float("nan")) for r in res["per_sigma"])
                               / len(res["per_sigma"])) for c in classes]
