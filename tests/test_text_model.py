@@ -210,6 +210,7 @@ def test_a_caption_model_runs_through_the_study_and_its_report(tmp_path):
     report = (tmp_path / "report" / "report.md").read_text()
     assert "A text-conditioned diffusers UNet trained here" in report
     assert "(2) conditionally non-local in pixel space" in report
+    assert "was trained and probed in this study" in report and "No diffusers model has been probed" not in report
     before = probes[0].stat().st_mtime_ns
     run_study(cfg, only=["locality"], console=Console(quiet=True))  # cached: nothing redone
     assert probes[0].stat().st_mtime_ns == before

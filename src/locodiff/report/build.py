@@ -318,7 +318,7 @@ def combination_blocks(cfg, done: list[ModelFacts], feats: dict[str, dict]) -> l
     ]
 
 
-def diffusers_section(cfg, figures: Path) -> Section:
+def diffusers_section(cfg, figures: Path, trained_here: bool = False) -> Section:
     """What the paper reports for SDXL and what ``locodiff probe-diffusers`` measured, if it ran."""
     folder = Path(cfg.out_dir) / "probe-diffusers"
     sec = Section("Large text-to-image models (SDXL-class UNets)")
@@ -334,9 +334,13 @@ def diffusers_section(cfg, figures: Path) -> Section:
         f"`locodiff probe-diffusers --model PATH --embeddings PROMPT.safetensors --out {folder}` and "
         "re-run `locodiff report` to see the numbers here."))
     path = folder / "probe.json"
+    if trained_here:
+        sec.blocks.append(Text("A diffusers UNet with learned weights was trained and probed in this study: see "
+                               "the next section for the three statements measured on it."))
     if not path.is_file():
-        sec.blocks.append(Text("No diffusers model has been probed for this study (no real weights are "
-                               "downloaded; none ship with locodiff)."))
+        if not trained_here:
+            sec.blocks.append(Text("No diffusers model has been probed for this study (no real weights are "
+                                   "downloaded; none ship with locodiff)."))
         return sec
     result = json.loads(path.read_text())
     rows = [[r["sigma"], r["mass_within_radius"], r["effective_radius_90"], r["token_concentration_mean"]]
@@ -560,7 +564,8 @@ def write_report(cfg, out_dir: str | Path) -> Path:
                  locality_section(cfg, facts, figures)]
     sections += [s for s in (trained_in_section(cfg, facts), emergence_section(cfg, figures)) if s is not None]
     text_section = text_model_section(cfg, text_facts, facts)
-    sections += [seeds_section(cfg), diffusers_section(cfg, figures)] + ([text_section] if text_section else [])
+    sections += [seeds_section(cfg), diffusers_section(cfg, figures, text_section is not None)]
+    sections += [text_section] if text_section else []
     sections += [findings, reproducibility_section(cfg)]
     title = "locodiff study report"
     write_text_atomic(out / "report.md", to_markdown(title, sections, out))

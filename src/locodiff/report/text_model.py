@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 from .document import Section, Table, Text
 from .facts import ModelFacts, num
