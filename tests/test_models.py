@@ -236,6 +236,10 @@ def test_plain_attention_for_cpu_bf16_matches_the_fused_kernel():
         ({"arch": "spatial", "shared_position": True}, "applies to ['cross_attention']"),
         ({"arch": "cross_attention", "shared_position": True, "query_position": False}, "needs the query position"),
         ({"arch": "cross_attention", "position_bias_px": -1.0}, "position_bias_px=-1.0"),
+        ({"arch": "diffusers_text", "channels": (32,)}, "needs >= 2 levels"),
+        ({"arch": "diffusers_text", "attention_resolutions": (8,)}, "self- and cross-attention in every block"),
+        ({"arch": "cross_attention", "text_layers": 2}, "applies to ['diffusers_text']"),
+        ({"arch": "diffusers_text", "caption_objects": 0}, "caption_objects=0"),
     ],
 )
 def test_config_errors_name_the_option(options, fragment):

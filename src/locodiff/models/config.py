@@ -151,6 +151,9 @@ class ModelConfig:
             raise ConfigError(f"model.attention_radius_px={self.attention_radius_px}: expected a radius > 0 pixels (unset = off)")
         if self.position_bias_px is not None and self.position_bias_px < 0:
             raise ConfigError(f"model.position_bias_px={self.position_bias_px}: expected >= 0 pixels (0 = off)")
+        if self.arch == "diffusers_text" and len(self.channels) < 2:
+            raise ConfigError(f"model.channels={list(self.channels)}: a diffusers_text UNet needs >= 2 levels "
+                              "(the finest has no attention, as in SDXL)")
         if self.arch == "diffusers_text" and self.attention_resolutions:
             raise ConfigError(
                 f"model.attention_resolutions={list(self.attention_resolutions)}: a diffusers_text UNet has "

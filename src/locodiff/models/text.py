@@ -1,9 +1,8 @@
 """A text-conditioned diffusers ``UNet2DConditionModel`` trained on CLEVR captions (``arch = "diffusers_text"``).
 
 The network is a real diffusers SDXL-style UNet (a transformer reading the prompt at every level but
-the finest) read
-through locodiff's ``DiffusersDenoiser`` adapter, so the trained model is what ``probe-diffusers``
-probes in SDXL: a DDPM-family UNet that predicts ``v`` at a timestep. Through the adapter, the
+the finest) read through locodiff's ``DiffusersDenoiser`` adapter, so the trained model is what
+``probe-diffusers`` probes in SDXL: a DDPM-family UNet that predicts ``v`` at a timestep. Through the adapter, the
 v-prediction parametrisation is exactly EDM's preconditioning with ``sigma_data = 1``
 (``c_skip = 1 / (1 + sigma^2)``, ``c_out = sigma / sqrt(1 + sigma^2)``, ``c_in = 1 / sqrt(1 + sigma^2)``,
 the network's output being ``-F``), with the timestep of ``sigma`` in the VP table as ``c_noise``;
@@ -17,7 +16,7 @@ never learned. Padding tokens attend to the caption in the later layers and so c
 as CLIP's do in Stable Diffusion.
 
 ``save_text_model`` writes a diffusers folder (``unet/``, ``scheduler/``) that ``load_diffusers_unet``
-reads like SDXL's, plus ``text_encoder/`` and ``tokenizer/`` that ``load_text_model`` reads.
+reads like SDXL's, plus ``text_encoder/`` and ``tokenizer/``; ``TextModel`` reads all of it.
 """
 
 from __future__ import annotations
@@ -115,7 +114,7 @@ class TextUNet(nn.Module):
         return caption_length(self.max_objects, self.count_word)
 
     def prompt(self, cond: Conditioning) -> Prompt:
-        ids, phrase = caption_ids(cond.pad_to(max(cond.slots, 1)), self.max_objects, self.count_word)
+        ids, phrase = caption_ids(cond, self.max_objects, self.count_word)
         return Prompt(self.text(ids, phrase))
 
     def forward(self, x: Tensor, sigma: Tensor | float, cond: Conditioning | Prompt) -> Tensor:
@@ -133,10 +132,7 @@ def unet_config(cfg: ModelConfig) -> dict:
     finest level, a transformer (self-attention, cross-attention to the prompt) at every coarser
     level and in the middle."""
     levels = len(cfg.channels)
-    if levels < 2:
-        raise InputError(f"model.channels={list(cfg.channels)}: a diffusers_text UNet needs >= 2 levels "
-                         "(the finest has no attention, as in SDXL)")
-    return dict(
+    return dict(  # diffusers reads attention_head_dim as the number of heads (its legacy naming)
         sample_size=cfg.image_size, in_channels=cfg.image_channels, out_channels=cfg.image_channels,
         block_out_channels=tuple(cfg.channels), layers_per_block=cfg.res_blocks, norm_num_groups=cfg.norm_groups,
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
