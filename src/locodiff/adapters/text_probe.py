@@ -149,8 +149,11 @@ def probe_text_model(net: TextUNet, adapter: DiffusersDenoiser, images: Tensor, 
 def summary(result: dict) -> dict:
     """Means over noise levels of the headline numbers of ``probe_text_model``'s result."""
     rows = result["per_sigma"]
-    mean = lambda vals: (sum(v for v in vals if v is not None) / max(1, sum(v is not None for v in vals))  # noqa: E731
-                         if any(v is not None for v in vals) else None)
+
+    def mean(values: list) -> float | None:
+        given = [v for v in values if v is not None]
+        return sum(given) / len(given) if given else None
+
     blocks = {b: mean([r["phrase_share"][b]["normalised"] for r in rows]) for b in result["blocks"]}
     return {"spatial_mass_within": mean([r["spatial_mass_within"] for r in rows]),
             "spatial_mass_within_x0": mean([r.get("spatial_mass_within_x0") for r in rows]),
