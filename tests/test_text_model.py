@@ -159,15 +159,16 @@ def test_phrase_share_is_one_for_a_confined_influence_and_zero_for_a_spread_one(
 def test_text_scores_count_colours_and_cells_without_locations():
     from locodiff.report.text_model import text_scores
 
-    rec = lambda k, req, colours, det, det_colours: {  # noqa: E731
-        "k": k, "requested": req, "requested_colors": colours, "n_detected": len(det),
-        "detections": {"centers": det, "color_index": det_colours}}
+    rec = lambda k, req, colours, det, det_colours, det_shapes: {  # noqa: E731
+        "k": k, "requested": req, "requested_colors": colours, "requested_shapes": [0, 1], "n_detected": len(det),
+        "detections": {"centers": det, "color_index": det_colours, "shape_index": det_shapes}}
     rows = text_scores([
-        rec(2, [[0.1, 0.1], [0.9, 0.9]], [1, 2], [[0.2, 0.2], [0.5, 0.5]], [2, 1]),  # colours right, one cell
-        rec(2, [[0.1, 0.1], [0.9, 0.9]], [1, 2], [[0.15, 0.1]], [1]),  # one object, right colour and cell
-    ])
-    assert rows == [{"k": 2, "images": 2, "count": 0.5, "mean_detected": 1.5, "colour": 0.75, "cell": 0.5,
-                     "colour_cell": 0.25}]
+        rec(2, [[0.1, 0.1], [0.9, 0.9]], [1, 2], [[0.2, 0.2], [0.5, 0.5]], [2, 1], [1, 1]),  # colours right, one cell
+        rec(2, [[0.1, 0.1], [0.9, 0.9]], [1, 2], [[0.15, 0.1]], [1], [0]),  # one object, right colour and cell
+        rec(2, [[0.1, 0.1], [0.9, 0.9]], [1, 2], [], [], [])] + [  # nothing found
+        {**rec(2, [[0.1, 0.1], [0.9, 0.9]], [1, 2], [], [], []), "detections": {"centers": [], "color_index": []}}])
+    assert rows == [{"k": 2, "images": 4, "count": 0.25, "mean_detected": 0.75, "colour": 0.375, "cell": 0.25,
+                     "colour_cell": 0.125, "shape": 0.25}]
 
 
 def test_the_statements_follow_their_criteria():
