@@ -205,6 +205,9 @@ def test_a_caption_model_runs_through_the_study_and_its_report(tmp_path):
     assert len(probes) == 1
     result = json.loads(probes[0].read_text())
     assert set(result) == {"trained", "random"}
+    summary = json.loads((probes[0].parent / "summary.json").read_text())  # moves are not probed; removals are
+    assert all(s["index"]["normalised"]["mean"] is None for s in summary["summaries"])
+    assert all(s["presence_index"]["normalised"]["mean"] is not None for s in summary["summaries"])
     assert result["trained"]["summary"]["spatial_mass_within"] > 0
     saved = probes[0].parent / "diffusers"
     assert load_diffusers_unet(saved).prediction_type == "v_prediction"

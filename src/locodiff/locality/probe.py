@@ -267,6 +267,7 @@ def probe_locality(
     batch_size: int = 8,
     chunk_size: int = 64,
     conditioner_mode: Mode = "forward",
+    move_jacobians: bool = True,
     inert_tol: float = 0.0,
     ci: CIMethod = "bootstrap",
     n_boot: int = 1000,
@@ -283,6 +284,9 @@ def probe_locality(
     [B,M,2] yourself); ``radius`` is the headline radius (pixels) of the conditional-locality
     index; ``radii`` the radii of the mass curves (``radius`` is added if missing). Put the model
     in ``eval()`` mode first. Progress is shown over sigmas x scene batches.
+    ``move_jacobians=False`` skips the location Jacobians (the move index is then undefined) for a
+    denoiser that reads locations only through discrete words, whose Jacobian is zero anyway;
+    the presence index is measured either way.
     """
     images = as_image_batch(images)
     b, _, h, w = images.shape
@@ -307,7 +311,7 @@ def probe_locality(
             parts.append(
                 _probe_batch(
                     denoiser, x_t, float(sigma), conds[sl], pixels[sl], radii, quantiles,
-                    target, channels, chunk_size, conditioner_mode, inert_tol,
+                    target, channels, chunk_size, conditioner_mode if move_jacobians else None, inert_tol,
                 )
             )
             bar.update(1)
@@ -352,11 +356,11 @@ def _probe_batch(
         pl = stats.pixel_locality(energy, pixels, radii, quantiles)
     out.update(pixel_energy=energy, mass_fraction=pl.fractions, effective_radius=pl.radii_q,
                gradient_energy=pl.total)
-    if cond.mask.any():
+    if cond.mask.any() and conditioner_mode is not None:
         sens = conditioner_sensitivity(
             denoiser, x_t, sigma, cond, target=target, mode=conditioner_mode, chunk_size=chunk_size
         )
-    else:  # nothing to differentiate: no conditioner in this batch
+    else:  # nothing to differentiate: no conditioner in this batch, or its moves are not measured
         sens = x_t.new_zeros(x_t.shape[0], cond.slots, h, w)
     cl = stats.conditional_locality(sens, cond.locations, cond.mask, radii, inert_tol)
     out.update(cond_sensitivity=sens, own_share=cl.own_share, chance=cl.chance,

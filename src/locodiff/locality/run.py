@@ -121,7 +121,7 @@ def shape_concepts(run_cfg) -> list[int]:
 def _probe(folder, run_dir, run_cfg, ckpt, denoiser, images, cond, options, seed, progress) -> None:
     result = probe_locality(
         denoiser, images, cond, options.sigmas, options.pixels, torch.Generator().manual_seed(seed),
-        radius=options.radius_px, progress=progress,
+        radius=options.radius_px, progress=progress, move_jacobians=not isinstance(denoiser, TextUNet),
         meta={"run": run_dir.name, "model": run_dir.name.rsplit("-", 1)[0], "checkpoint": ckpt.name,
               "arch": run_cfg.model.arch, "label_policy": run_cfg.label_policy},
     )
