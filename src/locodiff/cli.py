@@ -28,6 +28,7 @@ from .intervene.config import InterventionSpec
 from .hardware import fastest_dtype
 from .intervene.subject import subject_checkpoints, training_run, write_intervention
 from .io import atomic_path
+from .locality.extrapolation import ExtrapolationResult
 from .locality.probe import LocalityResult, mean_normalised_index, mean_presence_index
 from .locality.run import probe_run
 from .models.text import TextModel, is_text_model
@@ -297,6 +298,12 @@ def locality(
     for s in result.summaries:
         typer.echo(f"{s.sigma:<7g} {s.index.index.mean:.3f}  {s.index.chance.mean:.3f}   {s.index.normalised.mean:.3f}"
                    f"       {s.presence_index.normalised.mean:.3f}")
+    extrapolation = ExtrapolationResult.load(folder)
+    if extrapolation is not None and extrapolation.per_k:
+        typer.echo("where generalization is asked (the evaluation's scenes; mean over sigma in "
+                   f"{list(cfg.locality.extrapolation.band)}):")
+        for line in extrapolation.lines():
+            typer.echo("  " + line)
     typer.echo(f"results in {folder}")
 
 

@@ -148,7 +148,8 @@ class StudyConfig:
 
 def _fill_derived(data: dict[str, Any]) -> dict[str, Any]:
     """Values that follow others unless given: each model's train table overlays the study's,
-    image_size follows data.resolution, evaluate.trained_range follows data.train_counts."""
+    image_size follows data.resolution, evaluate.trained_range follows data.train_counts, and the
+    extrapolation probe's scenes (locality.extrapolation.draw) follow the evaluation's."""
     data = dict(data)
     resolution = data.get("data", {}).get("resolution", DataConfig().resolution)
     train_counts = data.get("data", {}).get("train_counts", DataConfig().train_counts)
@@ -156,6 +157,12 @@ def _fill_derived(data: dict[str, Any]) -> dict[str, Any]:
     if counts_ok and isinstance(data.get("evaluate", {}), dict):
         data["evaluate"] = merge({"trained_range": [min(train_counts), max(train_counts)]},
                                  data.get("evaluate", {}))
+    evaluate, locality = data.get("evaluate", {}), data.get("locality", {})
+    if isinstance(evaluate, dict) and isinstance(locality, dict):  # the probe takes the evaluation's scenes
+        fallback = EvalConfig()
+        draw = {"seed": evaluate.get("seed", fallback.seed), "per_count": evaluate.get("per_count", fallback.per_count),
+                "min_separation": evaluate.get("min_separation", fallback.min_separation)}
+        data["locality"] = merge({"extrapolation": {"draw": draw}}, locality)
     models = {}
     for name, spec in (data.get("models") or {}).items():
         if not isinstance(spec, dict):

@@ -20,7 +20,7 @@ already done.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -38,8 +38,8 @@ from ..imaging import to_uint8
 from ..intervene.subject import load_subject, subject_checkpoint
 from ..io import append_jsonl, atomic_path, read_jsonl, write_json_atomic, write_text_atomic
 from ..layout import eval_dir
-from ..scenes import Renderer, SceneSampler, batch_conditioning, make_conditioning
-from ..scenes.camera import Camera
+from ..scenes import Renderer, SceneSampler, batch_conditioning
+from ..scenes.draw import TestDraw
 from .config import EvalConfig
 from .detector import ColorDetector, Detections, Detector
 from .figures import accuracy_plot, detection_grid
@@ -93,14 +93,10 @@ def scene_conditionings(data_cfg, min_separation: float | None = None) -> Condit
     ``min_separation`` overrides the scene config's image-plane separation.
     """
 
-    scene_cfg = data_cfg.scene if min_separation is None else replace(data_cfg.scene, min_separation=min_separation)
-    sampler = SceneSampler(scene_cfg, data_cfg.camera)
-    camera = Camera(data_cfg.camera)
+    draw = TestDraw(data_cfg, min_separation)
 
     def make(k: int, n: int, generator: torch.Generator) -> Conditioning:
-        scenes = sampler.sample(k, generator, batch_size=n, slots=max(k, 1))
-        centers = camera.project(scenes.centers_3d())[0] * scenes.mask[..., None]
-        return make_conditioning(scenes, centers, "all")
+        return draw.scenes(k, n, generator)[1]
 
     return make
 

@@ -19,6 +19,10 @@ distributions where both sides can be computed exactly and compared:
   autograd of the exact log-density in the tests. The noisy marginal of a distribution that
   factorises over disjoint pixel blocks factorises over the same blocks (the noise is independent
   per pixel), so the closed form holds at every sigma.
+- ``CountCoupledToy``: Gaussian objects on the same regions whose amplitude shrinks once there
+  are more than ``count_limit`` conditioners. CPC (and LCS) for k <= count_limit; beyond, every
+  object depends on how many conditioners there are anywhere, which moving one cannot reveal.
+  Its denoiser is affine in ``x``, so the extrapolation probe's statistics have closed forms.
 - ``measure_locality`` runs the project's Jacobian engine on any denoiser and reports both halves
   of LCS: conditioner Jacobians outside each conditioner's region, and pixel Jacobians across
   independent blocks. ``compose_single_scores`` is the composition ``s_b + sum_j (s_j - s_b)``.
@@ -111,7 +115,7 @@ class RegionMixtureToy(nn.Module):
         dy = ys[None, None, :, None] - ly
         return torch.stack(torch.broadcast_tensors(dx, dy), -1)
 
-    def _object_means(self, cond: Conditioning, regions: Tensor) -> Tensor:
+    def object_means(self, cond: Conditioning, regions: Tensor) -> Tensor:
         """[B, N, H, W]: each object's profile on its region, 0 elsewhere."""
         d = self._offsets(cond)
         bump = self.amp * torch.exp(-d.square().sum(-1) / (2 * self.bump_px**2))
@@ -132,7 +136,7 @@ class RegionMixtureToy(nn.Module):
         # background pixel: posterior of the +-background component is sigmoid(2 z b / t)
         s_bg = (self.background * torch.tanh(z * self.background / t_bg) - z) / t_bg
         reg = self.regions(cond)  # [B, N, H, W]
-        mu = self._object_means(cond, reg)  # [B, N, H, W]
+        mu = self.object_means(cond, reg)  # [B, N, H, W]
         agreement = (z[:, 0, None] * mu).flatten(2).sum(-1)  # [B, N] = <z, mu_j>
         if self.shared_sign:
             agreement = agreement.sum(1, keepdim=True).expand_as(agreement)
@@ -152,7 +156,7 @@ class RegionMixtureToy(nn.Module):
         z = (x - self._shift(cond))[:, 0]  # [B, H, W]
         t_bg, t_obj = (self.background_var + s2)[:, 0], (self.object_var + s2)[:, 0]
         reg = self.regions(cond)
-        mu = self._object_means(cond, reg)
+        mu = self.object_means(cond, reg)
         owned = reg.any(1)
 
         def log_normal(v: Tensor, mean: Tensor, var: Tensor) -> Tensor:
@@ -180,6 +184,41 @@ class RegionMixtureToy(nn.Module):
             )
         if cond.batch_size != x.shape[0]:
             raise InputError(f"conditioning has batch {cond.batch_size} but x has {x.shape[0]}")
+
+
+class CountCoupledToy(nn.Module):
+    """Gaussian objects on ``RegionMixtureToy``'s regions, coupled through their number.
+
+    On conditioner j's region the clean image is ``a(n) * bump(l_j)`` plus Gaussian noise of
+    variance ``var``; every other pixel is ``N(0, var)``. ``n`` is the number of conditioners and
+    ``a(n) = amp * min(1, count_limit / n)``: up to ``count_limit`` objects this is a conditional
+    projective composition; beyond, each object fades with the number of others, however far
+    away they are (``count_limit=None``: never). The exact denoiser is the Gaussian posterior
+    mean ``(var * x + sigma^2 * mean) / (var + sigma^2)``.
+    """
+
+    def __init__(self, height: int = 24, width: int = 24, radius_px: float = 1.0, amp: float = 0.8,
+                 bump_px: float = 1.0, var: float = 0.05, count_limit: int | None = 3) -> None:
+        super().__init__()
+        if not var > 0 or (count_limit is not None and count_limit < 1):
+            raise ConfigError(f"var={var} / count_limit={count_limit}: expected var > 0 and a limit >= 1")
+        self.geometry = RegionMixtureToy(height, width, radius_px, amp, bump_px)
+        self.var, self.count_limit = var, count_limit
+
+    def amplitude(self, n: Tensor) -> Tensor:
+        """``a(n) / amp``: 1 up to ``count_limit`` conditioners, ``count_limit / n`` beyond."""
+        if self.count_limit is None:
+            return torch.ones_like(n, dtype=torch.float32)
+        return (self.count_limit / n.float().clamp_min(1)).clamp(max=1.0)
+
+    def clean_mean(self, cond: Conditioning) -> Tensor:
+        """[B, 1, H, W]: the mean of the clean image given ``cond``."""
+        objects = self.geometry.object_means(cond, self.geometry.regions(cond)).sum(1, keepdim=True)
+        return objects * self.amplitude(cond.counts()).to(objects)[:, None, None, None]
+
+    def forward(self, x: Tensor, sigma: Tensor | float, cond: Conditioning) -> Tensor:
+        s2 = as_sigma_batch(sigma, x).reshape(-1, 1, 1, 1).square()
+        return (self.var * x + s2 * self.clean_mean(cond).to(x)) / (self.var + s2)
 
 
 def compose_single_scores(

@@ -8,6 +8,7 @@ uses each conditioner it is given at test time.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -18,11 +19,15 @@ from ..adapters.text_probe import probe_text_model, write_text_probe
 from ..conditioning import Conditioning
 from ..errors import LocodiffError
 from ..intervene.subject import load_subject, subject_checkpoint
-from ..io import write_json_atomic
+from ..io import notice, write_json_atomic
 from ..layout import probe_dir
 from ..models import TextUNet, build_network, save_text_model
 from ..scenes import SceneDataset, batch_conditioning, vocab
+from ..rng import generator
 from ..scenes.dataset import to_model_batch
+from ..scenes.draw import TestDraw
+from .config import ExtrapolationOptions, SceneDraw
+from .extrapolation import ExtrapolationResult, Scenes, probe_extrapolation
 from .feature_space import FEATURES_FILE, feature_run
 from .jacobian import InputError
 from .probe import has_presence, maps_intact, probe_locality
@@ -68,6 +73,10 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
     images, cond = probe_scenes(data_root, options.counts, options.scenes)
     if not (maps_intact(folder) and has_presence(folder)):
         _probe(folder, run_dir, run_cfg, ckpt, denoiser, images, cond, options, seed, progress)
+    if ExtrapolationResult.load(folder) is None:
+        if (folder / "extrapolation.json").exists():
+            notice(f"{folder / 'extrapolation.json'} is unreadable; measuring it again")
+        extrapolation_run(folder, denoiser, run_cfg, options.extrapolation, seed, progress)
     if isinstance(denoiser, TextUNet):
         text_probe_run(folder, denoiser, run_cfg, images, cond, options, seed)
     else:
@@ -99,9 +108,32 @@ def text_probe_run(folder: Path, net: TextUNet, run_cfg, images, cond, options, 
 
 
 def probe_complete(folder: Path) -> bool:
-    """Whether a probe folder holds both the score's locality and the feature-space results."""
+    """Whether a probe folder holds the score's locality at training scenes and in the
+    extrapolation regime, and the feature-space results."""
     return (maps_intact(folder) and (Path(folder) / FEATURES_FILE).is_file()
-            and has_presence(folder, quiet=True))
+            and has_presence(folder, quiet=True) and ExtrapolationResult.load(folder) is not None)
+
+
+def extrapolation_scenes(data_cfg, draw: SceneDraw, n: int) -> Scenes:
+    """k -> the first ``n`` of the evaluation's test scenes with k objects (the same generator
+    stream and batch, hence the same scenes) and their renders."""
+    test = TestDraw(data_cfg, draw.min_separation)
+
+    def scenes(k: int) -> tuple[torch.Tensor, Conditioning]:
+        batch, cond = test.scenes(k, draw.per_count, generator(draw.seed, "eval", k))
+        return test.render(batch)[:n], cond[:n]
+
+    return scenes
+
+
+def extrapolation_run(folder: Path, denoiser, run_cfg, options: ExtrapolationOptions, seed: int,
+                      progress: bool = False) -> Path:
+    """The probe in the extrapolation regime on the evaluation's scenes (``extrapolation.json``)."""
+    scenes = extrapolation_scenes(run_cfg.data, options.draw, options.scenes)
+    say = (lambda what: print(f"extrapolation probe: {what} done", file=sys.stderr, flush=True)) if progress else None
+    result = probe_extrapolation(denoiser, scenes, options, generator(seed, "extrapolation"), say,
+                                 meta={"run": folder.parent.name})
+    return result.save(folder)
 
 
 def colour_concepts(run_cfg) -> list[int]:

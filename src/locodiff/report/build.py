@@ -29,6 +29,7 @@ from .facts import (
     FAILS, GENERALIZES, ModelFacts, accuracy_at, caption_models, gather, headline, learned_conditioner,
     location_models, num, recall_beyond,
 )
+from .extrapolation import claim_line as extrapolation_claim, extrapolation_section
 from .figures import cosine_matrices, locality_vs_generalization, recall_and_crowding, success_vs_k
 from .text_model import text_model_section
 from .training import emergence_section, seeds_section, trained_in_section, trained_in_verdict
@@ -448,16 +449,18 @@ def claim_lines(cfg, facts: list[ModelFacts]) -> list[str]:
     if len(probed) >= 3:
         rho = rank_correlation([f.locality_index for f in probed],
                                [recall_beyond(f)[1] for f in probed])
-        lines.append(f"The more local the score, the further the model generalizes: {verdict(rho > 0.5)} "
+        lines.append(f"The more local the score at training scenes (moves of one conditioner, 1–3 objects), the "
+                     f"further the model generalizes: {verdict(rho > 0.5)} "
                      f"(Spearman {rho:.2f} between locality index and mean recall at k = {lo}–{hi} over "
                      f"{len(probed)} models; criterion > 0.5).")
         with_presence = [f for f in probed if f.presence_index is not None]
         if len(with_presence) >= 3:
             rho = rank_correlation([f.presence_index for f in with_presence],
                                    [recall_beyond(f)[1] for f in with_presence])
-            lines.append(f"The same with the presence index (removal instead of moves): {verdict(rho > 0.5)} "
-                         f"(Spearman {rho:.2f} over {len(with_presence)} models).")
-    return lines
+            lines.append(f"The same with the presence index (removal instead of moves, 1–3 objects): "
+                         f"{verdict(rho > 0.5)} (Spearman {rho:.2f} over {len(with_presence)} models).")
+    extrapolation = extrapolation_claim(cfg, facts)
+    return lines + ([extrapolation] if extrapolation else [])
 
 
 def summary_section(cfg, facts: list[ModelFacts]) -> Section:
@@ -497,12 +500,26 @@ def summary_section(cfg, facts: list[ModelFacts]) -> Section:
         if presence:
             text += " Presence index (what removing a conditioner changes far from it): " + ", ".join(
                 f"{n} {v:.2f}" for n, v in sorted(presence.items(), key=lambda kv: -kv[1])) + "."
-    sec.blocks.append(Text(text))
+    far = far_residual_sentence(learned)
+    sec.blocks.append(Text(text + far))
     sec.blocks += [Text(line) for line in claim_lines(cfg, facts)]
     verdict = trained_in_verdict(cfg, facts)
     if verdict:
         sec.blocks.append(Text(verdict))
     return sec
+
+
+def far_residual_sentence(facts: list[ModelFacts]) -> str:
+    """The far residual at the two largest probed k, per model, most local first."""
+    probed = [f for f in facts if f.extrapolation is not None and f.extrapolation.per_k]
+    if not probed:
+        return ""
+    ks = sorted({k for f in probed for k in f.extrapolation.per_k})[-2:]
+    value = lambda f, k: f.extrapolation.departure("far_residual", k)  # noqa: E731
+    ranked = sorted(probed, key=lambda f: value(f, ks[-1]) if value(f, ks[-1]) is not None else float("inf"))
+    return (f" Far residual at k = {' / '.join(map(str, ks))} (how much far conditioners change each "
+            "conditioner's window, 0 when local; see 'Locality where generalization is asked'): " + ", ".join(
+                f"{f.name} {' / '.join(num(value(f, k)) for k in ks)}" for f in ranked) + ".")
 
 
 def scatter_block(cfg, facts: list[ModelFacts], figures: Path) -> list:
@@ -562,6 +579,7 @@ def write_report(cfg, out_dir: str | Path) -> Path:
     findings.blocks += scatter_block(cfg, facts, figures)
     sections += [generalization_section(cfg, facts, figures), crowding_section(cfg, facts, figures),
                  locality_section(cfg, facts, figures)]
+    sections += [s for s in (extrapolation_section(cfg, facts, figures),) if s is not None]
     sections += [s for s in (trained_in_section(cfg, facts), emergence_section(cfg, figures)) if s is not None]
     text_section = text_model_section(cfg, text_facts, facts)
     sections += [seeds_section(cfg), diffusers_section(cfg, figures, text_section is not None)]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .. import layout
 from ..io import read_jsonl
+from ..locality.extrapolation import ExtrapolationResult
 from ..locality.feature_space import load_features
 from ..locality.probe import mean_normalised_index, mean_presence_index
 from ..models import describe
@@ -42,6 +43,7 @@ class ModelFacts:
     locality_index: float | None = None  # its mean normalised conditional-locality index
     presence_index: float | None = None  # the same index of each conditioner's presence (removal) effect
     features: dict | None = None  # features.json (feature-space results)
+    extrapolation: ExtrapolationResult | None = None  # the probe at k = 1..10 (extrapolation.json)
 
 
 CAPTION_ARCHS = ("diffusers_text",)
@@ -91,6 +93,7 @@ def _read_results(cfg, f: ModelFacts, train_dir: Path) -> ModelFacts:
         f.locality_index = mean_normalised_index(f.locality)
         f.presence_index = mean_presence_index(f.locality)
         f.features = load_features(loc) or None
+        f.extrapolation = ExtrapolationResult.load(loc)
     return f
 
 
@@ -124,6 +127,12 @@ def num(v: float | None) -> str:
 # range must reach GENERALIZES; a failing model's mean recall there (AUC) stays below FAILS.
 GENERALIZES = 0.8
 FAILS = 0.5
+
+
+def recall_per_k(f: ModelFacts) -> dict[int, float]:
+    """Recall at every evaluated k >= 1, from eval.json."""
+    rows = (f.evaluation or {}).get("per_k", [])
+    return {r["k"]: r["recall"] for r in rows if r.get("recall") is not None}
 
 
 def recall_beyond(f: ModelFacts) -> tuple[float | None, float | None]:

@@ -123,3 +123,29 @@ def emergence_figure(curves: Mapping[str, list[dict]], counts: list[int], path: 
         ax.legend(fontsize=6)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def locality_and_recall_vs_k(curves: Mapping[str, tuple[Mapping, Mapping[int, float]]], path: str | Path,
+                             label: str) -> Path:
+    """Two panels over requested k, one line per model: a locality statistic (``Estimate`` per k,
+    with its interval) and recall."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.4, 3.2))
+    for i, (name, (stat, recall)) in enumerate(curves.items()):
+        ks = [k for k, e in sorted(stat.items()) if e is not None and np.isfinite(e.mean)]
+        if ks:
+            mean = np.array([stat[k].mean for k in ks])
+            lo = np.array([stat[k].lo if np.isfinite(stat[k].lo) else stat[k].mean for k in ks])
+            hi = np.array([stat[k].hi if np.isfinite(stat[k].hi) else stat[k].mean for k in ks])
+            left.plot(ks, mean, "o-", ms=3, lw=1.2, color=f"C{i}", label=name)
+            left.fill_between(ks, lo, hi, color=f"C{i}", alpha=0.15, lw=0)
+        rk = sorted(k for k in recall if k >= 1)
+        right.plot(rk, [recall[k] for k in rk], "o-", ms=3, lw=1.2, color=f"C{i}", label=name)
+    left.set_ylabel(label)
+    right.set_ylabel("recall")
+    right.set_ylim(-0.03, 1.03)
+    for ax in (left, right):
+        ax.set_xlabel("requested objects k")
+        ax.grid(alpha=0.3)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)

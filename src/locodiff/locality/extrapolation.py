@@ -1,0 +1,289 @@
+"""Locality where generalization is asked: each conditioner's window in scenes with k = 1..10.
+
+The Jacobian probe (``probe``) differentiates at 1-3-object scenes. A model that composes badly
+fails at large k, where many conditioners act in one forward pass, and a move derivative is blind
+to whatever depends only on *how many* conditioners there are. This probe runs the denoiser on
+scenes with k conditioners (the evaluation's own, with their renders, noised with one noise image
+per scene at every sigma), with subsets of the conditioners removed. For conditioner i, with
+``W_i`` its window (pixels within ``window_px`` of its location), ``N_i`` its near context (the
+conditioners within ``far_px`` of it, i included), ``J`` the whole set and ``D_S`` the
+x0-prediction given the subset ``S``:
+
+- **far residual** ``||D_J - D_{N_i}||_{W_i} / ||A_i||_{W_i}`` with ``A_i = D_{i} - D_{}``:
+  how much the far conditioners change i's window, relative to i's own single-conditioner effect
+  there (a quantity of the training distribution for every model, Exp 2's included). Exactly 0
+  for a local conditional score whose conditioners reach less than ``far_px - window_px``.
+- **efficacy gap** ``<E_i - E^N_i, A_i> / ||A_i||^2`` with ``E_i = D_J - D_{J-i}`` (i's effect
+  in the full set) and ``E^N_i = D_{N_i} - D_{N_i-i}`` (in its near context): the part of i's own
+  effect that far conditioners add (> 0) or take away (< 0). Exactly 0 under the same condition.
+- **efficacy** ``<E_i, A_i> / ||A_i||^2``: i's effect in the full set, projected on its effect
+  alone. Descriptive: 1 for an isolated conditioner of a local model, but near neighbours may
+  legitimately move it.
+
+Units are pooled per k as ratios of sums (a unit with a tiny own effect cannot dominate), the far
+statistics over the conditioners that have a far context. Intervals resample scenes. The headline
+is the mean over the noise levels in ``band`` (where the layout is decided).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..conditioning import Conditioning, location_windows
+from ..config import to_dict
+from ..denoiser import Denoiser
+from ..io import write_json_atomic
+from .config import ExtrapolationOptions
+from .jacobian import InputError
+from .stats import Estimate
+
+EXTRAPOLATION_FILE = "extrapolation.json"
+# Per scene and noise level, the sums pooled into the statistics (in this order).
+SUMS = ("far_residual2", "far_own2", "far_gap", "own2", "effect_on_own", "far_units", "units")
+STATISTICS = ("far_residual", "efficacy_gap", "efficacy")
+EXACT = {"far_residual": 0.0, "efficacy_gap": 0.0, "efficacy": 1.0}  # their values under exact locality
+
+
+# ----- which conditioner subsets a scene needs ---------------------------------------------------
+
+@dataclass
+class ScenePlan:
+    """The subsets of one scene's conditioners to run, and for each conditioner which they are."""
+
+    subsets: list[tuple[int, ...]] = field(default_factory=list)  # slots kept, per forward pass
+    units: list[dict[str, int]] = field(default_factory=list)  # per conditioner: role -> subset index
+    has_far: list[bool] = field(default_factory=list)
+
+    def index(self, subset: Sequence[int]) -> int:
+        key = tuple(sorted(subset))
+        if key not in self.subsets:
+            self.subsets.append(key)
+        return self.subsets.index(key)
+
+
+def plan_scene(locations_px: Tensor, far_px: float) -> ScenePlan:
+    """``locations_px`` [k, 2] of the present conditioners (pixels) -> the passes to run."""
+    k = locations_px.shape[0]
+    dist = torch.cdist(locations_px.double(), locations_px.double())
+    plan, everyone = ScenePlan(), tuple(range(k))
+    for i in range(k):
+        near = tuple(j for j in range(k) if dist[i, j] <= far_px)
+        plan.units.append({
+            "full": plan.index(everyone), "empty": plan.index(()), "alone": plan.index((i,)),
+            "without": plan.index([j for j in everyone if j != i]), "near": plan.index(near),
+            "near_without": plan.index([j for j in near if j != i]),
+        })
+        plan.has_far.append(len(near) < k)
+    return plan
+
+
+# ----- running the passes ---------------------------------------------------------------------------
+
+def _subset_conditioning(cond: Conditioning, slots: list[int], subsets: list[tuple[int, ...]]) -> Conditioning:
+    """Row r: the conditioning of scene ``cond`` keeping the ``subsets[r]`` of its present ``slots``."""
+    keep = torch.zeros(len(subsets), cond.slots, dtype=torch.bool, device=cond.device)
+    for r, subset in enumerate(subsets):
+        keep[r, [slots[j] for j in subset]] = True
+    return cond.repeat(len(subsets)).keep_slots(keep)
+
+
+@torch.no_grad()
+def run_passes(denoiser: Denoiser, x: Tensor, sigma: float, conds: list[Conditioning], batch_size: int) -> Tensor:
+    """``D(x[s]; sigma, conds[s][r])`` for every scene s and row r, in batches: [sum rows, C, H, W]."""
+    scene_of = torch.cat([torch.full((c.batch_size,), s, dtype=torch.long) for s, c in enumerate(conds)])
+    every = Conditioning.cat(conds)
+    out = []
+    for start in range(0, len(scene_of), batch_size):
+        rows = scene_of[start:start + batch_size].to(x.device)
+        xs = x[rows]
+        sig = torch.full((len(rows),), float(sigma), dtype=x.dtype, device=x.device)
+        out.append(denoiser(xs, sig, every[start:start + batch_size]).float())
+    return torch.cat(out)
+
+
+# ----- the statistics of one scene --------------------------------------------------------------------
+
+def scene_sums(preds: Tensor, plan: ScenePlan, windows: Tensor) -> Tensor:
+    """The ``SUMS`` of one scene at one noise level from its passes ``preds`` [R, C, H, W] and the
+    conditioners' windows [k, H, W] (bool)."""
+    out = torch.zeros(len(SUMS), dtype=torch.float64)
+    for unit, far, win in zip(plan.units, plan.has_far, windows):
+        w = win.to(preds.dtype)[None]
+        d = {role: preds[r] for role, r in unit.items()}
+        own = (d["alone"] - d["empty"]) * w
+        own2 = float(own.square().sum())
+        effect = (d["full"] - d["without"]) * w
+        out[3] += own2
+        out[4] += float((effect * own).sum())
+        out[6] += 1
+        if far:
+            near_effect = (d["near"] - d["near_without"]) * w
+            out[0] += float(((d["full"] - d["near"]) * w).square().sum())
+            out[1] += own2
+            out[2] += float(((effect - near_effect) * own).sum())
+            out[5] += 1
+    return out
+
+
+def statistics(sums: Tensor) -> dict[str, Tensor]:
+    """The statistics from sums pooled over scenes: ``sums`` [..., len(SUMS)] -> each [...]."""
+    s = sums.double()
+    nan = torch.tensor(math.nan, dtype=torch.float64)
+    far_own = s[..., 1]
+    own = s[..., 3]
+    return {
+        "far_residual": torch.where(far_own > 0, (s[..., 0] / far_own.clamp_min(1e-300)).sqrt(), nan),
+        "efficacy_gap": torch.where(far_own > 0, s[..., 2] / far_own.clamp_min(1e-300), nan),
+        "efficacy": torch.where(own > 0, s[..., 4] / own.clamp_min(1e-300), nan),
+    }
+
+
+# ----- the probe -------------------------------------------------------------------------------------
+
+def probe_count(denoiser: Denoiser, images: Tensor, cond: Conditioning, options: ExtrapolationOptions,
+                noise: Tensor) -> Tensor:
+    """Sums [scenes, sigmas, len(SUMS)] for scenes ``images`` [S, C, H, W] under ``cond`` (every
+    present conditioner is probed); ``noise`` [S, C, H, W] is reused at every sigma."""
+    h, w = images.shape[-2:]
+    scale = torch.tensor([w, h], dtype=cond.locations.dtype, device=cond.device)
+    windows = location_windows(cond, h, w, options.window_px, softness_px=0.0) > 0.5
+    plans, subset_conds, slots = [], [], []
+    for s in range(cond.batch_size):
+        present = cond.mask[s].nonzero(as_tuple=True)[0].tolist()
+        plans.append(plan_scene(cond.locations[s, present] * scale, options.far_px))
+        subset_conds.append(_subset_conditioning(cond[s], present, plans[-1].subsets))
+        slots.append(present)
+    sums = torch.zeros(cond.batch_size, len(options.sigmas), len(SUMS), dtype=torch.float64)
+    for j, sigma in enumerate(options.sigmas):
+        preds = run_passes(denoiser, images + sigma * noise, sigma, subset_conds, options.batch_size)
+        start = 0
+        for s, plan in enumerate(plans):
+            stop = start + len(plan.subsets)
+            sums[s, j] = scene_sums(preds[start:stop], plan, windows[s, slots[s]])
+            start = stop
+    return sums
+
+
+Scenes = Callable[[int], tuple[Tensor, Conditioning]]  # k -> (images [S, C, H, W] in [-1, 1], conditioning)
+
+
+def probe_extrapolation(denoiser: Denoiser, scenes: Scenes, options: ExtrapolationOptions,
+                        generator: torch.Generator, progress: Callable[[str], None] | None = None,
+                        meta: dict | None = None) -> "ExtrapolationResult":
+    """The statistics of ``denoiser`` at every k of ``options.counts`` on the scenes ``scenes(k)``
+    gives (put the model in ``eval()`` mode first). ``generator`` draws the noise and the
+    bootstrap; ``progress`` is told each finished k."""
+    sums = {}
+    for k in options.counts:
+        images, cond = scenes(k)
+        if images.shape[0] != cond.batch_size or (cond.counts() != k).any():
+            raise InputError(f"the probe's scenes for k={k} must hold exactly {k} conditioners each")
+        noise = torch.randn(images.shape, generator=generator).to(images)
+        sums[k] = probe_count(denoiser, images, cond, options, noise)
+        if progress:
+            progress(f"k={k}")
+    return ExtrapolationResult.from_sums(options, sums, generator, meta or {})
+
+
+# ----- results ---------------------------------------------------------------------------------------
+
+def band_value(sums: Tensor, band: Tensor) -> dict[str, Tensor]:
+    """Each statistic's mean over the noise levels in ``band`` (bool [sigmas]) of the pooled
+    ``sums`` [..., scenes, sigmas, len(SUMS)]."""
+    per_sigma = statistics(sums.sum(-3))
+    return {name: v[..., band].nanmean(-1) for name, v in per_sigma.items()}
+
+
+def bootstrap_band(sums: Tensor, band: Tensor, generator: torch.Generator, n_boot: int = 1000,
+                   level: float = 0.95) -> dict[str, Estimate]:
+    """Band values with percentile intervals from resampling scenes with replacement."""
+    n = sums.shape[0]
+    point = band_value(sums, band)
+    draws = torch.randint(0, n, (n_boot, n), generator=generator)
+    boot = band_value(sums[draws], band)
+    alpha = (1 - level) / 2
+    out = {}
+    for name, value in point.items():
+        b = boot[name][~boot[name].isnan()]
+        lo, hi = (torch.quantile(b, torch.tensor([alpha, 1 - alpha], dtype=b.dtype)).tolist()
+                  if n > 1 and b.numel() else (math.nan, math.nan))
+        units = int(sums[:, 0, 5 if name != "efficacy" else 6].sum())
+        out[name] = Estimate(float(value), lo, hi, units, n, "bootstrap", level)
+    return out
+
+
+@dataclass
+class ExtrapolationResult:
+    """Per k: the headline band values with intervals, and every statistic per noise level."""
+
+    options: dict
+    per_k: dict[int, dict]
+    sums: dict[int, list] = field(default_factory=dict)  # k -> [scenes][sigmas][SUMS], for recomputing
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_sums(cls, options: ExtrapolationOptions, sums: dict[int, Tensor], generator: torch.Generator,
+                  meta: dict) -> "ExtrapolationResult":
+        band = torch.tensor([options.band[0] <= s <= options.band[1] for s in options.sigmas])
+        per_k = {}
+        for k, s in sums.items():
+            per_sigma = statistics(s.sum(0))
+            per_k[k] = {"band": {n: e.to_dict() for n, e in bootstrap_band(s, band, generator).items()},
+                        "per_sigma": {n: [_plain(v) for v in per_sigma[n].tolist()] for n in STATISTICS},
+                        "scenes": int(s.shape[0]), "units": int(s[:, 0, 6].sum()),
+                        "far_units": int(s[:, 0, 5].sum())}
+        return cls(to_dict(options), per_k, {k: v.tolist() for k, v in sums.items()}, meta)
+
+    def band(self, statistic: str, k: int) -> Estimate | None:
+        entry = self.per_k.get(k)
+        return None if entry is None else Estimate.from_dict(entry["band"][statistic])
+
+    def departure(self, statistic: str, k: int) -> float | None:
+        """How far the band value of ``statistic`` at ``k`` is from its value under exact locality."""
+        e = self.band(statistic, k)
+        return None if e is None or math.isnan(e.mean) else abs(e.mean - EXACT[statistic])
+
+    def lines(self) -> list[str]:
+        """A plain-text table: per k the band value of each statistic with its interval."""
+        out = ["k    far residual (0 local)   efficacy gap (0 local)   efficacy (1 isolated, local)"]
+        for k in sorted(self.per_k):
+            cells = []
+            for name in STATISTICS:
+                e = self.band(name, k)
+                cells.append("–".ljust(24) if math.isnan(e.mean) else f"{e.mean:6.3f} [{e.lo:6.3f}, {e.hi:6.3f}]".ljust(24))
+            out.append(f"{k:<4d} " + " ".join(cells))
+        return out
+
+    def to_dict(self) -> dict:
+        return {"options": self.options, "per_k": {str(k): v for k, v in self.per_k.items()},
+                "sums_order": list(SUMS), "sums": {str(k): v for k, v in self.sums.items()}, "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExtrapolationResult":
+        return cls(d["options"], {int(k): v for k, v in d["per_k"].items()},
+                   {int(k): v for k, v in d.get("sums", {}).items()}, d.get("meta", {}))
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / EXTRAPOLATION_FILE
+        write_json_atomic(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ExtrapolationResult | None":
+        """The saved result, or None when missing or unreadable (then it is measured again)."""
+        path = Path(folder) / EXTRAPOLATION_FILE
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def _plain(v: float) -> float | None:
+    return None if math.isnan(v) else v
