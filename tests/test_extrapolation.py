@@ -135,3 +135,27 @@ def test_probed_scenes_are_the_evaluations_own_with_their_renders():
     assert torch.equal(cond.locations, evaluated.locations[:1]) and bool(cond.mask.all())
     assert images.shape == (1, 3, cfg.data.resolution, cfg.data.resolution)
     assert images.min() >= -1 and images.max() <= 1 and images.std() > 0.05
+
+
+class NormCoupled(torch.nn.Module):
+    """Local bumps, then one GroupNorm over the image: the only far coupling is its statistics."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.GroupNorm(1, 1)
+
+    def forward(self, x, sigma, cond):
+        yy, xx = torch.meshgrid(torch.arange(SIZE) + 0.5, torch.arange(SIZE) + 0.5, indexing="ij")
+        loc = cond.locations * SIZE
+        d2 = (xx - loc[..., 0, None, None]) ** 2 + (yy - loc[..., 1, None, None]) ** 2  # [B, N, H, W]
+        bumps = (torch.exp(-d2 / 2) * (d2 <= 4) * cond.mask[..., None, None]).sum(1, keepdim=True)
+        return self.norm(bumps + 0.1 * x)
+
+
+def test_holding_group_norm_statistics_removes_exactly_the_coupling_they_carry():
+    result = run(NormCoupled(), [8], held_norm_counts=(8,))
+    assert result.band("far_residual", 8).mean > 0.01
+    assert result.band("far_residual_held_norms", 8).mean < 1e-5
+    # a composition has no plain GroupNorm pass to borrow from: the diagnostic is skipped
+    masked = run(masked_composition(NormCoupled(), radius_px=2.0), [8], held_norm_counts=(8,))
+    assert math.isnan(masked.band("far_residual_held_norms", 8).mean)

@@ -362,8 +362,11 @@ def test_every_preset_is_a_valid_study(preset):
 
 def test_the_gpu_preset_is_quick_at_twice_the_pixels():
     quick, gpu = load_study_config("quick"), load_study_config("gpu")
-    assert gpu.data.resolution == 2 * quick.data.resolution and gpu.models.keys() == quick.models.keys()
+    assert gpu.data.resolution == 2 * quick.data.resolution
+    assert set(gpu.models) == set(quick.models) | {"exp1_noprior", "exp2_noprior"}  # plus the faithful pair
     assert gpu.locality.radius_px == 2 * quick.locality.radius_px
+    ex, ex_gpu = quick.locality.extrapolation, gpu.locality.extrapolation
+    assert (ex_gpu.window_px, ex_gpu.far_px) == (2 * ex.window_px, 2 * ex.far_px)
     assert gpu.evaluate.tolerance_px == 2 * quick.evaluate.tolerance_px and gpu.evaluate.per_count >= 128
     assert gpu.models["exp3_local"].model.local_radius == 2 * quick.models["exp3_local"].model.local_radius
     assert gpu.interventions["exp3_masked"].radius_px == 2 * quick.interventions["exp3_masked"].radius_px

@@ -34,12 +34,15 @@ class ExtrapolationOptions:
     noise up to where the layout is decided. Empty ``counts`` switches it off."""
 
     counts: tuple[int, ...] = tuple(range(1, 11))  # conditioners per probed scene
-    scenes: int = 8  # scenes per k
+    scenes: int = 8  # scenes per k (at most the draw's per_count: the evaluation's own scenes)
     sigmas: tuple[float, ...] = (0.5, 2.0, 5.0, 10.0, 20.0)  # noise levels, one noise image per scene
     band: tuple[float, float] = (2.0, 20.0)  # headline: mean over the sigmas in this band (layout)
     window_px: float = 3.0  # a conditioner's window: pixels within this distance of its location
     far_px: float = 16.0  # conditioners farther than this from conditioner i are its far context
     batch_size: int = 64  # forward passes per batch
+    # at these k, the far residual again with GroupNorm statistics held at the near context's
+    # (where the coupling lives; networks with GroupNorm only)
+    held_norm_counts: tuple[int, ...] = (8, 10)
     draw: SceneDraw = field(default_factory=SceneDraw)
 
     def __post_init__(self) -> None:
@@ -48,9 +51,6 @@ class ExtrapolationOptions:
             raise ConfigError(f"{where}.counts={list(self.counts)}: expected counts >= 1")
         if self.scenes < 1 or self.batch_size < 1:
             raise ConfigError(f"{where}.scenes={self.scenes} / batch_size={self.batch_size}: expected >= 1")
-        if self.scenes > self.draw.per_count:
-            raise ConfigError(f"{where}.scenes={self.scenes} is more than the {self.draw.per_count} scenes "
-                              "drawn per k (draw.per_count)")
         if not self.sigmas or min(self.sigmas) <= 0:
             raise ConfigError(f"{where}.sigmas={list(self.sigmas)}: expected positive noise levels")
         lo, hi = self.band

@@ -41,14 +41,17 @@ from ..config import to_dict
 from ..denoiser import Denoiser
 from ..io import write_json_atomic
 from .config import ExtrapolationOptions
+from .coupling import NormStatistics, group_norms
 from .jacobian import InputError
 from .stats import Estimate
 
 EXTRAPOLATION_FILE = "extrapolation.json"
 # Per scene and noise level, the sums pooled into the statistics (in this order).
-SUMS = ("far_residual2", "far_own2", "far_gap", "own2", "effect_on_own", "far_units", "units")
-STATISTICS = ("far_residual", "efficacy_gap", "efficacy")
-EXACT = {"far_residual": 0.0, "efficacy_gap": 0.0, "efficacy": 1.0}  # their values under exact locality
+SUMS = ("far_residual2", "far_own2", "far_gap", "own2", "effect_on_own", "far_units", "units",
+        "held_residual2", "held_own2")
+STATISTICS = ("far_residual", "efficacy_gap", "efficacy", "far_residual_held_norms")
+EXACT = {"far_residual": 0.0, "efficacy_gap": 0.0, "efficacy": 1.0,  # their values under exact locality
+         "far_residual_held_norms": 0.0}
 
 
 # ----- which conditioner subsets a scene needs ---------------------------------------------------
@@ -110,11 +113,12 @@ def run_passes(denoiser: Denoiser, x: Tensor, sigma: float, conds: list[Conditio
 
 # ----- the statistics of one scene --------------------------------------------------------------------
 
-def scene_sums(preds: Tensor, plan: ScenePlan, windows: Tensor) -> Tensor:
-    """The ``SUMS`` of one scene at one noise level from its passes ``preds`` [R, C, H, W] and the
-    conditioners' windows [k, H, W] (bool)."""
+def scene_sums(preds: Tensor, plan: ScenePlan, windows: Tensor, held: dict[int, Tensor] | None = None) -> Tensor:
+    """The ``SUMS`` of one scene at one noise level from its passes ``preds`` [R, C, H, W], the
+    conditioners' windows [k, H, W] (bool) and, where measured, the full set's prediction with
+    GroupNorm statistics held at conditioner i's near context (``held[i]``)."""
     out = torch.zeros(len(SUMS), dtype=torch.float64)
-    for unit, far, win in zip(plan.units, plan.has_far, windows):
+    for i, (unit, far, win) in enumerate(zip(plan.units, plan.has_far, windows)):
         w = win.to(preds.dtype)[None]
         d = {role: preds[r] for role, r in unit.items()}
         own = (d["alone"] - d["empty"]) * w
@@ -129,6 +133,9 @@ def scene_sums(preds: Tensor, plan: ScenePlan, windows: Tensor) -> Tensor:
             out[1] += own2
             out[2] += float(((effect - near_effect) * own).sum())
             out[5] += 1
+        if held is not None and i in held:
+            out[7] += float(((held[i] - d["near"]) * w).square().sum())
+            out[8] += own2
     return out
 
 
@@ -142,6 +149,7 @@ def statistics(sums: Tensor) -> dict[str, Tensor]:
         "far_residual": torch.where(far_own > 0, (s[..., 0] / far_own.clamp_min(1e-300)).sqrt(), nan),
         "efficacy_gap": torch.where(far_own > 0, s[..., 2] / far_own.clamp_min(1e-300), nan),
         "efficacy": torch.where(own > 0, s[..., 4] / own.clamp_min(1e-300), nan),
+        "far_residual_held_norms": torch.where(s[..., 8] > 0, (s[..., 7] / s[..., 8].clamp_min(1e-300)).sqrt(), nan),
     }
 
 
@@ -160,15 +168,37 @@ def probe_count(denoiser: Denoiser, images: Tensor, cond: Conditioning, options:
         plans.append(plan_scene(cond.locations[s, present] * scale, options.far_px))
         subset_conds.append(_subset_conditioning(cond[s], present, plans[-1].subsets))
         slots.append(present)
+    norms = group_norms(denoiser) if int(cond.counts().max()) in options.held_norm_counts else []
     sums = torch.zeros(cond.batch_size, len(options.sigmas), len(SUMS), dtype=torch.float64)
     for j, sigma in enumerate(options.sigmas):
-        preds = run_passes(denoiser, images + sigma * noise, sigma, subset_conds, options.batch_size)
+        x_t = images + sigma * noise
+        preds = run_passes(denoiser, x_t, sigma, subset_conds, options.batch_size)
+        held = held_norm_passes(denoiser, norms, x_t, sigma, subset_conds, plans, options.batch_size) if norms else {}
         start = 0
         for s, plan in enumerate(plans):
             stop = start + len(plan.subsets)
-            sums[s, j] = scene_sums(preds[start:stop], plan, windows[s, slots[s]])
+            sums[s, j] = scene_sums(preds[start:stop], plan, windows[s, slots[s]], held.get(s) if norms else None)
             start = stop
     return sums
+
+
+@torch.no_grad()
+def held_norm_passes(denoiser: Denoiser, norms: list, x: Tensor, sigma: float, conds: list[Conditioning],
+                     plans: list[ScenePlan], batch_size: int) -> dict[int, dict[int, Tensor]]:
+    """Scene -> conditioner i -> ``D_J`` with GroupNorm statistics recorded in ``D_{N_i}``, for
+    every conditioner with a far context (see ``locality.coupling``)."""
+    rows = [(s, i) for s, plan in enumerate(plans) for i, far in enumerate(plan.has_far) if far]
+    stats, out = NormStatistics(norms), {}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        donor = Conditioning.cat([conds[s][plans[s].units[i]["near"]] for s, i in chunk])
+        receiver = Conditioning.cat([conds[s][plans[s].units[i]["full"]] for s, i in chunk])
+        idx = torch.tensor([s for s, _ in chunk], device=x.device)
+        sig = torch.full((len(chunk),), float(sigma), dtype=x.dtype, device=x.device)
+        pred = stats.borrow(denoiser, x[idx], sig, donor, receiver).float()
+        for r, (s, i) in enumerate(chunk):
+            out.setdefault(s, {})[i] = pred[r]
+    return out
 
 
 Scenes = Callable[[int], tuple[Tensor, Conditioning]]  # k -> (images [S, C, H, W] in [-1, 1], conditioning)

@@ -116,8 +116,9 @@ def probe_complete(folder: Path) -> bool:
 
 def extrapolation_scenes(data_cfg, draw: SceneDraw, n: int) -> Scenes:
     """k -> the first ``n`` of the evaluation's test scenes with k objects (the same generator
-    stream and batch, hence the same scenes) and their renders."""
+    stream and batch, hence the same scenes; all of them if it draws fewer) and their renders."""
     test = TestDraw(data_cfg, draw.min_separation)
+    n = min(n, draw.per_count)
 
     def scenes(k: int) -> tuple[torch.Tensor, Conditioning]:
         batch, cond = test.scenes(k, draw.per_count, generator(draw.seed, "eval", k))
