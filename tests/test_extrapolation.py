@@ -113,6 +113,10 @@ def test_masked_composition_of_a_global_network_reads_about_zero():
     masked = masked_composition(glob, radius_px=2.0, softness_px=0.5)
     result = run(masked, [8], channels=3, window_px=1.0, far_px=10.0)  # tails: sigmoid(-(10-1-2)/0.5) ~ 1e-6
     assert result.band("far_residual", 8).mean < 1e-4
+    # windows that never reach another conditioner's: each acts as it does alone (efficacy 1)
+    tight = run(masked_composition(glob, radius_px=1.5, softness_px=0.25), [8], channels=3, window_px=1.0, far_px=10.0)
+    assert tight.band("efficacy", 8).mean == pytest.approx(1.0, abs=1e-3)
+    assert abs(run(glob, [8], channels=3).band("efficacy", 8).mean - 1) > 1e-2
 
 
 def test_result_round_trips_and_a_damaged_file_reads_as_missing(tmp_path):
@@ -156,6 +160,8 @@ def test_holding_group_norm_statistics_removes_exactly_the_coupling_they_carry()
     result = run(NormCoupled(), [8], held_norm_counts=(8,))
     assert result.band("far_residual", 8).mean > 0.01
     assert result.band("far_residual_held_norms", 8).mean < 1e-5
+    assert abs(result.band("efficacy", 8).mean - 1) > 0.01
+    assert result.band("efficacy_held_norms", 8).mean == pytest.approx(1.0, abs=1e-5)
     # a composition has no plain GroupNorm pass to borrow from: the diagnostic is skipped
     masked = run(masked_composition(NormCoupled(), radius_px=2.0), [8], held_norm_counts=(8,))
     assert math.isnan(masked.band("far_residual_held_norms", 8).mean)

@@ -48,10 +48,14 @@ from .stats import Estimate
 EXTRAPOLATION_FILE = "extrapolation.json"
 # Per scene and noise level, the sums pooled into the statistics (in this order).
 SUMS = ("far_residual2", "far_own2", "far_gap", "own2", "effect_on_own", "far_units", "units",
-        "held_residual2", "held_own2")
-STATISTICS = ("far_residual", "efficacy_gap", "efficacy", "far_residual_held_norms")
+        "held_residual2", "held_own2", "held_effect_on_own", "held_all_own2")
+STATISTICS = ("far_residual", "efficacy_gap", "efficacy", "far_residual_held_norms", "efficacy_held_norms")
 EXACT = {"far_residual": 0.0, "efficacy_gap": 0.0, "efficacy": 1.0,  # their values under exact locality
-         "far_residual_held_norms": 0.0}
+         "far_residual_held_norms": 0.0, "efficacy_held_norms": 1.0}
+# Passes with GroupNorm statistics borrowed from another (``locality.coupling``), per conditioner:
+# name -> (the subset whose statistics are used, the subset that is run with them).
+HELD_PASSES = {"full_near_norms": ("near", "full"), "full_own_norms": ("alone", "full"),
+               "without_empty_norms": ("empty", "without")}
 
 
 # ----- which conditioner subsets a scene needs ---------------------------------------------------
@@ -113,10 +117,11 @@ def run_passes(denoiser: Denoiser, x: Tensor, sigma: float, conds: list[Conditio
 
 # ----- the statistics of one scene --------------------------------------------------------------------
 
-def scene_sums(preds: Tensor, plan: ScenePlan, windows: Tensor, held: dict[int, Tensor] | None = None) -> Tensor:
+def scene_sums(preds: Tensor, plan: ScenePlan, windows: Tensor,
+               held: dict[int, dict[str, Tensor]] | None = None) -> Tensor:
     """The ``SUMS`` of one scene at one noise level from its passes ``preds`` [R, C, H, W], the
-    conditioners' windows [k, H, W] (bool) and, where measured, the full set's prediction with
-    GroupNorm statistics held at conditioner i's near context (``held[i]``)."""
+    conditioners' windows [k, H, W] (bool) and, where measured, conditioner i's ``HELD_PASSES``
+    (``held[i][name]``)."""
     out = torch.zeros(len(SUMS), dtype=torch.float64)
     for i, (unit, far, win) in enumerate(zip(plan.units, plan.has_far, windows)):
         w = win.to(preds.dtype)[None]
@@ -133,9 +138,13 @@ def scene_sums(preds: Tensor, plan: ScenePlan, windows: Tensor, held: dict[int, 
             out[1] += own2
             out[2] += float(((effect - near_effect) * own).sum())
             out[5] += 1
-        if held is not None and i in held:
-            out[7] += float(((held[i] - d["near"]) * w).square().sum())
-            out[8] += own2
+        if held and i in held:
+            h = held[i]
+            if far:
+                out[7] += float(((h["full_near_norms"] - d["near"]) * w).square().sum())
+                out[8] += own2
+            out[9] += float(((h["full_own_norms"] - h["without_empty_norms"]) * w * own).sum())
+            out[10] += own2
     return out
 
 
@@ -150,6 +159,7 @@ def statistics(sums: Tensor) -> dict[str, Tensor]:
         "efficacy_gap": torch.where(far_own > 0, s[..., 2] / far_own.clamp_min(1e-300), nan),
         "efficacy": torch.where(own > 0, s[..., 4] / own.clamp_min(1e-300), nan),
         "far_residual_held_norms": torch.where(s[..., 8] > 0, (s[..., 7] / s[..., 8].clamp_min(1e-300)).sqrt(), nan),
+        "efficacy_held_norms": torch.where(s[..., 10] > 0, s[..., 9] / s[..., 10].clamp_min(1e-300), nan),
     }
 
 
@@ -184,20 +194,21 @@ def probe_count(denoiser: Denoiser, images: Tensor, cond: Conditioning, options:
 
 @torch.no_grad()
 def held_norm_passes(denoiser: Denoiser, norms: list, x: Tensor, sigma: float, conds: list[Conditioning],
-                     plans: list[ScenePlan], batch_size: int) -> dict[int, dict[int, Tensor]]:
-    """Scene -> conditioner i -> ``D_J`` with GroupNorm statistics recorded in ``D_{N_i}``, for
-    every conditioner with a far context (see ``locality.coupling``)."""
-    rows = [(s, i) for s, plan in enumerate(plans) for i, far in enumerate(plan.has_far) if far]
+                     plans: list[ScenePlan], batch_size: int) -> dict[int, dict[int, dict[str, Tensor]]]:
+    """Scene -> conditioner i -> each of ``HELD_PASSES`` (a subset run with the GroupNorm
+    statistics recorded in another subset's pass; see ``locality.coupling``)."""
+    jobs = [(s, i, name) for s, plan in enumerate(plans) for i, far in enumerate(plan.has_far)
+            for name in HELD_PASSES if far or name != "full_near_norms"]
     stats, out = NormStatistics(norms), {}
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        donor = Conditioning.cat([conds[s][plans[s].units[i]["near"]] for s, i in chunk])
-        receiver = Conditioning.cat([conds[s][plans[s].units[i]["full"]] for s, i in chunk])
-        idx = torch.tensor([s for s, _ in chunk], device=x.device)
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start:start + batch_size]
+        donor = Conditioning.cat([conds[s][plans[s].units[i][HELD_PASSES[n][0]]] for s, i, n in chunk])
+        receiver = Conditioning.cat([conds[s][plans[s].units[i][HELD_PASSES[n][1]]] for s, i, n in chunk])
+        idx = torch.tensor([s for s, _, _ in chunk], device=x.device)
         sig = torch.full((len(chunk),), float(sigma), dtype=x.dtype, device=x.device)
         pred = stats.borrow(denoiser, x[idx], sig, donor, receiver).float()
-        for r, (s, i) in enumerate(chunk):
-            out.setdefault(s, {})[i] = pred[r]
+        for r, (s, i, name) in enumerate(chunk):
+            out.setdefault(s, {}).setdefault(i, {})[name] = pred[r]
     return out
 
 
@@ -244,7 +255,7 @@ def bootstrap_band(sums: Tensor, band: Tensor, generator: torch.Generator, n_boo
         b = boot[name][~boot[name].isnan()]
         lo, hi = (torch.quantile(b, torch.tensor([alpha, 1 - alpha], dtype=b.dtype)).tolist()
                   if n > 1 and b.numel() else (math.nan, math.nan))
-        units = int(sums[:, 0, 5 if name != "efficacy" else 6].sum())
+        units = int(sums[:, 0, 6 if name.startswith("efficacy") and name != "efficacy_gap" else 5].sum())
         out[name] = Estimate(float(value), lo, hi, units, n, "bootstrap", level)
     return out
 

@@ -500,8 +500,7 @@ def summary_section(cfg, facts: list[ModelFacts]) -> Section:
         if presence:
             text += " Presence index (what removing a conditioner changes far from it): " + ", ".join(
                 f"{n} {v:.2f}" for n, v in sorted(presence.items(), key=lambda kv: -kv[1])) + "."
-    far = far_residual_sentence(learned)
-    sec.blocks.append(Text(text + far))
+    sec.blocks.append(Text(text + efficacy_sentence(learned)))
     sec.blocks += [Text(line) for line in claim_lines(cfg, facts)]
     verdict = trained_in_verdict(cfg, facts)
     if verdict:
@@ -509,17 +508,18 @@ def summary_section(cfg, facts: list[ModelFacts]) -> Section:
     return sec
 
 
-def far_residual_sentence(facts: list[ModelFacts]) -> str:
-    """The far residual at the two largest probed k, per model, most local first."""
+def efficacy_sentence(facts: list[ModelFacts]) -> str:
+    """The efficacy at the two largest probed k, per model, most local (closest to 1) first."""
     probed = [f for f in facts if f.extrapolation is not None and f.extrapolation.per_k]
     if not probed:
         return ""
     ks = sorted({k for f in probed for k in f.extrapolation.per_k})[-2:]
-    value = lambda f, k: f.extrapolation.departure("far_residual", k)  # noqa: E731
+    value = lambda f, k: f.extrapolation.departure("efficacy", k)  # noqa: E731
     ranked = sorted(probed, key=lambda f: value(f, ks[-1]) if value(f, ks[-1]) is not None else float("inf"))
-    return (f" Far residual at k = {' / '.join(map(str, ks))} (how much far conditioners change each "
-            "conditioner's window, 0 when local; see 'Locality where generalization is asked'): " + ", ".join(
-                f"{f.name} {' / '.join(num(value(f, k)) for k in ks)}" for f in ranked) + ".")
+    band = lambda f, k: f.extrapolation.band("efficacy", k).mean  # noqa: E731
+    return (f" Efficacy at k = {' / '.join(map(str, ks))} (each conditioner's effect among all the others over its "
+            "effect alone; 1 for a conditional projective composition; see 'Locality where generalization is "
+            "asked'): " + ", ".join(f"{f.name} {' / '.join(num(band(f, k)) for k in ks)}" for f in ranked) + ".")
 
 
 def scatter_block(cfg, facts: list[ModelFacts], figures: Path) -> list:

@@ -1,8 +1,9 @@
 """Locality where generalization is asked: the probe at k = 1..10 beside recall at the same k.
 
 The paper's claim, stated with it: over every (model, k >= 2) of the models that learned their
-conditioner, the more a model's far context changes each conditioner's window (its departure
-from exact locality), the fewer requested objects it draws.
+conditioner, the further each conditioner's effect in the full set falls from its effect alone
+(the efficacy's departure from 1, its value under conditional projective composition), the fewer
+requested objects the model draws.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from .facts import ModelFacts, learned_conditioner, num, recall_per_k
 from .figures import locality_and_recall_vs_k
 from .training import clustered_spearman
 
-HEADLINE = "far_residual"  # the statistic the claim is stated with
+HEADLINE = "efficacy"  # the statistic the claim is stated with (its distance from 1)
 CLAIM_RHO = 0.5  # the report's criterion for the locality claim (the same as the training-range index's)
 LABELS = {"far_residual": "far residual", "efficacy_gap": "efficacy gap", "efficacy": "efficacy",
-          "far_residual_held_norms": "far residual with GroupNorm statistics held at the near context's"}
+          "far_residual_held_norms": "far residual with GroupNorm statistics held at the near context's",
+          "efficacy_held_norms": "efficacy with GroupNorm statistics held at the single-conditioner passes'"}
 
 
 def probed(facts: list[ModelFacts]) -> list[ModelFacts]:
@@ -53,9 +55,9 @@ def claim_line(cfg, facts: list[ModelFacts]) -> str | None:
     rho, lo, hi, n = stats
     models = len({key.split("@")[0] for key in points})
     verdict = "**supported**" if rho > CLAIM_RHO else "**not supported**"
-    return (f"Models whose score stays local where many conditioners act draw the objects asked for "
-            f"(the far residual at k = 2–10, beyond training): {verdict} (Spearman {rho:.2f}, 95% interval "
-            f"{lo:.2f} to {hi:.2f} from resampling the points, between each (model, k)'s far residual and "
+    return (f"Models whose conditioners keep their own effect when many act together draw the objects asked "
+            f"for (the efficacy at k = 2–10, beyond training): {verdict} (Spearman {rho:.2f}, 95% interval "
+            f"{lo:.2f} to {hi:.2f} from resampling the points, between each (model, k)'s |1 − efficacy| and "
             f"1 − recall, {n} points from {models} models; criterion > {CLAIM_RHO}).")
 
 
@@ -88,15 +90,17 @@ def explanation(cfg) -> Text:
         f"move derivative cannot see what depends only on how many conditioners there are. Here each model "
         f"denoises the evaluation's own test scenes with k = {ex.counts[0]}–{ex.counts[-1]} objects "
         f"({ex.scenes} per k, their renders noised with one noise image per scene) with subsets of the "
-        f"conditioners removed. For each conditioner i, in its window (pixels within {ex.window_px:g} px of "
-        f"it): the **far residual** is how much removing every conditioner farther than {ex.far_px:g} px "
-        "changes the prediction there, relative to i's own single-conditioner effect (a quantity every "
-        "model was trained on); the **efficacy gap** is the part of i's own effect that those far "
-        "conditioners add (> 0) or take away (< 0). Both are exactly 0 for a local conditional score "
-        f"whose conditioners reach less than {ex.far_px - ex.window_px:g} px (exp3_local, and exp3_masked up to "
-        f"its soft window edge). The **efficacy** (i's effect in the full set over its effect alone) is 1 "
-        f"for an isolated conditioner of a local model. Headline: mean over σ = {band}, where the layout "
-        "is decided.")
+        f"conditioners removed, and each conditioner i is read in its window (pixels within {ex.window_px:g} px "
+        "of it). The **efficacy** is i's effect there in the full set (the prediction with every conditioner "
+        "minus the prediction without i) projected on its effect alone (with i minus with none, a quantity "
+        "every model was trained on): 1 when each conditioner governs its own region whatever the others do "
+        "(a conditional projective composition, the paper's exact local model; neighbours whose own regions "
+        "reach into i's window may move it), below 1 when the others weaken it. The **far residual** is "
+        f"how much removing every conditioner farther than {ex.far_px:g} px changes i's window, relative to i's "
+        "effect alone, and the **efficacy gap** the part of the efficacy those far conditioners account for: "
+        "both are exactly 0 for any score whose conditioners reach less than "
+        f"{ex.far_px - ex.window_px:g} px (exp3_local; exp3_masked up to its soft window edge). Headline: mean "
+        f"over σ = {band}, where the layout is decided.")
 
 
 def extrapolation_section(cfg, facts: list[ModelFacts], figures: Path) -> Section | None:
@@ -108,9 +112,9 @@ def extrapolation_section(cfg, facts: list[ModelFacts], figures: Path) -> Sectio
     counts = sorted({k for f in done for k in f.extrapolation.per_k if k >= 2})
     curves = {f.name: ({k: f.extrapolation.band(HEADLINE, k) for k in counts}, recall_per_k(f)) for f in done}
     path = locality_and_recall_vs_k(curves, figures / "extrapolation_locality.png", LABELS[HEADLINE])
-    sec.blocks.append(Figure(path, "Left: the far residual per k (95% intervals; 0 = exactly local). Right: "
-                                   "recall at the same k."))
-    sec.blocks += [statistic_table(done, name, counts) for name in ("far_residual", "efficacy_gap", "efficacy")]
+    sec.blocks.append(Figure(path, "Left: the efficacy per k (95% intervals; 1 = each conditioner acts as it "
+                                   "does alone). Right: recall at the same k."))
+    sec.blocks += [statistic_table(done, name, counts) for name in ("efficacy", "far_residual", "efficacy_gap")]
     sec.blocks.append(recall_table(done, counts))
     sec.blocks += coupling_blocks(cfg, done)
     line = claim_line(cfg, facts)
@@ -132,14 +136,17 @@ def attention_widths(f: ModelFacts) -> list[float]:
 
 def coupling_blocks(cfg, done: list[ModelFacts]) -> list:
     """Where the far coupling lives: GroupNorm statistics held fixed, and the attention prior."""
-    held = statistic_table(done, "far_residual_held_norms", sorted(cfg.locality.extrapolation.held_norm_counts))
-    blocks: list = [] if not held.rows else [Text(
+    counts = sorted(cfg.locality.extrapolation.held_norm_counts)
+    held = [statistic_table(done, name, counts) for name in ("efficacy_held_norms", "far_residual_held_norms")]
+    held = [t for t in held if t.rows]
+    blocks: list = [] if not held else [Text(
         "Where the coupling lives. A GroupNorm pools its statistics over the whole image, so every object "
-        "rescales every other object's features. Below, the far residual again with each GroupNorm's "
-        "per-image mean and variance taken from the near-context pass (recorded there, imposed on the "
-        "full set): what remains travels through the convolutions' receptive field and the attention, "
-        "what vanishes travelled through the normalisation statistics. (Networks without GroupNorm and "
-        "compositions are not measured.)"), held]
+        "rescales every other object's features. Below, the efficacy again with each GroupNorm's per-image "
+        "mean and variance recorded in the passes with a single conditioner (or none), which every model "
+        "saw in training, and imposed on the full set (with i, and without i); and the far residual with them "
+        "recorded in the near-context pass. What stays away from 1 (or 0) travels through the convolutions' "
+        "receptive field and the attention; what is restored travelled through the normalisation "
+        "statistics. (Networks without GroupNorm and compositions are not measured.)"), *held]
     widths = {f.name: attention_widths(f) for f in done}
     rows = [[name, len(w), f"{min(w):.2f}", f"{sum(w) / len(w):.2f}", f"{max(w):.2f}"] for name, w in widths.items() if w]
     if rows:
