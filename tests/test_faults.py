@@ -175,6 +175,17 @@ def test_a_damaged_probe_map_is_probed_again(tmp_path, capsys):
     assert json.loads((maps.parent / "summary.json").read_text()) == summary
 
 
+def test_a_damaged_extrapolation_result_is_measured_again(tmp_path, capsys):
+    cfg = load_study_config("micro", sets=[f"out_dir={str(tmp_path)!r}", *ONLY_EXP1])
+    run_study(cfg, only=["data", "train", "locality"])
+    (saved,) = run_dir(cfg, "exp1").glob("locality-*/extrapolation.json")
+    before = json.loads(saved.read_text())
+    saved.write_text(saved.read_text()[:-9])
+    run_study(cfg, only=["locality"])
+    assert "extrapolation.json is unreadable; measuring it again" in capsys.readouterr().err
+    assert json.loads(saved.read_text()) == before  # same seed, same numbers
+
+
 def test_a_run_folder_from_another_version_is_a_clear_error(tmp_path):
     cfg = load_study_config("micro", sets=[f"out_dir={str(tmp_path)!r}"])
     folder = run_dir(cfg, "exp1")

@@ -155,7 +155,7 @@ def test_cli_verbs_on_a_finished_study(finished):
     assert "| 1 | 1 |" in res.output
     res = runner.invoke(app, ["locality", str(folder), *base])
     assert res.exit_code == 0, res.output
-    assert "normalised" in res.output
+    assert "normalised" in res.output and "where generalization is asked" in res.output and "efficacy" in res.output
     exp2 = run_dir(finished, "exp2")
     res = runner.invoke(app, ["intervene", str(exp2), *base, "--radius", "2", "--no-locality",
                               "-s", "evaluate.counts=[2]", "-s", "evaluate.per_count=1"])

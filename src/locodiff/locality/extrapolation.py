@@ -293,13 +293,14 @@ class ExtrapolationResult:
 
     def lines(self) -> list[str]:
         """A plain-text table: per k the band value of each statistic with its interval."""
-        out = ["k    far residual (0 local)   efficacy gap (0 local)   efficacy (1 isolated, local)"]
+        names = [n for n in STATISTICS if any(not math.isnan(self.band(n, k).mean) for k in self.per_k)]
+        out = ["k    " + " ".join(f"{n} ({EXACT[n]:g} local)".ljust(26) for n in names)]
         for k in sorted(self.per_k):
             cells = []
-            for name in STATISTICS:
+            for name in names:
                 e = self.band(name, k)
-                cells.append("–".ljust(24) if math.isnan(e.mean) else f"{e.mean:6.3f} [{e.lo:6.3f}, {e.hi:6.3f}]".ljust(24))
-            out.append(f"{k:<4d} " + " ".join(cells))
+                cells.append("–".ljust(26) if math.isnan(e.mean) else f"{e.mean:6.3f} [{e.lo:6.3f}, {e.hi:6.3f}]".ljust(26))
+            out.append(f"{k:<4d} " + " ".join(cells).rstrip())
         return out
 
     def to_dict(self) -> dict:
