@@ -416,7 +416,9 @@ def test_seeds_and_emergence_are_trained_cached_and_reported(tmp_path):
         for ckpt in checkpoints:
             e = json.loads((layout.eval_dir(folder, ev, ckpt.name) / "eval.json").read_text())
             assert [r["k"] for r in e["per_k"]] == [1, 2]
-            assert (layout.probe_dir(folder, cfg.locality, ckpt.name) / "summary.json").is_file()
+            probe = layout.probe_dir(folder, cfg.emergence.locality_options(cfg.locality), ckpt.name)
+            assert (probe / "summary.json").is_file()
+            assert sorted(json.loads((probe / "extrapolation.json").read_text())["per_k"]) == ["1", "2"]
     stamps = {p: p.stat().st_mtime_ns for f in folders for p in f.rglob("*.safetensors")}
     run_study(cfg, console=quiet())  # everything cached: nothing retrained or re-measured
     assert stamps == {p: p.stat().st_mtime_ns for f in folders for p in f.rglob("*.safetensors")}

@@ -212,16 +212,16 @@ def stage_locality(cfg: StudyConfig, data_root: Path, console: Console) -> None:
 def stage_emergence(cfg: StudyConfig, data_root: Path, console: Console) -> None:
     """Recall at a few k and the locality probe at every kept checkpoint of ``emergence.models``
     (cached per checkpoint like the final ones): how both grew over training."""
-    ev = cfg.emergence.eval_config(cfg.evaluate)
+    ev, options = cfg.emergence.eval_config(cfg.evaluate), cfg.emergence.locality_options(cfg.locality)
     jobs = {}
     for key, (seed, folder) in layout.emergence_runs(cfg).items():
         checkpoints = subject_checkpoints(folder)
         todo = [c for c in checkpoints if not ((layout.eval_dir(folder, ev, c.name) / "eval.json").is_file()
-                                               and probe_complete(layout.probe_dir(folder, cfg.locality, c.name)))]
+                                               and probe_complete(layout.probe_dir(folder, options, c.name)))]
         console.print(f"  {key}: {len(checkpoints)} checkpoints kept, {len(todo)} to measure")
         for ckpt in todo:
             jobs[f"{key}@{read_state(ckpt)['images_seen']}"] = Job(
-                _emergence_worker, (str(folder), str(ckpt), str(data_root), ev, cfg.locality, seed,
+                _emergence_worker, (str(folder), str(ckpt), str(data_root), ev, options, seed,
                                     str(layout.detector_cache(cfg)), study_device(cfg), worker_threads(cfg)))
     run_jobs(jobs, cfg.jobs, console)
 

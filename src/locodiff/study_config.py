@@ -55,6 +55,14 @@ class EmergenceOptions:
         """The study's evaluation with these counts and samples (run at every checkpoint)."""
         return replace(evaluate, counts=self.counts, per_count=self.per_count)
 
+    def locality_options(self, locality: LocalityOptions) -> LocalityOptions:
+        """The study's probe, its extrapolation part at these counts on this evaluation's scenes
+        (a quarter of the full probe's cost at the default counts), without the GroupNorm diagnostic."""
+        ex = locality.extrapolation
+        ex = replace(ex, counts=tuple(k for k in self.counts if k >= 1), held_norm_counts=(),
+                     draw=replace(ex.draw, per_count=self.per_count))
+        return replace(locality, extrapolation=ex)
+
     def __post_init__(self) -> None:
         if self.per_count < 1 or not self.counts or min(self.counts) < 0:
             raise ConfigError(f"emergence.counts={list(self.counts)} / per_count={self.per_count}: "

@@ -7,6 +7,7 @@ Like the rest of the report, built only from saved results; a section with nothi
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from scipy import stats as scipy_stats
 
 from .. import layout
 from ..evaluate.metrics import rank_correlation
+from ..locality.extrapolation import ExtrapolationResult
 from ..locality.probe import mean_normalised_index, mean_presence_index
 from ..rng import derived_seed
 from ..train.checkpoint import list_checkpoints, read_state
@@ -124,19 +126,22 @@ def trained_in_section(cfg, facts: list[ModelFacts]) -> Section | None:
 
 def emergence_curves(cfg) -> dict[str, list[dict]]:
     """Per followed run, one point per checkpoint measured by the emergence stage, oldest first."""
-    ev = cfg.emergence.eval_config(cfg.evaluate)
+    ev, options = cfg.emergence.eval_config(cfg.evaluate), cfg.emergence.locality_options(cfg.locality)
     curves = {}
     for key, (_, folder) in layout.emergence_runs(cfg).items():
         points = []
         for ckpt in list_checkpoints(folder) if folder.exists() else []:
             evaluation, probe = layout.eval_dir(folder, ev, ckpt.name) / "eval.json", \
-                layout.probe_dir(folder, cfg.locality, ckpt.name) / "summary.json"
+                layout.probe_dir(folder, options, ckpt.name) / "summary.json"
             if not (evaluation.is_file() and probe.is_file()):
                 continue
             e, p = json.loads(evaluation.read_text()), json.loads(probe.read_text())
+            extrapolation = ExtrapolationResult.load(probe.parent)
+            efficacy = extrapolation.band("efficacy", max(ev.counts)) if extrapolation is not None else None
             points.append({"images_seen": read_state(ckpt)["images_seen"], "index": mean_normalised_index(p),
                            "presence": mean_presence_index(p), "evaluation": e,
-                           "recall": {k: recall_at(e, k) for k in ev.counts}})
+                           "recall": {k: recall_at(e, k) for k in ev.counts},
+                           "efficacy": None if efficacy is None or math.isnan(efficacy.mean) else efficacy.mean})
         if points:
             curves[key] = points
     return curves
@@ -154,7 +159,8 @@ def emergence_line(name: str, points: list[dict], k: int) -> str:
     at = lambda n: "never" if n is None else f"at {n // 1000}k images"  # noqa: E731
     line = (f"**{name}**: locality index ≥ {LOCAL} {at(moves)}, presence index ≥ {LOCAL} {at(local)}, "
             f"recall at k = {k} ≥ {GENERALIZES} {at(extrapolates)} (last: index {num(points[-1]['index'])}, "
-            f"presence {num(points[-1]['presence'])}, recall {num(points[-1]['recall'].get(k))})")
+            f"presence {num(points[-1]['presence'])}, efficacy at k = {k} {num(points[-1].get('efficacy'))}, "
+            f"recall {num(points[-1]['recall'].get(k))})")
     if local is not None and extrapolates is not None:
         order = "before" if local < extrapolates else "with" if local == extrapolates else "after"
         line += f": presence locality came {order} extrapolation"
