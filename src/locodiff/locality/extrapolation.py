@@ -52,6 +52,9 @@ SUMS = ("far_residual2", "far_own2", "far_gap", "own2", "effect_on_own", "far_un
 STATISTICS = ("far_residual", "efficacy_gap", "efficacy", "far_residual_held_norms", "efficacy_held_norms")
 EXACT = {"far_residual": 0.0, "efficacy_gap": 0.0, "efficacy": 1.0,  # their values under exact locality
          "far_residual_held_norms": 0.0, "efficacy_held_norms": 1.0}
+# Which units each statistic pools (conditioners with a far context, or all of them).
+UNITS_OF = {"far_residual": "far_units", "efficacy_gap": "far_units", "efficacy": "units",
+            "far_residual_held_norms": "far_units", "efficacy_held_norms": "units"}
 # Passes with GroupNorm statistics borrowed from another (``locality.coupling``), per conditioner:
 # name -> (the subset whose statistics are used, the subset that is run with them).
 HELD_PASSES = {"full_near_norms": ("near", "full"), "full_own_norms": ("alone", "full"),
@@ -122,44 +125,45 @@ def scene_sums(preds: Tensor, plan: ScenePlan, windows: Tensor,
     """The ``SUMS`` of one scene at one noise level from its passes ``preds`` [R, C, H, W], the
     conditioners' windows [k, H, W] (bool) and, where measured, conditioner i's ``HELD_PASSES``
     (``held[i][name]``)."""
-    out = torch.zeros(len(SUMS), dtype=torch.float64)
+    acc = dict.fromkeys(SUMS, 0.0)
     for i, (unit, far, win) in enumerate(zip(plan.units, plan.has_far, windows)):
         w = win.to(preds.dtype)[None]
         d = {role: preds[r] for role, r in unit.items()}
         own = (d["alone"] - d["empty"]) * w
         own2 = float(own.square().sum())
         effect = (d["full"] - d["without"]) * w
-        out[3] += own2
-        out[4] += float((effect * own).sum())
-        out[6] += 1
+        acc["own2"] += own2
+        acc["effect_on_own"] += float((effect * own).sum())
+        acc["units"] += 1
         if far:
             near_effect = (d["near"] - d["near_without"]) * w
-            out[0] += float(((d["full"] - d["near"]) * w).square().sum())
-            out[1] += own2
-            out[2] += float(((effect - near_effect) * own).sum())
-            out[5] += 1
+            acc["far_residual2"] += float(((d["full"] - d["near"]) * w).square().sum())
+            acc["far_own2"] += own2
+            acc["far_gap"] += float(((effect - near_effect) * own).sum())
+            acc["far_units"] += 1
         if held and i in held:
             h = held[i]
             if far:
-                out[7] += float(((h["full_near_norms"] - d["near"]) * w).square().sum())
-                out[8] += own2
-            out[9] += float(((h["full_own_norms"] - h["without_empty_norms"]) * w * own).sum())
-            out[10] += own2
-    return out
+                acc["held_residual2"] += float(((h["full_near_norms"] - d["near"]) * w).square().sum())
+                acc["held_own2"] += own2
+            acc["held_effect_on_own"] += float(((h["full_own_norms"] - h["without_empty_norms"]) * w * own).sum())
+            acc["held_all_own2"] += own2
+    return torch.tensor([acc[name] for name in SUMS], dtype=torch.float64)
 
 
 def statistics(sums: Tensor) -> dict[str, Tensor]:
     """The statistics from sums pooled over scenes: ``sums`` [..., len(SUMS)] -> each [...]."""
-    s = sums.double()
-    nan = torch.tensor(math.nan, dtype=torch.float64)
-    far_own = s[..., 1]
-    own = s[..., 3]
+    s = {name: sums[..., i].double() for i, name in enumerate(SUMS)}
+
+    def ratio(num: Tensor, den: Tensor) -> Tensor:
+        return torch.where(den > 0, num / den.clamp_min(1e-300), torch.tensor(math.nan, dtype=torch.float64))
+
     return {
-        "far_residual": torch.where(far_own > 0, (s[..., 0] / far_own.clamp_min(1e-300)).sqrt(), nan),
-        "efficacy_gap": torch.where(far_own > 0, s[..., 2] / far_own.clamp_min(1e-300), nan),
-        "efficacy": torch.where(own > 0, s[..., 4] / own.clamp_min(1e-300), nan),
-        "far_residual_held_norms": torch.where(s[..., 8] > 0, (s[..., 7] / s[..., 8].clamp_min(1e-300)).sqrt(), nan),
-        "efficacy_held_norms": torch.where(s[..., 10] > 0, s[..., 9] / s[..., 10].clamp_min(1e-300), nan),
+        "far_residual": ratio(s["far_residual2"], s["far_own2"]).sqrt(),
+        "efficacy_gap": ratio(s["far_gap"], s["far_own2"]),
+        "efficacy": ratio(s["effect_on_own"], s["own2"]),
+        "far_residual_held_norms": ratio(s["held_residual2"], s["held_own2"]).sqrt(),
+        "efficacy_held_norms": ratio(s["held_effect_on_own"], s["held_all_own2"]),
     }
 
 
@@ -255,7 +259,7 @@ def bootstrap_band(sums: Tensor, band: Tensor, generator: torch.Generator, n_boo
         b = boot[name][~boot[name].isnan()]
         lo, hi = (torch.quantile(b, torch.tensor([alpha, 1 - alpha], dtype=b.dtype)).tolist()
                   if n > 1 and b.numel() else (math.nan, math.nan))
-        units = int(sums[:, 0, 6 if name.startswith("efficacy") and name != "efficacy_gap" else 5].sum())
+        units = int(sums[:, 0, SUMS.index(UNITS_OF[name])].sum())
         out[name] = Estimate(float(value), lo, hi, units, n, "bootstrap", level)
     return out
 
@@ -278,8 +282,8 @@ class ExtrapolationResult:
             per_sigma = statistics(s.sum(0))
             per_k[k] = {"band": {n: e.to_dict() for n, e in bootstrap_band(s, band, generator).items()},
                         "per_sigma": {n: [_plain(v) for v in per_sigma[n].tolist()] for n in STATISTICS},
-                        "scenes": int(s.shape[0]), "units": int(s[:, 0, 6].sum()),
-                        "far_units": int(s[:, 0, 5].sum())}
+                        "scenes": int(s.shape[0]), "units": int(s[:, 0, SUMS.index("units")].sum()),
+                        "far_units": int(s[:, 0, SUMS.index("far_units")].sum())}
         return cls(to_dict(options), per_k, {k: v.tolist() for k, v in sums.items()}, meta)
 
     def band(self, statistic: str, k: int) -> Estimate | None:
