@@ -69,3 +69,22 @@ def test_presets_load_and_unknown_preset_errors():
     assert full.out_dir != quick.out_dir
     with pytest.raises(ConfigError, match="unknown preset"):
         load_study_config("huge")
+
+
+def test_precedence_preset_then_file_then_model_table_then_command_line(tmp_path):
+    def lr(sets=(), text=None, model="exp1"):
+        path = None
+        if text is not None:
+            path = tmp_path / "c.toml"
+            path.write_text(text)
+        return load_study_config("quick", path, list(sets)).models[model].train.lr
+
+    preset = lr()
+    assert lr(text="[train]\nlr = 0.5\n") == 0.5  # the file beats the preset
+    in_table = "[train]\nlr = 0.5\n[models.exp1]\ntrain = { lr = 0.25 }\n"
+    assert lr(text=in_table) == 0.25 and lr(text=in_table, model="exp2") == 0.5  # the model's table beats both
+    assert lr(["train.lr=0.125"], in_table) == 0.125  # the command line beats the model's table ...
+    assert lr(["train.lr=0.125"], in_table, model="exp2") == 0.125  # ... for every model
+    both = ["models.exp1.train.lr=0.0625", "train.lr=0.125"]  # the more specific key wins, in any order
+    assert lr(both, in_table) == 0.0625 and lr(both, in_table, model="exp2") == 0.125
+    assert preset not in (0.5, 0.25, 0.125, 0.0625)

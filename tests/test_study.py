@@ -153,6 +153,9 @@ def test_cli_verbs_on_a_finished_study(finished):
     res = runner.invoke(app, ["evaluate", str(folder), *base, "--counts", "1", "--per-count", "1"])
     assert res.exit_code == 0, res.output
     assert "| 1 | 1 |" in res.output
+    res = runner.invoke(app, ["train", "exp1", *base])  # finished: said so, with the saved numbers
+    assert res.exit_code == 0 and "exp1: already trained (64 images, final loss 0." in res.output, res.output
+    assert "nan" not in res.output
     res = runner.invoke(app, ["locality", str(folder), *base])
     assert res.exit_code == 0, res.output
     assert "normalised" in res.output and "where generalization is asked" in res.output and "efficacy" in res.output

@@ -191,3 +191,19 @@ def test_object_dropout_reaches_the_weights_reproducibly_and_names_its_run(tmp_p
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], plain[k]) for k in a)
     assert run_identity(dropped) != run_identity(tiny_run()) == run_identity(tiny_run(object_dropout=0.0))
+
+
+def test_a_finished_run_trained_again_says_so_with_its_real_numbers_and_writes_nothing(tmp_path):
+    from locodiff.train.loop import training_time
+
+    cfg = tiny_run()
+    first = train_run(cfg, tmp_path, progress=False)
+    assert not first.already_finished and 0 < first.images_per_s < 1e5
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    again = train_run(cfg, tmp_path, progress=False)
+    assert again.already_finished and again.images_seen == first.images_seen
+    seconds, rate, loss = training_time(read_jsonl(tmp_path / "metrics.jsonl"))
+    assert (again.final_loss, again.images_per_s, again.wall_s) == (loss, rate, seconds)
+    assert math.isfinite(again.final_loss) and 0 < again.images_per_s < 1e5
+    after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and p.name != "log.txt"}
+    assert after == {p: t for p, t in stamps.items() if p.name != "log.txt"}  # nothing retrained or rewritten

@@ -50,7 +50,9 @@ app = typer.Typer(
 PresetOpt = typer.Option("quick", "--preset", "-p", help=f"Named preset: one of {', '.join(PRESETS)}.")
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML file merged over the preset, or a complete JSON config "
                          "(a study's saved study_config.json, which loads without a preset).")
-SetOpt = typer.Option(None, "--set", "-s", help="Override one option, e.g. --set train.lr=2e-4 (repeatable).")
+SetOpt = typer.Option(None, "--set", "-s", help=(
+    "Override one option, e.g. --set train.lr=2e-4 (repeatable). Precedence: preset < config file < a "
+    "model's own table < command line; train.KEY reaches every model unless models.NAME.train.KEY is given."))
 DryRunOpt = typer.Option(False, "--dry-run", help="Print the resolved config as JSON and exit.")
 
 
@@ -161,7 +163,10 @@ def train(
         folder = run_dir or layout.run_dir(cfg, model)
         data_root = None if on_the_fly else build_dataset(cfg.data, cfg.out_dir, ("train",), progress=True)
         result = train_run(rcfg, folder, data_root=data_root)
-    if is_main_process():  # under a launcher every process gets here
+    if is_main_process() and result.already_finished:  # under a launcher every process gets here
+        typer.echo(f"{model}: already trained ({result.images_seen} images, final loss {result.final_loss:.4f}, "
+                   f"{result.images_per_s:.0f} img/s over its training); nothing to do; run folder {folder}")
+    elif is_main_process():
         typer.echo(f"{model}: {result.images_seen} images, final loss {result.final_loss:.4f}, "
                    f"{result.images_per_s:.0f} img/s; run folder {folder}")
 

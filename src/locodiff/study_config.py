@@ -205,6 +205,21 @@ def load_study_config(
     data: dict[str, Any] = preset_dict(preset) if preset and not complete else {}
     if path is not None:
         data = merge(data, load_config_file(path))
-    for s in sets or []:
-        data = merge(data, parse_set_option(s))
-    return from_dict(StudyConfig, _fill_derived(data))
+    command_line = [parse_set_option(s) for s in sets or []]
+    for change in command_line:
+        data = merge(data, change)
+    return from_dict(StudyConfig, _command_line_wins(_fill_derived(data), command_line))
+
+
+def _command_line_wins(data: dict[str, Any], command_line: list[dict[str, Any]]) -> dict[str, Any]:
+    """The precedence rule: preset < config file < a model's own table in them < command line.
+    A ``--set train.KEY`` reaches every model, over what its table says, unless a more specific
+    ``--set models.NAME.train.KEY`` is given (applied after it)."""
+    models = data.get("models", {})
+    for change in command_line:
+        if isinstance(change.get("train"), dict):
+            models = {name: {**spec, "train": merge(spec["train"], change["train"])} for name, spec in models.items()}
+    for change in command_line:
+        if isinstance(change.get("models"), dict):
+            models = merge(models, {n: v for n, v in change["models"].items() if n in models})
+    return {**data, "models": models}

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..conditioning import Conditioning
 from ..diffusion.loss import Rows
 from ..errors import ConfigError, TrainingDiverged
-from ..io import append_jsonl
+from ..io import append_jsonl, read_jsonl
 from ..rng import step_generator
 from .checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -43,6 +43,15 @@ class TrainResult:
     wall_s: float
     images_per_s: float
     stopped_early: bool
+    already_finished: bool = False  # nothing to train: the numbers are the saved record's
+
+
+def finished_result(run_dir: Path, images_seen: int, step: int) -> TrainResult:
+    """A run that was already complete: its training time, rate and last loss from metrics.jsonl
+    (over every session), not from this process, which trained nothing."""
+    seconds, rate, loss = training_time(read_jsonl(Path(run_dir) / "metrics.jsonl", quiet=True))
+    return TrainResult(images_seen, step, float("nan") if loss is None else loss, seconds or 0.0, rate or 0.0,
+                       False, already_finished=True)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -130,8 +139,10 @@ class _Run:
     def train(self, loss_fn: Callable, source: BatchSource, seed: int, config_hash: str,
               on_checkpoint: Callable | None, progress: bool) -> TrainResult:
         cfg, accel = self.cfg, self.accel
+        if self.images_seen >= cfg.total_images:
+            return finished_result(self.run_dir, self.images_seen, self.step)
         ticks = _Ticks(self.run_dir / "metrics.jsonl", accel)
-        last_loss, stopped_early = float("nan"), False
+        last_loss, stopped_early, start = float("nan"), False, self.images_seen
         bar = tqdm(total=cfg.total_images, initial=self.images_seen, unit="img", disable=not progress
                    or not accel.is_main_process, desc=self.run_dir.name, dynamic_ncols=True)
         while self.images_seen < cfg.total_images:
@@ -152,7 +163,7 @@ class _Run:
         bar.close()
         wall = ticks.elapsed()
         return TrainResult(self.images_seen, self.step, last_loss, wall,
-                           (self.images_seen and self.images_seen / max(wall, 1e-9)), stopped_early)
+                           (self.images_seen - start) / max(wall, 1e-9), stopped_early)
 
     def optimizer_step(self, loss_fn: Callable, source: BatchSource, seed: int) -> float:
         """One step on this process's rows of the global batch; returns the mean loss over all processes."""

@@ -10,6 +10,7 @@ weights a given number of images produces.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import time
@@ -56,8 +57,10 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
                 "or delete this one — nothing was changed"
             )
     run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = dataclasses.replace(cfg, model=cfg.model.resolved())
-    write_json_atomic(run_dir / "config.json", to_dict(resolved))
+    resolved = to_dict(dataclasses.replace(cfg, model=cfg.model.resolved()))
+    path = run_dir / "config.json"
+    if not path.exists() or json.loads(path.read_text()) != resolved:  # e.g. total_images raised
+        write_json_atomic(path, resolved)
 
 
 def build_model(cfg: RunConfig) -> torch.nn.Module:
