@@ -88,3 +88,9 @@ def test_precedence_preset_then_file_then_model_table_then_command_line(tmp_path
     both = ["models.exp1.train.lr=0.0625", "train.lr=0.125"]  # the more specific key wins, in any order
     assert lr(both, in_table) == 0.0625 and lr(both, in_table, model="exp2") == 0.125
     assert preset not in (0.5, 0.25, 0.125, 0.0625)
+    # a key the preset's own model table sets: file table > preset table, command line > both
+    images = lambda sets=(), text=None: load_study_config(  # noqa: E731
+        "quick", None if text is None else (tmp_path / "c.toml"), list(sets)).models["exp1"].train.total_images
+    (tmp_path / "c.toml").write_text("[models.exp1]\ntrain = { total_images = 1000 }\n")
+    assert images() == 150000 and images(text=True) == 1000
+    assert images(["train.total_images=500"], True) == 500
