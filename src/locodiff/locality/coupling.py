@@ -1,13 +1,14 @@
-"""Where the far coupling lives: the far residual again, with GroupNorm statistics held fixed.
+"""Where the coupling lives: the extrapolation probe again, with GroupNorm statistics held fixed.
 
 A GroupNorm pools its mean and variance over the whole image, so every object in the scene
 rescales every other object's features: a coupling through *how much* is drawn that no
-Jacobian at 1-3 objects would flag. The diagnostic runs the full set ``D_J`` with each GroupNorm's
-per-image statistics taken from the near-context pass ``D_{N_i}`` (recorded in that pass, imposed
-in this one), and measures the far residual again. What remains is carried by the convolutions'
-receptive field and the attention; what vanishes was carried by the normalisation statistics.
-Networks without GroupNorm, and compositions (whose inner passes differ between the two sets),
-are skipped.
+Jacobian at 1-3 objects would flag. ``NormStatistics`` records each GroupNorm's per-image
+statistics in one pass and imposes them in another. The probe uses it twice: the full set with
+and without conditioner i, each with the statistics of a single-conditioner (or empty) pass, for
+the efficacy; and the full set with the near context's statistics, for the far residual. What
+stays away from locality is carried by the convolutions' receptive field and the attention; what
+is restored was carried by the normalisation statistics. Networks without GroupNorm, and
+compositions (whose inner passes differ between the two sets), are skipped.
 """
 
 from __future__ import annotations

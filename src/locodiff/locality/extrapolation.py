@@ -9,16 +9,18 @@ per scene at every sigma), with subsets of the conditioners removed. For conditi
 conditioners within ``far_px`` of it, i included), ``J`` the whole set and ``D_S`` the
 x0-prediction given the subset ``S``:
 
-- **far residual** ``||D_J - D_{N_i}||_{W_i} / ||A_i||_{W_i}`` with ``A_i = D_{i} - D_{}``:
-  how much the far conditioners change i's window, relative to i's own single-conditioner effect
-  there (a quantity of the training distribution for every model, Exp 2's included). Exactly 0
-  for a local conditional score whose conditioners reach less than ``far_px - window_px``.
-- **efficacy gap** ``<E_i - E^N_i, A_i> / ||A_i||^2`` with ``E_i = D_J - D_{J-i}`` (i's effect
-  in the full set) and ``E^N_i = D_{N_i} - D_{N_i-i}`` (in its near context): the part of i's own
-  effect that far conditioners add (> 0) or take away (< 0). Exactly 0 under the same condition.
-- **efficacy** ``<E_i, A_i> / ||A_i||^2``: i's effect in the full set, projected on its effect
-  alone. Descriptive: 1 for an isolated conditioner of a local model, but near neighbours may
-  legitimately move it.
+- **efficacy** ``<E_i, A_i> / ||A_i||^2`` with ``E_i = D_J - D_{J-i}`` (i's effect in the full
+  set) and ``A_i = D_{i} - D_{}`` (its effect alone, a quantity of the training distribution for
+  every model, Exp 2's included): exactly 1 under a conditional projective composition whose other
+  regions do not reach ``W_i``, below 1 when the others weaken i. The headline.
+- **far residual** ``||D_J - D_{N_i}||_{W_i} / ||A_i||_{W_i}``: how much the far conditioners
+  change i's window, relative to i's own effect. Exactly 0 for a local conditional score whose
+  conditioners reach less than ``far_px - window_px``.
+- **efficacy gap** ``<E_i - E^N_i, A_i> / ||A_i||^2`` with ``E^N_i = D_{N_i} - D_{N_i-i}`` (i's
+  effect in its near context): the part of the efficacy that far conditioners add (> 0) or take
+  away (< 0). Exactly 0 under the same condition.
+- the efficacy and the far residual again with GroupNorm statistics held fixed
+  (``locality.coupling``), at ``held_norm_counts``.
 
 Units are pooled per k as ratios of sums (a unit with a tiny own effect cannot dominate), the far
 statistics over the conditioners that have a far context. Intervals resample scenes. The headline
@@ -191,7 +193,7 @@ def probe_count(denoiser: Denoiser, images: Tensor, cond: Conditioning, options:
         start = 0
         for s, plan in enumerate(plans):
             stop = start + len(plan.subsets)
-            sums[s, j] = scene_sums(preds[start:stop], plan, windows[s, slots[s]], held.get(s) if norms else None)
+            sums[s, j] = scene_sums(preds[start:stop], plan, windows[s, slots[s]], held.get(s))
             start = stop
     return sums
 
