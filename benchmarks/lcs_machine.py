@@ -12,7 +12,7 @@ extrapolated linearly to the whole batch; both are measured in the same run, and
 difference between the two on those pixels is printed as the check that they compute the same
 (in float32 it is the round-off of the engine's matmul expansion of squared distances, ~1e-3 for
 ELS; with ``--dtype float64`` the two agree to ~1e-12).
-Training data: coloured squares (``intervene.toys.squares_dataset``), 1-3 per image.
+Training data: coloured squares (``analytic.toys.squares_dataset``), 1-3 per image.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from locodiff.conditioning import Conditioning  # noqa: E402
-from locodiff.intervene import LCSMachine, squares_dataset  # noqa: E402
+from locodiff.analytic import LCSMachine, squares_dataset  # noqa: E402
 
 
 def naive_setup(machine: LCSMachine, size: int) -> dict:

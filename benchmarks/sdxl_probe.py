@@ -33,8 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from locodiff.adapters import DiffusersDenoiser, Prompt, token_sensitivity  # noqa: E402
+from locodiff.adapters import DiffusersDenoiser, Prompt  # noqa: E402
 from locodiff.conditioning import Conditioning  # noqa: E402
+from locodiff.locality.diffusers_probe import token_fn, token_sensitivity  # noqa: E402
 from locodiff.hardware import fastest_dtype, native_bf16  # noqa: E402
 from locodiff.locality.jacobian import naive_pixel_jacobian, pixel_jacobian  # noqa: E402
 
@@ -109,7 +110,7 @@ def naive_token_sensitivity(adapter, x, sigma, pixels) -> torch.Tensor:
     prompt = adapter.prompt.expand(x.shape[0])
     e = prompt.encoder_hidden_states.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        out = adapter.token_fn(x, sigma, prompt, "score")(e)
+        out = token_fn(adapter, x, sigma, prompt, "score")(e)
         sq = []
         for r, c in pixels.tolist():
             acc = 0.0

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from locodiff.evaluate.runner import EvalConfig, evaluate_model
-from locodiff.intervene.lcs_machine import LCSMachine
+from locodiff.analytic.lcs_machine import LCSMachine
 from locodiff.layout import dataset_root, detector_cache
 from locodiff.scenes.dataset import SceneDataset
 from locodiff.study_config import load_study_config

@@ -8,17 +8,15 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from locodiff.adapters import (  # noqa: E402
-    DiffusersDenoiser,
-    Prompt,
+from locodiff.adapters import DiffusersDenoiser, Prompt, load_diffusers_unet  # noqa: E402
+from locodiff.locality.diffusers_probe import token_fn, token_sensitivity  # noqa: E402
+from locodiff.locality.feature_capture import (  # noqa: E402
     capture_features,
     cosine_matrix,
     feature_fn,
     feature_jacobian,
     input_sensitivity,
-    load_diffusers_unet,
     mean_difference_vectors,
-    token_sensitivity,
 )
 from locodiff.conditioning import Conditioning  # noqa: E402
 from locodiff.diffusion.precond import EDMPrecond  # noqa: E402
@@ -215,7 +213,7 @@ def test_feature_fn_equals_captured_feature_and_stops_early():
     ad = make_adapter(sdxl=True)
     x = latents(2)
     prompt = ad.prompt.expand(2)
-    f = feature_fn(ad.unet, "down_blocks.1", ad.token_fn(x, 1.0, target="x0"))
+    f = feature_fn(ad.unet, "down_blocks.1", token_fn(ad, x, 1.0, target="x0"))
     calls = []
     hook = ad.unet.conv_out.register_forward_hook(lambda *a: calls.append(1))
     with torch.no_grad():
@@ -238,7 +236,7 @@ def test_token_sensitivity_matches_finite_differences():
     pix = [[1, 2], [5, 6], [7, 0]]
     rev = token_sensitivity(ad, x, sigma, pixels=pix, mode="reverse")  # [1, T, P]
     assert fwd.shape == (1, TOKENS, SIZE, SIZE) and rev.shape == (1, TOKENS, 3)
-    f = ad.token_fn(x, sigma, prompt)
+    f = token_fn(ad, x, sigma, prompt)
     e, h = prompt.encoder_hidden_states, 1e-5
     for k in (0, 3):
         cols = []
@@ -347,7 +345,7 @@ def test_sampled_token_map_estimates_the_exact_one():
 def test_feature_sensitivity_wrt_tokens_on_diffusers_unet():
     ad = make_adapter(sdxl=True)
     x = latents(1)
-    f = feature_fn(ad.unet, "mid_block", ad.token_fn(x, 1.0, target="x0"))
+    f = feature_fn(ad.unet, "mid_block", token_fn(ad, x, 1.0, target="x0"))
     e = ad.prompt.encoder_hidden_states
     sens = input_sensitivity(f, e)  # auto -> forward: 5 x 32 JVPs << 16 pixels x 64 channels
     sens_r = input_sensitivity(f, e, mode="reverse")
@@ -438,7 +436,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_token_concentration_tells_spread_from_confined_influence():
-    from locodiff.adapters.probe import token_concentration
+    from locodiff.locality.diffusers_probe import token_concentration
 
     spread = torch.ones(1, 2, 40)
     confined = torch.zeros(1, 2, 40)
@@ -485,7 +483,7 @@ def test_probe_diffusers_cli_on_a_saved_tiny_sdxl(tmp_path):
 
 
 def test_block_pixel_sensitivity_against_autograd_and_locality():
-    from locodiff.locality.features import block_pixel_sensitivity, replaced_block_fn
+    from locodiff.locality.feature_capture import block_pixel_sensitivity, replaced_block_fn
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 5, 3, padding=1), torch.nn.Tanh())

@@ -8,7 +8,7 @@ import torch
 from locodiff.conditioning import Conditioning
 from locodiff.evaluate.runner import k_generator, scene_conditionings
 from locodiff.intervene.masked import masked_composition
-from locodiff.intervene.toys import CountCoupledToy, measure_locality
+from locodiff.analytic.toys import CountCoupledToy, measure_locality
 from locodiff.locality.config import ExtrapolationOptions, SceneDraw
 from locodiff.locality.extrapolation import ExtrapolationResult, plan_scene, probe_extrapolation
 from locodiff.locality.run import extrapolation_scenes

@@ -204,7 +204,7 @@ def test_an_interrupted_diffusers_probe_leaves_no_half_file_and_reruns(tmp_path,
     from safetensors.torch import save_file
     from test_adapters import CROSS_DIM, TINY_SD1, ad_sched, make_unet
 
-    from locodiff.adapters import probe as probe_module
+    from locodiff.locality import diffusers_probe as probe_module
 
     make_unet(TINY_SD1).save_pretrained(tmp_path / "model" / "unet")
     ad_sched("epsilon").save_pretrained(tmp_path / "model" / "scheduler")

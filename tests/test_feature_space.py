@@ -167,7 +167,7 @@ def test_feature_run_on_a_real_attribute_model(tmp_path):
 
 
 def test_report_shows_a_diffusers_probe_when_one_was_run(tmp_path):
-    from locodiff.adapters.probe import write_probe
+    from locodiff.locality.diffusers_probe import write_probe
     from locodiff.report.build import diffusers_section
     from locodiff.report.document import Figure, Table
     from locodiff.study_config import load_study_config
@@ -229,7 +229,7 @@ def test_block_locality_tells_a_convolution_from_global_mixing():
 
 
 def test_a_residual_blocks_update_is_measured_without_its_skip_path():
-    from locodiff.locality.features import block_pixel_sensitivity, replaced_block_fn
+    from locodiff.locality.feature_capture import block_pixel_sensitivity, replaced_block_fn
 
     net = torch.nn.Sequential(torch.nn.Identity(), ToyBlocks.GlobalMix())
     x = torch.rand(1, 4, 8, 8)

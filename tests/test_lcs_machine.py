@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from locodiff.conditioning import Conditioning
 from locodiff.diffusion import sample_heun
 from locodiff.errors import ConfigError, LocodiffError
-from locodiff.intervene import (
+from locodiff.analytic import (
     LCSMachine,
     PatchSchedule,
     calibrate_patch_schedule,

@@ -95,7 +95,7 @@ def test_the_saved_folder_reloads_bit_identically_and_captions_give_the_same_pro
     torch.testing.assert_close(text_prompt.encoder_hidden_states.sort(1).values,
                                prompt.encoder_hidden_states.sort(1).values, atol=1e-5, rtol=1e-5)
     with torch.no_grad():
-        torch.testing.assert_close(model.denoiser(x, sigma, text_prompt), before, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(model.adapter(x, sigma, text_prompt), before, atol=1e-4, rtol=1e-4)
 
 
 def test_a_word_absent_from_the_caption_has_zero_jacobian():
@@ -143,7 +143,7 @@ def test_the_padded_set_contract_holds_for_captions():
 
 
 def test_phrase_share_is_one_for_a_confined_influence_and_zero_for_a_spread_one():
-    from locodiff.adapters.text_probe import phrase_share
+    from locodiff.locality.text_probe import phrase_share
 
     cond = Conditioning(torch.tensor([[[0.25, 0.25], [0.75, 0.75]]]), torch.tensor([[True, True]]))
     ys, xs = torch.meshgrid(torch.arange(16) + 0.5, torch.arange(16) + 0.5, indexing="ij")

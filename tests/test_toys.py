@@ -10,7 +10,7 @@ import torch
 from locodiff.conditioning import Conditioning
 from locodiff.diffusion import ScoreComposition
 from locodiff.errors import ConfigError
-from locodiff.intervene.toys import (
+from locodiff.analytic.toys import (
     RegionMixtureToy,
     compose_single_scores,
     measure_locality,

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from . import __version__, layout
 from .adapters.diffusers_unet import load_diffusers_unet
-from .adapters.probe import load_prompt_file, probe_diffusers, summary_lines, write_probe
+from .locality.diffusers_probe import load_prompt_file, probe_diffusers, summary_lines, write_probe
 from .config import to_dict
 from .errors import LocodiffError
 from .evaluate.runner import evaluate_run

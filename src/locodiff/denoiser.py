@@ -9,7 +9,7 @@ diffusers UNet) works with the samplers, the evaluator and the locality probe.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -20,6 +20,16 @@ from .conditioning import Conditioning
 @runtime_checkable
 class Denoiser(Protocol):
     def __call__(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor: ...
+
+
+ConditionedOn = Literal["locations", "captions"]
+
+
+def conditioned_on(denoiser: Denoiser) -> ConditionedOn:
+    """What a denoiser reads of a ``Conditioning``, as it declares in its ``conditioned_on``:
+    "captions" for a caption model (its locations are words, so a location Jacobian says nothing
+    about it), "locations" for one that declares nothing (analytic, adapted, locodiff's own)."""
+    return getattr(denoiser, "conditioned_on", "locations")
 
 
 def as_sigma_batch(sigma: Tensor | float, x: Tensor) -> Tensor:

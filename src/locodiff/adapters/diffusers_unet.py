@@ -61,8 +61,6 @@ from ..conditioning import Conditioning
 from ..denoiser import as_sigma_batch
 from ..errors import CheckpointError, InputError
 from ..io import notice
-from ..locality.features import Channels, SensitivityMode, input_sensitivity
-from ..locality.jacobian import Target, as_image_batch, cond_target_fn
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 TimestepMode = Literal["interpolate", "nearest"]
@@ -287,7 +285,7 @@ class DiffusersDenoiser(nn.Module):
                 )
         return prompt
 
-    def _resolve_prompt(self, cond: Any, batch: int) -> Prompt:
+    def resolve_prompt(self, cond: Any, batch: int) -> Prompt:
         if isinstance(cond, Prompt):
             prompt = self.check_prompt(cond)
         elif cond is None or isinstance(cond, Conditioning):
@@ -313,7 +311,7 @@ class DiffusersDenoiser(nn.Module):
             raise InputError(
                 f"latents have shape {tuple(x.shape)}: expected [batch, {in_ch}, height, width]"
             )
-        prompt = self._resolve_prompt(cond, x.shape[0])
+        prompt = self.resolve_prompt(cond, x.shape[0])
         hi = torch.float64 if x.dtype == torch.float64 else torch.float32
         x_hi = x.to(hi)
         s = as_sigma_batch(sigma, x_hi)
@@ -343,66 +341,11 @@ class DiffusersDenoiser(nn.Module):
             x0 = out
         return x0.to(x.dtype)
 
-    def token_fn(
-        self,
-        x: Tensor,
-        sigma: Tensor | float,
-        prompt: Prompt | None = None,
-        target: Target = "score",
-    ) -> Callable[[Tensor], Tensor]:
-        """``tokens [B, T, D] -> target [B, C, H, W]`` at fixed latents, noise level and the
-        rest of the prompt (pooled embedding, time ids): the function token Jacobians
-        differentiate. ``target`` is the score or x0, as in ``locality.jacobian``."""
-        x = as_image_batch(x)
-        p = self._resolve_prompt(prompt, x.shape[0])
-        return cond_target_fn(self, x, sigma, p.with_tokens, target)
-
 
 def _config_get(config: Any, key: str, default: Any) -> Any:
     if isinstance(config, dict):
         return config.get(key, default)
     return getattr(config, key, default)
-
-
-# ----- per-token conditional locality --------------------------------------------------------
-
-
-def token_sensitivity(
-    adapter: DiffusersDenoiser,
-    x: Tensor,
-    sigma: Tensor | float,
-    prompt: Prompt | None = None,
-    pixels=None,
-    *,
-    target: Target = "score",
-    mode: SensitivityMode = "auto",
-    channels: Channels = "each",
-    chunk_size: int = 32,
-    probes: int = 1,
-    generator: torch.Generator | None = None,
-    groups: Sequence[Sequence[int]] | None = None,
-) -> Tensor:
-    """Per-token conditional-locality map: ``|d target_i / d e_k|``, the norm over the embedding
-    dimension (and the output channels) of how the score at output pixel ``i`` changes with the
-    embedding ``e_k`` of prompt token ``k``.
-
-    Returns ``[B, T, H, W]`` for every latent pixel (``pixels=None``) or ``[B, T, P]`` for the
-    given pixels (``[P]`` flat, ``[P, 2]`` or ``[B, P, 2]`` (row, col)). ``mode="auto"`` picks
-    the cheaper engine (see ``features.input_sensitivity``): reverse mode, one VJP per probed
-    pixel and output channel, unless the ``T x D`` embedding scalars (one JVP each, a JVP
-    costing about two VJPs) are fewer. For a real text encoder (D = 768..2048) reverse mode
-    always wins, even for the whole map; forward mode only pays for toy embeddings.
-    ``mode="sampled"`` estimates the whole map from ``probes`` random tangents per token
-    (``T x probes`` JVPs): the affordable whole map for a real model; ``groups`` (lists of token
-    indices, e.g. each word alone and the padding together) measures groups jointly.
-    """
-    x = as_image_batch(x)
-    p = adapter._resolve_prompt(prompt, x.shape[0])
-    g = adapter.token_fn(x, sigma, p, target)
-    return input_sensitivity(
-        g, p.encoder_hidden_states, pixels=pixels, mode=mode, channels=channels,
-        chunk_size=chunk_size, probes=probes, generator=generator, groups=groups,
-    )
 
 
 # ----- loading from disk ---------------------------------------------------------------------

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..conditioning import Conditioning
-from ..denoiser import as_sigma_batch
+from ..denoiser import as_sigma_batch, conditioned_on
 from .schedule import InputError
 
 # A raw network: (scaled input [B,C,H,W], c_noise [B], conditioning) -> output [B,C,H,W].
@@ -62,6 +62,7 @@ class EDMPrecond(nn.Module):
             raise InputError(f"sigma_data must be positive, got {sigma_data}")
         self.net = net
         self.sigma_data = float(sigma_data)
+        self.conditioned_on = conditioned_on(net)
 
     def forward(self, x: Tensor, sigma: Tensor | float, cond: Conditioning) -> Tensor:
         if x.ndim != 4:

@@ -1,5 +1,5 @@
-"""Composition in feature space: do different conditioners move a block's features in
-orthogonal directions?
+"""The feature-space experiments on a trained model (built on the engine ``feature_capture``):
+do different conditioners move a block's features in orthogonal directions?
 
 For each concept i (here: one conditioner at position i of a regular grid) the mean feature of a
 block under that conditioning, minus the mean under the null conditioning, is the concept's
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..conditioning import Conditioning, pixel_centers
 from ..io import write_json_atomic
-from .features import (
+from .feature_capture import (
     block_pixel_sensitivity,
     capture_features,
     cosine_matrix,
@@ -43,7 +43,7 @@ def default_block(net: nn.Module) -> str:
         blocks = names.get(container)
         if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks):
             return f"{container}.{pick(len(blocks))}"
-    raise ValueError("no default feature block for this network; name one (see adapters.block_names)")
+    raise ValueError("no default feature block for this network; name one (see locality.feature_capture.block_names)")
 
 
 def grid_locations(n: int) -> Tensor:

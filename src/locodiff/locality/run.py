@@ -15,15 +15,15 @@ from typing import Sequence
 import torch
 
 from ..adapters.diffusers_unet import load_diffusers_unet
-from ..adapters.text_probe import probe_text_model, write_text_probe
 from ..conditioning import Conditioning
+from ..denoiser import conditioned_on
 from ..errors import LocodiffError
 from ..intervene.subject import load_subject, subject_checkpoint
 from ..io import notice, write_json_atomic
 from ..layout import probe_dir
 from ..models import TextUNet, build_network, save_text_model
-from ..scenes import SceneDataset, batch_conditioning, vocab
 from ..rng import generator
+from ..scenes import SceneDataset, batch_conditioning, vocab
 from ..scenes.dataset import to_model_batch
 from ..scenes.draw import TestDraw
 from .config import ExtrapolationOptions, SceneDraw
@@ -31,6 +31,7 @@ from .extrapolation import ExtrapolationResult, Scenes, probe_extrapolation
 from .feature_space import FEATURES_FILE, feature_run
 from .jacobian import InputError
 from .probe import has_presence, maps_intact, probe_locality
+from .text_probe import probe_text_model, write_text_probe
 
 
 def probe_scenes(data_root: str | Path, counts: Sequence[int], n: int):
@@ -77,7 +78,7 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
         if (folder / "extrapolation.json").exists():
             notice(f"{folder / 'extrapolation.json'} is unreadable; measuring it again")
         extrapolation_run(folder, denoiser, run_cfg, options.extrapolation, seed, progress)
-    if isinstance(denoiser, TextUNet):
+    if conditioned_on(denoiser) == "captions":
         text_probe_run(folder, denoiser, run_cfg, images, cond, options, seed)
     else:
         feature_run(folder, denoiser, images, options.feature_sigma, options.feature_grid, seed,
@@ -101,7 +102,7 @@ def text_probe_run(folder: Path, net: TextUNet, run_cfg, images, cond, options, 
     colors = [vocab.color_index(c) for c in run_cfg.data.scene.colors]
     args = (images, cond, options.sigmas, options.radius_px, options.pixels, TEXT_PROBE_PROBES, seed, colors)
     results = {"trained": probe_text_model(net, load_diffusers_unet(saved), *args),
-               "random": probe_text_model(control, control.denoiser, *args)}
+               "random": probe_text_model(control, control.adapter, *args)}
     path = write_text_probe(folder, results)
     write_json_atomic(folder / FEATURES_FILE, {"skipped": "a caption model: its feature-space results are in text_probe.json"})
     return path
@@ -154,7 +155,7 @@ def shape_concepts(run_cfg) -> list[int]:
 def _probe(folder, run_dir, run_cfg, ckpt, denoiser, images, cond, options, seed, progress) -> None:
     result = probe_locality(
         denoiser, images, cond, options.sigmas, options.pixels, torch.Generator().manual_seed(seed),
-        radius=options.radius_px, progress=progress, move_jacobians=not isinstance(denoiser, TextUNet),
+        radius=options.radius_px, progress=progress, move_jacobians=conditioned_on(denoiser) == "locations",
         meta={"run": run_dir.name, "model": run_dir.name.rsplit("-", 1)[0], "checkpoint": ckpt.name,
               "arch": run_cfg.model.arch, "label_policy": run_cfg.label_policy},
     )

@@ -1,8 +1,10 @@
 """The denoiser family: raw networks ``net(x_in, c_noise, cond) -> [B, C, H, W]``.
 
 Every network takes the EDM-preconditioned input ``x_in`` [B, C, H, W], ``c_noise = ln(sigma)/4``
-[B] and a ``Conditioning`` (0..N conditioners through one code path); ``diffusion.precond``
-wraps it into a ``Denoiser``. Build one with ``build_network(ModelConfig(arch=...))``.
+[B] and a ``Conditioning`` (0..N conditioners through one code path); every network is a
+``Network``: ``net.as_denoiser()`` (or ``as_denoiser(net)``) is its ``Denoiser``, EDM
+preconditioning around it (``diffusion.precond``), and ``net.conditioned_on`` says what it reads.
+Build one with ``build_network(ModelConfig(arch=...))``.
 
 Architectures (parameters at the quick size: ``ModelConfig(arch=...)`` defaults, 32x32 RGB,
 UNet channels (32, 64, 64), one residual block per level, self-attention at 8x8):
@@ -22,8 +24,8 @@ UNet channels (32, 64, 64), one residual block per level, self-attention at 8x8)
   = 4.5 px, so a conditioner farther than 12.5 px (Chebyshev) from a pixel provably cannot
   affect it. Per-pixel LayerNorm instead of GroupNorm; no attention, no down-sampling.
 - ``diffusers_text``: a diffusers ``UNet2DConditionModel`` (SD-style) reading the scene's caption
-  through a small learned text encoder (``models/text.py``); a Denoiser itself, not a raw network
-  (``as_denoiser`` knows the difference). Needs the diffusers package.
+  through a small learned text encoder (``models/text.py``); its own Denoiser (it preconditions
+  inside its diffusers adapter), ``conditioned_on = "captions"``. Needs the diffusers package.
 
 The UNets are global: GroupNorm pools image-wide statistics and self-attention mixes all pixels
 (their conv path alone already spans ~55 px). ``describe(cfg)`` reports parameter counts,
@@ -47,10 +49,12 @@ from .mechanisms import (
     Mechanism,
     SpatialConditioning,
 )
+from .network import Network
 from .registry import (
     ArchitectureInfo,
     as_denoiser,
     available_architectures,
+    conditioned_on,
     build_network,
     describe,
     param_count,
@@ -66,6 +70,7 @@ __all__ = [
     "LocalNet",
     "Mechanism",
     "ModelConfig",
+    "Network",
     "PixelNorm",
     "SpatialConditioning",
     "TokenEncoder",
@@ -75,6 +80,7 @@ __all__ = [
     "UNet",
     "save_text_model",
     "as_denoiser",
+    "conditioned_on",
     "available_architectures",
     "build_network",
     "describe",

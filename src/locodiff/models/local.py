@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ..conditioning import Conditioning
 from .config import ModelConfig
 from .layers import ConditionerMaps, NoiseEmbedding, PixelNorm, modulate
+from .network import Network
 
 
 class LocalBlock(nn.Module):
@@ -56,7 +57,7 @@ class LocalBlock(nn.Module):
         return h + self.conv1(self.dropout(F.silu(y)))
 
 
-class LocalNet(nn.Module):
+class LocalNet(Network):
     """``forward(x_in, c_noise, cond)``; receptive field ``radius`` px, conditioner window
     ``radius + cutoff * sigma_px`` px (Chebyshev distance). Works at any image size."""
 

@@ -1,7 +1,8 @@
 """Architecture registry: build a network from a ``ModelConfig`` and describe it.
 
-``build_network(cfg)`` returns the raw network ``net(x_in, c_noise, cond)``; ``describe(cfg)``
-reports its parameter count and how far a pixel's dependence reaches.
+``build_network(cfg)`` returns a ``Network`` (trained and checkpointed as itself; its Denoiser is
+``as_denoiser(net)``, one path for every architecture); ``describe(cfg)`` reports its parameter
+count and how far a pixel's dependence reaches; ``conditioned_on(arch)`` what it reads.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..denoiser import Denoiser
-from ..diffusion.precond import EDMPrecond
+from ..denoiser import ConditionedOn, Denoiser
 from .config import ARCHITECTURES, ModelConfig
 from .local import LocalNet
+from .network import Network
 from .mechanisms import CrossAttentionConditioning, GlobalConditioning, SpatialConditioning
 from .text import TextUNet
 from .unet import UNet
@@ -41,7 +42,7 @@ def _local(cfg: ModelConfig) -> nn.Module:
     return LocalNet(cfg)
 
 
-_BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
+_BUILDERS: dict[str, Callable[[ModelConfig], Network]] = {
     "cross_attention": _cross_attention,
     "spatial": _spatial,
     "global": _global,
@@ -49,21 +50,28 @@ _BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "diffusers_text": TextUNet,
 }
 assert tuple(_BUILDERS) == ARCHITECTURES
+_CLASSES: dict[str, type[Network]] = {
+    "cross_attention": UNet, "spatial": UNet, "global": UNet, "local": LocalNet, "diffusers_text": TextUNet,
+}
 
 
 def available_architectures() -> tuple[str, ...]:
     return ARCHITECTURES
 
 
-def build_network(cfg: ModelConfig) -> nn.Module:
-    """The raw network for ``cfg`` (``None`` options resolved to the architecture's defaults)."""
+def build_network(cfg: ModelConfig) -> Network:
+    """The network for ``cfg`` (``None`` options resolved to the architecture's defaults)."""
     return _BUILDERS[cfg.arch](cfg.resolved())
 
 
-def as_denoiser(net: nn.Module) -> Denoiser:
-    """The Denoiser of a built network: EDM preconditioning around locodiff's raw networks; a
-    ``diffusers_text`` model is one already (its adapter does the preconditioning)."""
-    return net if isinstance(net, TextUNet) else EDMPrecond(net)
+def as_denoiser(net: Network) -> Denoiser:
+    """The Denoiser of a built network (see ``Network.as_denoiser``)."""
+    return net.as_denoiser()
+
+
+def conditioned_on(arch: str) -> ConditionedOn:
+    """What the networks of ``arch`` read of a Conditioning, as their class declares."""
+    return _CLASSES[arch].conditioned_on
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from ..conditioning import Conditioning
 from ..errors import CheckpointError, InputError
 from ..io import write_json_atomic
 from ..scenes.captions import VOCABULARY, WordTokenizer, caption_ids, caption_length, phrase_index_of
+from .network import Network
 from .config import ModelConfig
 
 # The VP noise table: diffusers' "linear" betas, started low enough that EDM's sigma_min = 0.002
@@ -88,11 +89,13 @@ class CaptionEncoder(nn.Module):
         return self.norm(h)
 
 
-class TextUNet(nn.Module):
+class TextUNet(Network):
     """The ``diffusers_text`` Denoiser: ``(x, sigma, cond) -> x0`` with the prompt from ``cond``'s captions.
 
     ``cond`` may also be a ``Prompt`` (token embeddings given directly, as the probes do).
     """
+
+    conditioned_on = "captions"
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -102,12 +105,16 @@ class TextUNet(nn.Module):
         self.max_objects = int(cfg.caption_objects)
         self.count_word = bool(cfg.caption_count)
         unet = UNet2DConditionModel(**unet_config(cfg))
-        self.denoiser = DiffusersDenoiser(unet, text_scheduler(), prediction_type="v_prediction", sigma_range="clamp")
+        self.adapter = DiffusersDenoiser(unet, text_scheduler(), prediction_type="v_prediction", sigma_range="clamp")
         self.text = CaptionEncoder(cfg.token_dim, int(cfg.text_layers), max(1, cfg.token_dim // cfg.head_dim))
 
     @property
     def unet(self) -> nn.Module:
-        return self.denoiser.unet
+        return self.adapter.unet
+
+    def as_denoiser(self) -> "TextUNet":
+        """A caption model preconditions inside its adapter: it is its own Denoiser."""
+        return self
 
     @property
     def tokens(self) -> int:
@@ -119,7 +126,7 @@ class TextUNet(nn.Module):
 
     def forward(self, x: Tensor, sigma: Tensor | float, cond: Conditioning | Prompt) -> Tensor:
         prompt = cond if isinstance(cond, Prompt) else self.prompt(cond)
-        return self.denoiser(x, sigma, prompt)
+        return self.adapter(x, sigma, prompt)
 
 
 def text_scheduler() -> SimpleNamespace:
@@ -189,7 +196,7 @@ class TextModel:
         except Exception as e:  # noqa: BLE001 - safetensors and load_state_dict raise several types
             raise CheckpointError(f"cannot read the text encoder in {folder / 'text_encoder'}: {e}") from None
         self.encoder.eval().requires_grad_(False).to(device)
-        self.denoiser = load_diffusers_unet(folder, dtype, device)
+        self.adapter = load_diffusers_unet(folder, dtype, device)
 
     def prompt(self, texts: list[str]) -> Prompt:
         ids = self.tokenizer.encode(texts)

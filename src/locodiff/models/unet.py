@@ -24,6 +24,7 @@ from ..conditioning import Conditioning
 from .config import ModelConfig
 from .layers import Downsample, NoiseEmbedding, ResBlock, SelfAttention, Upsample, heads_for
 from .mechanisms import Mechanism
+from .network import Network
 
 
 class UNetBlock(nn.Module):
@@ -50,7 +51,7 @@ class UNetBlock(nn.Module):
         return h
 
 
-class UNet(nn.Module):
+class UNet(Network):
     """``forward(x_in [B,C,H,W], c_noise [B], cond) -> [B,C,H,W]``: the raw network that EDM
     preconditioning wraps into a Denoiser. H and W must be multiples of 2**(levels-1)."""
 

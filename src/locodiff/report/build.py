@@ -331,7 +331,7 @@ def diffusers_section(cfg, figures: Path, trained_here: bool = False) -> Section
         "locodiff measures each on any diffusers `UNet2DConditionModel` whose weights you have locally: (1) "
         "the share of the score's input Jacobian within a radius, (2) each token's share of its squared "
         "influence on its top 10% of pixels (0.1 = spread evenly; near 1 = confined), (3) concept cosines and "
-        "Jacobians at any block (`locodiff.locality.features`). Run "
+        "Jacobians at any block (`locodiff.locality.feature_capture`). Run "
         f"`locodiff probe-diffusers --model PATH --embeddings PROMPT.safetensors --out {folder}` and "
         "re-run `locodiff report` to see the numbers here."))
     path = folder / "probe.json"

@@ -15,7 +15,7 @@ from ..io import read_jsonl
 from ..locality.extrapolation import ExtrapolationResult
 from ..locality.feature_space import load_features
 from ..locality.probe import mean_normalised_index, mean_presence_index
-from ..models import describe
+from ..models import conditioned_on, describe
 from ..train.checkpoint import latest_checkpoint, read_state
 from ..train.loop import training_time
 
@@ -46,17 +46,14 @@ class ModelFacts:
     extrapolation: ExtrapolationResult | None = None  # the probe at k = 1..10 (extrapolation.json)
 
 
-CAPTION_ARCHS = ("diffusers_text",)
-
-
 def location_models(facts: list[ModelFacts]) -> list[ModelFacts]:
     """The location-token family the paper's CLEVR claims are about (caption models have their
     own section: their locations are words, so a location Jacobian says nothing)."""
-    return [f for f in facts if f.arch not in CAPTION_ARCHS]
+    return [f for f in facts if conditioned_on(f.arch) == "locations"]
 
 
 def caption_models(facts: list[ModelFacts]) -> list[ModelFacts]:
-    return [f for f in facts if f.arch in CAPTION_ARCHS]
+    return [f for f in facts if conditioned_on(f.arch) == "captions"]
 
 
 def gather(cfg, seed: int | None = None) -> list[ModelFacts]:

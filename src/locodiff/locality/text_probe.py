@@ -30,14 +30,14 @@ from torch import Tensor
 
 from ..conditioning import Conditioning
 from ..io import write_json_atomic
-from ..locality.feature_space import share_within
-from ..locality.features import capture_features, cosine_matrix, feature_fn, input_sensitivity, mean_difference_vectors
-from ..locality.jacobian import transform_context
-from ..locality.probe import probe_locality
+from ..adapters.diffusers_unet import DiffusersDenoiser, Prompt
 from ..models.text import TextUNet
 from ..scenes.captions import COUNT_TOKENS, PHRASE_TOKENS, VOCABULARY, WORD_CLASSES, caption_ids
-from .diffusers_unet import DiffusersDenoiser, Prompt
-from .probe import probe_diffusers
+from .diffusers_probe import probe_diffusers, token_fn
+from .feature_capture import capture_features, cosine_matrix, feature_fn, input_sensitivity, mean_difference_vectors
+from .feature_space import share_within
+from .jacobian import transform_context
+from .probe import probe_locality
 
 # Every block the prompt reaches (the finest down block has no attention: the prompt cannot move it).
 BLOCKS = ("down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1")
@@ -122,7 +122,7 @@ def probe_text_model(net: TextUNet, adapter: DiffusersDenoiser, images: Tensor, 
     for sigma, row, x0_row in zip(sigmas, spatial["per_sigma"], x0_spatial.summaries):
         x = images + sigma * torch.randn(images.shape, generator=gen)
         ehs = prompt.encoder_hidden_states
-        targets = {"score": adapter.token_fn(x, sigma, prompt)}
+        targets = {"score": token_fn(adapter, x, sigma, prompt)}
         for block in BLOCKS:
             targets[block] = feature_fn(adapter.unet, block, lambda e, x=x, s=sigma: adapter(x, s, Prompt(e)))
         shares = {}

@@ -1,5 +1,6 @@
-"""Feature-space probes for any torch network: capture block outputs, compare condition means,
-and differentiate internal features w.r.t. conditioner inputs.
+"""The feature-space engine, for any torch network: capture block outputs, compare condition
+means, and differentiate internal features w.r.t. conditioner inputs. The experiments run with it
+on a trained model (concept directions per block, feature locality) are ``feature_space``.
 
 The paper's feature-space test asks whether a network's learned features compose the way pixels
 do in a projective composition: if condition ``i`` shifts the mean feature by ``d_i = mu_i - mu_b``
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 from torch.func import vjp
 
 from ..errors import InputError
-from ..locality.jacobian import (
+from .jacobian import (
     pixel_cotangent_maker,
     batched_jvp,
     batched_vjp,
