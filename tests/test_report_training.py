@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from locodiff.report.config import ReportConfig
 from locodiff.report.facts import ModelFacts
 from locodiff.report.training import (
     clustered_spearman,
@@ -49,11 +50,11 @@ def test_a_form_that_never_learned_its_label_is_no_support(tmp_path):
 def test_emergence_says_whether_locality_came_before_extrapolation():
     points = [{"images_seen": n * 1000, "index": i, "presence": p, "recall": {8: r}}
               for n, i, p, r in ((10, 0.5, 0.3, 0.1), (20, 0.9, 0.85, 0.4), (30, 0.95, 0.9, 0.85))]
-    line = emergence_line("m", points, 8)
+    line = emergence_line("m", points, 8, ReportConfig())
     assert "presence index ≥ 0.8 at 20k images" in line and "recall at k = 8 ≥ 0.8 at 30k images" in line
     assert line.endswith("came before extrapolation.")
     late = [dict(p, presence=0.1) for p in points]
-    assert "presence index ≥ 0.8 never" in emergence_line("m", late, 8)
+    assert "presence index ≥ 0.8 never" in emergence_line("m", late, 8, ReportConfig())
 
 
 def test_intervals_over_seeds_and_a_run_clustered_correlation():

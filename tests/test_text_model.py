@@ -14,6 +14,7 @@ from locodiff.conditioning import Conditioning  # noqa: E402
 from locodiff.errors import InputError  # noqa: E402
 from locodiff.models import ModelConfig, TextModel, as_denoiser, build_network, save_text_model  # noqa: E402
 from locodiff.models.text import CaptionEncoder, text_scheduler  # noqa: E402
+from locodiff.report.config import ReportConfig  # noqa: E402
 from locodiff.scenes.captions import (  # noqa: E402
     VOCABULARY, WordTokenizer, caption_ids, captions, phrase_index_of, word_id,
 )
@@ -178,11 +179,11 @@ def test_the_statements_follow_their_criteria():
         return {"radius_px": 4.0, "summary": {"spatial_mass_within": spatial, "pixel_phrase_share": pixel,
                                               "colour_offdiag": {"mid_block": cos}}}
 
-    rows = statements(result(0.8, 0.1, 0.3), result(0.8, 0.1, 0.9))
+    rows = statements(result(0.8, 0.1, 0.3), result(0.8, 0.1, 0.9), ReportConfig())
     assert [r[-1] for r in rows] == ["supported", "supported", "supported"]
-    rows = statements(result(0.2, 0.45, 0.7), result(0.8, 0.1, 0.9))
+    rows = statements(result(0.2, 0.45, 0.7), result(0.8, 0.1, 0.9), ReportConfig())
     assert [r[-1] for r in rows] == ["not supported", "partly", "partly"]
-    rows = statements(result(0.2, 0.9, 0.95), result(0.8, 0.1, 0.9))
+    rows = statements(result(0.2, 0.9, 0.95), result(0.8, 0.1, 0.9), ReportConfig())
     assert [r[-1] for r in rows] == ["not supported", "not supported", "not supported"]
 
 

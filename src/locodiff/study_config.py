@@ -22,6 +22,7 @@ from .evaluate.config import EvalConfig
 from .intervene.config import InterventionSpec
 from .locality.config import LocalityOptions
 from .models.config import ModelConfig
+from .report.config import ReportConfig
 from .scenes.dataset import DataConfig
 from .train.config import RunConfig, TrainConfig
 
@@ -85,6 +86,7 @@ class StudyConfig:
     device: str = "auto"  # evaluation and locality device: auto (cuda if available) | cpu | cuda[:N]
     jobs: int = 1  # models trained at once (processes); on a 2-core CPU 2 jobs x 1 thread is fastest
     emergence: EmergenceOptions = field(default_factory=EmergenceOptions)  # locality over training
+    report: ReportConfig = field(default_factory=ReportConfig)  # the criteria behind every verdict
 
     def __post_init__(self) -> None:
         if self.jobs < 1:

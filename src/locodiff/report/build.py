@@ -18,15 +18,16 @@ import torch
 from .. import __version__, layout
 from ..config import to_dict
 from ..evaluate.crowding import OUTSIDE, RARE, Crowding
-from ..evaluate.metrics import default_tolerance_px, pair_accuracy, rank_correlation
+from ..evaluate.metrics import default_tolerance_px, pair_accuracy
 from ..io import write_text_atomic
 from ..locality.feature_space import pair_means
 from ..locality.figures import conditioner_sensitivity_figure, index_vs_sigma_figure, save_figure
 from ..locality.probe import LocalityResult
 from ..scenes import vocab
+from .claims import locality_correlation, verdict
 from .document import Code, Figure, Section, Table, Text, to_html, to_markdown
 from .facts import (
-    FAILS, GENERALIZES, ModelFacts, accuracy_at, caption_models, gather, headline, learned_conditioner,
+    ModelFacts, accuracy_at, caption_models, gather, headline, learned_conditioner,
     location_models, num, recall_beyond,
 )
 from .extrapolation import claim_line as extrapolation_claim, extrapolation_section
@@ -379,15 +380,12 @@ def findings_section(cfg, facts: list[ModelFacts]) -> Section:
         learned = learned_conditioner(f, thr)
         line += "." if learned is not False else " — conditioner not learned, so this is not evidence either way."
         sec.blocks.append(Text(line))
-    usable = [f for f in both if learned_conditioner(f, thr)]
-    if len(usable) >= 3:
-        idx = [f.locality_index for f in usable]
-        auc = [recall_beyond(f)[1] or 0.0 for f in usable]
-        rho = rank_correlation(idx, auc)
+    correlation = locality_correlation(cfg, facts)
+    if correlation is not None:
         sec.blocks.append(Text(
-            f"Across the {len(usable)} models that learned their conditioner, the rank correlation between "
-            f"mean locality index and mean extrapolation recall is {rho:.2f} (Spearman; few models, read it as a "
-            "direction, not a test)."))
+            f"Across the {len(correlation.models)} models that learned their conditioner, the rank correlation "
+            f"between mean locality index and mean extrapolation recall is {correlation.rho:.2f} (Spearman; few "
+            "models, read it as a direction, not a test)."))
     elif both:
         sec.blocks.append(Text("Fewer than three models learned their conditioner and were probed, so no "
                                "correlation between locality and generalization is reported."))
@@ -424,7 +422,7 @@ def claim_lines(cfg, facts: list[ModelFacts]) -> list[str]:
     thr = cfg.evaluate.threshold
     lo, hi = cfg.evaluate.extrapolation_range
     judged = [f for f in facts if f.evaluation]
-    verdict = lambda ok: "**supported**" if ok else "**not supported**"
+    criteria = cfg.report
     lines = []
     for role, claim in (("exp1", "Exp 1 (every object labelled) length-generalizes"),
                         ("exp3", "Exp 3 (Exp 2's data, locality enforced) length-generalizes")):
@@ -433,32 +431,29 @@ def claim_lines(cfg, facts: list[ModelFacts]) -> list[str]:
             if low is None:
                 continue
             caveat = "" if learned_conditioner(f, thr) is not False else "; it has not learned its conditioner"
-            lines.append(f"{claim} — {f.name}: {verdict(low >= GENERALIZES)} (recall at k = {lo}–{hi}: lowest "
-                         f"{low:.2f}, mean {num(mean)}; criterion: lowest ≥ {GENERALIZES}{caveat}).")
+            lines.append(f"{claim} — {f.name}: {verdict(low >= criteria.generalizes)} (recall at k = {lo}–{hi}: "
+                         f"lowest {low:.2f}, mean {num(mean)}; criterion: lowest ≥ {criteria.generalizes}{caveat}).")
     for f in (f for f in judged if f.role == "exp2"):
         low, mean = recall_beyond(f)
         if mean is None:
             continue
         learned = learned_conditioner(f, thr)
         text = (f"Exp 2 (one object labelled) fails to length-generalize — {f.name}: "
-                f"{verdict(bool(learned) and mean < FAILS)} (mean recall at k = {lo}–{hi}: {mean:.2f}, criterion "
-                f"< {FAILS}; placed at k = 1: {num(accuracy_at(f, 1, 'placed'))}")
+                f"{verdict(bool(learned) and mean < criteria.fails)} (mean recall at k = {lo}–{hi}: {mean:.2f}, "
+                f"criterion < {criteria.fails}; placed at k = 1: {num(accuracy_at(f, 1, 'placed'))}")
         lines.append(text + (")." if learned else f", below {thr}: it has not learned its label, so its failure "
                              "is not evidence)."))
-    probed = [f for f in judged if f.locality_dir and learned_conditioner(f, thr) and recall_beyond(f)[1] is not None]
-    if len(probed) >= 3:
-        rho = rank_correlation([f.locality_index for f in probed],
-                               [recall_beyond(f)[1] for f in probed])
+    moves = locality_correlation(cfg, facts)
+    if moves is not None:
         lines.append(f"The more local the score at training scenes (moves of one conditioner, 1–3 objects), the "
-                     f"further the model generalizes: {verdict(rho > 0.5)} "
-                     f"(Spearman {rho:.2f} between locality index and mean recall at k = {lo}–{hi} over "
-                     f"{len(probed)} models; criterion > 0.5).")
-        with_presence = [f for f in probed if f.presence_index is not None]
-        if len(with_presence) >= 3:
-            rho = rank_correlation([f.presence_index for f in with_presence],
-                                   [recall_beyond(f)[1] for f in with_presence])
-            lines.append(f"The same with the presence index (removal instead of moves, 1–3 objects): "
-                         f"{verdict(rho > 0.5)} (Spearman {rho:.2f} over {len(with_presence)} models).")
+                     f"further the model generalizes: {verdict(moves.supported(criteria))} "
+                     f"(Spearman {moves.rho:.2f} between locality index and mean recall at k = {lo}–{hi} over "
+                     f"{len(moves.models)} models; criterion > {criteria.claim_rho}).")
+    presence = locality_correlation(cfg, facts, "presence_index")
+    if presence is not None:
+        lines.append(f"The same with the presence index (removal instead of moves, 1–3 objects): "
+                     f"{verdict(presence.supported(criteria))} (Spearman {presence.rho:.2f} over "
+                     f"{len(presence.models)} models).")
     extrapolation = extrapolation_claim(cfg, facts)
     return lines + ([extrapolation] if extrapolation else [])
 
@@ -490,21 +485,19 @@ def summary_section(cfg, facts: list[ModelFacts]) -> Section:
         idx = {f.name: f.locality_index for f in probed}
         text += " Mean normalised conditional-locality index: " + ", ".join(
             f"{n} {v:.2f}" for n, v in sorted(idx.items(), key=lambda kv: -kv[1])) + "."
-        if len(probed) >= 3:
-            rho = rank_correlation([idx[f.name] for f in probed], [auc[f.name] for f in probed])
-            text += (f" Rank correlation between the two: {rho:.2f} — "
-                     + ("the more local models generalize further, as the paper argues." if rho > 0.5 else
-                        "no clear support for the paper's claim on these models." if rho < 0.2 else
-                        "weak support for the paper's claim."))
+        correlation = locality_correlation(cfg, facts)
+        if correlation is not None:
+            text += (f" Rank correlation between the index and mean recall beyond training: {correlation.rho:.2f} "
+                     f"over {len(correlation.models)} models — " + correlation.strength(cfg.report))
         presence = {f.name: f.presence_index for f in probed if f.presence_index is not None}
         if presence:
             text += " Presence index (what removing a conditioner changes far from it): " + ", ".join(
                 f"{n} {v:.2f}" for n, v in sorted(presence.items(), key=lambda kv: -kv[1])) + "."
     sec.blocks.append(Text(text + efficacy_sentence(learned)))
     sec.blocks += [Text(line) for line in claim_lines(cfg, facts)]
-    verdict = trained_in_verdict(cfg, facts)
-    if verdict:
-        sec.blocks.append(Text(verdict))
+    trained_in = trained_in_verdict(cfg, facts)
+    if trained_in:
+        sec.blocks.append(Text(trained_in))
     return sec
 
 

@@ -18,10 +18,10 @@ from ..train.checkpoint import latest_checkpoint
 from .document import Figure, Section, Table, Text
 from .facts import ModelFacts, learned_conditioner, num, recall_per_k
 from .figures import locality_and_recall_vs_k
+from .claims import verdict
 from .training import clustered_spearman
 
 HEADLINE = "efficacy"  # the statistic the claim is stated with (its distance from 1)
-CLAIM_RHO = 0.5  # the report's criterion for the locality claim (the same as the training-range index's)
 LABELS = {"far_residual": "far residual", "efficacy_gap": "efficacy gap", "efficacy": "efficacy",
           "far_residual_held_norms": "far residual with GroupNorm statistics held at the near context's",
           "efficacy_held_norms": "efficacy with GroupNorm statistics held at the single-conditioner passes'"}
@@ -54,11 +54,11 @@ def claim_line(cfg, facts: list[ModelFacts]) -> str | None:
         return None
     rho, lo, hi, n = stats
     models = len({key.split("@")[0] for key in points})
-    verdict = "**supported**" if rho > CLAIM_RHO else "**not supported**"
+    criterion = cfg.report.claim_rho
     return (f"Models whose conditioners keep their own effect when many act together draw the objects asked "
-            f"for (the efficacy at k = 2–10, beyond training): {verdict} (Spearman {rho:.2f}, 95% interval "
+            f"for (the efficacy at k = 2–10, beyond training): {verdict(rho > criterion)} (Spearman {rho:.2f}, 95% interval "
             f"{lo:.2f} to {hi:.2f} from resampling the points, between each (model, k)'s |1 − efficacy| and "
-            f"1 − recall, {n} points from {models} models; criterion > {CLAIM_RHO}).")
+            f"1 − recall, {n} points from {models} models; criterion > {criterion}).")
 
 
 def _cell(estimate) -> str:

@@ -120,12 +120,6 @@ def num(v: float | None) -> str:
     return "–" if v is None else f"{v:.2f}"
 
 
-# What "generalizes" and "fails" mean in the claims below: the lowest recall over the extrapolation
-# range must reach GENERALIZES; a failing model's mean recall there (AUC) stays below FAILS.
-GENERALIZES = 0.8
-FAILS = 0.5
-
-
 def recall_per_k(f: ModelFacts) -> dict[int, float]:
     """Recall at every evaluated k >= 1, from eval.json."""
     rows = (f.evaluation or {}).get("per_k", [])

@@ -7,13 +7,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+from .config import ReportConfig
 from .document import Section, Table, Text
 from .facts import ModelFacts, num
-
-# Criteria of the three statements (shown in the table, applied to the trained model's means over sigma).
-SPATIAL_LOCAL = 0.5  # (1) Jacobian mass within the radius at least this
-COND_ABSENT = 0.3  # (2) normalised phrase share in pixel space below this
-ORTHOGONAL = 0.5  # (3) colour concept directions: mean off-diagonal |cos| below this at some block
 
 
 def cell(point) -> tuple[int, int]:
@@ -59,9 +55,11 @@ def _verdict(supported: bool, partly: bool = False) -> str:
     return "supported" if supported else "partly" if partly else "not supported"
 
 
-def statements(trained: dict, control: dict) -> list[list[object]]:
-    """Rows (statement, trained, control, criterion, verdict) for the paper's three SDXL findings."""
+def statements(trained: dict, control: dict, criteria: ReportConfig) -> list[list[object]]:
+    """Rows (statement, trained, control, criterion, verdict) for the paper's three SDXL findings
+    (criteria applied to the trained model's means over sigma)."""
     t, c = trained["summary"], control["summary"]
+    spatial_local, absent, orthogonal = criteria.spatial_local, criteria.phrase_absent, criteria.orthogonal
     spatial = t["spatial_mass_within"]
     pixel = t["pixel_phrase_share"]
     offdiag = {b: v for b, v in t["colour_offdiag"].items() if v is not None}
@@ -71,13 +69,13 @@ def statements(trained: dict, control: dict) -> list[list[object]]:
     return [
         [f"(1) spatially local in pixel space (x0's Jacobian: {num(t.get('spatial_mass_within_x0'))}, random "
          f"{num(c.get('spatial_mass_within_x0'))})", num(spatial), num(c["spatial_mass_within"]),
-         f"Jacobian mass within {r:g} px ≥ {SPATIAL_LOCAL}", _verdict(spatial is not None and spatial >= SPATIAL_LOCAL)],
+         f"Jacobian mass within {r:g} px ≥ {spatial_local}", _verdict(spatial is not None and spatial >= spatial_local)],
         ["(2) conditionally non-local in pixel space", num(pixel), num(c["pixel_phrase_share"]),
-         f"normalised phrase share within {r:g} px < {COND_ABSENT}",
-         _verdict(pixel is not None and pixel < COND_ABSENT, pixel is not None and pixel < 2 * COND_ABSENT)],
+         f"normalised phrase share within {r:g} px < {absent}",
+         _verdict(pixel is not None and pixel < absent, pixel is not None and pixel < 2 * absent)],
         [f"(3) local conditional structure in feature space (colour directions at {best})",
-         num(offdiag.get(best)), num(ctrl_best), f"mean off-diagonal abs. cosine < {ORTHOGONAL} (and below the control)",
-         _verdict(best is not None and offdiag[best] < ORTHOGONAL and (ctrl_best is None or offdiag[best] < ctrl_best),
+         num(offdiag.get(best)), num(ctrl_best), f"mean off-diagonal abs. cosine < {orthogonal} (and below the control)",
+         _verdict(best is not None and offdiag[best] < orthogonal and (ctrl_best is None or offdiag[best] < ctrl_best),
                   best is not None and ctrl_best is not None and offdiag[best] < ctrl_best)],
     ]
 
@@ -126,7 +124,7 @@ def text_model_section(cfg, text_facts: list[ModelFacts], location_facts: list[M
             continue
         trained, control = probe["trained"], probe["random"]
         sec.blocks.append(Table(["statement (paper, for SDXL)", f.name, "random weights", "criterion", "verdict"],
-                                statements(trained, control),
+                                statements(trained, control, cfg.report),
                                 "Means over the probed noise levels. The control: the same architecture and "
                                 "caption encoder with random weights."))
         blocks = trained["blocks"]

@@ -20,10 +20,10 @@ from ..locality.probe import mean_normalised_index, mean_presence_index
 from ..rng import derived_seed
 from ..train.checkpoint import list_checkpoints, read_state
 from .document import Figure, Section, Table, Text
-from .facts import GENERALIZES, ModelFacts, accuracy_at, gather_seeds, learned_conditioner, location_models, num
+from .config import ReportConfig
+from .facts import ModelFacts, accuracy_at, gather_seeds, learned_conditioner, location_models, num
 from .figures import emergence_figure
 
-LOCAL = 0.8  # a normalised locality index at which the emergence text calls a score local
 
 
 def recall_at(evaluation: dict | None, k: int) -> float | None:
@@ -70,13 +70,13 @@ def trained_in_rows(cfg, facts: list[ModelFacts]) -> tuple[list[ModelFacts], lis
 def trained_in_verdict(cfg, facts: list[ModelFacts]) -> str | None:
     """Did a training-time form answer the open question here? supported / partly / not, from numbers:
     supported when a form learned its label and its recall at the two largest k reaches both the
-    best post hoc intervention's and GENERALIZES; partly when it beats ordinary training there."""
+    best post hoc intervention's and ``report.generalizes``; partly when it beats ordinary training there."""
     forms, plain, post_hoc = trained_in_rows(cfg, facts)
     if not forms:
         return None
     ks, thr = _largest_counts(cfg), cfg.evaluate.threshold
     worst = lambda f: min((recall_at(f.evaluation, k) or 0.0) for k in ks)  # noqa: E731
-    bar = max([GENERALIZES] + [worst(f) for f in post_hoc])
+    bar = max([cfg.report.generalizes] + [worst(f) for f in post_hoc])
     learned = [f for f in forms if learned_conditioner(f, thr)]
     best = max(learned, key=worst, default=None)
     where = f"recall at k = {', '.join(map(str, ks))}"
@@ -90,7 +90,7 @@ def trained_in_verdict(cfg, facts: list[ModelFacts]) -> str | None:
     else:
         verdict = "**not supported**"
     return (f"Locality trained in: {verdict} — best form {best.name} ({where}: lowest {worst(best):.2f}; bar: "
-            f"{bar:.2f}, the larger of {GENERALIZES} and the best post hoc intervention; ordinary training "
+            f"{bar:.2f}, the larger of {cfg.report.generalizes} and the best post hoc intervention; ordinary training "
             f"{', '.join(f'{f.name} {worst(f):.2f}' for f in plain) or '–'}).")
 
 
@@ -151,14 +151,15 @@ def _first_at(points: list[dict], value, level: float) -> int | None:
     return next((p["images_seen"] for p in points if (value(p) or 0.0) >= level), None)
 
 
-def emergence_line(name: str, points: list[dict], k: int) -> str:
+def emergence_line(name: str, points: list[dict], k: int, criteria: ReportConfig) -> str:
     """When locality (moves, presence) and recall at ``k`` first reached their levels, and their order."""
-    local = _first_at(points, lambda p: p["presence"], LOCAL)
-    moves = _first_at(points, lambda p: p["index"], LOCAL)
-    extrapolates = _first_at(points, lambda p: p["recall"].get(k), GENERALIZES)
+    local_at, generalizes = criteria.local_index, criteria.generalizes
+    local = _first_at(points, lambda p: p["presence"], local_at)
+    moves = _first_at(points, lambda p: p["index"], local_at)
+    extrapolates = _first_at(points, lambda p: p["recall"].get(k), generalizes)
     at = lambda n: "never" if n is None else f"at {n // 1000}k images"  # noqa: E731
-    line = (f"**{name}**: locality index ≥ {LOCAL} {at(moves)}, presence index ≥ {LOCAL} {at(local)}, "
-            f"recall at k = {k} ≥ {GENERALIZES} {at(extrapolates)} (last: index {num(points[-1]['index'])}, "
+    line = (f"**{name}**: locality index ≥ {local_at} {at(moves)}, presence index ≥ {local_at} {at(local)}, "
+            f"recall at k = {k} ≥ {generalizes} {at(extrapolates)} (last: index {num(points[-1]['index'])}, "
             f"presence {num(points[-1]['presence'])}, efficacy at k = {k} {num(points[-1].get('efficacy'))}, "
             f"recall {num(points[-1]['recall'].get(k))})")
     if local is not None and extrapolates is not None:
@@ -179,12 +180,13 @@ def emergence_section(cfg, figures: Path) -> Section | None:
     sec.blocks.append(Text(
         f"Every kept checkpoint of {', '.join(curves)}: recall at k = {', '.join(map(str, counts))} "
         f"({cfg.emergence.per_count} samples each) and the locality probe of the [locality] section. Levels: "
-        f"normalised index ≥ {LOCAL} counts as local, recall ≥ {GENERALIZES} as extrapolating."))
+        f"normalised index ≥ {cfg.report.local_index} counts as local, recall ≥ {cfg.report.generalizes} as "
+        "extrapolating."))
     path = emergence_figure(curves, counts, figures / "emergence.png")
     sec.blocks.append(Figure(path, "Left: locality index (solid: moves, dashed: presence) against training "
                                    "images. Right: recall per k (line style) against training images."))
     k = max(counts)
-    sec.blocks += [Text(emergence_line(name, points, k)) for name, points in curves.items()]
+    sec.blocks += [Text(emergence_line(name, points, k, cfg.report)) for name, points in curves.items()]
     return sec
 
 

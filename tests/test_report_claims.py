@@ -1,0 +1,69 @@
+"""Each claim is computed once: every section that states it prints the same number, a missing
+value is left out (never counted as zero), and the criteria come from the config's [report]."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import pytest
+
+from locodiff.errors import ConfigError
+from locodiff.report.build import claim_lines, findings_section, summary_section
+from locodiff.report.claims import locality_correlation
+from locodiff.report.config import ReportConfig
+from locodiff.report.facts import ModelFacts
+from locodiff.study_config import load_study_config
+
+
+def facts(tmp_path, name: str, index: float | None, mean_recall: float | None, placed: float = 1.0) -> ModelFacts:
+    summary = {"extrapolation_range": [4, 4], "recall_min_extrapolation": mean_recall,
+               "recall_auc_extrapolation": mean_recall}
+    evaluation = {"summary": summary, "per_k": [{"k": 1, "placed": placed, "success": placed, "recall": 1.0}]}
+    return ModelFacts(name, "other", "spatial", "one", "", 1, tmp_path, evaluation=evaluation,
+                      locality_dir=tmp_path, locality_index=index)
+
+
+def four_models(tmp_path) -> list[ModelFacts]:
+    # a's recall is missing: counted as zero it would turn the ranking around
+    return [facts(tmp_path, "a", 0.9, None), facts(tmp_path, "b", 0.8, 0.9),
+            facts(tmp_path, "c", 0.5, 0.5), facts(tmp_path, "d", 0.1, 0.2)]
+
+
+def test_a_model_missing_its_recall_is_left_out(tmp_path):
+    cfg = load_study_config("micro")
+    correlation = locality_correlation(cfg, four_models(tmp_path))
+    assert correlation.models == ("b", "c", "d")
+    assert correlation.rho == pytest.approx(1.0)
+
+
+def test_below_three_models_no_correlation_is_claimed(tmp_path):
+    cfg = load_study_config("micro")
+    assert locality_correlation(cfg, four_models(tmp_path)[:3]) is None
+
+
+def test_every_section_prints_the_one_rho(tmp_path):
+    cfg = load_study_config("micro")
+    models = four_models(tmp_path)
+    texts = [b.text for b in findings_section(cfg, models).blocks + summary_section(cfg, models).blocks
+             if hasattr(b, "text")] + claim_lines(cfg, models)
+    printed = {m for t in texts for m in re.findall(r"(?:is|Spearman|beyond training:) (-?\d\.\d\d)", t)}
+    assert printed == {"1.00"}, texts
+
+
+def test_the_criterion_comes_from_the_config(tmp_path):
+    models = four_models(tmp_path)
+    cfg = load_study_config("micro")
+    assert any("**supported**" in line and "Spearman 1.00" in line for line in claim_lines(cfg, models))
+    strict = replace(cfg, report=replace(cfg.report, claim_rho=1.0))
+    line = next(line for line in claim_lines(strict, models) if "Spearman 1.00" in line)
+    assert "**not supported**" in line and "criterion > 1.0" in line
+
+
+def test_report_criteria_are_checked():
+    with pytest.raises(ConfigError, match="report.generalizes"):
+        ReportConfig(generalizes=1.5)
+    with pytest.raises(ConfigError, match="report.weak_rho"):
+        ReportConfig(weak_rho=0.6, claim_rho=0.5)
+    with pytest.raises(ConfigError, match="report.fails"):
+        load_study_config("micro", sets=["report.fails=-1"])
