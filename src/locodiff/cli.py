@@ -176,10 +176,10 @@ def sample(
     run: Path = typer.Argument(..., help="A training run folder."),
     locations: Optional[str] = typer.Option(None, "--locations", help='JSON list of (x, y) in [0, 1], e.g. "[[0.3,0.6],[0.7,0.4]]".'),
     counts: str = typer.Option("1-3", "--counts", help="Object counts to sample when no --locations are given, e.g. 0-10."),
-    per_count: int = typer.Option(8, "--per-count", help="Images per count (or per location set)."),
-    steps: int = typer.Option(18, "--steps", help="Heun sampler steps."),
-    guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance scale (1 = none)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for noise and test scenes."),
+    per_count: int = typer.Option(8, "--per-count", min=1, help="Images per count (or per location set)."),
+    steps: int = typer.Option(18, "--steps", min=1, help="Heun sampler steps."),
+    guidance: float = typer.Option(1.0, "--guidance", min=0.0, help="Classifier-free guidance scale (1 = none)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed for noise and test scenes."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: RUN/samples)."),
 ) -> None:
     """Sample images from a trained run: a PNG grid (one row per count) and a .safetensors file."""
@@ -222,8 +222,8 @@ def evaluate(
     set_: Optional[list[str]] = SetOpt,
     dry_run: bool = DryRunOpt,
     counts: Optional[str] = typer.Option(None, "--counts", help="Object counts to evaluate, e.g. 0-10 (default: the config's)."),
-    per_count: Optional[int] = typer.Option(None, "--per-count", help="Samples per count (default: the config's)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the test conditionings and noise (default: the config's)."),
+    per_count: Optional[int] = typer.Option(None, "--per-count", min=1, help="Samples per count (default: the config's)."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Seed of the test conditionings and noise (default: the config's)."),
     device: str = DeviceOpt,
     checkpoints: str = CheckpointsOpt,
 ) -> None:
@@ -266,8 +266,8 @@ def locality(
     set_: Optional[list[str]] = SetOpt,
     dry_run: bool = DryRunOpt,
     sigmas: Optional[str] = typer.Option(None, "--sigmas", help="Comma-separated noise levels, e.g. 0.05,0.5,5 (default: the config's)."),
-    scenes: Optional[int] = typer.Option(None, "--scenes", help="Test scenes to probe (default: the config's)."),
-    pixels: Optional[int] = typer.Option(None, "--pixels", help="Probed output pixels per scene (default: the config's)."),
+    scenes: Optional[int] = typer.Option(None, "--scenes", min=1, help="Test scenes to probe (default: the config's)."),
+    pixels: Optional[int] = typer.Option(None, "--pixels", min=1, help="Probed output pixels per scene (default: the config's)."),
     checkpoints: str = CheckpointsOpt,
 ) -> None:
     """Locality of a trained run's score: Jacobians w.r.t. pixels and conditioners per noise level.
@@ -315,8 +315,8 @@ def locality(
 @app.command()
 def intervene(
     run: Path = RunArg,
-    radius: float = typer.Option(3.0, "--radius", help="Window radius around each location, in pixels."),
-    softness: float = typer.Option(0.5, "--softness", help="Width of the window's soft edge, in pixels."),
+    radius: float = typer.Option(3.0, "--radius", min=0.0, help="Window radius around each location, in pixels."),
+    softness: float = typer.Option(0.5, "--softness", min=0.0, help="Width of the window's soft edge, in pixels."),
     name: Optional[str] = typer.Option(None, "--name", help="Name of the intervention folder (default: <run>-masked)."),
     preset: str = PresetOpt,
     config: Optional[Path] = ConfigOpt,
@@ -356,17 +356,17 @@ def probe_diffusers_cmd(
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help=".safetensors with encoder_hidden_states [1,T,D] (+ text_embeds, time_ids for SDXL)."),
     caption: Optional[str] = typer.Option(None, "--caption", help="For a locodiff text model (a folder with text_encoder/): the prompt as words, e.g. \"large red metal cube top left\"."),
     latents_file: Optional[Path] = typer.Option(None, "--latents", help=".safetensors with 'latents' [B,C,H,W] (default: standard normal)."),
-    latent_size: int = typer.Option(32, "--latent-size", help="Side of the random latents when --latents is not given."),
+    latent_size: int = typer.Option(32, "--latent-size", min=8, help="Side of the random latents when --latents is not given."),
     sigmas: str = typer.Option("0.5,2,8", "--sigmas", help="Comma-separated noise levels (within the model's range)."),
-    pixels: int = typer.Option(16, "--pixels", help="Probed output pixels per latent."),
-    radius: float = typer.Option(2.0, "--radius", help="Radius (latent pixels) of the spatial-locality share."),
+    pixels: int = typer.Option(16, "--pixels", min=1, help="Probed output pixels per latent."),
+    radius: float = typer.Option(2.0, "--radius", min=0.0, help="Radius (latent pixels) of the spatial-locality share."),
     dtype: str = typer.Option("float32", "--dtype", help="UNet precision: float32, bfloat16, or auto (bfloat16 "
                               "where the device computes it natively, else float32; emulated bf16 is slow)."),
     device: str = DeviceOpt,
     out: Path = typer.Option(Path("runs/probe-diffusers"), "--out", "-o", help="Output folder."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the latents, noise and probed pixels."),
-    words: int = typer.Option(0, "--words", help="Also map every latent pixel for the first N tokens (the rest as one padding group): (N+1) x probes JVPs per sigma."),
-    probes: int = typer.Option(1, "--probes", help="Random tangents per mapped token (--words): more = less noisy maps."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the latents, noise and probed pixels."),
+    words: int = typer.Option(0, "--words", min=0, help="Also map every latent pixel for the first N tokens (the rest as one padding group): (N+1) x probes JVPs per sigma."),
+    probes: int = typer.Option(1, "--probes", min=1, help="Random tangents per mapped token (--words): more = less noisy maps."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Also load pickled .bin weights (can run code: only for files you trust)."),
 ) -> None:
     """Spatial and per-token conditional locality of a diffusers UNet (SD 1.x/2.x, SDXL) in latent space."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -69,6 +70,8 @@ def _check_value(tp: Any, value: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -87,6 +90,15 @@ def _check_value(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def _check_not_negative(value: Any, where: str) -> None:
+    """Numbers in a config are counts, sizes, rates, seeds or weights: never negative, unless
+    their field declares ``SIGNED`` (an angle, an offset, a log-scale mean, a correlation)."""
+    numbers = value if isinstance(value, (list, tuple)) else [value]
+    for v in numbers:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
+            raise ConfigError(f"{where}: expected a number >= 0, got {value!r}")
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build dataclass ``cls`` from a plain dict, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):
@@ -102,6 +114,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
         kwargs[name] = _check_value(hints[name], value, key)
+        if not fields[name].metadata.get("signed"):
+            _check_not_negative(kwargs[name], key)
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field is missing
@@ -134,10 +148,16 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+def _check_config_path(path: Path) -> None:
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a folder; give a .toml file (or a study's study_config.json)")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    _check_config_path(path)
     try:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
@@ -149,8 +169,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.suffix.lower() != ".json":
         return load_toml(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+    _check_config_path(path)
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -165,6 +184,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 # identity of the folder it writes; an option added after folders existed is left out while it
 # holds its default, so those folders keep their names.
 NOT_IDENTITY = {"identity": "never"}
+SIGNED = {"signed": True}  # field metadata: the option may be negative (``from_dict`` refuses it otherwise)
 IDENTITY_UNLESS_DEFAULT = {"identity": "unless_default"}
 
 

@@ -7,8 +7,9 @@ verdict. Changing them changes no folder: the report is written anew from the sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ..config import SIGNED
 from ..errors import ConfigError
 
 
@@ -19,9 +20,9 @@ class ReportConfig:
     # mean recall over the extrapolation range below which a model fails to
     fails: float = 0.5
     # Spearman correlation above which a locality-generalization claim is supported ...
-    claim_rho: float = 0.5
+    claim_rho: float = field(default=0.5, metadata=SIGNED)
     # ... and below which the summary calls the support absent (between the two: weak)
-    weak_rho: float = 0.2
+    weak_rho: float = field(default=0.2, metadata=SIGNED)
     # normalised locality index at which the emergence text calls a score local
     local_index: float = 0.8
     # caption model, the paper's SDXL statements: (1) Jacobian mass within the radius at least this

@@ -31,6 +31,7 @@ class ModelFacts:
     description: str
     params: int
     folder: Path
+    conditioned_on: str = "locations"  # what the model reads (an intervention: what its base reads)
     images_seen: int = 0
     images_per_s: float | None = None
     train_seconds: float | None = None
@@ -49,11 +50,11 @@ class ModelFacts:
 def location_models(facts: list[ModelFacts]) -> list[ModelFacts]:
     """The location-token family the paper's CLEVR claims are about (caption models have their
     own section: their locations are words, so a location Jacobian says nothing)."""
-    return [f for f in facts if conditioned_on(f.arch) == "locations"]
+    return [f for f in facts if f.conditioned_on == "locations"]
 
 
 def caption_models(facts: list[ModelFacts]) -> list[ModelFacts]:
-    return [f for f in facts if conditioned_on(f.arch) == "captions"]
+    return [f for f in facts if f.conditioned_on == "captions"]
 
 
 def gather(cfg, seed: int | None = None) -> list[ModelFacts]:
@@ -62,12 +63,13 @@ def gather(cfg, seed: int | None = None) -> list[ModelFacts]:
     facts = []
     for name, spec in cfg.enabled_models().items():
         f = ModelFacts(name, spec.role, spec.model.arch, spec.label_policy, spec.description,
-                       describe(spec.model).param_count, layout.run_dir(cfg, name))
+                       describe(spec.model).param_count, layout.run_dir(cfg, name), conditioned_on(spec.model.arch))
         facts.append(_read_results(cfg, f, f.folder))
     for name, spec in cfg.enabled_interventions().items():
         base = cfg.models[spec.base]
         f = ModelFacts(name, spec.role, f"{spec.form}({spec.base}, r={spec.radius_px:g} px)", base.label_policy,
-                       spec.description, describe(base.model).param_count, layout.intervention_dir(cfg, name))
+                       spec.description, describe(base.model).param_count, layout.intervention_dir(cfg, name),
+                       conditioned_on(base.model.arch))
         facts.append(_read_results(cfg, f, layout.run_dir(cfg, spec.base)))
     return facts
 

@@ -15,23 +15,24 @@ fills the frame and objects stay several pixels wide at 32x32.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from ..config import SIGNED
 from ..conditioning import pixel_centers
 from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
 class CameraConfig:
-    azimuth_deg: float = -90.0  # direction of the camera seen from the target (-90: from -y)
+    azimuth_deg: float = field(default=-90.0, metadata=SIGNED)  # direction of the camera seen from the target (-90: from -y)
     elevation_deg: float = 40.0  # angle above the floor
     distance: float = 9.0  # floor units from the target
     fov_deg: float = 40.0  # full field of view (square images)
-    target_x: float = 0.0  # point looked at, on the floor
-    target_y: float = 0.0
+    target_x: float = field(default=0.0, metadata=SIGNED)  # point looked at, on the floor
+    target_y: float = field(default=0.0, metadata=SIGNED)
 
     def __post_init__(self) -> None:
         if not 5.0 <= self.elevation_deg <= 89.0:

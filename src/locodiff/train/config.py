@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import IDENTITY_UNLESS_DEFAULT, NOT_IDENTITY
+from ..config import IDENTITY_UNLESS_DEFAULT, NOT_IDENTITY, SIGNED
 from ..errors import ConfigError, LocodiffError
 from ..models.config import ModelConfig
 from ..scenes import vocab
@@ -30,7 +30,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
     ema_halflife_images: int = 10_000  # EMA half-life in images (EDM-style)
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # autocast dtype; fp16 needs a GPU
-    p_mean: float = -1.2  # mean of ln(sigma) over training images (EDM: -1.2; higher = more layout-level noise)
+    p_mean: float = field(default=-1.2, metadata=SIGNED)  # mean of ln(sigma) over training images (EDM: -1.2; higher = more layout-level noise)
     p_std: float = 1.2  # std of ln(sigma) over training images
     label_dropout: float = 0.1  # share of images trained with the null conditioning (for CFG)
     # share of the remaining images' conditioners dropped one by one (each label must explain its
