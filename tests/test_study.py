@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
 import re
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 from locodiff import layout
 from locodiff.cli import app
 from locodiff.errors import ConfigError, LocodiffError
+from locodiff.intervene.subject import base_run_folder, training_run
 from locodiff.layout import intervention_dir, run_dir, subject_dirs
 from locodiff.study import run_study
 from locodiff.study_config import PRESETS, load_study_config
@@ -188,6 +190,27 @@ def test_the_intervene_verb_and_the_study_write_one_folder(finished):
     assert res.exit_code == 0, res.output
     assert f"results in {study_folder}" in res.output
     assert sorted(p.name for p in study_folder.iterdir()) == before  # its evaluation was found, not redone
+
+
+def test_a_moved_run_tree_still_evaluates_its_intervention(finished, tmp_path):
+    """Stored paths are relative: a copy of the whole tree finds its own base run, and
+    ``locodiff evaluate`` on the intervention there finds its evaluation (nothing redone)."""
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(finished.out_dir, moved)
+    folder = moved / intervention_dir(finished, "exp3_masked").relative_to(finished.out_dir)
+    base = moved / run_dir(finished, finished.interventions["exp3_masked"].base).relative_to(finished.out_dir)
+    assert training_run(folder) == base.resolve()
+    before = sorted(p.name for p in folder.rglob("*"))
+    res = CliRunner().invoke(app, ["evaluate", str(folder), "-p", "micro", "-s", f"out_dir={moved}"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in folder.rglob("*")) == before
+
+
+def test_an_absolute_base_run_from_an_older_version_follows_a_moved_tree(tmp_path):
+    (tmp_path / "models" / "exp2-abc").mkdir(parents=True)
+    intervention = tmp_path / "models" / "exp3-def"
+    assert base_run_folder(intervention, "/gone/runs/models/exp2-abc") == tmp_path / "models" / "exp2-abc"
+    assert base_run_folder(intervention, "../exp2-abc") == (tmp_path / "models" / "exp2-abc").resolve()
 
 
 def test_a_saved_study_config_reloads_alone(finished, tmp_path):

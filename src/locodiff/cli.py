@@ -130,7 +130,7 @@ def render(
     with fail_cleanly():
         root = build_dataset(cfg.data, out_dir, device=device, progress=True)
         sheet = data_contact_sheet(cfg.data, device=device)
-        with atomic_path(root / "contact_sheet.png") as tmp:
+        with atomic_path(root / layout.CONTACT_SHEET) as tmp:
             sheet.save(tmp, format="PNG")
     d = cfg.data
     typer.echo(
@@ -292,7 +292,7 @@ def locality(
         typer.echo("images    normalised index per sigma (" + ", ".join(f"{s:g}" for s in cfg.locality.sigmas)
                    + ")  mean  presence")
         for ckpt, folder in folders:
-            summary = json.loads((folder / "summary.json").read_text())
+            summary = json.loads((folder / layout.PROBE_SUMMARY).read_text())
             per_sigma = " ".join(_three(s["index"]["normalised"]["mean"]) for s in summary["summaries"])
             typer.echo(f"{read_state(ckpt)['images_seen']:<9d} {per_sigma}  {_three(mean_normalised_index(summary))}  "
                        f"{_three(mean_presence_index(summary))}  {folder.name}")

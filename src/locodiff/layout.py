@@ -36,6 +36,22 @@ if TYPE_CHECKING:  # types only: importing the stages here would make every stag
 DETECTOR_VERSION = 2  # bump when the detector's network, targets or decoding change meaning
 
 
+# ----- file names inside those folders: written by one stage, read by others -------------------
+
+RUN_CONFIG = "config.json"  # a training run's RunConfig (run_folder)
+TRAIN_METRICS = "metrics.jsonl"  # its losses and rate, one line per logging interval
+CHECKPOINT_STATE = "state.json"  # a checkpoint's step, images seen and checksums
+INTERVENTION = "intervention.json"  # an intervention's spec and its base run (intervention_folder)
+EVAL_SUMMARY = "eval.json"  # an evaluation's per-k metrics and summary (eval_dir)
+EVAL_RECORDS = "eval.jsonl"  # its per-image records
+PROBE_SUMMARY = "summary.json"  # a locality probe's summary (probe_dir)
+EXTRAPOLATION = "extrapolation.json"  # the probe at the evaluation's counts
+FEATURES = "features.json"  # the feature-space results (or why there are none)
+TEXT_PROBE = "text_probe.json"  # a caption model's three SDXL statements
+CONTACT_SHEET = "contact_sheet.png"  # a data set's first images (dataset_root)
+TIMINGS = "timings.json"  # the study's wall time per stage (out_dir)
+
+
 # ----- identities -------------------------------------------------------------------------------
 
 def run_identity(run: RunConfig) -> str:

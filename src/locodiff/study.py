@@ -95,7 +95,7 @@ def _emergence_worker(folder: str, checkpoint: str, data_root: str, eval_cfg: Ev
 
 def stage_data(cfg: StudyConfig, console: Console) -> Path:
     root = build_dataset(cfg.data, cfg.out_dir, device=study_device(cfg), progress=True)
-    sheet = root / "contact_sheet.png"
+    sheet = root / layout.CONTACT_SHEET
     if not sheet.exists():
         with atomic_path(sheet) as tmp:
             data_contact_sheet(cfg.data).save(tmp, format="PNG")
@@ -131,8 +131,8 @@ def stage_train(cfg: StudyConfig, data_root: Path, console: Console, with_detect
             continue
         jobs[key] = Job(_train_worker, (sub.run_config(name), str(folder), str(data_root), threads),
                         cfg.models[name].train.total_images,
-                        lambda f=folder: last_record(f / "metrics.jsonl", "images_seen"),
-                        lambda f=folder: _loss_detail(f / "metrics.jsonl"))
+                        lambda f=folder: last_record(f / layout.TRAIN_METRICS, "images_seen"),
+                        lambda f=folder: _loss_detail(f / layout.TRAIN_METRICS))
     if with_detector and needs_detector_training(cfg):
         jobs["detector"] = _detector_job(cfg, threads)
     # Longest models first, so that the slowest does not start last and leave a core idle; the
@@ -160,12 +160,12 @@ def stage_evaluate(cfg: StudyConfig, console: Console) -> None:
     jobs = {}
     for name, (_, folder) in runs.items():
         out = layout.eval_dir(folder, ev, subject_checkpoint(folder).name)
-        if (out / "eval.json").is_file():
+        if (out / layout.EVAL_SUMMARY).is_file():
             console.print(f"  {name}: evaluated already ({out.name})")
             continue
         jobs[name] = Job(_eval_worker, (str(folder), ev, str(layout.detector_cache(cfg)), study_device(cfg),
                                         worker_threads(cfg)),
-                         ev.per_count * len(ev.counts), lambda o=out: _lines(o / "eval.jsonl"))
+                         ev.per_count * len(ev.counts), lambda o=out: _lines(o / layout.EVAL_RECORDS))
     run_jobs(jobs, cfg.jobs, console)
 
 
@@ -216,7 +216,7 @@ def stage_emergence(cfg: StudyConfig, data_root: Path, console: Console) -> None
     jobs = {}
     for key, (seed, folder) in layout.emergence_runs(cfg).items():
         checkpoints = subject_checkpoints(folder)
-        todo = [c for c in checkpoints if not ((layout.eval_dir(folder, ev, c.name) / "eval.json").is_file()
+        todo = [c for c in checkpoints if not ((layout.eval_dir(folder, ev, c.name) / layout.EVAL_SUMMARY).is_file()
                                                and probe_complete(layout.probe_dir(folder, options, c.name)))]
         console.print(f"  {key}: {len(checkpoints)} checkpoints kept, {len(todo)} to measure")
         for ckpt in todo:
@@ -257,7 +257,7 @@ def study_device(cfg: StudyConfig) -> str:
 def record_timing(out: Path, stage: str, seconds: float, cfg_hash: str) -> None:
     """Add a stage's wall time to ``timings.json``: per stage, the time spent on the current
     config over every run (a resumed run adds its part, a cached stage adds ~0)."""
-    path = out / "timings.json"
+    path = out / layout.TIMINGS
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):

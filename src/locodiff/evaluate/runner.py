@@ -33,11 +33,13 @@ from tqdm.auto import tqdm
 from ..conditioning import ATTRIBUTE_NAMES, Conditioning
 from ..denoiser import Denoiser
 from ..diffusion import get_sampler
+from ..diffusion.samplers import sample_in_batches
 from ..errors import InputError
 from ..imaging import to_uint8
 from ..intervene.subject import load_subject, subject_checkpoint
 from ..io import append_jsonl, atomic_path, read_jsonl, write_json_atomic, write_text_atomic
-from ..layout import eval_dir
+from ..layout import EVAL_RECORDS, EVAL_SUMMARY, eval_dir
+from ..rng import generator
 from ..scenes import Renderer, SceneSampler, batch_conditioning
 from ..scenes.draw import TestDraw
 from .config import EvalConfig
@@ -53,8 +55,6 @@ from .metrics import (
     score_attributes,
     summarize,
 )
-from ..rng import generator
-from ..diffusion.samplers import sample_in_batches
 
 # (k, n, generator) -> n conditionings with exactly k locations each
 ConditioningFactory = Callable[[int, int, torch.Generator], Conditioning]
@@ -244,7 +244,7 @@ def evaluate_denoiser(
         if strip:
             _save_strip(out / "samples" / f"k{k:02d}.png", np.stack(strip))
         for line in lines:  # only complete k's reach the log
-            append_jsonl(out / "eval.jsonl", line)
+            append_jsonl(out / EVAL_RECORDS, line)
         records[k] = lines
     bar.close()
     return finalize(out, cfg, resolution, detector.name, records)
@@ -352,13 +352,13 @@ def _start_or_resume(out: Path, cfg: EvalConfig, resolution: int, detector: str)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, settings)
     by_k: dict[int, list[dict]] = {}
-    for rec in read_jsonl(out / "eval.jsonl"):
+    for rec in read_jsonl(out / EVAL_RECORDS):
         by_k.setdefault(int(rec["k"]), []).append(rec)
     complete = {k: sorted(v, key=lambda r: r["index"]) for k, v in by_k.items()
                 if sorted(r["index"] for r in v) == list(range(cfg.per_count))}
     if len(complete) != len(by_k):  # rewrite the log without partial k's
         lines = [json.dumps(r) for k in sorted(complete) for r in complete[k]]
-        write_text_atomic(out / "eval.jsonl", "".join(line + "\n" for line in lines))
+        write_text_atomic(out / EVAL_RECORDS, "".join(line + "\n" for line in lines))
     return complete
 
 
@@ -366,7 +366,7 @@ def finalize(out: Path, cfg: EvalConfig, resolution: int, detector: str, records
     """Per-k metrics, summary, eval.json and the figures from the records of the asked counts."""
     per_k = {k: count_metrics(k, [ImageMatch.from_dict(r) for r in records[k]]) for k in cfg.counts}
     result = EvalResult(per_k, summarize(per_k, cfg.summary_options()), out, resolution, detector, cfg)
-    write_json_atomic(out / "eval.json", result.to_dict())
+    write_json_atomic(out / EVAL_SUMMARY, result.to_dict())
     write_text_atomic(out / "eval.md", result.markdown())
     rows = [(k, _load_strip(out / "samples" / f"k{k:02d}.png", resolution), records[k][: cfg.grid_per_count]) for k in cfg.counts]
     if cfg.grid_per_count:

@@ -1,7 +1,7 @@
 """Interventions in a study: a trained model wrapped so that its score is made local, stored as
 a folder beside the training runs so that evaluation and the locality probe treat both alike.
 
-    <out_dir>/models/<name>-<hash>/intervention.json    the spec and the base run's folder
+    <out_dir>/models/<name>-<hash>/intervention.json    the spec and the base run's folder (relative)
 
 ``load_subject(folder)`` loads either kind: a training run's EMA denoiser, or the intervention
 built on its base run's latest EMA weights.
@@ -10,21 +10,26 @@ built on its base run's latest EMA weights.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ..config import from_dict, to_dict
 from ..errors import LocodiffError
 from ..io import write_json_atomic
+from ..layout import INTERVENTION
 from ..train.checkpoint import latest_checkpoint, list_checkpoints, load_denoiser
 from .config import InterventionSpec
 from .masked import masked_composition
 
-INTERVENTION_FILE = "intervention.json"
+INTERVENTION_FILE = INTERVENTION
 
 
 def write_intervention(folder: Path, spec: InterventionSpec, base_run: Path) -> None:
+    """The spec and the base run's folder, stored relative to ``folder`` so that a run tree can be
+    moved or copied whole."""
     folder.mkdir(parents=True, exist_ok=True)
-    record = {"spec": to_dict(spec), "base_run": str(Path(base_run).resolve())}
+    base = os.path.relpath(Path(base_run).resolve(), Path(folder).resolve())
+    record = {"spec": to_dict(spec), "base_run": Path(base).as_posix()}
     path = folder / INTERVENTION_FILE
     if not path.exists() or json.loads(path.read_text()) != record:
         write_json_atomic(path, record)
@@ -35,7 +40,18 @@ def read_intervention(folder: Path) -> tuple[InterventionSpec, Path]:
         record = json.loads((Path(folder) / INTERVENTION_FILE).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise LocodiffError(f"{folder}/{INTERVENTION_FILE} is missing or unreadable: {e}") from None
-    return from_dict(InterventionSpec, record["spec"]), Path(record["base_run"])
+    return from_dict(InterventionSpec, record["spec"]), base_run_folder(Path(folder), record["base_run"])
+
+
+def base_run_folder(folder: Path, stored: str) -> Path:
+    """The base run an intervention names: relative to the intervention's folder; an absolute path
+    (as older versions wrote it) is used if it still exists, else its namesake beside ``folder``
+    (the tree was moved)."""
+    path = Path(stored)
+    if not path.is_absolute():
+        return (folder / path).resolve()
+    sibling = folder.parent / path.name
+    return path if path.exists() or not sibling.exists() else sibling
 
 
 def training_run(folder: Path) -> Path:

@@ -42,12 +42,13 @@ from ..conditioning import Conditioning, location_windows
 from ..config import to_dict
 from ..denoiser import Denoiser
 from ..io import write_json_atomic
+from ..layout import EXTRAPOLATION
 from .config import ExtrapolationOptions
 from .coupling import NormStatistics, group_norms
 from .jacobian import InputError
 from .stats import Estimate
 
-EXTRAPOLATION_FILE = "extrapolation.json"
+EXTRAPOLATION_FILE = EXTRAPOLATION
 # Per scene and noise level, the sums pooled into the statistics (in this order).
 SUMS = ("far_residual2", "far_own2", "far_gap", "own2", "effect_on_own", "far_units", "units",
         "held_residual2", "held_own2", "held_effect_on_own", "held_all_own2")

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..conditioning import Conditioning, pixel_centers
 from ..io import write_json_atomic
+from ..layout import FEATURES
 from .feature_capture import (
     block_pixel_sensitivity,
     capture_features,
@@ -32,7 +33,7 @@ from .feature_capture import (
     resolve_blocks,
 )
 
-FEATURES_FILE = "features.json"
+FEATURES_FILE = FEATURES
 
 
 def default_block(net: nn.Module) -> str:

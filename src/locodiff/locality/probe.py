@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from ..conditioning import Conditioning
 from ..denoiser import Denoiser
 from ..io import atomic_path, notice, sha256_file, write_json_atomic
+from ..layout import PROBE_SUMMARY
 from . import stats
 from .jacobian import (
     Channels,
@@ -57,7 +58,7 @@ from .jacobian import (
 from .stats import CIMethod, Estimate, IndexSummary
 
 DEFAULT_QUANTILES = (0.5, 0.9, 0.99)
-SUMMARY_FILE = "summary.json"
+SUMMARY_FILE = PROBE_SUMMARY
 MAPS_FILE = "maps.safetensors"
 # Arrays with a conditioner-slot axis, and where that axis is (for merging results).
 _SLOT_AXIS = {

@@ -20,7 +20,7 @@ from ..denoiser import conditioned_on
 from ..errors import LocodiffError
 from ..intervene.subject import load_subject, subject_checkpoint
 from ..io import notice, write_json_atomic
-from ..layout import probe_dir
+from ..layout import EXTRAPOLATION, probe_dir
 from ..models import TextUNet, build_network, save_text_model
 from ..rng import generator
 from ..scenes import SceneDataset, batch_conditioning, vocab
@@ -75,7 +75,7 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
     if not (maps_intact(folder) and has_presence(folder)):
         _probe(folder, run_dir, run_cfg, ckpt, denoiser, images, cond, options, seed, progress)
     if ExtrapolationResult.load(folder) is None:
-        if (folder / "extrapolation.json").exists():
+        if (folder / EXTRAPOLATION).exists():
             notice(f"{folder / 'extrapolation.json'} is unreadable; measuring it again")
         extrapolation_run(folder, denoiser, run_cfg, options.extrapolation, seed, progress)
     if conditioned_on(denoiser) == "captions":

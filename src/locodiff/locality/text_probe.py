@@ -28,9 +28,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..adapters.diffusers_unet import DiffusersDenoiser, Prompt
 from ..conditioning import Conditioning
 from ..io import write_json_atomic
-from ..adapters.diffusers_unet import DiffusersDenoiser, Prompt
+from ..layout import TEXT_PROBE
 from ..models.text import TextUNet
 from ..scenes.captions import COUNT_TOKENS, PHRASE_TOKENS, VOCABULARY, WORD_CLASSES, caption_ids
 from .diffusers_probe import probe_diffusers, token_fn
@@ -164,6 +165,6 @@ def summary(result: dict) -> dict:
 
 def write_text_probe(folder: Path, results: dict[str, dict]) -> Path:
     """``text_probe.json`` with each model's result and its summary."""
-    path = Path(folder) / "text_probe.json"
+    path = Path(folder) / TEXT_PROBE
     write_json_atomic(path, {name: {**r, "summary": summary(r)} for name, r in results.items()})
     return path

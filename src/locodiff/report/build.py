@@ -561,10 +561,10 @@ def write_report(cfg, out_dir: str | Path) -> Path:
     figures.mkdir(parents=True, exist_ok=True)
     gathered = gather(cfg)
     facts, text_facts = location_models(gathered), caption_models(gathered)
-    timings_path = Path(cfg.out_dir) / "timings.json"
+    timings_path = Path(cfg.out_dir) / layout.TIMINGS
     timings = json.loads(timings_path.read_text()).get("stage_seconds", {}) if timings_path.exists() else {}
     sections = [summary_section(cfg, facts), setup_section(cfg, facts, timings)]
-    sheet = layout.dataset_root(cfg.data, cfg.out_dir) / "contact_sheet.png"
+    sheet = layout.dataset_root(cfg.data, cfg.out_dir) / layout.CONTACT_SHEET
     if sheet.exists():
         shutil.copyfile(sheet, figures / "data.png")
         sections[1].blocks.append(Figure(figures / "data.png", "Rendered scenes, one row per object count."))

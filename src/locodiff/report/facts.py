@@ -81,14 +81,14 @@ def _read_results(cfg, f: ModelFacts, train_dir: Path) -> ModelFacts:
     if ckpt is None:
         return f
     f.images_seen = read_state(ckpt)["images_seen"]
-    f.train_seconds, f.images_per_s, f.final_loss = training_time(read_jsonl(train_dir / "metrics.jsonl"))
+    f.train_seconds, f.images_per_s, f.final_loss = training_time(read_jsonl(train_dir / layout.TRAIN_METRICS))
     ev = layout.eval_dir(f.folder, cfg.evaluate, ckpt.name)
-    if (ev / "eval.json").is_file():
-        f.evaluation, f.eval_dir = json.loads((ev / "eval.json").read_text()), ev
-        f.eval_records = read_jsonl(ev / "eval.jsonl")
+    if (ev / layout.EVAL_SUMMARY).is_file():
+        f.evaluation, f.eval_dir = json.loads((ev / layout.EVAL_SUMMARY).read_text()), ev
+        f.eval_records = read_jsonl(ev / layout.EVAL_RECORDS)
     loc = layout.probe_dir(f.folder, cfg.locality, ckpt.name)
-    if (loc / "summary.json").is_file():
-        f.locality_dir, f.locality = loc, json.loads((loc / "summary.json").read_text())
+    if (loc / layout.PROBE_SUMMARY).is_file():
+        f.locality_dir, f.locality = loc, json.loads((loc / layout.PROBE_SUMMARY).read_text())
         f.locality_index = mean_normalised_index(f.locality)
         f.presence_index = mean_presence_index(f.locality)
         f.features = load_features(loc) or None

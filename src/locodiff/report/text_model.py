@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+from .. import layout
 from .config import ReportConfig
 from .document import Section, Table, Text
 from .facts import ModelFacts, num
@@ -47,7 +48,7 @@ def text_scores(records: list[dict]) -> list[dict]:
 
 
 def load_text_probe(f: ModelFacts) -> dict | None:
-    path = f.locality_dir / "text_probe.json" if f.locality_dir else None
+    path = f.locality_dir / layout.TEXT_PROBE if f.locality_dir else None
     return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
 

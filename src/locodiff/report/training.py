@@ -131,8 +131,8 @@ def emergence_curves(cfg) -> dict[str, list[dict]]:
     for key, (_, folder) in layout.emergence_runs(cfg).items():
         points = []
         for ckpt in list_checkpoints(folder) if folder.exists() else []:
-            evaluation, probe = layout.eval_dir(folder, ev, ckpt.name) / "eval.json", \
-                layout.probe_dir(folder, options, ckpt.name) / "summary.json"
+            evaluation, probe = layout.eval_dir(folder, ev, ckpt.name) / layout.EVAL_SUMMARY, \
+                layout.probe_dir(folder, options, ckpt.name) / layout.PROBE_SUMMARY
             if not (evaluation.is_file() and probe.is_file()):
                 continue
             e, p = json.loads(evaluation.read_text()), json.loads(probe.read_text())

@@ -27,11 +27,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .. import __version__
 from ..config import from_dict
 from ..denoiser import Denoiser
-from .. import __version__
 from ..errors import CheckpointError, ConfigError
 from ..io import notice, sha256_file
+from ..layout import CHECKPOINT_STATE, RUN_CONFIG
 from ..models import as_denoiser, build_network
 from .config import RunConfig
 
@@ -92,7 +93,7 @@ def save_checkpoint(
         files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in sorted(tmp.iterdir())}
         meta = {"images_seen": state.images_seen, "step": state.step,
                 "config_hash": state.config_hash, "optimizer": opt_meta, "files": files}
-        (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+        (tmp / CHECKPOINT_STATE).write_text(json.dumps(meta, indent=1))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -116,7 +117,7 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     """What is wrong with a checkpoint folder (``None`` when every file matches state.json).
     Checkpoints written before state.json listed its files are only checked for presence."""
     try:
-        meta = json.loads((Path(ckpt) / "state.json").read_text())
+        meta = json.loads((Path(ckpt) / CHECKPOINT_STATE).read_text())
     except (OSError, json.JSONDecodeError):
         return "state.json is missing or unreadable"
     files = meta.get("files") or {"model.safetensors": None, "optimizer.safetensors": None}
@@ -173,7 +174,7 @@ def load_extra(ckpt: Path) -> dict[str, torch.Tensor]:
 
 def read_state(ckpt: Path) -> dict:
     try:
-        return json.loads((Path(ckpt) / "state.json").read_text())
+        return json.loads((Path(ckpt) / CHECKPOINT_STATE).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"checkpoint {ckpt} has no readable state.json: {e}") from None
 
@@ -220,7 +221,7 @@ def load_checkpoint(
 # ----- a run folder's config and trained denoiser ----------------------------------------------
 
 def read_run_config(run_dir: Path) -> RunConfig:
-    path = Path(run_dir) / "config.json"
+    path = Path(run_dir) / RUN_CONFIG
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a locodiff run folder (no config.json)")
     try:

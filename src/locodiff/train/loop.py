@@ -23,6 +23,7 @@ from ..conditioning import Conditioning
 from ..diffusion.loss import Rows
 from ..errors import ConfigError, TrainingDiverged
 from ..io import append_jsonl, read_jsonl
+from ..layout import TRAIN_METRICS
 from ..rng import step_generator
 from .checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -49,7 +50,7 @@ class TrainResult:
 def finished_result(run_dir: Path, images_seen: int, step: int) -> TrainResult:
     """A run that was already complete: its training time, rate and last loss from metrics.jsonl
     (over every session), not from this process, which trained nothing."""
-    seconds, rate, loss = training_time(read_jsonl(Path(run_dir) / "metrics.jsonl", quiet=True))
+    seconds, rate, loss = training_time(read_jsonl(Path(run_dir) / TRAIN_METRICS, quiet=True))
     return TrainResult(images_seen, step, float("nan") if loss is None else loss, seconds or 0.0, rate or 0.0,
                        False, already_finished=True)
 
@@ -141,7 +142,7 @@ class _Run:
         cfg, accel = self.cfg, self.accel
         if self.images_seen >= cfg.total_images:
             return finished_result(self.run_dir, self.images_seen, self.step)
-        ticks = _Ticks(self.run_dir / "metrics.jsonl", accel)
+        ticks = _Ticks(self.run_dir / TRAIN_METRICS, accel)
         last_loss, stopped_early, start = float("nan"), False, self.images_seen
         bar = tqdm(total=cfg.total_images, initial=self.images_seen, unit="img", disable=not progress
                    or not accel.is_main_process, desc=self.run_dir.name, dynamic_ncols=True)

@@ -22,7 +22,7 @@ from ..config import to_dict
 from ..diffusion import EDMLoss
 from ..errors import CheckpointError
 from ..io import write_json_atomic
-from ..layout import run_identity
+from ..layout import RUN_CONFIG, run_identity
 from ..models import as_denoiser, build_network
 from ..scenes.dataset import SceneDataset
 from .checkpoint import latest_checkpoint, read_run_config, read_state
@@ -48,7 +48,7 @@ def _log(run_dir: Path, msg: str) -> None:
 def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
     """Create the run folder, or check that an existing one was made by the same config."""
     run_dir = Path(run_dir)
-    if (run_dir / "config.json").exists():
+    if (run_dir / RUN_CONFIG).exists():
         old = read_run_config(run_dir)
         if run_identity(old) != run_identity(cfg):
             raise CheckpointError(
@@ -58,7 +58,7 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
             )
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = to_dict(dataclasses.replace(cfg, model=cfg.model.resolved()))
-    path = run_dir / "config.json"
+    path = run_dir / RUN_CONFIG
     if not path.exists() or json.loads(path.read_text()) != resolved:  # e.g. total_images raised
         write_json_atomic(path, resolved)
 
