@@ -1,0 +1,43 @@
+"""List the functions in src/ over the style's limits (~50 lines with the docstring, 8 parameters).
+
+    python scripts/check_units.py          # the list, longest first; exit 1 if any exceeds
+    python scripts/check_units.py --count  # just how many
+
+Typer verbs in cli.py are listed too: a verb's parameters are its command-line options.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+MAX_LINES, MAX_PARAMS = 50, 8
+SRC = Path(__file__).resolve().parents[1] / "src" / "locodiff"
+
+
+def parameters(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    a = fn.args
+    names = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+    return len([n for n in names if n not in ("self", "cls")])
+
+
+def oversized() -> list[tuple[int, int, str]]:
+    rows = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines, params = node.end_lineno - node.lineno + 1, parameters(node)
+                if lines > MAX_LINES or params > MAX_PARAMS:
+                    rows.append((lines, params, f"{path.relative_to(SRC.parent)}:{node.lineno} {node.name}"))
+    return sorted(rows, reverse=True)
+
+
+if __name__ == "__main__":
+    rows = oversized()
+    if "--count" in sys.argv:
+        print(len(rows))
+    else:
+        for lines, params, where in rows:
+            print(f"{lines:4d} lines {params:3d} params  {where}")
+    sys.exit(1 if rows else 0)
