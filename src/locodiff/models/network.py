@@ -20,6 +20,7 @@ from ..diffusion.precond import EDMPrecond
 class Network(nn.Module):
     conditioned_on: ClassVar[ConditionedOn] = "locations"
 
-    def as_denoiser(self) -> Denoiser:
-        """The Denoiser around this network (sharing its parameters)."""
-        return EDMPrecond(self)
+    def as_denoiser(self, caller: nn.Module | None = None) -> Denoiser:
+        """The Denoiser around this network (sharing its parameters), calling it through
+        ``caller`` when given: a data-parallel wrapper of it, whose forward syncs gradients."""
+        return EDMPrecond(caller if caller is not None else self)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
 from ..denoiser import ConditionedOn, Denoiser
@@ -64,9 +65,11 @@ def build_network(cfg: ModelConfig) -> Network:
     return _BUILDERS[cfg.arch](cfg.resolved())
 
 
-def as_denoiser(net: Network) -> Denoiser:
-    """The Denoiser of a built network (see ``Network.as_denoiser``)."""
-    return net.as_denoiser()
+def as_denoiser(net: nn.Module) -> Denoiser:
+    """The Denoiser of a built network, or of one wrapped for data-parallel training (see
+    ``Network.as_denoiser``)."""
+    inner = extract_model_from_parallel(net)
+    return inner.as_denoiser(None if inner is net else net)
 
 
 def conditioned_on(arch: str) -> ConditionedOn:

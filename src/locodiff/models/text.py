@@ -112,9 +112,10 @@ class TextUNet(Network):
     def unet(self) -> nn.Module:
         return self.adapter.unet
 
-    def as_denoiser(self) -> "TextUNet":
-        """A caption model preconditions inside its adapter: it is its own Denoiser."""
-        return self
+    def as_denoiser(self, caller: nn.Module | None = None) -> nn.Module:
+        """A caption model preconditions inside its adapter: it is its own Denoiser (called
+        through ``caller``, a data-parallel wrapper of it, when given)."""
+        return caller if caller is not None else self
 
     @property
     def tokens(self) -> int:
