@@ -22,7 +22,7 @@ from locodiff.conditioning import Conditioning  # noqa: E402
 from locodiff.diffusion.precond import EDMPrecond  # noqa: E402
 from locodiff.errors import LocodiffError  # noqa: E402
 from locodiff.locality.jacobian import pixel_jacobian  # noqa: E402
-from locodiff.locality.probe import probe_locality  # noqa: E402
+from locodiff.locality.probe import ProbeSpec, probe_locality  # noqa: E402
 from locodiff.models import ModelConfig, build_network  # noqa: E402
 from locodiff.errors import CheckpointError, InputError
 
@@ -279,8 +279,8 @@ def test_pixel_jacobian_on_adapter_matches_autograd():
 def test_probe_locality_runs_unchanged_on_adapter():
     ad = make_adapter(sdxl=False)
     g = torch.Generator().manual_seed(0)
-    res = probe_locality(ad, latents(2), Conditioning.empty(2), [0.5, 3.0], 4, g,
-                         target="x0", radius=2.0, n_boot=50, progress=False)
+    res = probe_locality(ad, latents(2), Conditioning.empty(2), ProbeSpec((0.5, 3.0), 4, target="x0", radius=2.0,
+                                                                        n_boot=50), g, progress=False)
     assert res.arrays["pixel_energy"].shape == (2, 2, 4, SIZE, SIZE)
     frac = res.arrays["mass_fraction"]
     assert torch.isfinite(frac).all() and (frac >= 0).all() and (frac <= 1 + 1e-6).all()

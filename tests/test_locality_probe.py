@@ -10,13 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from locodiff.conditioning import Conditioning
-from locodiff.locality.probe import (
-    LocalityResult,
-    merge_results,
-    probe_locality,
-    sample_pixels,
-    sampling_error,
-)
+from locodiff.locality.probe import ProbeSpec, probe_locality, sample_pixels, sampling_error
+from locodiff.locality.result import LocalityResult, merge_results
 from locodiff.locality.stats import distance_maps, locations_to_pixels
 
 
@@ -80,9 +75,8 @@ def probe(net_cls, seed=0, **kw):
     torch.manual_seed(seed)  # model init
     net = net_cls()
     images, cond = data(seed)
-    kw = {"radius": 5.0, "n_boot": 200, "progress": False, **kw}
-    gen = torch.Generator().manual_seed(seed)
-    return probe_locality(net.eval(), images, cond, [0.2, 2.0], 6, gen, **kw)
+    spec = ProbeSpec((0.2, 2.0), 6, **{"radius": 5.0, "n_boot": 200, **kw})
+    return probe_locality(net.eval(), images, cond, spec, torch.Generator().manual_seed(seed), progress=False)
 
 
 def test_local_model_scores_local_and_global_model_scores_near_chance():
@@ -158,8 +152,8 @@ def test_analytic_blur_gives_its_known_radius_at_every_sigma():
         return F.conv2d(x, k[None, None].expand(3, 1, -1, -1), padding=2, groups=3)
 
     images, cond = data()
-    res = probe_locality(ring_blur, images, cond, [0.5, 5.0], 8, torch.Generator().manual_seed(0),
-                         target="x0", radius=2.0, progress=False, n_boot=100)
+    res = probe_locality(ring_blur, images, cond, ProbeSpec((0.5, 5.0), 8, target="x0", radius=2.0, n_boot=100),
+                         torch.Generator().manual_seed(0), progress=False)
     for s in res.summaries:
         at_2 = s.mass_fraction[res.radii.index(2.0)]
         assert at_2.mean == pytest.approx(1.0) and at_2.lo == pytest.approx(1.0)

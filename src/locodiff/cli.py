@@ -29,7 +29,7 @@ from .hardware import fastest_dtype
 from .intervene.subject import subject_checkpoints, training_run, write_intervention
 from .io import atomic_path
 from .locality.extrapolation import ExtrapolationResult
-from .locality.probe import LocalityResult, mean_normalised_index, mean_presence_index
+from .locality.result import LocalityResult, mean_normalised_index, mean_presence_index
 from .locality.run import probe_run
 from .models.text import TextModel, is_text_model
 from .report import write_report

@@ -3,7 +3,8 @@ locality) and only on nearby conditioners (conditional locality)?
 
 - ``jacobian``: batched Jacobian engines (pixel rows, full, colouring, conditioners, randomized);
 - ``stats``: mass fractions, effective radii, the conditional-locality index, confidence intervals;
-- ``probe``: ``probe_locality`` -> ``LocalityResult`` (save/load/merge);
+- ``probe``: ``probe_locality(denoiser, images, conds, ProbeSpec(...), generator)`` -> a
+  ``LocalityResult`` (``result``: save/load/summaries/merge);
 - ``figures``: heat maps and curves from saved results (imported on demand: needs matplotlib).
 """
 
@@ -18,16 +19,8 @@ from .jacobian import (
     parameter_jacobian,
     pixel_jacobian,
 )
-from .probe import (
-    LocalityResult,
-    SamplingError,
-    SigmaSummary,
-    merge_results,
-    probe_locality,
-    sample_pixels,
-    sampling_error,
-    summarize,
-)
+from .probe import ProbeSpec, SamplingError, probe_locality, sample_pixels, sampling_error
+from .result import LocalityResult, SigmaSummary, merge_results, summarize
 from .stats import (
     ConditionalLocality,
     Estimate,
@@ -44,7 +37,7 @@ from .stats import (
 )
 
 __all__ = [
-    "ConditionalLocality", "Estimate", "IndexSummary", "LocalityResult",
+    "ConditionalLocality", "Estimate", "IndexSummary", "LocalityResult", "ProbeSpec",
     "MassEstimate", "PixelLocality", "SamplingError", "SigmaSummary", "bootstrap_mean",
     "colored_pixel_jacobian", "conditional_locality", "conditional_locality_index",
     "conditioner_jacobian", "conditioner_sensitivity", "effective_radius", "full_pixel_jacobian",

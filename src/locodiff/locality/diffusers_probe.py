@@ -29,7 +29,7 @@ from ..io import atomic_path, write_json_atomic
 from .feature_capture import Channels, SensitivityMode, input_sensitivity
 from .figures import save_figure
 from .jacobian import Target, as_image_batch, cond_target_fn
-from .probe import probe_locality, sample_pixels
+from .probe import ProbeSpec, probe_locality, sample_pixels
 
 
 def token_fn(
@@ -123,9 +123,8 @@ def probe_diffusers(
     gen = torch.Generator().manual_seed(seed)
     pixels = sample_pixels(h, w, n_pixels, gen, batch=b)
     # one batch: the held prompt has one row per latent (or one for all), so it cannot be chunked
-    spatial = probe_locality(adapter, latents, Conditioning.empty(b), list(sigmas), n_pixels, gen,
-                             radius=radius_px, pixels=pixels, keep_maps=False, progress=progress, n_boot=200,
-                             batch_size=b)
+    spec = ProbeSpec(tuple(sigmas), n_pixels, radius=radius_px, keep_maps=False, n_boot=200, batch_size=b)
+    spatial = probe_locality(adapter, latents, Conditioning.empty(b), spec, gen, pixels=pixels, progress=progress)
     r_index = spatial.radii.index(float(radius_px))
     noise = torch.randn(latents.shape, generator=gen, dtype=latents.dtype)
     maps = []

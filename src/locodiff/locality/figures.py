@@ -29,7 +29,7 @@ from torch import Tensor  # noqa: E402
 
 from ..io import atomic_path  # noqa: E402
 from .jacobian import InputError  # noqa: E402
-from .probe import LocalityResult  # noqa: E402
+from .result import LocalityResult  # noqa: E402
 from .stats import locations_to_pixels  # noqa: E402
 
 ResultLike = LocalityResult | Mapping

@@ -30,7 +30,8 @@ from .config import ExtrapolationOptions, SceneDraw
 from .extrapolation import ExtrapolationResult, Scenes, probe_extrapolation
 from .feature_space import FEATURES_FILE, feature_run
 from .jacobian import InputError
-from .probe import has_presence, maps_intact, probe_locality
+from .probe import ProbeSpec, probe_locality
+from .result import has_presence, maps_intact
 from .text_probe import probe_text_model, write_text_probe
 
 
@@ -73,7 +74,9 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
     denoiser, run_cfg = load_subject(run_dir, ckpt)
     images, cond = probe_scenes(data_root, options.counts, options.scenes)
     if not (maps_intact(folder) and has_presence(folder)):
-        _probe(folder, run_dir, run_cfg, ckpt, denoiser, images, cond, options, seed, progress)
+        meta = {"run": run_dir.name, "model": run_dir.name.rsplit("-", 1)[0], "checkpoint": ckpt.name,
+                "arch": run_cfg.model.arch, "label_policy": run_cfg.label_policy}
+        _probe(folder, denoiser, images, cond, options, seed, progress, meta)
     if ExtrapolationResult.load(folder) is None:
         if (folder / EXTRAPOLATION).exists():
             notice(f"{folder / 'extrapolation.json'} is unreadable; measuring it again")
@@ -152,11 +155,9 @@ def shape_concepts(run_cfg) -> list[int]:
     return [vocab.shape_index(s) for s in run_cfg.data.scene.shapes]
 
 
-def _probe(folder, run_dir, run_cfg, ckpt, denoiser, images, cond, options, seed, progress) -> None:
-    result = probe_locality(
-        denoiser, images, cond, options.sigmas, options.pixels, torch.Generator().manual_seed(seed),
-        radius=options.radius_px, progress=progress, move_jacobians=conditioned_on(denoiser) == "locations",
-        meta={"run": run_dir.name, "model": run_dir.name.rsplit("-", 1)[0], "checkpoint": ckpt.name,
-              "arch": run_cfg.model.arch, "label_policy": run_cfg.label_policy},
-    )
+def _probe(folder, denoiser, images, cond, options, seed: int, progress: bool, meta: dict) -> None:
+    spec = ProbeSpec(options.sigmas, options.pixels, radius=options.radius_px,
+                     move_jacobians=conditioned_on(denoiser) == "locations")
+    result = probe_locality(denoiser, images, cond, spec, torch.Generator().manual_seed(seed), progress=progress,
+                            meta=meta)
     result.save(folder)

@@ -38,7 +38,7 @@ from .diffusers_probe import probe_diffusers, token_fn
 from .feature_capture import capture_features, cosine_matrix, feature_fn, input_sensitivity, mean_difference_vectors
 from .feature_space import share_within
 from .jacobian import transform_context
-from .probe import probe_locality
+from .probe import ProbeSpec, probe_locality
 
 # Every block the prompt reaches (the finest down block has no attention: the prompt cannot move it).
 BLOCKS = ("down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1")
@@ -112,9 +112,10 @@ def probe_text_model(net: TextUNet, adapter: DiffusersDenoiser, images: Tensor, 
     adapter.set_prompt(prompt)
     spatial = probe_diffusers(adapter, images, sigmas, n_pixels=pixels, radius_px=radius_px, seed=seed)
     # the score's -x / sigma^2 term alone puts its Jacobian on the diagonal; x0's shows how far D reaches
-    x0_spatial = probe_locality(adapter, images, Conditioning.empty(images.shape[0]), list(sigmas), pixels,
-                                torch.Generator().manual_seed(seed), target="x0", radius=radius_px, keep_maps=False,
-                                progress=False, n_boot=200, batch_size=images.shape[0])
+    spec = ProbeSpec(tuple(sigmas), pixels, target="x0", radius=radius_px, keep_maps=False, n_boot=200,
+                     batch_size=images.shape[0])
+    x0_spatial = probe_locality(adapter, images, Conditioning.empty(images.shape[0]), spec,
+                                torch.Generator().manual_seed(seed), progress=False)
     at = x0_spatial.radii.index(float(radius_px))
     groups = phrase_groups(net, cond.slots)
     gen = torch.Generator().manual_seed(seed)

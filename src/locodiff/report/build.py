@@ -22,7 +22,7 @@ from ..evaluate.metrics import default_tolerance_px, pair_accuracy
 from ..io import write_text_atomic
 from ..locality.feature_space import pair_means
 from ..locality.figures import conditioner_sensitivity_figure, index_vs_sigma_figure, save_figure
-from ..locality.probe import LocalityResult
+from ..locality.result import LocalityResult
 from ..scenes import vocab
 from .claims import locality_correlation, verdict
 from .document import Code, Figure, Section, Table, Text, to_html, to_markdown

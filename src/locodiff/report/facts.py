@@ -14,7 +14,7 @@ from .. import layout
 from ..io import read_jsonl
 from ..locality.extrapolation import ExtrapolationResult
 from ..locality.feature_space import load_features
-from ..locality.probe import mean_normalised_index, mean_presence_index
+from ..locality.result import mean_normalised_index, mean_presence_index
 from ..models import conditioned_on, describe
 from ..train.checkpoint import latest_checkpoint, read_state
 from ..train.loop import training_time

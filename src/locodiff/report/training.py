@@ -16,7 +16,7 @@ from scipy import stats as scipy_stats
 from .. import layout
 from ..evaluate.metrics import rank_correlation
 from ..locality.extrapolation import ExtrapolationResult
-from ..locality.probe import mean_normalised_index, mean_presence_index
+from ..locality.result import mean_normalised_index, mean_presence_index
 from ..rng import derived_seed
 from ..train.checkpoint import list_checkpoints, read_state
 from .document import Figure, Section, Table, Text
