@@ -5,7 +5,7 @@ import math
 import pytest
 
 from locodiff.evaluate.metrics import (
-    CountMetrics, ImageMatch, SummaryOptions, count_metrics, default_tolerance_px, largest_k_above,
+    CountMetrics, EvalSummary, ImageMatch, SummaryOptions, count_metrics, default_tolerance_px, largest_k_above,
     match_locations, normalized_auc, ratio_interval, score_attributes, score_colors, summarize, wilson_interval,
 )
 from locodiff.errors import InputError
@@ -187,13 +187,15 @@ def test_summarize_ranges_are_configurable():
 
     per_k = {k: metrics(k, a) for k, a in {1: 1.0, 2: 1.0, 3: 0.8, 4: 0.6, 5: 0.2}.items()}
     s = summarize(per_k)
-    assert s["success_largest_k_trained"] == 3
-    assert s["success_largest_k_extrapolation"] == 4
-    assert s["success_auc_trained"] == pytest.approx((1.0 + 0.9) / 2)
-    assert s["success_auc_extrapolation"] == pytest.approx(0.4)
+    assert s["success"].trained.largest_k == 3
+    assert s["success"].extrapolation.largest_k == 4
+    assert s["success"].trained.auc == pytest.approx((1.0 + 0.9) / 2)
+    assert s["success"].extrapolation.auc == pytest.approx(0.4)
+    assert EvalSummary.from_dict(s.to_dict()) == s  # eval.json round trip
+    assert s.to_dict()["success_auc_extrapolation"] == pytest.approx(0.4)
     s = summarize(per_k, SummaryOptions(trained_range=(1, 2), extrapolation_range=(3, 5), threshold=0.7))
-    assert s["success_largest_k_extrapolation"] == 3
-    assert s["success_auc_trained"] == 1.0
+    assert s["success"].extrapolation.largest_k == 3
+    assert s["success"].trained.auc == 1.0
     with pytest.raises(InputError):
         summarize(per_k, SummaryOptions(trained_range=(3, 1)))
-    assert math.isclose(s["count_auc_trained"], 1.0)
+    assert math.isclose(s["count"].trained.auc, 1.0)

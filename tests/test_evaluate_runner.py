@@ -45,8 +45,8 @@ def test_perfect_model_scores_100_percent(renderer, detector, tmp_path):
         assert m.loc_error_px is None or m.loc_error_px < 1.0
         if k:
             assert m.color_accuracy == 1.0  # the oracle renders the requested colours
-    assert res.summary["success_largest_k"] == 3
-    assert res.summary["success_auc_trained"] == 1.0
+    assert res.summary["success"].largest_k == 3
+    assert res.summary["success"].trained.auc == 1.0
     for name in ("eval.json", "eval.jsonl", "eval.md", "samples.png", "accuracy.png", "samples/k02.png"):
         assert (tmp_path / name).is_file(), name
     saved = json.loads((tmp_path / "eval.json").read_text())
@@ -74,7 +74,7 @@ def test_copy_three_model_scores_exactly_as_expected(renderer, detector, tmp_pat
     assert res.per_k[0].precision == 0.0
     # Requested locations are random; the fixed objects rarely sit within 3 px of them.
     assert res.per_k[3].success < 0.5
-    assert res.summary["count_largest_k"] == 3
+    assert res.summary["count"].largest_k == 3
 
 
 class Recording:

@@ -8,6 +8,8 @@ from dataclasses import replace
 
 import pytest
 
+from helpers.evaluations import evaluation
+
 from locodiff.errors import ConfigError
 from locodiff.report.build import claim_lines, findings_section, summary_section
 from locodiff.report.claims import locality_correlation
@@ -17,10 +19,10 @@ from locodiff.study_config import load_study_config
 
 
 def facts(tmp_path, name: str, index: float | None, mean_recall: float | None, placed: float = 1.0) -> ModelFacts:
-    summary = {"extrapolation_range": [4, 4], "recall_min_extrapolation": mean_recall,
-               "recall_auc_extrapolation": mean_recall}
-    evaluation = {"summary": summary, "per_k": [{"k": 1, "placed": placed, "success": placed, "recall": 1.0}]}
-    return ModelFacts(name, "other", "spatial", "one", "", 1, tmp_path, evaluation=evaluation,
+    rows = {1: {"placed": placed, "success": placed, "recall": 1.0}}
+    if mean_recall is not None:  # none: the model was not evaluated beyond training
+        rows[4] = {"recall": mean_recall}
+    return ModelFacts(name, "other", "spatial", "one", "", 1, tmp_path, evaluation=evaluation(rows, extrapolation=(4, 4)),
                       locality_dir=tmp_path, locality_index=index)
 
 

@@ -7,6 +7,8 @@ import math
 
 import pytest
 
+from helpers.evaluations import evaluation
+
 from locodiff.report.config import ReportConfig
 from locodiff.report.facts import ModelFacts
 from locodiff.report.training import (
@@ -22,10 +24,8 @@ PENALISED = ["models.exp3_local.train.locality_penalty=1.0", 'models.exp3_local.
 
 
 def facts(tmp_path, name, role, placed_k1, recall_last_two):
-    per_k = [{"k": 1, "placed": placed_k1, "recall": placed_k1}] + [
-        {"k": k, "recall": r} for k, r in zip((2, 4), recall_last_two)]
-    evaluation = {"summary": {}, "per_k": per_k}
-    return ModelFacts(name, role, "x", "one", "", 1, tmp_path, evaluation=evaluation)
+    rows = {1: {"placed": placed_k1, "recall": placed_k1}} | {k: {"recall": r} for k, r in zip((2, 4), recall_last_two)}
+    return ModelFacts(name, role, "x", "one", "", 1, tmp_path, evaluation=evaluation(rows))
 
 
 @pytest.mark.parametrize("form_recall, expected", [((0.95, 0.9), "**supported**"), ((0.7, 0.6), "**partly supported**"),

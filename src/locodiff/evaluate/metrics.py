@@ -362,23 +362,73 @@ def normalized_auc(accuracy: dict[int, float], k_range: tuple[int, int]) -> floa
     return float(area / (ks[-1] - ks[0]))
 
 
-def summarize(per_k: dict[int, CountMetrics], options: SummaryOptions | None = None) -> dict:
-    """Headline numbers for every accuracy kind, per range: largest k >= threshold and AUC."""
+@dataclass(frozen=True)
+class RangeSummary:
+    """One accuracy kind over one range of k: the largest k at or above the threshold, the
+    normalised area under the curve, and the lowest value."""
+
+    largest_k: int | None
+    auc: float | None
+    min: float | None
+
+
+@dataclass(frozen=True)
+class KindSummary:
+    largest_k: int | None  # over every evaluated k
+    trained: RangeSummary
+    extrapolation: RangeSummary
+
+
+@dataclass(frozen=True)
+class EvalSummary:
+    """The headline numbers of an evaluation, per accuracy kind (``ACCURACY_KINDS + RATE_KINDS``).
+    Saved flat in eval.json (``recall_min_extrapolation``, ...): ``to_dict`` and ``from_dict``
+    are the only places those keys are spelled."""
+
+    threshold: float
+    trained_range: tuple[int, int]
+    extrapolation_range: tuple[int, int]
+    kinds: dict[str, KindSummary]
+
+    def __getitem__(self, kind: str) -> KindSummary:
+        return self.kinds[kind]
+
+    def to_dict(self) -> dict:
+        out: dict = {"threshold": self.threshold, "trained_range": list(self.trained_range),
+                     "extrapolation_range": list(self.extrapolation_range)}
+        for kind, k in self.kinds.items():
+            for label in ("trained", "extrapolation"):
+                r = getattr(k, label)
+                out.update({f"{kind}_largest_k_{label}": r.largest_k, f"{kind}_auc_{label}": r.auc,
+                            f"{kind}_min_{label}": r.min})
+            out[f"{kind}_largest_k"] = k.largest_k
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EvalSummary":
+        def span(kind: str, label: str) -> RangeSummary:
+            return RangeSummary(d.get(f"{kind}_largest_k_{label}"), d.get(f"{kind}_auc_{label}"),
+                                d.get(f"{kind}_min_{label}"))
+        kinds = {kind: KindSummary(d.get(f"{kind}_largest_k"), span(kind, "trained"), span(kind, "extrapolation"))
+                 for kind in ACCURACY_KINDS + RATE_KINDS}
+        return cls(d["threshold"], tuple(d["trained_range"]), tuple(d["extrapolation_range"]), kinds)
+
+
+def summarize(per_k: dict[int, CountMetrics], options: SummaryOptions | None = None) -> EvalSummary:
+    """Headline numbers for every accuracy kind, per range: largest k >= threshold, AUC, lowest."""
     opts = options or SummaryOptions()
-    out: dict = {
-        "threshold": opts.threshold,
-        "trained_range": list(opts.trained_range),
-        "extrapolation_range": list(opts.extrapolation_range),
-    }
+    kinds = {}
     for kind in ACCURACY_KINDS + RATE_KINDS:
         acc = {k: getattr(m, kind) for k, m in per_k.items() if getattr(m, kind) is not None}
-        for label, (lo, hi) in (("trained", opts.trained_range), ("extrapolation", opts.extrapolation_range)):
+
+        def span(lo: int, hi: int) -> RangeSummary:
             ks = [k for k in acc if lo <= k <= hi]
-            out[f"{kind}_largest_k_{label}"] = largest_k_above(acc, opts.threshold, ks)
-            out[f"{kind}_auc_{label}"] = normalized_auc(acc, (lo, hi))
-            out[f"{kind}_min_{label}"] = min((acc[k] for k in ks), default=None)
-        out[f"{kind}_largest_k"] = largest_k_above(acc, opts.threshold)
-    return out
+            return RangeSummary(largest_k_above(acc, opts.threshold, ks), normalized_auc(acc, (lo, hi)),
+                                min((acc[k] for k in ks), default=None))
+
+        kinds[kind] = KindSummary(largest_k_above(acc, opts.threshold), span(*opts.trained_range),
+                                  span(*opts.extrapolation_range))
+    return EvalSummary(opts.threshold, tuple(opts.trained_range), tuple(opts.extrapolation_range), kinds)
 
 
 def rank_correlation(a: list[float], b: list[float]) -> float:

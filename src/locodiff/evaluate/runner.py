@@ -31,6 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..conditioning import ATTRIBUTE_NAMES, Conditioning
+from ..config import from_dict
 from ..denoiser import Denoiser
 from ..diffusion import get_sampler
 from ..diffusion.samplers import sample_in_batches
@@ -48,6 +49,7 @@ from .figures import accuracy_plot, detection_grid
 from .heatmap import load_or_train_detector
 from .metrics import (
     CountMetrics,
+    EvalSummary,
     ImageMatch,
     count_metrics,
     default_tolerance_px,
@@ -62,8 +64,11 @@ ConditioningFactory = Callable[[int, int, torch.Generator], Conditioning]
 
 @dataclass
 class EvalResult:
+    """An evaluation: per-k metrics and their summary, as saved in ``eval.json``; ``load`` is the
+    one reader of that file."""
+
     per_k: dict[int, CountMetrics]
-    summary: dict
+    summary: EvalSummary
     out_dir: Path
     resolution: int
     detector: str
@@ -71,12 +76,27 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         return {
-            "summary": self.summary,
+            "summary": self.summary.to_dict(),
             "per_k": [self.per_k[k].to_dict() for k in sorted(self.per_k)],
             "resolution": self.resolution,
             "detector": self.detector,
             "config": asdict(self.config),
         }
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "EvalResult | None":
+        """The evaluation saved in ``folder``, or None where there is none yet."""
+        path = Path(folder) / EVAL_SUMMARY
+        if not path.is_file():
+            return None
+        d = json.loads(path.read_text())
+        per_k = {m.k: m for m in (CountMetrics.from_dict(r) for r in d["per_k"])}
+        return cls(per_k, EvalSummary.from_dict(d["summary"]), Path(folder), d["resolution"], d["detector"],
+                   from_dict(EvalConfig, d["config"]))
+
+    def at(self, k: int, kind: str) -> float | None:
+        """Accuracy ``kind`` (an attribute of ``CountMetrics``: recall, placed, ...) at count k."""
+        return getattr(self.per_k[k], kind) if k in self.per_k else None
 
     def markdown(self) -> str:
         """The per-k table as Markdown, for reports and the terminal."""

@@ -87,7 +87,7 @@ def generalization_section(cfg, facts: list[ModelFacts], figures: Path) -> Secti
         f"For each k, {ev.per_count} test conditionings with k locations; one sample each "
         f"({ev.sampler}, {ev.steps} steps); a detector finds the objects. A requested location is matched "
         f"by a detected object within {tolerance:g} px; trained range k = {ev.trained_range[0]}–{ev.trained_range[1]}."))
-    ks = sorted({r["k"] for f in done for r in f.evaluation["per_k"]})
+    ks = sorted({k for f in done for k in f.evaluation.per_k})
     ceiling = detector_ceiling(cfg)
     lo, hi = ev.extrapolation_range
     sec.blocks.append(Text(
@@ -103,10 +103,9 @@ def generalization_section(cfg, facts: list[ModelFacts], figures: Path) -> Secti
                        ("placed", "every requested location has an object; extra objects allowed")):
         rows = []
         for f in done:
-            s = f.evaluation["summary"]
+            beyond = f.evaluation.summary[kind].extrapolation
             mark = " ◀" if headline(f) == kind else ""
-            rows.append([f.name + mark] + [accuracy_at(f, k, kind) for k in ks] +
-                        [s.get(f"{kind}_min_extrapolation"), s.get(f"{kind}_auc_extrapolation")])
+            rows.append([f.name + mark] + [accuracy_at(f, k, kind) for k in ks] + [beyond.min, beyond.auc])
         if ceiling:
             rows.append(["detector on real renders"] + [ceiling.get(k, {}).get(kind) for k in ks] + [None] * 2)
         sec.blocks.append(Table(["model"] + [f"k={k}" for k in ks] + [f"min k={lo}–{hi}", "AUC extrap."], rows,
@@ -248,8 +247,7 @@ def colour_blocks(cfg, done: list[ModelFacts], feats: dict[str, dict], figures: 
     acc_rows = []
     for f in done:
         if f.name in colours and f.evaluation:
-            per_k = {r["k"]: r.get("color_accuracy") for r in f.evaluation["per_k"]}
-            acc_rows.append([f.name, *[per_k.get(k) for k in cfg.evaluate.counts]])
+            acc_rows.append([f.name, *[f.evaluation.at(k, "color_accuracy") for k in cfg.evaluate.counts]])
     blocks = [
         Text("**Colour concepts.** For models that read object attributes: concept i = one conditioner at "
              "the image centre with colour i (other attributes fixed), directions and cosines as above. "
@@ -283,8 +281,7 @@ def combination_blocks(cfg, done: list[ModelFacts], feats: dict[str, dict]) -> l
             continue
         acc = pair_accuracy(f.eval_records, pairs)
         inter = pair_means(attrs["interaction"], attrs["colors"], attrs["shapes"], pairs)
-        per_k = f.evaluation["per_k"]
-        shape_counts = [r.get("attribute_counts", {}) for r in per_k]
+        shape_counts = [m.attribute_counts for m in f.evaluation.per_k.values()]
         n_shape = sum(c.get("shape_checked", 0) for c in shape_counts)
         shape_acc = sum(c.get("shape_correct", 0) for c in shape_counts) / n_shape if n_shape else None
         rows.append([f.name, len(held.get(f.name, ())), shape_acc,
@@ -367,14 +364,13 @@ def findings_section(cfg, facts: list[ModelFacts]) -> Section:
     for f in facts:
         if not f.evaluation:
             continue
-        s, kind = f.evaluation["summary"], headline(f)
-        k1 = accuracy_at(f, 1)
+        s, kind = f.evaluation.summary, headline(f)
+        (lo, hi), k1 = s.extrapolation_range, accuracy_at(f, 1)
         low, mean = recall_beyond(f)
-        line = (f"**{f.name}** ({f.arch}, labels `{f.label_policy}`): recall over k = {s['extrapolation_range'][0]}–"
-                f"{s['extrapolation_range'][1]} lowest {num(low)}, mean {num(mean)}; `{kind}` at k=1 "
-                f"{k1 if k1 is not None else float('nan'):.2f}, largest k with {kind} ≥ {thr}: "
-                f"{s.get(f'{kind}_largest_k')}, {kind} AUC over k = {s['extrapolation_range'][0]}–"
-                f"{s['extrapolation_range'][1]}: {num(s.get(f'{kind}_auc_extrapolation'))}")
+        line = (f"**{f.name}** ({f.arch}, labels `{f.label_policy}`): recall over k = {lo}–{hi} lowest {num(low)}, "
+                f"mean {num(mean)}; `{kind}` at k=1 {k1 if k1 is not None else float('nan'):.2f}, largest k with "
+                f"{kind} ≥ {thr}: {s[kind].largest_k}, {kind} AUC over k = {lo}–{hi}: "
+                f"{num(s[kind].extrapolation.auc)}")
         if f.locality_dir:
             line += f"; mean normalised locality index {f.locality_index:.2f}"
         learned = learned_conditioner(f, thr)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import layout
+from ..evaluate.runner import EvalResult
 from ..io import read_jsonl
 from ..locality.extrapolation import ExtrapolationResult
 from ..locality.feature_space import load_features
@@ -36,7 +37,7 @@ class ModelFacts:
     images_per_s: float | None = None
     train_seconds: float | None = None
     final_loss: float | None = None
-    evaluation: dict | None = None  # eval.json
+    evaluation: EvalResult | None = None  # eval.json
     eval_dir: Path | None = None
     eval_records: list[dict] = field(default_factory=list)  # eval.jsonl
     locality_dir: Path | None = None
@@ -83,9 +84,9 @@ def _read_results(cfg, f: ModelFacts, train_dir: Path) -> ModelFacts:
     f.images_seen = read_state(ckpt)["images_seen"]
     f.train_seconds, f.images_per_s, f.final_loss = training_time(read_jsonl(train_dir / layout.TRAIN_METRICS))
     ev = layout.eval_dir(f.folder, cfg.evaluate, ckpt.name)
-    if (ev / layout.EVAL_SUMMARY).is_file():
-        f.evaluation, f.eval_dir = json.loads((ev / layout.EVAL_SUMMARY).read_text()), ev
-        f.eval_records = read_jsonl(ev / layout.EVAL_RECORDS)
+    f.evaluation = EvalResult.load(ev)
+    if f.evaluation is not None:
+        f.eval_dir, f.eval_records = ev, read_jsonl(ev / layout.EVAL_RECORDS)
     loc = layout.probe_dir(f.folder, cfg.locality, ckpt.name)
     if (loc / layout.PROBE_SUMMARY).is_file():
         f.locality_dir, f.locality = loc, json.loads((loc / layout.PROBE_SUMMARY).read_text())
@@ -108,8 +109,7 @@ def headline(f: ModelFacts) -> str:
 
 
 def accuracy_at(f: ModelFacts, k: int, kind: str | None = None) -> float | None:
-    rows = {r["k"]: r for r in (f.evaluation or {}).get("per_k", [])}
-    return rows[k].get(kind or headline(f)) if k in rows else None
+    return f.evaluation.at(k, kind or headline(f)) if f.evaluation else None
 
 
 def learned_conditioner(f: ModelFacts, threshold: float) -> bool | None:
@@ -124,14 +124,14 @@ def num(v: float | None) -> str:
 
 def recall_per_k(f: ModelFacts) -> dict[int, float]:
     """Recall at every evaluated k >= 1, from eval.json."""
-    rows = (f.evaluation or {}).get("per_k", [])
-    return {r["k"]: r["recall"] for r in rows if r.get("recall") is not None}
+    per_k = f.evaluation.per_k if f.evaluation else {}
+    return {k: m.recall for k, m in per_k.items() if m.recall is not None}
 
 
 def recall_beyond(f: ModelFacts) -> tuple[float | None, float | None]:
     """(lowest, mean) recall over the extrapolation range, from eval.json."""
-    s = f.evaluation["summary"]
-    return s.get("recall_min_extrapolation"), s.get("recall_auc_extrapolation")
+    beyond = f.evaluation.summary["recall"].extrapolation
+    return beyond.min, beyond.auc
 
 
 def gather_seeds(cfg) -> dict[int, list[ModelFacts]]:

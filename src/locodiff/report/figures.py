@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import matplotlib
 
@@ -12,6 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..io import atomic_path  # noqa: E402
+
+if TYPE_CHECKING:  # a type only
+    from ..evaluate.runner import EvalResult
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -22,20 +25,20 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def success_vs_k(evaluations: Mapping[str, dict], path: str | Path, trained_range: tuple[int, int] = (1, 3),
+def success_vs_k(evaluations: Mapping[str, EvalResult], path: str | Path, trained_range: tuple[int, int] = (1, 3),
                  kind: str = "success") -> Path:
     """A rate (``kind``: success, placed, recall, precision) against requested k for several
-    models, from their eval.json dicts, with 95% intervals where the file has them."""
+    models, from their evaluations, with 95% intervals where they have them."""
     fig, ax = plt.subplots(figsize=(5.6, 3.4))
     ax.axvspan(trained_range[0] - 0.5, trained_range[1] + 0.5, color="0.9")
     for i, (name, ev) in enumerate(evaluations.items()):
-        rows = sorted((r for r in ev["per_k"] if r.get(kind) is not None), key=lambda r: r["k"])
+        rows = [m for k, m in sorted(ev.per_k.items()) if getattr(m, kind) is not None]
         if not rows:
             continue
-        ks = np.array([r["k"] for r in rows])
-        ax.plot(ks, [r[kind] for r in rows], "o-", ms=3, lw=1.2, color=f"C{i}", label=name)
-        if all(r.get(f"{kind}_ci") for r in rows):
-            lo, hi = np.array([r[f"{kind}_ci"] for r in rows]).T
+        ks = np.array([m.k for m in rows])
+        ax.plot(ks, [getattr(m, kind) for m in rows], "o-", ms=3, lw=1.2, color=f"C{i}", label=name)
+        if all(getattr(m, f"{kind}_ci") for m in rows):
+            lo, hi = np.array([getattr(m, f"{kind}_ci") for m in rows]).T
             ax.fill_between(ks, lo, hi, color=f"C{i}", alpha=0.15, lw=0)
     ax.set_xlabel("requested objects k")
     ax.set_ylabel(kind)
@@ -47,15 +50,15 @@ def success_vs_k(evaluations: Mapping[str, dict], path: str | Path, trained_rang
     return _save(fig, path)
 
 
-def recall_and_crowding(evaluations: Mapping[str, dict], outside: Mapping[int, float], radius_px: float,
+def recall_and_crowding(evaluations: Mapping[str, EvalResult], outside: Mapping[int, float], radius_px: float,
                         limit_k: int | None, path: str | Path, trained_range: tuple[int, int] = (1, 3)) -> Path:
     """Each model's recall against k (left) beside the share of test objects whose window is more
     crowded than any common training window (right), with the k the crowding theory predicts."""
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(8.4, 3.2))
     ax.axvspan(trained_range[0] - 0.5, trained_range[1] + 0.5, color="0.9")
     for i, (name, ev) in enumerate(evaluations.items()):
-        rows = sorted((r for r in ev["per_k"] if r.get("recall") is not None), key=lambda r: r["k"])
-        ax.plot([r["k"] for r in rows], [r["recall"] for r in rows], "o-", ms=3, lw=1.2, color=f"C{i}", label=name)
+        rows = [m for k, m in sorted(ev.per_k.items()) if m.recall is not None]
+        ax.plot([m.k for m in rows], [m.recall for m in rows], "o-", ms=3, lw=1.2, color=f"C{i}", label=name)
     ks = sorted(outside)
     bx.bar(ks, [outside[k] for k in ks], color="0.55")
     for a in (ax, bx):

@@ -15,6 +15,7 @@ from scipy import stats as scipy_stats
 
 from .. import layout
 from ..evaluate.metrics import rank_correlation
+from ..evaluate.runner import EvalResult
 from ..locality.extrapolation import ExtrapolationResult
 from ..locality.result import mean_normalised_index, mean_presence_index
 from ..rng import derived_seed
@@ -26,9 +27,8 @@ from .figures import emergence_figure
 
 
 
-def recall_at(evaluation: dict | None, k: int) -> float | None:
-    rows = {r["k"]: r for r in (evaluation or {}).get("per_k", [])}
-    return rows[k]["recall"] if k in rows else None
+def recall_at(evaluation: EvalResult | None, k: int) -> float | None:
+    return evaluation.at(k, "recall") if evaluation is not None else None
 
 
 def trained_in_form(spec) -> str | None:
@@ -135,7 +135,7 @@ def emergence_curves(cfg) -> dict[str, list[dict]]:
                 layout.probe_dir(folder, options, ckpt.name) / layout.PROBE_SUMMARY
             if not (evaluation.is_file() and probe.is_file()):
                 continue
-            e, p = json.loads(evaluation.read_text()), json.loads(probe.read_text())
+            e, p = EvalResult.load(evaluation.parent), json.loads(probe.read_text())
             extrapolation = ExtrapolationResult.load(probe.parent)
             efficacy = extrapolation.band("efficacy", max(ev.counts)) if extrapolation is not None else None
             points.append({"images_seen": read_state(ckpt)["images_seen"], "index": mean_normalised_index(p),
@@ -224,7 +224,7 @@ def correlation_points(cfg, by_seed: dict[int, list[ModelFacts]]) -> dict[str, l
                     (f.locality_index, f.presence_index, mean_recall(f.evaluation)))
     for key, points in emergence_curves(cfg).items():
         for p in points:
-            placed = next((r.get("placed") for r in p["evaluation"]["per_k"] if r["k"] == 1), None)
+            placed = p["evaluation"].at(1, "placed")
             if p["index"] is not None and p["presence"] is not None and (placed is None or placed >= thr):
                 runs.setdefault(key, []).append((p["index"], p["presence"], mean_recall(p["evaluation"])))
     return runs if ks else {}
