@@ -12,10 +12,13 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from helpers.evaluations import evaluation
+
 from locodiff import layout
 from locodiff.cli import app
 from locodiff.errors import ConfigError, LocodiffError
-from locodiff.intervene.subject import base_run_folder, training_run
+from locodiff.evaluate.runner import evaluation_dir
+from locodiff.intervene.subject import base_run_folder, subject_checkpoint, training_run
 from locodiff.layout import intervention_dir, run_dir, subject_dirs
 from locodiff.study import run_study
 from locodiff.study_config import PRESETS, load_study_config
@@ -206,6 +209,34 @@ def test_a_moved_run_tree_still_evaluates_its_intervention(finished, tmp_path):
     assert sorted(p.name for p in folder.rglob("*")) == before
 
 
+def test_more_counts_later_extend_the_same_evaluation(finished, tmp_path):
+    """An evaluation's folder does not depend on the counts asked: asking for more evaluates just
+    those, beside the finished ones, and eval.json then covers all of them."""
+    tree = tmp_path / "tree"
+    shutil.copytree(finished.out_dir, tree)
+    run = tree / run_dir(finished, "exp1").relative_to(finished.out_dir)
+    ckpt = subject_checkpoint(run).name
+    folder = layout.eval_dir(run, finished.evaluate, ckpt)
+    before = (folder / "eval.jsonl").read_text()
+    res = CliRunner().invoke(app, ["evaluate", str(run), "-p", "micro", "-s", f"out_dir={tree}", "--counts", "0-5"])
+    assert res.exit_code == 0, res.output
+    after = (folder / "eval.jsonl").read_text()
+    assert after.startswith(before)  # the finished counts were kept, not sampled again
+    assert {json.loads(line)["k"] for line in after[len(before):].splitlines()} == {3, 5}
+    assert [r["k"] for r in json.loads((folder / "eval.json").read_text())["per_k"]] == [0, 1, 2, 3, 4, 5]
+
+
+def test_an_evaluation_folder_named_by_an_older_version_is_adopted(finished, tmp_path):
+    tree = tmp_path / "tree"
+    shutil.copytree(finished.out_dir, tree)
+    run = tree / run_dir(finished, "exp1").relative_to(finished.out_dir)
+    ckpt = subject_checkpoint(run).name
+    current, legacy = layout.eval_dir(run, finished.evaluate, ckpt), layout.legacy_eval_dir(run, finished.evaluate, ckpt)
+    assert current != legacy
+    current.rename(legacy)
+    assert evaluation_dir(run, finished.evaluate, ckpt) == current and current.is_dir() and not legacy.exists()
+
+
 def test_an_absolute_base_run_from_an_older_version_follows_a_moved_tree(tmp_path):
     (tmp_path / "models" / "exp2-abc").mkdir(parents=True)
     intervention = tmp_path / "models" / "exp3-def"
@@ -365,9 +396,9 @@ def test_claims_are_judged_from_recall_and_name_their_numbers(tmp_path):
     cfg = load_study_config("micro")
 
     def facts(name, role, policy, placed_k1, low, mean):
-        evaluation = {"summary": {"recall_min_extrapolation": low, "recall_auc_extrapolation": mean},
-                      "per_k": [{"k": 1, "placed": placed_k1, "recall": placed_k1}]}
-        return ModelFacts(name, role, "cross_attention", policy, "", 1, tmp_path, evaluation=evaluation)
+        # recall measured at k = 4 and 10 only: lowest `low`, mean (the normalised area) `mean`
+        rows = {1: {"placed": placed_k1, "recall": placed_k1}, 4: {"recall": low}, 10: {"recall": 2 * mean - low}}
+        return ModelFacts(name, role, "cross_attention", policy, "", 1, tmp_path, evaluation=evaluation(rows))
 
     lines = claim_lines(cfg, [facts("a", "exp1", "all", 1.0, 0.85, 0.9), facts("b", "exp2", "one", 0.9, 0.2, 0.3),
                               facts("c", "exp3", "one", 0.9, 0.7, 0.8), facts("d", "exp2", "one", 0.1, 0.0, 0.1)])
@@ -441,7 +472,9 @@ def test_seeds_and_emergence_are_trained_cached_and_reported(tmp_path):
         assert [read_state(c)["images_seen"] for c in checkpoints] == [32, 64]
         for ckpt in checkpoints:
             e = json.loads((layout.eval_dir(folder, ev, ckpt.name) / "eval.json").read_text())
-            assert [r["k"] for r in e["per_k"]] == [1, 2]
+            # the last checkpoint's folder is the study's own evaluation (same samples per k), extended
+            expected = [1, 2] if ckpt != checkpoints[-1] else sorted({1, 2} | set(cfg.evaluate.counts))
+            assert [r["k"] for r in e["per_k"]] == expected
             probe = layout.probe_dir(folder, cfg.emergence.locality_options(cfg.locality), ckpt.name)
             assert (probe / "summary.json").is_file()
             assert sorted(json.loads((probe / "extrapolation.json").read_text())["per_k"]) == ["1", "2"]

@@ -64,9 +64,24 @@ def intervention_identity(spec: InterventionSpec, base: RunConfig) -> str:
     return config_hash({"base": run_identity(base), "spec": identity_dict(spec)})
 
 
+# Evaluation options that extend a finished evaluation rather than change it: asking for more
+# counts later evaluates just those, in the same folder (each k is sampled from its own stream).
+EVAL_EXTENSIBLE = ("counts", "grid_per_count")
+
+
 def eval_identity(config: EvalConfig, checkpoint: str) -> str:
-    key: dict[str, Any] = {"config": to_dict(config), "checkpoint": checkpoint}
+    options = {k: v for k, v in to_dict(config).items() if k not in EVAL_EXTENSIBLE}
+    key: dict[str, Any] = {"config": options, "checkpoint": checkpoint}
     if config.detector == "heatmap":  # a retrained detector (new version) scores afresh, elsewhere
+        key["detector_version"] = DETECTOR_VERSION
+    return config_hash(key)
+
+
+def legacy_eval_identity(config: EvalConfig, checkpoint: str) -> str:
+    """The identity evaluation folders had before the counts left it (locodiff before 2026-12-06);
+    such a folder is renamed to ``eval_identity`` when found (``evaluate.runner.evaluation_dir``)."""
+    key: dict[str, Any] = {"config": to_dict(config), "checkpoint": checkpoint}
+    if config.detector == "heatmap":
         key["detector_version"] = DETECTOR_VERSION
     return config_hash(key)
 
@@ -90,6 +105,10 @@ def intervention_folder(models: str | Path, name: str, spec: InterventionSpec, b
 def eval_dir(subject: str | Path, config: EvalConfig, checkpoint: str) -> Path:
     """Where the evaluation of ``subject``'s ``checkpoint`` under ``config`` is stored."""
     return Path(subject) / f"eval-{eval_identity(config, checkpoint)}"
+
+
+def legacy_eval_dir(subject: str | Path, config: EvalConfig, checkpoint: str) -> Path:
+    return Path(subject) / f"eval-{legacy_eval_identity(config, checkpoint)}"
 
 
 def probe_dir(subject: str | Path, options: LocalityOptions, checkpoint: str) -> Path:

@@ -20,7 +20,8 @@ already done.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -38,8 +39,8 @@ from ..diffusion.samplers import sample_in_batches
 from ..errors import InputError
 from ..imaging import to_uint8
 from ..intervene.subject import load_subject, subject_checkpoint
-from ..io import append_jsonl, atomic_path, read_jsonl, write_json_atomic, write_text_atomic
-from ..layout import EVAL_RECORDS, EVAL_SUMMARY, eval_dir
+from ..io import append_jsonl, atomic_path, notice, read_jsonl, write_json_atomic, write_text_atomic
+from ..layout import EVAL_EXTENSIBLE, EVAL_RECORDS, EVAL_SUMMARY, eval_dir, legacy_eval_dir
 from ..rng import generator
 from ..scenes import Renderer, SceneSampler, batch_conditioning
 from ..scenes.draw import TestDraw
@@ -318,8 +319,17 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig, cache_dir: str | Path,
     if ckpt is None:
         raise InputError(f"run {run_dir} has no checkpoint yet; train it before evaluating")
     denoiser, run_cfg = load_subject(run_dir, ckpt)
-    return evaluate_model(denoiser.to(device), run_cfg.data, eval_dir(run_dir, config, ckpt.name),
+    return evaluate_model(denoiser.to(device), run_cfg.data, evaluation_dir(run_dir, config, ckpt.name),
                           config, cache_dir, device, progress, run_cfg.holdout_indices())
+
+
+def evaluation_dir(subject: str | Path, config: EvalConfig, checkpoint: str) -> Path:
+    """``layout.eval_dir``, after renaming a folder an older locodiff named by the counts too."""
+    out, legacy = eval_dir(subject, config, checkpoint), legacy_eval_dir(subject, config, checkpoint)
+    if not out.exists() and legacy.is_dir():
+        os.replace(legacy, out)
+        notice(f"{legacy} renamed {out.name}: an evaluation's folder no longer depends on the counts asked")
+    return out
 
 
 def _record(k: int, index: int, cond: Conditioning, det: Detections, resolution: int, tolerance: float,
@@ -361,7 +371,7 @@ def _start_or_resume(out: Path, cfg: EvalConfig, resolution: int, detector: str)
     path = out / "eval_config.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        ignore = {"counts", "grid_per_count"}  # adding counts later is a legitimate resume
+        ignore = set(EVAL_EXTENSIBLE)  # adding counts later is a legitimate resume
         def strip(s: dict) -> dict:
             return {**s, "config": {k: v for k, v in s["config"].items() if k not in ignore}}
         if strip(old) != strip(settings):
@@ -383,12 +393,14 @@ def _start_or_resume(out: Path, cfg: EvalConfig, resolution: int, detector: str)
 
 
 def finalize(out: Path, cfg: EvalConfig, resolution: int, detector: str, records: dict[int, list[dict]]) -> EvalResult:
-    """Per-k metrics, summary, eval.json and the figures from the records of the asked counts."""
-    per_k = {k: count_metrics(k, [ImageMatch.from_dict(r) for r in records[k]]) for k in cfg.counts}
+    """Per-k metrics, summary, eval.json and the figures from the records of every complete count:
+    those asked now and any an earlier run of the folder asked."""
+    per_k = {k: count_metrics(k, [ImageMatch.from_dict(r) for r in records[k]]) for k in sorted(records)}
+    cfg = replace(cfg, counts=tuple(sorted(records)))  # what the file holds, whoever asked last
     result = EvalResult(per_k, summarize(per_k, cfg.summary_options()), out, resolution, detector, cfg)
     write_json_atomic(out / EVAL_SUMMARY, result.to_dict())
     write_text_atomic(out / "eval.md", result.markdown())
-    rows = [(k, _load_strip(out / "samples" / f"k{k:02d}.png", resolution), records[k][: cfg.grid_per_count]) for k in cfg.counts]
+    rows = [(k, _load_strip(out / "samples" / f"k{k:02d}.png", resolution), records[k][: cfg.grid_per_count]) for k in sorted(records)]
     if cfg.grid_per_count:
         detection_grid(rows, out / "samples.png")
     accuracy_plot(per_k, out / "accuracy.png", cfg.trained_range, title=f"{detector} detector, {resolution}x{resolution}")

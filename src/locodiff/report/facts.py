@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import layout
-from ..evaluate.runner import EvalResult
+from ..evaluate.runner import EvalResult, evaluation_dir
 from ..io import read_jsonl
 from ..locality.extrapolation import ExtrapolationResult
 from ..locality.feature_space import load_features
@@ -83,7 +83,7 @@ def _read_results(cfg, f: ModelFacts, train_dir: Path) -> ModelFacts:
         return f
     f.images_seen = read_state(ckpt)["images_seen"]
     f.train_seconds, f.images_per_s, f.final_loss = training_time(read_jsonl(train_dir / layout.TRAIN_METRICS))
-    ev = layout.eval_dir(f.folder, cfg.evaluate, ckpt.name)
+    ev = evaluation_dir(f.folder, cfg.evaluate, ckpt.name)
     f.evaluation = EvalResult.load(ev)
     if f.evaluation is not None:
         f.eval_dir, f.eval_records = ev, read_jsonl(ev / layout.EVAL_RECORDS)

@@ -15,7 +15,7 @@ from scipy import stats as scipy_stats
 
 from .. import layout
 from ..evaluate.metrics import rank_correlation
-from ..evaluate.runner import EvalResult
+from ..evaluate.runner import EvalResult, evaluation_dir
 from ..locality.extrapolation import ExtrapolationResult
 from ..locality.result import mean_normalised_index, mean_presence_index
 from ..rng import derived_seed
@@ -131,7 +131,7 @@ def emergence_curves(cfg) -> dict[str, list[dict]]:
     for key, (_, folder) in layout.emergence_runs(cfg).items():
         points = []
         for ckpt in list_checkpoints(folder) if folder.exists() else []:
-            evaluation, probe = layout.eval_dir(folder, ev, ckpt.name) / layout.EVAL_SUMMARY, \
+            evaluation, probe = evaluation_dir(folder, ev, ckpt.name) / layout.EVAL_SUMMARY, \
                 layout.probe_dir(folder, options, ckpt.name) / layout.PROBE_SUMMARY
             if not (evaluation.is_file() and probe.is_file()):
                 continue
