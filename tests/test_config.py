@@ -1,4 +1,6 @@
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -56,6 +58,21 @@ PINNED = {
     "micro": {"exp1": "37a69f6cc4fa", "exp2": "ae036167124a", "exp3_local": "e4548cdb4399",
               "exp1_combo": "56c27457a86b", "exp3_masked": "8a88e70a943a", "data": "1d4d8ad39afc"},
 }
+
+
+ROOT = Path(__file__).resolve().parents[1]
+EVERY_RUN = json.loads((ROOT / "tests" / "pinned_identities.json").read_text())
+
+
+@pytest.mark.parametrize("source", sorted(EVERY_RUN))
+def test_every_preset_and_example_keeps_its_run_folders(source):
+    """Every run and intervention of every preset and example config, every seed: the folder
+    names users' trained models live in (written down before the configs were restructured)."""
+    preset, _, example = source.partition(" + ")
+    cfg = load_study_config(preset, ROOT / example if example else None)
+    found = {f"{name}@{seed}": folder.name.rsplit("-", 1)[1]
+             for seed, sub in cfg.per_seed().items() for name, folder in subject_dirs(sub).items()}
+    assert found == EVERY_RUN[source]
 
 
 @pytest.mark.parametrize("preset", sorted(PINNED))
