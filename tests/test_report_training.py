@@ -20,7 +20,7 @@ from locodiff.report.training import (
 )
 from locodiff.study_config import load_study_config
 
-PENALISED = ["models.exp3_local.train.locality_penalty=1.0", 'models.exp3_local.train.locality_form="composition"']
+PENALISED = ["models.exp3_local.train.locality.weight=1.0", 'models.exp3_local.train.locality.form="composition"']
 
 
 def facts(tmp_path, name, role, placed_k1, recall_last_two):

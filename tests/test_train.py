@@ -13,7 +13,8 @@ from locodiff.io import read_jsonl
 from locodiff.models import ModelConfig
 from locodiff.scenes.dataset import DataConfig
 from locodiff.train.checkpoint import latest_checkpoint
-from locodiff.train.config import TrainConfig
+from locodiff.config import from_dict
+from locodiff.train.config import LocalityPenalty, TrainConfig
 from locodiff.train.data import StreamBatches
 from locodiff.train.checkpoint import load_denoiser
 from locodiff.train.config import RunConfig
@@ -135,11 +136,19 @@ def test_trained_run_loads_as_denoiser(tmp_path):
         load_denoiser(tmp_path / "missing")
 
 
+def test_the_penalty_read_under_its_old_names_is_the_same_run():
+    """Configs and saved runs from before the penalty became a section still read, as the same run."""
+    old = from_dict(TrainConfig, {"locality_penalty": 0.5, "locality_window_px": 2.0, "locality_form": "presence"})
+    assert old.locality == LocalityPenalty(weight=0.5, window_px=2.0, form="presence")
+    assert run_identity(tiny_run(locality=old.locality)) == run_identity(tiny_run(locality=LocalityPenalty(
+        weight=0.5, window_px=2.0, form="presence")))
+
+
 def test_locality_penalty_trains_and_is_part_of_the_run_identity(tmp_path):
-    plain, penalised = tiny_run(), tiny_run(locality_penalty=0.5, locality_window_px=2.0)
+    plain, penalised = tiny_run(), tiny_run(locality=LocalityPenalty(weight=0.5, window_px=2.0))
     assert run_identity(plain) != run_identity(penalised)
     # Without a penalty its window changes nothing, so it must not change the identity either.
-    assert run_identity(plain) == run_identity(tiny_run(locality_window_px=5.0))
+    assert run_identity(plain) == run_identity(tiny_run(locality=LocalityPenalty(window_px=5.0)))
     result = train_run(penalised, tmp_path / "run", source=StreamBatches(TINY_DATA, "all", 3), progress=False)
     assert result.images_seen == 64 and torch.isfinite(torch.tensor(result.final_loss))
 

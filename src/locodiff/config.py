@@ -116,12 +116,24 @@ def _check_not_negative(value: Any, where: str) -> None:
             raise ConfigError(f"{where}: expected a number >= 0, got {value!r}")
 
 
+def _moved_to_sections(data: dict[str, Any], moved: dict[str, str]) -> dict[str, Any]:
+    """Options given under an old flat name (``MOVED``: old -> "section.name") put where they live
+    now, so older configs and saved runs still read; the old name wins over the section's value."""
+    data = dict(data)
+    for old, new in moved.items():
+        if old in data:
+            section, name = new.split(".")
+            data[section] = {**(data.get(section) or {}), name: data.pop(old)}
+    return data
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build dataclass ``cls`` from a plain dict, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a table, got {data!r}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    data = _moved_to_sections(data, getattr(cls, "MOVED", {}))
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
@@ -208,18 +220,17 @@ IDENTITY_UNLESS_DEFAULT = {"identity": "unless_default"}
 def identity_dict(obj: Any) -> Any:
     """``to_dict`` of a config minus what does not change its results (see ``NOT_IDENTITY``).
 
-    A dataclass may also name fields that are irrelevant for its current values with an
-    ``irrelevant_fields()`` method (e.g. a penalty's options while its weight is 0).
+    A dataclass may restate its identity with ``legacy_identity(identity)``: how folders were
+    named before some of its options moved into a section, so those folders keep their names.
     """
     if dataclasses.is_dataclass(obj):
-        skip = set(obj.irrelevant_fields()) if hasattr(obj, "irrelevant_fields") else set()
         out = {}
         for f in dataclasses.fields(obj):
             rule, value = f.metadata.get("identity"), getattr(obj, f.name)
-            if f.name in skip or rule == "never" or (rule == "unless_default" and value == _default(f)):
+            if rule == "never" or (rule == "unless_default" and value == _default(f)):
                 continue
             out[f.name] = identity_dict(value)
-        return out
+        return obj.legacy_identity(out) if hasattr(obj, "legacy_identity") else out
     if isinstance(obj, (list, tuple)):
         return [identity_dict(v) for v in obj]
     if isinstance(obj, dict):

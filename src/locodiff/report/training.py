@@ -33,18 +33,17 @@ def recall_at(evaluation: EvalResult | None, k: int) -> float | None:
 
 def trained_in_form(spec) -> str | None:
     """What a model does during training to be local, in words; None for ordinary training."""
-    t, m = spec.train, spec.model
+    t, m, p = spec.train, spec.model, spec.train.locality
     parts = []
-    if t.locality_penalty > 0:
-        start = f" from {t.locality_start_images // 1000}k images" if t.locality_start_images else ""
-        how = f"(weight {t.locality_penalty:g}{start}, {t.locality_fraction:.0%} of each batch)"
-        if t.locality_form == "composition":
-            parts.append(f"taught its own masked composition ({t.locality_window_px:g} px windows) on its labels "
-                         f"plus up to {t.locality_extra_tokens} phantom labels {how}")
+    if p.weight > 0:
+        start = f" from {p.start_images // 1000}k images" if p.start_images else ""
+        how = f"(weight {p.weight:g}{start}, {p.fraction:.0%} of each batch)"
+        if p.form == "composition":
+            parts.append(f"taught its own masked composition ({p.window_px:g} px windows) on its labels "
+                         f"plus up to {p.extra_tokens} phantom labels {how}")
         else:
-            what = "share" if t.locality_relative else "size"
-            parts.append(f"penalty on the {what} of each label's {t.locality_form} effect beyond "
-                         f"{t.locality_window_px:g} px {how}")
+            what = "share" if p.relative else "size"
+            parts.append(f"penalty on the {what} of each label's {p.form} effect beyond {p.window_px:g} px {how}")
     if m.attention_radius_px is not None:
         parts.append(f"attention only to tokens within {m.attention_radius_px:g} px (also at test)")
     if t.object_dropout > 0:

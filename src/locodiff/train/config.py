@@ -8,7 +8,7 @@ part of the run folder's identity (``layout.run_identity``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from ..config import IDENTITY_UNLESS_DEFAULT, NOT_IDENTITY, SIGNED
 from ..errors import ConfigError, LocodiffError
@@ -16,8 +16,47 @@ from ..models.config import ModelConfig
 from ..scenes import vocab
 from ..scenes.dataset import DataConfig
 
-# train.penalty's measures of a conditioner's effect (shift, presence) and the composition target
-PENALTY_FORMS = ("shift", "presence", "composition")
+@dataclass(frozen=True)
+class LocalityPenalty:
+    """Locality trained in (``train.penalty``): a penalty added to the EDM loss on what each label
+    does beyond a window around it. Off while ``weight`` is 0; ``train.penalty.training_loss``
+    builds the loss from it."""
+
+    weight: float = 0.0  # weight of the penalty; 0 = ordinary training
+    window_px: float = 3.0  # window radius around each label, in pixels
+    fraction: float = 1.0  # share of each batch the penalty is computed on (cost ~ 1 + fraction)
+    # what is penalised: "shift" (a conditioner moved a little), "presence" (removed), or
+    # "composition" (distance to the masked composition of the network's single-label predictions
+    # on the labels plus up to extra_tokens phantom labels)
+    form: Literal["shift", "presence", "composition"] = "shift"
+    extra_tokens: int = 4  # composition: phantom labels at random free places
+    relative: bool = False  # shift / presence: penalise the off-window share of the effect (scale-free)
+    start_images: int = 0  # images trained without the penalty first (the label is learned before it is confined)
+
+    def __post_init__(self) -> None:
+        if not self.window_px > 0 or not 0 < self.fraction <= 1 or self.extra_tokens < 1:
+            raise ConfigError(f"train.locality: window_px={self.window_px}, fraction={self.fraction}, extra_tokens="
+                              f"{self.extra_tokens}: expected a radius > 0, a fraction in (0, 1] and >= 1 token")
+        if self.form == "composition" and self.relative:
+            raise ConfigError("train.locality.relative applies to the shift and presence forms, not composition")
+
+    def flat_identity(self) -> dict:
+        """The penalty as run folders were named when its options were ``train.locality_*``
+        (unchanged folders): the weight always, the rest only while it is on, and the options
+        added later only where they differ from their defaults."""
+        out: dict = {"locality_penalty": self.weight}
+        if self.weight == 0:
+            return out
+        out.update(locality_window_px=self.window_px, locality_fraction=self.fraction)
+        for name, default in (("form", "shift"), ("extra_tokens", 4), ("relative", False), ("start_images", 0)):
+            if getattr(self, name) != default:
+                out[f"locality_{name}"] = getattr(self, name)
+        return out
+
+
+# where the penalty's options were before they became a section (old configs and runs still read)
+_MOVED_PENALTY = {f"locality_{name}": f"locality.{name}"
+                  for name in ("window_px", "fraction", "form", "extra_tokens", "relative", "start_images")}
 
 
 @dataclass(frozen=True)
@@ -43,24 +82,14 @@ class TrainConfig:
     keep_checkpoints: int = field(default=2, metadata=NOT_IDENTITY)  # how many checkpoints to keep on disk
     threads: int = field(default=0, metadata=NOT_IDENTITY)  # torch CPU threads; 0 = leave torch's default
     time_budget_s: float = field(default=0.0, metadata=NOT_IDENTITY)  # stop early (checkpointing) after this wall time; 0 = none
-    locality_penalty: float = 0.0  # weight of the off-window conditioner-sensitivity penalty (train.penalty)
-    locality_window_px: float = 3.0  # window radius of that penalty, in pixels
-    locality_fraction: float = 1.0  # share of each batch the penalty is computed on (cost ~ 1 + fraction)
-    # what the penalty measures: "shift" (a conditioner moved a little), "presence" (removed), or
-    # "composition" (distance to the masked composition of the network's single-label predictions
-    # on the labels plus up to locality_extra_tokens phantom labels)
-    locality_form: str = field(default="shift", metadata=IDENTITY_UNLESS_DEFAULT)
-    locality_extra_tokens: int = field(default=4, metadata=IDENTITY_UNLESS_DEFAULT)
-    # penalise the off-window share of the effect (scale-free) instead of its size
-    locality_relative: bool = field(default=False, metadata=IDENTITY_UNLESS_DEFAULT)
-    # images trained without the penalty first (the label is learned before it is confined)
-    locality_start_images: int = field(default=0, metadata=IDENTITY_UNLESS_DEFAULT)
+    locality: LocalityPenalty = field(default_factory=LocalityPenalty)  # locality trained in (off by default)
 
-    def irrelevant_fields(self) -> tuple[str, ...]:
-        """Without a penalty its options change nothing."""
-        penalty_options = ("locality_window_px", "locality_fraction", "locality_form", "locality_relative",
-                           "locality_start_images", "locality_extra_tokens")
-        return penalty_options if self.locality_penalty == 0 else ()
+    MOVED: ClassVar[dict[str, str]] = {"locality_penalty": "locality.weight", **_MOVED_PENALTY}
+
+    def legacy_identity(self, identity: dict) -> dict:
+        """The run identity with the penalty under its old flat names (see ``LocalityPenalty``)."""
+        identity.pop("locality", None)
+        return {**identity, **self.locality.flat_identity()}
 
     def __post_init__(self) -> None:
         positive = ["total_images", "batch_size", "log_every_images", "checkpoint_every_images"]
@@ -70,24 +99,10 @@ class TrainConfig:
         for name in ("label_dropout", "object_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"train.{name}={getattr(self, name)}: expected in [0, 1)")
-        if self.locality_form not in PENALTY_FORMS:
-            raise ConfigError(f"train.locality_form={self.locality_form!r}: expected one of {', '.join(PENALTY_FORMS)}")
-        if self.locality_form == "composition" and self.locality_relative:
-            raise ConfigError("train.locality_relative applies to the shift and presence forms, not composition")
-        if self.locality_extra_tokens < 1:
-            raise ConfigError(f"train.locality_extra_tokens={self.locality_extra_tokens}: expected >= 1")
-        if self.locality_start_images < 0:
-            raise ConfigError(f"train.locality_start_images={self.locality_start_images}: expected >= 0")
         if not self.p_std > 0:
             raise ConfigError(f"train.p_std={self.p_std}: expected > 0")
         if self.lr <= 0:
             raise ConfigError(f"train.lr={self.lr}: expected > 0")
-        if self.locality_penalty < 0 or self.locality_window_px <= 0 or not 0 < self.locality_fraction <= 1:
-            raise ConfigError(
-                f"train.locality_penalty={self.locality_penalty} / locality_window_px={self.locality_window_px} / "
-                f"locality_fraction={self.locality_fraction}: "
-                "expected a weight >= 0, a window radius > 0 and a fraction in (0, 1]"
-            )
         if self.keep_checkpoints < 1:
             raise ConfigError(f"train.keep_checkpoints={self.keep_checkpoints}: expected >= 1")
 

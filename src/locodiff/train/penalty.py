@@ -39,6 +39,7 @@ from ..denoiser import Denoiser
 from ..diffusion.guidance import ScoreComposition
 from ..diffusion.loss import EDMLoss, Rows
 from ..errors import ConfigError
+from .config import TrainConfig
 
 PenaltyForm = Literal["shift", "presence"]  # LocalityPenaltyLoss; "composition" is CompositionLoss
 
@@ -190,3 +191,15 @@ class CompositionLoss:
         attributes = None if cond.attributes is None else torch.cat(
             [cond.attributes, cond.attributes.new_full((b, self.extra, cond.attributes.shape[-1]), -1)], 1)
         return Conditioning(locations, mask, attributes)
+
+
+def training_loss(train: TrainConfig) -> EDMLoss | LocalityPenaltyLoss | CompositionLoss:
+    """The run's loss: the EDM loss, with ``train.locality``'s penalty when its weight is above 0."""
+    base, p = EDMLoss(p_mean=train.p_mean, p_std=train.p_std), train.locality
+    if p.weight == 0:
+        return base
+    if p.form == "composition":
+        return CompositionLoss(p.weight, p.window_px, p.extra_tokens, fraction=p.fraction,
+                               start_images=p.start_images, base=base)
+    return LocalityPenaltyLoss(p.weight, p.window_px, fraction=p.fraction, form=p.form, relative=p.relative,
+                               start_images=p.start_images, base=base)

@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from ..config import to_dict
-from ..diffusion import EDMLoss
 from ..errors import CheckpointError
 from ..io import write_json_atomic
 from ..layout import RUN_CONFIG, run_identity
@@ -29,7 +28,7 @@ from .checkpoint import latest_checkpoint, read_run_config, read_state
 from .config import RunConfig, TrainConfig
 from .data import CachedBatches, StreamBatches
 from .loop import BatchSource, TrainResult, train_loop
-from .penalty import CompositionLoss, LocalityPenaltyLoss
+from .penalty import training_loss
 from .sampling import training_grid
 
 
@@ -93,20 +92,6 @@ def _with_sample_grids(cfg: RunConfig, run_dir: Path, then=None):
             then(ema_net, images_seen)
 
     return on_checkpoint
-
-
-def training_loss(train: TrainConfig):
-    """The EDM loss, plus the conditional-locality penalty when ``train.locality_penalty > 0``."""
-    if train.locality_penalty == 0:
-        return EDMLoss(p_mean=train.p_mean, p_std=train.p_std)
-    if train.locality_form == "composition":
-        return CompositionLoss(train.locality_penalty, train.locality_window_px, train.locality_extra_tokens,
-                               fraction=train.locality_fraction, start_images=train.locality_start_images,
-                               base=EDMLoss(p_mean=train.p_mean, p_std=train.p_std))
-    return LocalityPenaltyLoss(train.locality_penalty, train.locality_window_px, fraction=train.locality_fraction,
-                               form=train.locality_form, relative=train.locality_relative,
-                               start_images=train.locality_start_images,
-                               base=EDMLoss(p_mean=train.p_mean, p_std=train.p_std))
 
 
 def train_run(
