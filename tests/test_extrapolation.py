@@ -13,6 +13,7 @@ from locodiff.locality.config import ExtrapolationOptions, SceneDraw
 from locodiff.locality.extrapolation import ExtrapolationResult, plan_scene, probe_extrapolation
 from locodiff.locality.run import extrapolation_scenes
 from locodiff.models import ModelConfig, build_network
+from locodiff.models.config import LocalOptions
 from locodiff.study_config import load_study_config
 
 torch.set_num_threads(2)
@@ -94,7 +95,7 @@ def test_count_coupling_is_invisible_to_moves_and_below_the_limit_but_measured_b
 def test_a_local_network_reads_zero_beyond_its_reach_and_a_global_one_does_not():
     torch.manual_seed(0)
     # reach: 2 px of 3x3 convs plus bumps cut at 2 * 1 px -> 4 px per axis, 5.7 px Euclidean
-    local = build_network(ModelConfig(arch="local", image_size=SIZE, local_radius=2, local_width=8,
+    local = build_network(ModelConfig(arch="local", image_size=SIZE, local=LocalOptions(radius=2, width=8),
                                       bump_sigma_px=1.0, bump_cutoff=2.0)).eval()
     kw = dict(channels=3, window_px=1.0, far_px=7.0)
     result = run(local, [4, 8], **kw)

@@ -9,6 +9,7 @@ from locodiff.conditioning import Conditioning
 from locodiff.config import from_dict, to_dict
 from locodiff.errors import ConfigError
 from locodiff.models import ModelConfig, available_architectures, build_network, describe
+from locodiff.models.config import CrossAttentionOptions, LocalOptions
 
 torch.set_num_threads(2)
 
@@ -21,7 +22,7 @@ def tiny(arch: str, **overrides) -> ModelConfig:
     """A model small enough for fast tests, with every mechanism switched on."""
     base = dict(arch=arch, image_size=SIZE, channels=(8, 16), norm_groups=4, head_dim=8, token_dim=16)
     if arch == "local":
-        base.update(local_radius=3, local_width=16)
+        base.update(local=LocalOptions(radius=3, width=16))
     base.update(overrides)
     return ModelConfig(**base)
 
@@ -173,13 +174,14 @@ def test_bf16_autocast_runs(arch):
         ),
         (
             "cross_attention",
-            dict(channels=(8, 16, 16), attention_resolutions=(), query_position=False),
+            dict(channels=(8, 16, 16), attention_resolutions=(), cross_attention=CrossAttentionOptions(query_position=False)),
             (2, 3, 8, 12),
         ),
         ("global", dict(channels=(8,), use_attributes=True), (2, 3, 5, 7)),
         ("spatial", dict(patch_size=2), (2, 3, 16, 16)),
-        ("cross_attention", dict(patch_size=2, shared_position=True, position_bias_px=2.0), (2, 3, 16, 20)),
-        ("local", dict(local_radius=1, image_channels=2), (2, 2, 7, 9)),
+        ("cross_attention", dict(patch_size=2, cross_attention=CrossAttentionOptions(shared_position=True, position_bias_px=2.0)),
+         (2, 3, 16, 20)),
+        ("local", dict(local=LocalOptions(radius=1), image_channels=2), (2, 2, 7, 9)),
     ],
 )
 def test_other_shapes_and_options(arch, overrides, shape):
@@ -218,33 +220,36 @@ def test_plain_attention_for_cpu_bf16_matches_the_fused_kernel():
         ({"channels": (30, 64)}, "norm_groups=8 must divide"),
         ({"image_size": 30}, "cannot be halved 2 times"),
         ({"attention_resolutions": (12,)}, "not a level of this UNet"),
-        ({"arch": "cross_attention", "cross_attention_resolutions": (64,)}, "levels are [32, 16, 8]"),
-        ({"arch": "spatial", "query_position": True}, "model.query_position=True has no effect"),
-        ({"arch": "global", "cross_attention_resolutions": (8,)}, "applies to ['cross_attention']"),
-        ({"arch": "spatial", "local_radius": 4}, "applies to ['local']"),
+        ({"arch": "cross_attention", "cross_attention": {"resolutions": [64]}}, "levels are [32, 16, 8]"),
+        ({"arch": "spatial", "cross_attention": {"query_position": True}}, "model.cross_attention has no effect"),
+        ({"arch": "spatial", "query_position": True}, "model.cross_attention has no effect"),  # its old name
+        ({"arch": "global", "cross_attention_resolutions": [8]}, "applies to 'cross_attention' only"),
+        ({"arch": "spatial", "local": {"radius": 4}}, "applies to 'local' only"),
         ({"arch": "cross_attention", "bump_cutoff": 3.0}, "applies to ['local', 'spatial']"),
-        ({"arch": "local", "attention_resolutions": (8,)}, "local architecture has no self-attention"),
-        ({"arch": "local", "local_radius": 0}, "local_radius=0"),
+        ({"arch": "local", "attention_resolutions": [8]}, "local architecture has no self-attention"),
+        ({"arch": "local", "local": {"radius": 0}}, "radius=0"),
         ({"n_freqs": 12}, "n_freqs=12"),
         ({"dropout": 1.0}, "dropout=1.0"),
         ({"bump_sigma_px": 0.0}, "bump_sigma_px=0.0"),
-        ({"arch": "local", "bump_cutoff": -1.0}, "bump_cutoff=-1.0"),
+        ({"arch": "local", "bump_cutoff": -1.0}, "bump_cutoff: expected a number >= 0"),
+        ({"arch": "local", "bump_cutoff": 0.0}, "bump_cutoff=0.0: expected > 0"),
         ({"channels": (56, 64), "head_dim": 16}, "does not split into 3 heads"),
         ({"arch": "local", "patch_size": 2}, "patch_size=2 has no effect"),
         ({"image_size": 30, "patch_size": 4}, "positive divisor"),
         ({"image_size": 16, "patch_size": 4}, "on 4-px patches"),
-        ({"arch": "spatial", "shared_position": True}, "applies to ['cross_attention']"),
-        ({"arch": "cross_attention", "shared_position": True, "query_position": False}, "needs the query position"),
-        ({"arch": "cross_attention", "position_bias_px": -1.0}, "position_bias_px=-1.0"),
+        ({"arch": "spatial", "shared_position": True}, "applies to 'cross_attention' only"),
+        ({"arch": "cross_attention", "cross_attention": {"shared_position": True, "query_position": False}},
+         "needs query_position=true"),
+        ({"arch": "cross_attention", "cross_attention": {"position_bias_px": -1.0}}, "position_bias_px: expected a number >= 0"),
         ({"arch": "diffusers_text", "channels": (32,)}, "needs >= 2 levels"),
         ({"arch": "diffusers_text", "attention_resolutions": (8,)}, "self- and cross-attention in every block"),
-        ({"arch": "cross_attention", "text_layers": 2}, "applies to ['diffusers_text']"),
-        ({"arch": "diffusers_text", "caption_objects": 0}, "caption_objects=0"),
+        ({"arch": "cross_attention", "caption": {"text_layers": 2}}, "applies to 'diffusers_text' only"),
+        ({"arch": "diffusers_text", "caption": {"objects": 0}}, "objects=0"),
     ],
 )
 def test_config_errors_name_the_option(options, fragment):
     with pytest.raises(ConfigError) as e:
-        ModelConfig(**options)
+        from_dict(ModelConfig, options, "model")
     assert fragment in str(e.value)
 
 
@@ -253,10 +258,10 @@ def test_config_from_toml_style_dict_and_resolution():
     assert cfg.channels == (32, 64, 64)
     r = cfg.resolved()
     assert r.attention_resolutions == (8,)
-    assert r.cross_attention_resolutions == (16, 8)
-    assert r.query_position is True and r.local_radius is None
+    assert r.cross_attention.resolutions == (16, 8)
+    assert r.cross_attention.query_position is True and r.local is None and r.caption is None
     local = ModelConfig(arch="local").resolved()
-    assert (local.local_radius, local.local_width, local.bump_cutoff) == (8, 64, 3.0)
+    assert (local.local.radius, local.local.width, local.bump_cutoff) == (8, 64, 3.0)
     assert local.attention_resolutions == ()
     assert r.resolved() == r
     assert from_dict(ModelConfig, to_dict(r)) == r  # the saved form loads back
@@ -275,7 +280,7 @@ def test_describe_reports_quick_sizes_and_locality():
 
 def test_query_position_term_changes_the_network():
     on = make("cross_attention")
-    off = make("cross_attention", query_position=False)
+    off = make("cross_attention", cross_attention=CrossAttentionOptions(query_position=False))
     assert sum(p.numel() for p in on.parameters()) > sum(p.numel() for p in off.parameters())
     blocks = [m for m in on.modules() if m.__class__.__name__ == "CrossAttention"]
     # Pixel frequencies stop at the level's Nyquist limit: 16 px -> 4, 8 px -> 3.
@@ -285,7 +290,7 @@ def test_query_position_term_changes_the_network():
 def test_patch_stem_runs_the_unet_on_a_coarser_grid():
     cfg = tiny("cross_attention", patch_size=2)
     assert cfg.level_resolutions() == (8, 4)
-    assert cfg.resolved().cross_attention_resolutions == (8, 4)
+    assert cfg.resolved().cross_attention.resolutions == (8, 4)
     net = make("cross_attention", patch_size=2)
     # the first conv sees 2x2 blocks of the 3 colour channels; the head gives them back
     assert net.conv_in.in_channels == 12 and net.conv_out.out_channels == 12
@@ -359,6 +364,6 @@ def test_an_attention_radius_masks_every_token_farther_than_it():
     assert w[3, 3, 1] == pytest.approx(0.5) and w[12, 12, 2] == pytest.approx(0.5)  # null + the near token
     assert w[8, 0, 0] == 1 and w[3, 6, 1] == 0 and w[3, 5, 1] > 0  # 3 px away: masked; 2 px: seen
     with pytest.raises(ConfigError, match="attention_radius_px"):
-        ModelConfig(arch="cross_attention", attention_radius_px=0.0)
-    with pytest.raises(ConfigError, match="attention_radius_px"):
-        ModelConfig(arch="spatial", attention_radius_px=3.0)
+        CrossAttentionOptions(attention_radius_px=0.0)
+    with pytest.raises(ConfigError, match="model.cross_attention has no effect"):
+        ModelConfig(arch="spatial", cross_attention=CrossAttentionOptions(attention_radius_px=3.0))

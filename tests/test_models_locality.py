@@ -5,6 +5,7 @@ import torch
 
 from locodiff.conditioning import Conditioning
 from locodiff.models import ModelConfig, build_network, describe
+from locodiff.models.config import LocalOptions
 
 torch.set_num_threads(2)
 
@@ -15,7 +16,7 @@ RADIUS, SIGMA, CUTOFF = 3, 1.5, 2.0  # conditioner window = 3 + 2 * 1.5 = 6 px
 def local_net() -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = ModelConfig(
-        arch="local", local_radius=RADIUS, local_width=16, bump_sigma_px=SIGMA, bump_cutoff=CUTOFF
+        arch="local", local=LocalOptions(radius=RADIUS, width=16), bump_sigma_px=SIGMA, bump_cutoff=CUTOFF
     )
     return build_network(cfg).eval()
 
@@ -41,7 +42,7 @@ def test_local_receptive_field_is_exactly_the_documented_square():
     inside[i - RADIUS : i + RADIUS + 1, j - RADIUS : j + RADIUS + 1] = True
     assert support[inside].min() > 0, "every pixel in the window should matter"
     assert support[~inside].max() <= 1e-7 * support.max()
-    assert describe(ModelConfig(arch="local", local_radius=RADIUS)).receptive_field == RADIUS
+    assert describe(ModelConfig(arch="local", local=LocalOptions(radius=RADIUS))).receptive_field == RADIUS
 
 
 def test_local_ignores_far_input_pixels_but_not_near_ones():

@@ -425,7 +425,7 @@ def test_the_gpu_preset_is_quick_at_twice_the_pixels():
     ex, ex_gpu = quick.locality.extrapolation, gpu.locality.extrapolation
     assert (ex_gpu.window_px, ex_gpu.far_px) == (2 * ex.window_px, 2 * ex.far_px)
     assert gpu.evaluate.tolerance_px == 2 * quick.evaluate.tolerance_px and gpu.evaluate.per_count >= 128
-    assert gpu.models["exp3_local"].model.local_radius == 2 * quick.models["exp3_local"].model.local_radius
+    assert gpu.models["exp3_local"].model.local.radius == 2 * quick.models["exp3_local"].model.local.radius
     assert gpu.interventions["exp3_masked"].radius_px == 2 * quick.interventions["exp3_masked"].radius_px
     assert all(s.train.precision == "bf16" for s in gpu.models.values())
 

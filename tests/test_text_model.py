@@ -91,7 +91,7 @@ def test_the_saved_folder_reloads_bit_identically_and_captions_give_the_same_pro
     with torch.no_grad():
         assert torch.equal(adapter(x, sigma, prompt), before)
     model = TextModel(folder)
-    text_prompt = model.prompt(captions(cond, TINY.resolved().caption_objects))
+    text_prompt = model.prompt(captions(cond, TINY.resolved().caption.objects))
     # the same words in another order: equal up to float summation order
     torch.testing.assert_close(text_prompt.encoder_hidden_states.sort(1).values,
                                prompt.encoder_hidden_states.sort(1).values, atol=1e-5, rtol=1e-5)

@@ -37,6 +37,9 @@ def _check_value(tp: Any, value: Any, where: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        alternatives = [arg for arg in args if arg is not type(None)]
+        if len(alternatives) == 1:  # an optional value: its own error says best what is wrong
+            return _check_value(alternatives[0], value, where)
         for arg in args:
             if arg is type(None):
                 continue
@@ -121,7 +124,9 @@ def _moved_to_sections(data: dict[str, Any], moved: dict[str, str]) -> dict[str,
     now, so older configs and saved runs still read; the old name wins over the section's value."""
     data = dict(data)
     for old, new in moved.items():
-        if old in data:
+        if old in data and data[old] is None:  # saved as unset where it did not apply
+            del data[old]
+        elif old in data:
             section, name = new.split(".")
             data[section] = {**(data.get(section) or {}), name: data.pop(old)}
     return data

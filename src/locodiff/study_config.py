@@ -152,7 +152,7 @@ class StudyConfig:
         radii = {float(self.locality.radius_px)}
         for spec in self.enabled_models().values():
             if spec.model.arch == "local":
-                radii.add(float(spec.model.resolved().local_radius))
+                radii.add(float(spec.model.resolved().local.radius))
         return tuple(sorted(radii))
 
 

@@ -14,7 +14,7 @@ UNet channels (32, 64, 64), one residual block per level, self-attention at 8x8)
   experiment this learned placement in 2-5 CPU minutes and length-generalized.
 - ``cross_attention`` (0.99M): UNet; pixels cross-attend (at every level <= 16x16) to tokens =
   MLP(Fourier features of each location [+ attribute embeddings]) plus one learned null token.
-  A pixel-position term on the queries is **on by default** (``query_position``): in a quick
+  A pixel-position term on the queries is **on by default** (``model.cross_attention.query_position``): in a quick
   experiment cross-attention without it had not learned placement at 32x32 after 9 CPU minutes,
   and at 16x16 the term made it learn faster and generalize further.
 - ``global`` (0.90M): UNet; masked mean of the tokens plus the count, added to the noise

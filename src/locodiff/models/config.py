@@ -1,16 +1,19 @@
-"""Model options: one frozen dataclass for every architecture in the family.
+"""Model options: a backbone shared by the family, and one section per conditioning mechanism.
 
 Options shared by several architectures (widths, encodings) always carry a value and are ignored
-where unused. Options that only make sense for one architecture default to ``None``, meaning
-"that architecture's default"; setting one for an architecture that has no use for it is an
-error rather than a silent no-op, so a config never claims something the network does not do.
-``resolved()`` fills the ``None``s in, which is the form to save beside a checkpoint.
+where unused. A mechanism's own options are a section (``model.cross_attention``, ``model.local``,
+``model.caption``), absent unless that mechanism is the architecture; giving a section to another
+architecture is an error rather than a silent no-op, so a config never claims something the
+network does not do. ``resolved()`` fills in the architecture's section and defaults, which is
+the form to save beside a checkpoint. Options that moved into a section still read under their
+old flat names (``MOVED``), and run folders keep the names they had (``legacy_identity``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..config import IDENTITY_UNLESS_DEFAULT
 from ..errors import ConfigError
@@ -23,11 +26,58 @@ UNET_ARCHITECTURES = ("cross_attention", "spatial", "global")
 # Arch-specific defaults, applied by ``ModelConfig.resolved``.
 DEFAULT_SELF_ATTENTION_MAX_RES = 8  # self-attention at 16x16 is slow on CPU
 DEFAULT_CROSS_ATTENTION_MAX_RES = 16  # cross-attention to <= 11 tokens is cheap
-DEFAULT_LOCAL_RADIUS = 8
-DEFAULT_LOCAL_WIDTH = 64
 DEFAULT_LOCAL_CUTOFF = 3.0
-DEFAULT_CAPTION_OBJECTS = 10  # phrases a diffusers_text caption has room for (the evaluation's largest k)
-DEFAULT_TEXT_LAYERS = 2  # caption-encoder layers: one within phrases, the rest over the caption
+
+
+@dataclass(frozen=True)
+class CrossAttentionOptions:
+    """``cross_attention``: pixels attend to location tokens plus a learned null token."""
+
+    resolutions: tuple[int, ...] | None = None  # levels with cross-attention; None = every level <= 16 px
+    # pixel-position term on the queries: without it placement had not been learned at 32x32 after
+    # 9 CPU minutes in a quick experiment
+    query_position: bool = True
+    shared_position: bool = False  # keys get the queries' position encoding of their location
+    position_bias_px: float = 0.0  # learned distance bias on attention logits, initial width px; 0 = off
+    # hard locality mask: a pixel attends only to tokens within this many px (and the null token); None = off
+    attention_radius_px: float | None = field(default=None, metadata=IDENTITY_UNLESS_DEFAULT)
+
+    def __post_init__(self) -> None:
+        if self.shared_position and not self.query_position:
+            raise ConfigError("model.cross_attention.shared_position=true needs query_position=true")
+        if self.attention_radius_px is not None and not self.attention_radius_px > 0:
+            raise ConfigError(f"model.cross_attention.attention_radius_px={self.attention_radius_px}: "
+                              "expected a radius > 0 pixels (unset = off)")
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """``local``: a network local by construction (``models.local``)."""
+
+    radius: int = 8  # receptive-field radius in px (= 3x3 convs)
+    width: int = 64  # channels
+
+    def __post_init__(self) -> None:
+        if self.radius < 1 or self.width < 1:
+            raise ConfigError(f"model.local: radius={self.radius}, width={self.width}: expected >= 1")
+
+
+@dataclass(frozen=True)
+class CaptionOptions:
+    """``diffusers_text``: a diffusers UNet2DConditionModel reading CLEVR captions (``models.text``)."""
+
+    objects: int = 10  # phrases a caption has room for (the evaluation's largest k)
+    count_word: bool = False  # lead with "three objects"
+    text_layers: int = 2  # caption-encoder layers: one within phrases, the rest over the caption
+
+    def __post_init__(self) -> None:
+        if self.objects < 1 or self.text_layers < 1:
+            raise ConfigError(f"model.caption: objects={self.objects}, text_layers={self.text_layers}: expected >= 1")
+
+
+# the section of each mechanism that has one
+SECTIONS = {"cross_attention": "cross_attention", "local": "local", "diffusers_text": "caption"}
+_SECTION_TYPES = {"cross_attention": CrossAttentionOptions, "local": LocalOptions, "caption": CaptionOptions}
 
 
 @dataclass(frozen=True)
@@ -35,7 +85,7 @@ class ModelConfig:
     arch: str = "spatial"  # conditioning mechanism / network: one of ARCHITECTURES
     image_size: int = 32  # training resolution (square); places the attention levels
     image_channels: int = 3  # channels of the images being denoised
-    # --- UNet backbone (cross_attention, spatial, global) ---
+    # --- UNet backbone (cross_attention, spatial, global; the widths also diffusers_text) ---
     channels: tuple[int, ...] = (32, 64, 64)  # width per level; level i is image_size / patch_size / 2**i px
     patch_size: int = 1  # pixel-unshuffle stem / pixel-shuffle head: the UNet runs on patch x patch blocks
     res_blocks: int = 1  # residual blocks per level, in the encoder and in the decoder
@@ -48,26 +98,39 @@ class ModelConfig:
     token_dim: int = 64  # width of conditioner tokens (cross_attention, global)
     use_attributes: bool = False  # embed colour/shape/size/material too (all archs)
     bump_sigma_px: float = 1.5  # Gaussian bump std in full-resolution pixels (spatial, local)
-    # --- cross_attention only ---
-    cross_attention_resolutions: tuple[int, ...] | None = None  # None = every level <= 16 px
-    query_position: bool | None = None  # pixel-position term on the queries; None = on
-    shared_position: bool | None = None  # keys get the queries' position encoding of their location; None = off
-    position_bias_px: float | None = None  # learned distance bias on attention logits, initial width px; None/0 = off
-    # hard locality mask: a pixel attends only to tokens within this many px (and the null token); None = off
-    attention_radius_px: float | None = field(default=None, metadata=IDENTITY_UNLESS_DEFAULT)
-    # --- local only (spatial may also set bump_cutoff) ---
-    local_radius: int | None = None  # receptive-field radius in px (= 3x3 convs); None = 8
-    local_width: int | None = None  # channels of the local network; None = 64
-    bump_cutoff: float | None = None  # bumps are 0 beyond cutoff * bump_sigma_px; None = 3 (local)
-    # --- diffusers_text only (a diffusers UNet2DConditionModel reading CLEVR captions; models/text.py) ---
-    caption_objects: int | None = field(default=None, metadata=IDENTITY_UNLESS_DEFAULT)  # phrases per caption; None = 10
-    caption_count: bool | None = field(default=None, metadata=IDENTITY_UNLESS_DEFAULT)  # lead with "three objects"; None = no
-    text_layers: int | None = field(default=None, metadata=IDENTITY_UNLESS_DEFAULT)  # caption-encoder layers; None = 2
+    bump_cutoff: float | None = None  # bumps are 0 beyond cutoff * bump_sigma_px (spatial, local); None = 3 (local)
+    # --- the mechanism's own section (absent for the others) ---
+    cross_attention: CrossAttentionOptions | None = None
+    local: LocalOptions | None = None
+    caption: CaptionOptions | None = None
+
+    MOVED: ClassVar[dict[str, str]] = {
+        "cross_attention_resolutions": "cross_attention.resolutions",
+        "query_position": "cross_attention.query_position",
+        "shared_position": "cross_attention.shared_position",
+        "position_bias_px": "cross_attention.position_bias_px",
+        "attention_radius_px": "cross_attention.attention_radius_px",
+        "local_radius": "local.radius", "local_width": "local.width",
+        "caption_objects": "caption.objects", "caption_count": "caption.count_word", "text_layers": "caption.text_layers",
+    }
 
     def __post_init__(self) -> None:
         self._check_arch_options()
         self._check_backbone()
         self._check_encodings()
+
+    def legacy_identity(self, identity: dict) -> dict:
+        """The identity as run folders were named when the sections' options were flat (and
+        ``None`` where they did not apply), so existing folders keep their names."""
+        ca, lo, cap = (identity.pop(name, None) for name in ("cross_attention", "local", "caption"))
+        flat = {"cross_attention_resolutions": (ca or {}).get("resolutions")}
+        flat.update({name: (ca or {}).get(name) for name in ("query_position", "shared_position", "position_bias_px")})
+        if ca and ca.get("attention_radius_px") is not None:
+            flat["attention_radius_px"] = ca["attention_radius_px"]
+        flat.update(local_radius=(lo or {}).get("radius"), local_width=(lo or {}).get("width"))
+        if cap:
+            flat.update(caption_objects=cap["objects"], caption_count=cap["count_word"], text_layers=cap["text_layers"])
+        return {**identity, **flat}
 
     # ----- derived values -------------------------------------------------------------------
     @property
@@ -80,104 +143,47 @@ class ModelConfig:
         return tuple(self.image_size // self.patch_size // 2**i for i in range(self.levels))
 
     def resolved(self) -> "ModelConfig":
-        """The same config with each applicable ``None`` replaced by the architecture's default.
-
-        Options that do not apply to ``arch`` stay ``None``.
-        """
+        """The same config with the architecture's section and defaults filled in (``None`` where
+        they do not apply)."""
         res = self.level_resolutions()
-        defaults: dict[str, object] = {}
-        if self.arch in UNET_ARCHITECTURES:
-            defaults["attention_resolutions"] = tuple(
-                r for r in res if r <= DEFAULT_SELF_ATTENTION_MAX_RES
-            )
-        else:
-            defaults["attention_resolutions"] = ()
-        if self.arch == "cross_attention":
-            defaults["cross_attention_resolutions"] = tuple(
-                r for r in res if r <= DEFAULT_CROSS_ATTENTION_MAX_RES
-            )
-            defaults["query_position"] = True
-            defaults["shared_position"] = False
-            defaults["position_bias_px"] = 0.0
-        if self.arch == "local":
-            defaults["local_radius"] = DEFAULT_LOCAL_RADIUS
-            defaults["local_width"] = DEFAULT_LOCAL_WIDTH
-            defaults["bump_cutoff"] = DEFAULT_LOCAL_CUTOFF
-        if self.arch == "diffusers_text":
-            defaults["caption_objects"] = DEFAULT_CAPTION_OBJECTS
-            defaults["caption_count"] = False
-            defaults["text_layers"] = DEFAULT_TEXT_LAYERS
-        filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        unet = self.arch in UNET_ARCHITECTURES
+        filled: dict[str, object] = {}
+        if self.attention_resolutions is None:
+            filled["attention_resolutions"] = tuple(r for r in res if r <= DEFAULT_SELF_ATTENTION_MAX_RES) if unet else ()
+        section = SECTIONS.get(self.arch)
+        if section is not None:
+            filled[section] = getattr(self, section) or _SECTION_TYPES[section]()
+        if self.arch == "cross_attention" and filled["cross_attention"].resolutions is None:
+            filled["cross_attention"] = dataclasses.replace(
+                filled["cross_attention"], resolutions=tuple(r for r in res if r <= DEFAULT_CROSS_ATTENTION_MAX_RES))
+        if self.arch == "local" and self.bump_cutoff is None:
+            filled["bump_cutoff"] = DEFAULT_LOCAL_CUTOFF
         return dataclasses.replace(self, **filled)
 
     # ----- validation -----------------------------------------------------------------------
     def _check_arch_options(self) -> None:
         if self.arch not in ARCHITECTURES:
-            raise ConfigError(
-                f"model.arch={self.arch!r}: unknown architecture; "
-                f"expected one of {list(ARCHITECTURES)}"
-            )
-        only = {
-            "cross_attention_resolutions": ("cross_attention",),
-            "query_position": ("cross_attention",),
-            "shared_position": ("cross_attention",),
-            "position_bias_px": ("cross_attention",),
-            "attention_radius_px": ("cross_attention",),
-            "local_radius": ("local",),
-            "local_width": ("local",),
-            "bump_cutoff": ("local", "spatial"),
-            "caption_objects": ("diffusers_text",),
-            "caption_count": ("diffusers_text",),
-            "text_layers": ("diffusers_text",),
-        }
+            raise ConfigError(f"model.arch={self.arch!r}: unknown architecture; expected one of {list(ARCHITECTURES)}")
+        for arch, section in SECTIONS.items():
+            if getattr(self, section) is not None and self.arch != arch:
+                raise ConfigError(f"model.{section} has no effect with model.arch={self.arch!r}; it applies to "
+                                  f"{arch!r} only (leave it unset)")
         if self.patch_size != 1 and self.arch not in UNET_ARCHITECTURES:
-            raise ConfigError(
-                f"model.patch_size={self.patch_size} has no effect with model.arch={self.arch!r}; "
-                f"it applies to {list(UNET_ARCHITECTURES)} only (leave it unset)"
-            )
-        for name, archs in only.items():
-            value = getattr(self, name)
-            if value is not None and self.arch not in archs:
-                raise ConfigError(
-                    f"model.{name}={value!r} has no effect with model.arch={self.arch!r}; "
-                    f"it applies to {list(archs)} only (leave it unset)"
-                )
-        if self.shared_position and self.query_position is False:
-            raise ConfigError(
-                "model.shared_position=true needs the query position term; leave "
-                "model.query_position unset or true"
-            )
-        if self.attention_radius_px is not None and not self.attention_radius_px > 0:
-            raise ConfigError(f"model.attention_radius_px={self.attention_radius_px}: expected a radius > 0 pixels (unset = off)")
-        if self.position_bias_px is not None and self.position_bias_px < 0:
-            raise ConfigError(f"model.position_bias_px={self.position_bias_px}: expected >= 0 pixels (0 = off)")
+            raise ConfigError(f"model.patch_size={self.patch_size} has no effect with model.arch={self.arch!r}; "
+                              f"it applies to {list(UNET_ARCHITECTURES)} only (leave it unset)")
+        if self.bump_cutoff is not None and self.arch not in ("local", "spatial"):
+            raise ConfigError(f"model.bump_cutoff={self.bump_cutoff} has no effect with model.arch={self.arch!r}; "
+                              "it applies to ['local', 'spatial'] only (leave it unset)")
+        if self.bump_cutoff is not None and self.bump_cutoff <= 0:
+            raise ConfigError(f"model.bump_cutoff={self.bump_cutoff}: expected > 0 (in units of bump_sigma_px)")
         if self.arch == "diffusers_text" and len(self.channels) < 2:
             raise ConfigError(f"model.channels={list(self.channels)}: a diffusers_text UNet needs >= 2 levels "
                               "(the finest has no attention, as in SDXL)")
-        if self.arch == "diffusers_text" and self.attention_resolutions:
-            raise ConfigError(
-                f"model.attention_resolutions={list(self.attention_resolutions)}: a diffusers_text UNet has "
-                "self- and cross-attention in every block (SD-style); leave it unset"
-            )
-        if self.arch == "local" and self.attention_resolutions:
-            raise ConfigError(
-                f"model.attention_resolutions={list(self.attention_resolutions)}: the local "
-                "architecture has no self-attention (it would let every pixel see the whole "
-                "image); leave it unset or set []"
-            )
-        if self.arch == "local":
-            if self.local_radius is not None and self.local_radius < 1:
-                raise ConfigError(f"model.local_radius={self.local_radius}: expected >= 1 pixel")
-            if self.local_width is not None and self.local_width < 1:
-                raise ConfigError(f"model.local_width={self.local_width}: expected >= 1")
-        if self.caption_objects is not None and self.caption_objects < 1:
-            raise ConfigError(f"model.caption_objects={self.caption_objects}: expected >= 1 phrase")
-        if self.text_layers is not None and self.text_layers < 1:
-            raise ConfigError(f"model.text_layers={self.text_layers}: expected >= 1")
-        if self.bump_cutoff is not None and self.bump_cutoff <= 0:
-            raise ConfigError(
-                f"model.bump_cutoff={self.bump_cutoff}: expected > 0 (in units of bump_sigma_px)"
-            )
+        if self.arch in ("diffusers_text", "local") and self.attention_resolutions:
+            why = ("has self- and cross-attention in every block (SD-style)" if self.arch == "diffusers_text" else
+                   "has no self-attention (it would let every pixel see the whole image)")
+            raise ConfigError(f"model.attention_resolutions={list(self.attention_resolutions)}: the {self.arch} "
+                              f"architecture {why}; leave it unset")
 
     def _check_backbone(self) -> None:
         if self.image_channels < 1:
@@ -217,8 +223,9 @@ class ModelConfig:
                 + f"): expected a multiple of {bottom} and at least {2 * bottom}"
             )
         res = self.level_resolutions()
-        for name in ("attention_resolutions", "cross_attention_resolutions"):
-            for r in getattr(self, name) or ():
+        ca = self.cross_attention.resolutions if self.cross_attention else None
+        for name, values in (("attention_resolutions", self.attention_resolutions), ("cross_attention.resolutions", ca)):
+            for r in values or ():
                 if r not in res:
                     raise ConfigError(
                         f"model.{name} contains {r}, which is not a level of this UNet; "

@@ -4,7 +4,7 @@ This is the paper's Exp 3 intervention in its simplest form (PAPER_NOTES candida
 convolutional network with a bounded receptive field, fed the conditioners as Gaussian bumps that
 are exactly zero beyond a cutoff radius.
 
-Layout (width ``W``, ``R = local_radius`` blocks)::
+Layout (width ``W``, ``R = model.local.radius`` blocks)::
 
     [x_in, maps] -> 1x1 conv -> R x LocalBlock -> PixelNorm, SiLU -> 1x1 conv -> output
     LocalBlock: h + conv1x1(SiLU(mod(PixelNorm(conv3x3(SiLU(PixelNorm(h)))), emb)))
@@ -64,9 +64,9 @@ class LocalNet(Network):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         cfg = cfg.resolved()
-        width = cfg.local_width
+        width = cfg.local.width
         emb_dim = 2 * width
-        self.radius = cfg.local_radius
+        self.radius = cfg.local.radius
         self.sigma_px = cfg.bump_sigma_px
         self.cutoff = cfg.bump_cutoff
         self.maps = ConditionerMaps(cfg.use_attributes, cutoff=cfg.bump_cutoff)

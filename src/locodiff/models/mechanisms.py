@@ -71,10 +71,11 @@ class CrossAttentionConditioning(Mechanism):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.options = cfg.resolved().cross_attention
         self.tokens = TokenEncoder(cfg.token_dim, cfg.n_freqs, cfg.use_attributes)
         self.null = nn.Parameter(torch.randn(cfg.token_dim))
         resolutions = cfg.level_resolutions()
-        self.levels = {i for i, r in enumerate(resolutions) if r in cfg.cross_attention_resolutions}
+        self.levels = {i for i, r in enumerate(resolutions) if r in self.options.resolutions}
 
     def encode(self, cond: Conditioning, height: int, width: int) -> TokenSet:
         tokens = self.tokens(cond)
@@ -93,12 +94,12 @@ class CrossAttentionConditioning(Mechanism):
         resolution = self.cfg.level_resolutions()[level]
         # Pixel Fourier frequencies up to the Nyquist limit of this level's grid.
         freqs = min(self.cfg.n_freqs, max(1, int(math.log2(resolution))))
-        if not self.cfg.query_position:
+        if not self.options.query_position:
             freqs = 0
         attention = CrossAttention(
             channels, self.cfg.token_dim, heads_for(channels, self.cfg.head_dim),
-            self.cfg.norm_groups, freqs, bool(self.cfg.shared_position),
-            self.cfg.position_bias_px or 0.0, self.cfg.image_size, self.cfg.attention_radius_px or 0.0,
+            self.cfg.norm_groups, freqs, self.options.shared_position,
+            self.options.position_bias_px, self.cfg.image_size, self.options.attention_radius_px or 0.0,
         )
         return AttendToTokens(attention)
 

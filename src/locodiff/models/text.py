@@ -102,11 +102,11 @@ class TextUNet(Network):
         from diffusers import UNet2DConditionModel  # optional heavy dependency
 
         cfg = cfg.resolved()
-        self.max_objects = int(cfg.caption_objects)
-        self.count_word = bool(cfg.caption_count)
+        self.max_objects = cfg.caption.objects
+        self.count_word = cfg.caption.count_word
         unet = UNet2DConditionModel(**unet_config(cfg))
         self.adapter = DiffusersDenoiser(unet, text_scheduler(), prediction_type="v_prediction", sigma_range="clamp")
-        self.text = CaptionEncoder(cfg.token_dim, int(cfg.text_layers), max(1, cfg.token_dim // cfg.head_dim))
+        self.text = CaptionEncoder(cfg.token_dim, cfg.caption.text_layers, max(1, cfg.token_dim // cfg.head_dim))
 
     @property
     def unet(self) -> nn.Module:

@@ -44,8 +44,9 @@ def trained_in_form(spec) -> str | None:
         else:
             what = "share" if p.relative else "size"
             parts.append(f"penalty on the {what} of each label's {p.form} effect beyond {p.window_px:g} px {how}")
-    if m.attention_radius_px is not None:
-        parts.append(f"attention only to tokens within {m.attention_radius_px:g} px (also at test)")
+    radius = m.cross_attention.attention_radius_px if m.cross_attention else None
+    if radius is not None:
+        parts.append(f"attention only to tokens within {radius:g} px (also at test)")
     if t.object_dropout > 0:
         parts.append(f"each label dropped with probability {t.object_dropout:g}")
     return "; ".join(parts) or None
