@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
-from locodiff.evaluate import ColorDetector, HeatmapConfig, load_or_train_detector, validate_detector, validation_markdown
+from locodiff.evaluate import (  # noqa: E402
+    ColorDetector, HeatmapConfig, ValidationSpec, load_or_train_detector, validate_detector, validation_markdown,
+)
 from locodiff.evaluate.validation import PERTURBATIONS
 from locodiff.io import write_json_atomic, write_text_atomic
 from locodiff.scenes import DataConfig, Renderer, SceneSampler
@@ -54,8 +56,9 @@ def main() -> None:
             def det(res, sampler=sampler):
                 return ColorDetector.calibrate(Renderer(res, data.supersample, data.camera), sampler, generator=0)
         ready = time.perf_counter() - start
-        table = validate_detector(det, data, args.resolutions, per_count=args.per_count, perturbations=perturbations,
-                                  min_separation=args.min_separation, progress=True)
+        spec = ValidationSpec(tuple(args.resolutions), per_count=args.per_count, perturbations=perturbations,
+                              min_separation=args.min_separation)
+        table = validate_detector(det, data, spec, progress=True)
         table["seconds_to_build"] = round(ready, 1)
         table["seconds_to_validate"] = round(time.perf_counter() - start - ready, 1)
         tables[name] = table

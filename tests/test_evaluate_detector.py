@@ -190,12 +190,12 @@ def test_heatmap_training_resumes_and_caches(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_trained_heatmap_detector_meets_its_targets(tmp_path):
     """Full training (~15 min on one CPU core) and validation on the default test scenes."""
-    from locodiff.evaluate import load_or_train_detector, validate_detector
+    from locodiff.evaluate import ValidationSpec, load_or_train_detector, validate_detector
 
     data = DataConfig()
     det = load_or_train_detector(data, tmp_path, HeatmapConfig())
-    table = validate_detector(det, data, resolutions=(32, 64), counts=(0, 1, 3, 5, 10), per_count=50,
-                              perturbations={"clean": (0.0, 0.0), "blur+noise": (0.5, 0.03)})
+    spec = ValidationSpec((32, 64), (0, 1, 3, 5, 10), 50, {"clean": (0.0, 0.0), "blur+noise": (0.5, 0.03)})
+    table = validate_detector(det, data, spec)
     for row in table["rows"]:
         if row["k"] <= 3:
             assert row["success"] >= 0.97, row

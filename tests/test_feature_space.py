@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.evaluations import evaluation
 
 from locodiff.diffusion import EDMPrecond
 from locodiff.locality.feature_space import concept_cosines
@@ -71,7 +72,7 @@ def test_report_shows_colour_cosines_and_accuracy(tmp_path):
     feats = {"exp1_color": {"colors": {"palette": [0, 1, 2], "cosine": eye, "offdiag_abs_mean": 0.0}},
              "exp1": {"cosine": eye}}
     fact = ModelFacts("exp1_color", "exp1", "cross_attention", "all", "", 1, tmp_path,
-                      evaluation={"per_k": [{"k": k, "color_accuracy": 0.5} for k in cfg.evaluate.counts]})
+                      evaluation=evaluation({k: {"color_accuracy": 0.5} for k in cfg.evaluate.counts}))
     blocks = colour_blocks(cfg, [fact], feats, tmp_path)
     tables = [b for b in blocks if isinstance(b, Table)]
     assert [r[0] for r in tables[0].rows] == ["exp1_color"]
@@ -152,13 +153,13 @@ def test_feature_run_on_a_real_attribute_model(tmp_path):
     import json
 
     from locodiff.conditioning import Conditioning
-    from locodiff.locality.feature_space import feature_run
+    from locodiff.locality.feature_space import FeatureSpec, feature_run
 
     images = torch.rand(2, 3, 16, 16) * 2 - 1
     cond = Conditioning.from_lists([[(0.3, 0.3), (0.7, 0.6)], [(0.5, 0.5)]])
     cond.attributes = torch.tensor([[[1, 0, 0, 0], [2, 1, 0, 0]], [[3, 2, 1, 1], [-1, -1, -1, -1]]])
-    path = feature_run(tmp_path, tiny("cross_attention", use_attributes=True), images, 1.0, 2, 0,
-                       colors=[0, 1, 2], shapes=[0, 1, 2], heldout=[(1, 2)], cond=cond, radius_px=4.0)
+    spec = FeatureSpec(1.0, 2, 0, colors=(0, 1, 2), shapes=(0, 1, 2), heldout=((1, 2),), radius_px=4.0)
+    path = feature_run(tmp_path, tiny("cross_attention", use_attributes=True), images, spec, cond=cond)
     out = json.loads(path.read_text())
     assert 0 <= out["attributes"]["additive_share"] <= 1
     assert out["attributes"]["interaction_heldout_mean"] is not None

@@ -24,7 +24,7 @@ from .evaluate.config import EvalConfig
 from .evaluate.crowding import study_crowding
 from .evaluate.heatmap import detector_key
 from .evaluate.runner import build_detector, evaluate_run
-from .evaluate.validation import validate_detector
+from .evaluate.validation import ValidationSpec, validate_detector
 from .intervene.subject import subject_checkpoint, subject_checkpoints, write_intervention
 from .io import atomic_path, read_jsonl, write_json_atomic
 from .jobs import Job, last_record, run_jobs, torch_threads
@@ -84,11 +84,25 @@ def _locality_worker(folder: str, data_root: str, options: LocalityOptions, seed
         return str(probe_run(folder, data_root, options, seed))
 
 
-def _emergence_worker(folder: str, checkpoint: str, data_root: str, eval_cfg: EvalConfig, options: LocalityOptions,
-                      seed: int, cache: str, device: str, threads: int) -> str:
+@dataclass(frozen=True)
+class CheckpointWork:
+    """One kept checkpoint of the emergence stage: evaluate it, then probe its locality."""
+
+    folder: str
+    checkpoint: str
+    data_root: str
+    eval_cfg: EvalConfig
+    options: LocalityOptions
+    seed: int
+    detector_cache: str
+    device: str
+
+
+def _emergence_worker(work: CheckpointWork, threads: int) -> str:
     with torch_threads(threads):
-        evaluate_run(folder, eval_cfg, cache, device, checkpoint=Path(checkpoint))
-        return str(probe_run(folder, data_root, options, seed, checkpoint=Path(checkpoint)))
+        ckpt = Path(work.checkpoint)
+        evaluate_run(work.folder, work.eval_cfg, work.detector_cache, work.device, checkpoint=ckpt)
+        return str(probe_run(work.folder, work.data_root, work.options, work.seed, checkpoint=ckpt))
 
 
 # ----- stages ---------------------------------------------------------------------------------
@@ -180,8 +194,7 @@ def write_detector_ceiling(cfg: StudyConfig) -> Path:
     if not path.is_file():
         ev = cfg.evaluate
         detector = build_detector(cfg.data, ev, cfg.data.resolution, layout.detector_cache(cfg))
-        table = validate_detector(detector, cfg.data, (cfg.data.resolution,), ev.counts, ev.per_count,
-                                  {"clean": (0.0, 0.0)}, ev.min_separation, seed=ev.seed)
+        table = validate_detector(detector, cfg.data, ValidationSpec.ceiling(ev, cfg.data.resolution))
         write_json_atomic(path, table)
     return path
 
@@ -221,8 +234,9 @@ def stage_emergence(cfg: StudyConfig, data_root: Path, console: Console) -> None
         console.print(f"  {key}: {len(checkpoints)} checkpoints kept, {len(todo)} to measure")
         for ckpt in todo:
             jobs[f"{key}@{read_state(ckpt)['images_seen']}"] = Job(
-                _emergence_worker, (str(folder), str(ckpt), str(data_root), ev, options, seed,
-                                    str(layout.detector_cache(cfg)), study_device(cfg), worker_threads(cfg)))
+                _emergence_worker, (CheckpointWork(str(folder), str(ckpt), str(data_root), ev, options, seed,
+                                                   str(layout.detector_cache(cfg)), study_device(cfg)),
+                                    worker_threads(cfg)))
     run_jobs(jobs, cfg.jobs, console)
 
 

@@ -370,29 +370,7 @@ def load_diffusers_unet(
     their code; ``allow_pickle=True`` (``--allow-pickle``) loads one anyway, with a warning.
     """
     root = Path(path).expanduser()
-    if not root.is_dir():
-        raise CheckpointError(
-            f"model directory {root} does not exist; expected a local diffusers pipeline folder "
-            "(unet/ and scheduler/) or a UNet folder (config.json + weights)"
-        )
-    if (root / "unet" / "config.json").is_file():
-        subfolder: str | None = "unet"
-        unet_dir = root / "unet"
-        scheduler_dirs = [root / "scheduler"]
-    elif (root / "config.json").is_file():
-        subfolder, unet_dir = None, root
-        scheduler_dirs = [root, root / "scheduler", root.parent / "scheduler"]
-    else:
-        raise CheckpointError(
-            f"no UNet config in {root}: expected {root / 'unet' / 'config.json'} (pipeline "
-            f"folder) or {root / 'config.json'} (UNet folder)"
-        )
-    scheduler_file = next((d / SCHEDULER_FILE for d in scheduler_dirs
-                           if (d / SCHEDULER_FILE).is_file()), None)
-    if scheduler_file is None:
-        looked = ", ".join(str(d / SCHEDULER_FILE) for d in scheduler_dirs)
-        raise CheckpointError(f"no scheduler config for {root}: looked for {looked}")
-
+    subfolder, unet_dir, scheduler_file = _find_unet(root)
     try:
         from diffusers import UNet2DConditionModel
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -400,18 +378,10 @@ def load_diffusers_unet(
             "loading a diffusers UNet needs the diffusers package: "
             "pip install 'locodiff[diffusers]'"
         ) from e
-    has_safetensors = any(unet_dir.glob("*.safetensors"))
-    if not has_safetensors and any(unet_dir.glob("*.bin")):
-        if not allow_pickle:
-            raise CheckpointError(
-                f"{unet_dir} holds only pickled weights (.bin); unpickling can run code from whoever made "
-                "the file. Convert them to safetensors, or pass --allow-pickle if you trust the source"
-            )
-        notice(f"loading pickled weights from {unet_dir} (--allow-pickle): only do this for files you trust")
+    use_safetensors = _check_weights(unet_dir, allow_pickle)
     try:
         unet = UNet2DConditionModel.from_pretrained(
-            str(root), subfolder=subfolder, torch_dtype=dtype, local_files_only=True,
-            use_safetensors=not (allow_pickle and not has_safetensors),
+            str(root), subfolder=subfolder, torch_dtype=dtype, local_files_only=True, use_safetensors=use_safetensors,
         )
     except (OSError, ValueError) as e:
         raise CheckpointError(
@@ -425,6 +395,43 @@ def load_diffusers_unet(
     return DiffusersDenoiser(
         unet, scheduler, prompt, prediction_type=prediction_type, timestep=timestep
     ).eval()
+
+
+def _find_unet(root: Path) -> tuple[str | None, Path, Path]:
+    """(subfolder, UNet folder, scheduler config) of a pipeline or UNet folder, or one clear error."""
+    if not root.is_dir():
+        raise CheckpointError(
+            f"model directory {root} does not exist; expected a local diffusers pipeline folder "
+            "(unet/ and scheduler/) or a UNet folder (config.json + weights)"
+        )
+    if (root / "unet" / "config.json").is_file():
+        subfolder, unet_dir, scheduler_dirs = "unet", root / "unet", [root / "scheduler"]
+    elif (root / "config.json").is_file():
+        subfolder, unet_dir = None, root
+        scheduler_dirs = [root, root / "scheduler", root.parent / "scheduler"]
+    else:
+        raise CheckpointError(
+            f"no UNet config in {root}: expected {root / 'unet' / 'config.json'} (pipeline "
+            f"folder) or {root / 'config.json'} (UNet folder)"
+        )
+    scheduler_file = next((d / SCHEDULER_FILE for d in scheduler_dirs if (d / SCHEDULER_FILE).is_file()), None)
+    if scheduler_file is None:
+        looked = ", ".join(str(d / SCHEDULER_FILE) for d in scheduler_dirs)
+        raise CheckpointError(f"no scheduler config for {root}: looked for {looked}")
+    return subfolder, unet_dir, scheduler_file
+
+
+def _check_weights(unet_dir: Path, allow_pickle: bool) -> bool:
+    """Whether to load safetensors; pickled weights only when allowed, with a word to the user."""
+    has_safetensors = any(unet_dir.glob("*.safetensors"))
+    if not has_safetensors and any(unet_dir.glob("*.bin")):
+        if not allow_pickle:
+            raise CheckpointError(
+                f"{unet_dir} holds only pickled weights (.bin); unpickling can run code from whoever made "
+                "the file. Convert them to safetensors, or pass --allow-pickle if you trust the source"
+            )
+        notice(f"loading pickled weights from {unet_dir} (--allow-pickle): only do this for files you trust")
+    return not (allow_pickle and not has_safetensors)
 
 
 def load_scheduler(config_file: str | Path) -> Any:

@@ -11,6 +11,7 @@ Nothing here is trained; the closed-form denoisers for Gaussian data are ``diffu
 
 from .lcs_machine import (
     LCSMachine,
+    LCSOptions,
     PatchSchedule,
     calibrate_patch_schedule,
     default_patch_schedule,
@@ -29,6 +30,7 @@ from .toys import (
 __all__ = [
     "CountCoupledToy",
     "LCSMachine",
+    "LCSOptions",
     "LocalityCheck",
     "PatchSchedule",
     "RegionMixtureToy",

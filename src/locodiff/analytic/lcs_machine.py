@@ -60,6 +60,7 @@ exact weights matter (about twice the time).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Literal, Union
@@ -156,6 +157,59 @@ def _check_size(size) -> None:
 # ----- the machine ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LCSOptions:
+    """How the machine matches patches and conditioners, and how it computes."""
+
+    locality_radius: int | None = None  # None: ELS (any position); r: LS (within r px)
+    margin_px: float = 1.0  # conditioners this far outside the window still count as nearby
+    tolerance_px: float = 1.0  # matched conditioners may differ by this much (pixels)
+    bandwidth_px: float | None = None  # soft kernel on the matched offsets; None = hard only
+    fallback: Fallback = "unconditional"  # what a pixel with no compatible patch gets
+    query_chunk: int = 1024  # query pixels per block
+    train_chunk: int = 8192  # training patches per block
+    dtype: torch.dtype | None = None  # compute dtype; None = x's (at least float32)
+
+    def __post_init__(self) -> None:
+        r = self.locality_radius
+        if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 0):
+            raise ConfigError(f"locality_radius={r!r}: expected None (equivariant) or an integer >= 0 (pixels)")
+        if not self.margin_px >= 0:
+            raise ConfigError(f"margin_px={self.margin_px}: expected >= 0 pixels")
+        if not self.tolerance_px > 0:
+            raise ConfigError(f"tolerance_px={self.tolerance_px}: expected > 0 pixels (inf allowed)")
+        if self.bandwidth_px is not None and not (self.bandwidth_px > 0 and math.isfinite(self.bandwidth_px)):
+            raise ConfigError(f"bandwidth_px={self.bandwidth_px}: expected None or a finite value > 0")
+        if self.fallback not in ("unconditional", "error"):
+            raise ConfigError(f"fallback={self.fallback!r}: expected 'unconditional' or 'error'")
+        for name in ("query_chunk", "train_chunk"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}={value!r}: expected an integer >= 1")
+        if self.dtype is not None and not (isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point):
+            raise ConfigError(f"dtype={self.dtype!r}: expected None or a floating torch.dtype")
+        object.__setattr__(self, "margin_px", float(self.margin_px))
+        object.__setattr__(self, "tolerance_px", float(self.tolerance_px))
+
+
+def _check_training_set(images: Tensor, conditioning: Conditioning) -> None:
+    if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ConfigError(f"training images must be a float tensor [N, C, H, W], got {shape}")
+    if images.shape[0] == 0:
+        raise ConfigError("the training set is empty: the machine needs at least one image")
+    if not torch.isfinite(images).all():
+        raise ConfigError("training images contain NaN or infinite values")
+    if not isinstance(conditioning, Conditioning):
+        raise ConfigError(f"conditioning must be a Conditioning, got {type(conditioning)}")
+    if conditioning.batch_size != images.shape[0]:
+        raise ConfigError(
+            f"conditioning has {conditioning.batch_size} rows but there are "
+            f"{images.shape[0]} training images; give one row per image"
+        )
+    conditioning.validate()
+
+
 class LCSMachine(nn.Module):
     """The local conditional score machine over a training set (see the module doc).
 
@@ -166,57 +220,12 @@ class LCSMachine(nn.Module):
     ones that had no compatible patch); ``reset_counts()`` zeroes both.
     """
 
-    def __init__(
-        self,
-        images: Tensor,
-        conditioning: Conditioning,
-        patch_size: PatchSize | None = None,
-        *,
-        locality_radius: int | None = None,  # None: ELS (any position); r: LS (within r px)
-        margin_px: float = 1.0,  # conditioners this far outside the window still count as nearby
-        tolerance_px: float = 1.0,  # matched conditioners may differ by this much (pixels)
-        bandwidth_px: float | None = None,  # soft kernel on the matched offsets; None = hard only
-        fallback: Fallback = "unconditional",  # what a pixel with no compatible patch gets
-        query_chunk: int = 1024,  # query pixels per block
-        train_chunk: int = 8192,  # training patches per block
-        dtype: torch.dtype | None = None,  # compute dtype; None = x's (at least float32)
-    ) -> None:
+    def __init__(self, images: Tensor, conditioning: Conditioning, patch_size: PatchSize | None = None,
+                 **options) -> None:
+        """``options``: the fields of ``LCSOptions`` (radius, tolerances, fallback, chunks, dtype)."""
         super().__init__()
-        if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
-            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ConfigError(f"training images must be a float tensor [N, C, H, W], got {shape}")
-        if images.shape[0] == 0:
-            raise ConfigError("the training set is empty: the machine needs at least one image")
-        if not torch.isfinite(images).all():
-            raise ConfigError("training images contain NaN or infinite values")
-        if not isinstance(conditioning, Conditioning):
-            raise ConfigError(f"conditioning must be a Conditioning, got {type(conditioning)}")
-        if conditioning.batch_size != images.shape[0]:
-            raise ConfigError(
-                f"conditioning has {conditioning.batch_size} rows but there are "
-                f"{images.shape[0]} training images; give one row per image"
-            )
-        conditioning.validate()
-        if locality_radius is not None and (
-            isinstance(locality_radius, bool) or not isinstance(locality_radius, int)
-            or locality_radius < 0
-        ):
-            raise ConfigError(
-                f"locality_radius={locality_radius!r}: expected None (equivariant) or an "
-                "integer >= 0 (pixels)"
-            )
-        if not margin_px >= 0:
-            raise ConfigError(f"margin_px={margin_px}: expected >= 0 pixels")
-        if not tolerance_px > 0:
-            raise ConfigError(f"tolerance_px={tolerance_px}: expected > 0 pixels (inf allowed)")
-        if bandwidth_px is not None and not (bandwidth_px > 0 and math.isfinite(bandwidth_px)):
-            raise ConfigError(f"bandwidth_px={bandwidth_px}: expected None or a finite value > 0")
-        if fallback not in ("unconditional", "error"):
-            raise ConfigError(f"fallback={fallback!r}: expected 'unconditional' or 'error'")
-        for name, value in (("query_chunk", query_chunk), ("train_chunk", train_chunk)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name}={value!r}: expected an integer >= 1")
-
+        _check_training_set(images, conditioning)
+        opts = LCSOptions(**options)
         self.register_buffer("images", images.detach().float().contiguous())
         self.register_buffer("locations", conditioning.locations.detach().float())
         self.register_buffer("mask", conditioning.mask.detach().bool())
@@ -234,16 +243,8 @@ class LCSMachine(nn.Module):
                 f"{patch_size!r}"
             )
         self.patch_size = patch_size
-        self.locality_radius = locality_radius
-        self.margin_px = float(margin_px)
-        self.tolerance_px = float(tolerance_px)
-        self.bandwidth_px = bandwidth_px
-        self.fallback = fallback
-        self.query_chunk = query_chunk
-        self.train_chunk = train_chunk
-        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise ConfigError(f"dtype={dtype!r}: expected None or a floating torch.dtype")
-        self.dtype = dtype
+        for f in dataclasses.fields(opts):
+            setattr(self, f.name, getattr(opts, f.name))
         self.reset_counts()
 
     # ----- construction helpers -------------------------------------------------------------

@@ -24,7 +24,7 @@ from .runner import (
     evaluate_model, evaluate_run,
     scene_conditionings,
 )
-from .validation import PERTURBATIONS, validate_detector, validation_markdown
+from .validation import PERTURBATIONS, ValidationSpec, validate_detector, validation_markdown
 
 __all__ = [
     "DETECTORS",
@@ -33,6 +33,6 @@ __all__ = [
     "ImageMatch", "OracleDenoiser", "PERTURBATIONS", "SummaryOptions", "count_metrics",
     "dataset_conditionings", "default_tolerance_px", "evaluate_denoiser", "largest_k_above",
     "load_detector", "load_or_train_detector", "match_locations", "normalized_auc",
-    "scene_conditionings", "summarize", "train_heatmap_detector", "validate_detector",
+    "scene_conditionings", "summarize", "train_heatmap_detector", "ValidationSpec", "validate_detector",
     "validation_markdown", "wilson_interval",
 ]

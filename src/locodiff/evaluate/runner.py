@@ -229,21 +229,10 @@ def evaluate_denoiser(
     """
 
     cfg = config or EvalConfig()
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or not 8 <= resolution <= 1024:
-        raise InputError(f"resolution {resolution!r}: expected an integer image side from 8 to 1024")
-    fixed = getattr(detector, "resolution", None)
-    if fixed is not None and fixed != resolution:
-        raise InputError(f"the detector works at {fixed}x{fixed} but the images are {resolution}x{resolution}")
-    det_max = getattr(detector, "max_objects", None) or getattr(getattr(detector, "config", None), "max_objects", None)
-    if det_max is not None and max(cfg.counts) > det_max:
-        raise InputError(f"k={max(cfg.counts)} is above the {det_max} objects the detector was trained on")
-    sample = get_sampler(cfg.sampler)
-    tolerance = cfg.tolerance_px or default_tolerance_px(resolution)
+    _check_detector(detector, resolution, cfg)
     out = Path(out_dir)
     records = _start_or_resume(out, cfg, resolution, detector.name)
-    done = {k for k in cfg.counts if k in records}
-
-    todo = [k for k in cfg.counts if k not in done]
+    todo = [k for k in cfg.counts if k not in records]
     bar = tqdm(total=len(todo) * cfg.per_count, desc="evaluate", unit="img", disable=not progress)
     for k in todo:
         bar.set_postfix(k=k)
@@ -252,23 +241,38 @@ def evaluate_denoiser(
         check_conditioning(cond, k, cfg.per_count, detector.min_separation)
         lines, strip = [], []
         batches = sample_in_batches(_ShapeChecked(denoiser, k), cond, resolution, cfg.steps, gen, cfg.batch_size,
-                                    sample, device)
+                                    get_sampler(cfg.sampler), device)
         for start, part, x in batches:
             _check_images(x, part.batch_size, resolution, k)
             images = x.detach().float().cpu().clamp(-1, 1)
-            dets = detector(images, value_range=(-1.0, 1.0))
+            tolerance = cfg.tolerance_px or default_tolerance_px(resolution)
             lines += [_record(k, start + i, part[i], d, resolution, tolerance, holdout)
-                      for i, d in enumerate(dets)]
-            if len(strip) < cfg.grid_per_count:
-                strip += list(to_uint8(images[: cfg.grid_per_count - len(strip)]))
+                      for i, d in enumerate(detector(images, value_range=(-1.0, 1.0)))]
+            strip += list(to_uint8(images[: max(0, cfg.grid_per_count - len(strip))]))
             bar.update(part.batch_size)
-        if strip:
-            _save_strip(out / "samples" / f"k{k:02d}.png", np.stack(strip))
-        for line in lines:  # only complete k's reach the log
-            append_jsonl(out / EVAL_RECORDS, line)
-        records[k] = lines
+        records[k] = _keep_count(out, k, lines, strip)
     bar.close()
     return finalize(out, cfg, resolution, detector.name, records)
+
+
+def _check_detector(detector: Detector, resolution: int, cfg: EvalConfig) -> None:
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or not 8 <= resolution <= 1024:
+        raise InputError(f"resolution {resolution!r}: expected an integer image side from 8 to 1024")
+    fixed = getattr(detector, "resolution", None)
+    if fixed is not None and fixed != resolution:
+        raise InputError(f"the detector works at {fixed}x{fixed} but the images are {resolution}x{resolution}")
+    det_max = getattr(detector, "max_objects", None) or getattr(getattr(detector, "config", None), "max_objects", None)
+    if det_max is not None and max(cfg.counts) > det_max:
+        raise InputError(f"k={max(cfg.counts)} is above the {det_max} objects the detector was trained on")
+
+
+def _keep_count(out: Path, k: int, lines: list[dict], strip: list) -> list[dict]:
+    """Save a finished count: its sample strip, then its records (only complete k's reach the log)."""
+    if strip:
+        _save_strip(out / "samples" / f"k{k:02d}.png", np.stack(strip))
+    for line in lines:
+        append_jsonl(out / EVAL_RECORDS, line)
+    return lines
 
 
 def build_detector(data_cfg, config: EvalConfig, resolution: int, cache_dir: str | Path, progress: bool = False,

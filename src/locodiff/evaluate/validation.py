@@ -9,7 +9,7 @@ metrics as models. The same scenes are used at every resolution and perturbation
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -38,17 +38,27 @@ def perturb(images: torch.Tensor, blur_px: float, noise_std: float, generator: t
     return x.clamp(0, 1)
 
 
-def validate_detector(
-    detector: Detector | Callable[[int], Detector],
-    data_cfg,
-    resolutions: Sequence[int] = (32, 64),
-    counts: Sequence[int] = tuple(range(11)),
-    per_count: int = 100,
-    perturbations: dict[str, tuple[float, float]] | None = None,
-    min_separation: float | None = None,
-    seed: int = 12345,
-    progress: bool = False,
-) -> dict:
+@dataclass(frozen=True)
+class ValidationSpec:
+    """Which renders a detector is checked on: ``per_count`` scenes for each k of ``counts``, at
+    each resolution, under each named (blur px, noise std) perturbation."""
+
+    resolutions: tuple[int, ...] = (32, 64)
+    counts: tuple[int, ...] = tuple(range(11))
+    per_count: int = 100
+    perturbations: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(PERTURBATIONS))
+    min_separation: float | None = None  # None: the data's own
+    seed: int = 12345
+
+    @classmethod
+    def ceiling(cls, evaluate, resolution: int) -> "ValidationSpec":
+        """The evaluation's own scenes, clean, at the study's resolution: the detector's ceiling."""
+        return cls((resolution,), tuple(evaluate.counts), evaluate.per_count, {"clean": (0.0, 0.0)},
+                   evaluate.min_separation, evaluate.seed)
+
+
+def validate_detector(detector: Detector | Callable[[int], Detector], data_cfg, spec: ValidationSpec = ValidationSpec(),
+                      progress: bool = False) -> dict:
     """Per (resolution, perturbation, k): count / placed / success accuracy, recall, precision,
     location error (px), colour and shape accuracy of the detector on renders of ``data_cfg``'s scenes.
 
@@ -56,44 +66,38 @@ def validate_detector(
     (the colour detector is calibrated per resolution). Returns a JSON-able dict; format it with
     ``validation_markdown``.
     """
-
-    perturbations = PERTURBATIONS if perturbations is None else perturbations
-    scene_cfg = data_cfg.scene if min_separation is None else replace(data_cfg.scene, min_separation=min_separation)
+    scene_cfg = data_cfg.scene if spec.min_separation is None else replace(data_cfg.scene,
+                                                                             min_separation=spec.min_separation)
     sampler = SceneSampler(scene_cfg, data_cfg.camera)
-    renderers = {r: Renderer(r, data_cfg.supersample, data_cfg.camera) for r in resolutions}
-    detectors = {r: detector(r) if not hasattr(detector, "min_separation") else detector for r in resolutions}
+    renderers = {r: Renderer(r, data_cfg.supersample, data_cfg.camera) for r in spec.resolutions}
+    detectors = {r: detector(r) if not hasattr(detector, "min_separation") else detector for r in spec.resolutions}
     rows = []
-    for k in tqdm(list(counts), desc="validate detector", disable=not progress):
-        gen = torch.Generator().manual_seed(seed * 1000 + k)
-        scenes = sampler.sample(k, gen, batch_size=per_count, slots=max(k, 1))
-        for res in resolutions:
+    for k in tqdm(list(spec.counts), desc="validate detector", disable=not progress):
+        scenes = sampler.sample(k, torch.Generator().manual_seed(spec.seed * 1000 + k), batch_size=spec.per_count,
+                                slots=max(k, 1))
+        for res in spec.resolutions:
             out = renderers[res](scenes, with_masks=False)
-            for name, (blur, noise) in perturbations.items():
-                images = perturb(out.images.cpu(), blur * 1.0, noise, torch.Generator().manual_seed(seed + k))
-                dets = detectors[res](images)
-                matches = []
-                for b, d in enumerate(dets):
-                    m = match_locations(out.centers[b][scenes.mask[b]].cpu().numpy(), d.centers, (res, res), default_tolerance_px(res))
-                    present = scenes.mask[b]
-                    matches.append(score_attributes(m, scenes.color[b][present].tolist(), scenes.shape[b][present].tolist(),
-                                                    d.color_index, d.shape_index))
-                cm = count_metrics(k, matches)
-                rows.append({
-                    "resolution": res, "perturbation": name, "k": k, "n": cm.n_images,
-                    "count": cm.count, "placed": cm.placed, "success": cm.success,
-                    "precision": cm.precision, "recall": cm.recall, "loc_error_px": cm.loc_error_px,
-                    "color_accuracy": cm.color_accuracy, "shape_accuracy": cm.shape_accuracy,
-                    "count_error_hist": {str(e): n for e, n in cm.count_error_hist.items()},
-                })
-    first = detectors[resolutions[0]]
-    return {
-        "detector": first.name,
-        "min_separation": scene_cfg.min_separation,
-        "per_count": per_count,
-        "seed": seed,
-        "rows": rows,
-        "overall": _overall(rows),
-    }
+            for name, (blur, noise) in spec.perturbations.items():
+                images = perturb(out.images.cpu(), blur * 1.0, noise, torch.Generator().manual_seed(spec.seed + k))
+                rows.append({"resolution": res, "perturbation": name, "k": k,
+                             **_scores(k, scenes, out.centers, detectors[res](images), res)})
+    return {"detector": detectors[spec.resolutions[0]].name, "min_separation": scene_cfg.min_separation,
+            "per_count": spec.per_count, "seed": spec.seed, "rows": rows, "overall": _overall(rows)}
+
+
+def _scores(k: int, scenes, centers, detections, res: int) -> dict:
+    """One row's accuracies: each render's detections matched to its true objects."""
+    matches = []
+    for b, d in enumerate(detections):
+        present = scenes.mask[b]
+        m = match_locations(centers[b][present].cpu().numpy(), d.centers, (res, res), default_tolerance_px(res))
+        matches.append(score_attributes(m, scenes.color[b][present].tolist(), scenes.shape[b][present].tolist(),
+                                        d.color_index, d.shape_index))
+    cm = count_metrics(k, matches)
+    return {"n": cm.n_images, "count": cm.count, "placed": cm.placed, "success": cm.success,
+            "precision": cm.precision, "recall": cm.recall, "loc_error_px": cm.loc_error_px,
+            "color_accuracy": cm.color_accuracy, "shape_accuracy": cm.shape_accuracy,
+            "count_error_hist": {str(e): n for e, n in cm.count_error_hist.items()}}
 
 
 def _overall(rows: list[dict]) -> dict:

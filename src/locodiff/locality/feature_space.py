@@ -12,6 +12,7 @@ used for every concept, so the differences come from the conditioner alone.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -244,28 +245,44 @@ def block_locality(denoiser: nn.Module, images: Tensor, cond: Conditioning, sigm
             "chance": float(chance.mean()), "pixels": int(share.numel())}
 
 
-def feature_run(folder: Path, denoiser: nn.Module, images: Tensor, sigma: float, grid: int, seed: int,
-                colors: Sequence[int] = (), shapes: Sequence[int] = (), heldout: Sequence[tuple[int, int]] = (),
-                cond: Conditioning | None = None, radius_px: float | None = None) -> Path:
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What ``feature_run`` measures: location concepts on a ``grid`` x ``grid`` lattice at noise
+    level ``sigma``; colour x shape decomposition when ``colors`` and ``shapes`` are given (with
+    the ``heldout`` (shape, colour) pairs marked); feature-space locality within ``radius_px``."""
+
+    sigma: float
+    grid: int
+    seed: int
+    colors: tuple[int, ...] = ()
+    shapes: tuple[int, ...] = ()
+    heldout: tuple[tuple[int, int], ...] = ()
+    radius_px: float | None = None
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed)
+
+
+def feature_run(folder: Path, denoiser: nn.Module, images: Tensor, spec: FeatureSpec,
+                cond: Conditioning | None = None) -> Path:
     """Write ``features.json`` into a probe folder (a note only, for denoisers without a ``net``):
-    location concept cosines, colour x shape decomposition (``colors`` and ``shapes`` given) and
-    feature-space conditional locality (``cond`` and ``radius_px`` given)."""
+    location concept cosines, colour x shape decomposition and, given ``cond``, feature-space
+    conditional locality."""
     path = Path(folder) / FEATURES_FILE
     if path.is_file():
         return path
     if not hasattr(denoiser, "net"):  # recorded, so that the probe counts as complete
         write_json_atomic(path, {"skipped": f"{type(denoiser).__name__} has no .net whose blocks could be hooked"})
         return path
-    result = concept_cosines(denoiser, images, sigma, grid=grid, generator=torch.Generator().manual_seed(seed),
-                             colors=colors)
-    if colors and shapes:
-        result["attributes"] = attribute_concepts(denoiser, images, sigma, colors, shapes,
-                                                  generator=torch.Generator().manual_seed(seed), heldout=heldout)
-    if cond is not None and radius_px is not None and bool(cond.mask.any()):
+    result = concept_cosines(denoiser, images, spec.sigma, grid=spec.grid, generator=spec.generator(),
+                             colors=spec.colors)
+    if spec.colors and spec.shapes:
+        result["attributes"] = attribute_concepts(denoiser, images, spec.sigma, spec.colors, spec.shapes,
+                                                  generator=spec.generator(), heldout=spec.heldout)
+    if cond is not None and spec.radius_px is not None and bool(cond.mask.any()):
         result["conditional_locality"] = feature_conditional_locality(
-            denoiser, images, cond, sigma, radius_px, generator=torch.Generator().manual_seed(seed))
-        between = block_locality(denoiser, images, cond, sigma, radius_px,
-                                 generator=torch.Generator().manual_seed(seed))
+            denoiser, images, cond, spec.sigma, spec.radius_px, generator=spec.generator())
+        between = block_locality(denoiser, images, cond, spec.sigma, spec.radius_px, generator=spec.generator())
         if between is not None:
             result["block_locality"] = between
     write_json_atomic(path, result)

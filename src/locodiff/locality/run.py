@@ -28,11 +28,11 @@ from ..scenes.dataset import to_model_batch
 from ..scenes.draw import TestDraw
 from .config import ExtrapolationOptions, SceneDraw
 from .extrapolation import ExtrapolationResult, Scenes, probe_extrapolation
-from .feature_space import FEATURES_FILE, feature_run
+from .feature_space import FEATURES_FILE, FeatureSpec, feature_run
 from .jacobian import InputError
 from .probe import ProbeSpec, probe_locality
 from .result import has_presence, maps_intact
-from .text_probe import probe_text_model, write_text_probe
+from .text_probe import TextProbeSpec, probe_text_model, write_text_probe
 
 
 def probe_scenes(data_root: str | Path, counts: Sequence[int], n: int):
@@ -84,9 +84,9 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
     if conditioned_on(denoiser) == "captions":
         text_probe_run(folder, denoiser, run_cfg, images, cond, options, seed)
     else:
-        feature_run(folder, denoiser, images, options.feature_sigma, options.feature_grid, seed,
-                    colour_concepts(run_cfg), shape_concepts(run_cfg), run_cfg.holdout_indices(),
-                    cond=cond, radius_px=options.radius_px)
+        spec = FeatureSpec(options.feature_sigma, options.feature_grid, seed, tuple(colour_concepts(run_cfg)),
+                           tuple(shape_concepts(run_cfg)), tuple(run_cfg.holdout_indices()), options.radius_px)
+        feature_run(folder, denoiser, images, spec, cond=cond)
     return folder
 
 
@@ -102,10 +102,10 @@ def text_probe_run(folder: Path, net: TextUNet, run_cfg, images, cond, options, 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
         control = build_network(run_cfg.model).eval().requires_grad_(False)
-    colors = [vocab.color_index(c) for c in run_cfg.data.scene.colors]
-    args = (images, cond, options.sigmas, options.radius_px, options.pixels, TEXT_PROBE_PROBES, seed, colors)
-    results = {"trained": probe_text_model(net, load_diffusers_unet(saved), *args),
-               "random": probe_text_model(control, control.adapter, *args)}
+    colors = tuple(vocab.color_index(c) for c in run_cfg.data.scene.colors)
+    spec = TextProbeSpec(tuple(options.sigmas), options.radius_px, options.pixels, TEXT_PROBE_PROBES, seed, colors)
+    results = {"trained": probe_text_model(net, load_diffusers_unet(saved), images, cond, spec),
+               "random": probe_text_model(control, control.adapter, images, cond, spec)}
     path = write_text_probe(folder, results)
     write_json_atomic(folder / FEATURES_FILE, {"skipped": "a caption model: its feature-space results are in text_probe.json"})
     return path

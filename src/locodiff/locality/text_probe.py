@@ -22,6 +22,7 @@ random tangents per group (forward mode, ``probes`` JVPs per phrase).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -100,9 +101,22 @@ def colour_cosines(net: TextUNet, adapter: DiffusersDenoiser, x: Tensor, sigma: 
     return out
 
 
+@dataclass(frozen=True)
+class TextProbeSpec:
+    """What ``probe_text_model`` measures: at each of ``sigmas``, ``pixels`` probed pixels per
+    scene, shares within ``radius_px``, ``probes`` random tangents per phrase; colour concept
+    cosines for the palette indices ``colors``."""
+
+    sigmas: tuple[float, ...]
+    radius_px: float
+    pixels: int
+    probes: int
+    seed: int
+    colors: tuple[int, ...] = ()
+
+
 def probe_text_model(net: TextUNet, adapter: DiffusersDenoiser, images: Tensor, cond: Conditioning,
-                     sigmas: Sequence[float], radius_px: float, pixels: int, probes: int, seed: int,
-                     colors: Sequence[int] = ()) -> dict:
+                     spec: TextProbeSpec) -> dict:
     """The three findings for one model (``adapter``: its UNet as a ``DiffusersDenoiser``, e.g.
     reloaded from its folder; ``net``: where its prompts come from). JSON-able."""
     net.eval()
@@ -110,11 +124,12 @@ def probe_text_model(net: TextUNet, adapter: DiffusersDenoiser, images: Tensor, 
         prompt = net.prompt(cond)
     ids, _ = caption_ids(cond, net.max_objects, net.count_word)
     adapter.set_prompt(prompt)
+    sigmas, radius_px, pixels, probes, seed = spec.sigmas, spec.radius_px, spec.pixels, spec.probes, spec.seed
     spatial = probe_diffusers(adapter, images, sigmas, n_pixels=pixels, radius_px=radius_px, seed=seed)
     # the score's -x / sigma^2 term alone puts its Jacobian on the diagonal; x0's shows how far D reaches
-    spec = ProbeSpec(tuple(sigmas), pixels, target="x0", radius=radius_px, keep_maps=False, n_boot=200,
-                     batch_size=images.shape[0])
-    x0_spatial = probe_locality(adapter, images, Conditioning.empty(images.shape[0]), spec,
+    x0_spec = ProbeSpec(tuple(sigmas), pixels, target="x0", radius=radius_px, keep_maps=False, n_boot=200,
+                        batch_size=images.shape[0])
+    x0_spatial = probe_locality(adapter, images, Conditioning.empty(images.shape[0]), x0_spec,
                                 torch.Generator().manual_seed(seed), progress=False)
     at = x0_spatial.radii.index(float(radius_px))
     groups = phrase_groups(net, cond.slots)
@@ -142,9 +157,9 @@ def probe_text_model(net: TextUNet, adapter: DiffusersDenoiser, images: Tensor, 
     out = {"sigmas": [float(s) for s in sigmas], "radius_px": float(radius_px), "scenes": int(images.shape[0]),
            "pixels": pixels, "probes": probes, "chance_concentration": spatial["chance_concentration"],
            "blocks": list(BLOCKS), "per_sigma": per_sigma}
-    if colors:
+    if spec.colors:
         out["colour_cosines"] = colour_cosines(net, adapter, images + torch.randn(images.shape, generator=gen),
-                                               1.0, colors)
+                                               1.0, spec.colors)
     return out
 
 

@@ -110,57 +110,85 @@ def text_model_section(cfg, text_facts: list[ModelFacts], location_facts: list[M
         "colours, caption cells and (colour, cell) pairs found among the detections."))
     for f in text_facts:
         if f.eval_records:
-            rows = [[r["k"], r["images"], num(r["count"]), f"{r['mean_detected']:.1f}", num(r.get("colour")),
-                     num(r.get("cell")), num(r.get("colour_cell")), num(r.get("shape"))]
-                    for r in text_scores(f.eval_records)]
-            sec.blocks.append(Table(["k", "images", "count accuracy", "mean detected", "colour found",
-                                     "cell found", "colour in cell", "shape found"], rows,
-                                    f"{f.name}: length generalization of the caption model (trained on "
-                                    f"{cfg.data.train_counts[0]}–{cfg.data.train_counts[-1]} objects). Shares are "
-                                    "multiset overlaps, which chance alone raises as k grows (8 colours, 3 shapes, 9 "
-                                    "cells); shapes are read by the detector, whose shape accuracy on real renders is "
-                                    "in the setup section's detector ceiling."))
+            sec.blocks.append(length_table(cfg, f))
         probe = load_text_probe(f)
-        if probe is None:
-            continue
-        trained, control = probe["trained"], probe["random"]
-        sec.blocks.append(Table(["statement (paper, for SDXL)", f.name, "random weights", "criterion", "verdict"],
-                                statements(trained, control, cfg.report),
-                                "Means over the probed noise levels. The control: the same architecture and "
-                                "caption encoder with random weights."))
-        blocks = trained["blocks"]
-        rows = [[r["sigma"], num(r["spatial_mass_within"]), num(r.get("spatial_mass_within_x0")),
-                 num(r["phrase_share"]["score"]["normalised"])]
-                + [num(r["phrase_share"][b]["normalised"]) for b in blocks] for r in trained["per_sigma"]]
-        sec.blocks.append(Table(["σ", "spatial mass: score", "spatial mass: x0", "phrase share: score"]
-                                + [f"phrase share: {b}" for b in blocks],
-                                rows, f"{f.name} per noise level. Spatial: Jacobian mass within {trained['radius_px']:g} "
-                                "px of the output pixel (the score's is dominated by its -x/σ² diagonal; x0's shows "
-                                "how far the network reaches). Phrase share: where an object's phrase moves the "
-                                f"score and each block's features, normalised share within {trained['radius_px']:g} "
-                                "px of the object (0 = chance, 1 = confined)."))
-        classes = sorted({c for r in trained["per_sigma"] for c in r["token_concentration"]})
-        rows = [[name] + [num(sum(r["token_concentration"].get(c, float("nan")) for r in res["per_sigma"])
-                              / len(res["per_sigma"])) for c in classes]
-                for name, res in ((f.name, trained), ("random weights", control))]
-        sec.blocks.append(Table(["model"] + classes, rows,
-                                f"Token concentration by word class: each token's share of its squared influence on "
-                                f"its top 10% of probed pixels (chance {trained['chance_concentration']:.2f}), mean over σ."))
-        cos = [[b, num(trained["summary"]["colour_offdiag"].get(b)), num(control["summary"]["colour_offdiag"].get(b))]
-               for b in blocks]
-        sec.blocks.append(Table(["block", f"{f.name}: colour abs. cosine", "random: colour abs. cosine"], cos,
-                                "Mean off-diagonal absolute cosine between colour concept directions (one centred object "
-                                "per colour minus the empty caption); 0 = orthogonal."))
-        presence = f"{f.presence_index:.2f}" if f.presence_index is not None else "–"
-        text_row = [f.name, f.arch, "– (locations only as words)", presence,
-                    num(max((v for v in trained["summary"]["feature_phrase_share"].values() if v is not None), default=None))]
-        sec.blocks.append(Table(["model", "arch", "move index (pixel)", "presence index (pixel)",
-                                 "feature-space share (normalised)"], location_model_rows(location_facts) + [text_row],
-                                "Beside locodiff's location-token models: the presence index (what removing one "
-                                "object's label or phrase changes, within the radius) is the same statistic for "
-                                "both; the feature-space column is the location Jacobian's share at the network's "
-                                "middle for the location models, the best block's phrase share for the caption model."))
-        sec.blocks.append(Text(f"The saved diffusers folder: `{f.locality_dir / 'diffusers'}`; probe it like SDXL with "
-                               f"`locodiff probe-diffusers --model {f.locality_dir / 'diffusers'} --caption \"large red "
-                               "metal cube top left\"`."))
+        if probe is not None:
+            sec.blocks += probe_blocks(cfg, f, probe, location_facts)
     return sec
+
+
+def length_table(cfg, f: ModelFacts) -> Table:
+    """Length generalization of a caption model, scored without locations."""
+    rows = [[r["k"], r["images"], num(r["count"]), f"{r['mean_detected']:.1f}", num(r.get("colour")),
+             num(r.get("cell")), num(r.get("colour_cell")), num(r.get("shape"))]
+            for r in text_scores(f.eval_records)]
+    return Table(["k", "images", "count accuracy", "mean detected", "colour found", "cell found", "colour in cell",
+                  "shape found"], rows,
+                 f"{f.name}: length generalization of the caption model (trained on "
+                 f"{cfg.data.train_counts[0]}–{cfg.data.train_counts[-1]} objects). Shares are "
+                 "multiset overlaps, which chance alone raises as k grows (8 colours, 3 shapes, 9 "
+                 "cells); shapes are read by the detector, whose shape accuracy on real renders is "
+                 "in the setup section's detector ceiling.")
+
+
+def probe_blocks(cfg, f: ModelFacts, probe: dict, location_facts: list[ModelFacts]) -> list:
+    """The three statements, their numbers per noise level and per word class, and the caption
+    model beside the location-token models."""
+    trained, control = probe["trained"], probe["random"]
+    return [
+        Table(["statement (paper, for SDXL)", f.name, "random weights", "criterion", "verdict"],
+              statements(trained, control, cfg.report),
+              "Means over the probed noise levels. The control: the same architecture and "
+              "caption encoder with random weights."),
+        per_sigma_table(f, trained),
+        word_class_table(f, trained, control),
+        colour_table(f, trained, control),
+        beside_location_models(f, trained, location_facts),
+        Text(f"The saved diffusers folder: `{f.locality_dir / 'diffusers'}`; probe it like SDXL with "
+             f"`locodiff probe-diffusers --model {f.locality_dir / 'diffusers'} --caption \"large red "
+             "metal cube top left\"`."),
+    ]
+
+
+def per_sigma_table(f: ModelFacts, trained: dict) -> Table:
+    blocks, radius = trained["blocks"], trained["radius_px"]
+    rows = [[r["sigma"], num(r["spatial_mass_within"]), num(r.get("spatial_mass_within_x0")),
+             num(r["phrase_share"]["score"]["normalised"])]
+            + [num(r["phrase_share"][b]["normalised"]) for b in blocks] for r in trained["per_sigma"]]
+    return Table(["σ", "spatial mass: score", "spatial mass: x0", "phrase share: score"]
+                 + [f"phrase share: {b}" for b in blocks],
+                 rows, f"{f.name} per noise level. Spatial: Jacobian mass within {radius:g} "
+                 "px of the output pixel (the score's is dominated by its -x/σ² diagonal; x0's shows "
+                 "how far the network reaches). Phrase share: where an object's phrase moves the "
+                 f"score and each block's features, normalised share within {radius:g} "
+                 "px of the object (0 = chance, 1 = confined).")
+
+
+def word_class_table(f: ModelFacts, trained: dict, control: dict) -> Table:
+    classes = sorted({c for r in trained["per_sigma"] for c in r["token_concentration"]})
+    rows = [[name] + [num(sum(r["token_concentration"].get(c, float("nan")) for r in res["per_sigma"])
+                          / len(res["per_sigma"])) for c in classes]
+            for name, res in ((f.name, trained), ("random weights", control))]
+    return Table(["model"] + classes, rows,
+                 f"Token concentration by word class: each token's share of its squared influence on "
+                 f"its top 10% of probed pixels (chance {trained['chance_concentration']:.2f}), mean over σ.")
+
+
+def colour_table(f: ModelFacts, trained: dict, control: dict) -> Table:
+    cos = [[b, num(trained["summary"]["colour_offdiag"].get(b)), num(control["summary"]["colour_offdiag"].get(b))]
+           for b in trained["blocks"]]
+    return Table(["block", f"{f.name}: colour abs. cosine", "random: colour abs. cosine"], cos,
+                 "Mean off-diagonal absolute cosine between colour concept directions (one centred object "
+                 "per colour minus the empty caption); 0 = orthogonal.")
+
+
+def beside_location_models(f: ModelFacts, trained: dict, location_facts: list[ModelFacts]) -> Table:
+    presence = f"{f.presence_index:.2f}" if f.presence_index is not None else "–"
+    best = max((v for v in trained["summary"]["feature_phrase_share"].values() if v is not None), default=None)
+    text_row = [f.name, f.arch, "– (locations only as words)", presence, num(best)]
+    return Table(["model", "arch", "move index (pixel)", "presence index (pixel)",
+                  "feature-space share (normalised)"], location_model_rows(location_facts) + [text_row],
+                 "Beside locodiff's location-token models: the presence index (what removing one "
+                 "object's label or phrase changes, within the radius) is the same statistic for "
+                 "both; the feature-space column is the location Jacobian's share at the network's "
+                 "middle for the location models, the best block's phrase share for the caption model.")
