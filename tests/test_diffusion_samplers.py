@@ -7,6 +7,7 @@ import torch
 
 from locodiff.conditioning import Conditioning
 from locodiff.diffusion import (
+    Churn,
     GaussianDenoiser,
     GaussianMixtureDenoiser,
     get_sampler,
@@ -113,7 +114,7 @@ def test_heun_is_stochastic_sampler_without_churn():
     d, cond = GaussianDenoiser(MU, VAR), Conditioning.empty(4)
     noise = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0))
     heun = sample_heun(d, noise, cond, 7)
-    torch.testing.assert_close(heun, sample_stochastic(d, noise, cond, 7, s_churn=0))
+    torch.testing.assert_close(heun, sample_stochastic(d, noise, cond, 7, churn=Churn(s_churn=0)))
     assert not torch.allclose(
         sample_heun(d, noise, cond, 7),
         sample_stochastic(d, noise, cond, 7, generator=torch.Generator().manual_seed(0)),

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from . import __version__, layout
 from .adapters.diffusers_unet import load_diffusers_unet
-from .locality.diffusers_probe import load_prompt_file, probe_diffusers, summary_lines, write_probe
+from .locality.diffusers_probe import DiffusersProbeSpec, load_prompt_file, probe_diffusers, summary_lines, write_probe
 from .config import to_dict
 from .errors import LocodiffError
 from .evaluate.runner import evaluate_run
@@ -391,8 +391,9 @@ def probe_diffusers_cmd(
                 raise LocodiffError(f"{latents_file} has no tensor named 'latents'")
         else:
             lat = torch.randn(1, channels, latent_size, latent_size, generator=torch.Generator().manual_seed(seed))
-        result = probe_diffusers(adapter, lat.float().to(device), [float(s) for s in sigmas.split(",")], pixels,
-                                 radius, seed=seed, progress=True, words=words, probes=probes)
+        spec = DiffusersProbeSpec(tuple(float(s) for s in sigmas.split(",")), pixels, radius, seed=seed, words=words,
+                                  probes=probes)
+        result = probe_diffusers(adapter, lat.float().to(device), spec, progress=True)
         path = write_probe(result, out)
     for line in summary_lines(result):
         typer.echo(line)

@@ -9,10 +9,11 @@ from .analytic import GaussianDenoiser, GaussianMixtureDenoiser
 from .guidance import ClassifierFreeGuidance, ScoreComposition
 from .loss import EDMLoss, Rows
 from .precond import SIGMA_DATA, EDMPrecond, preconditioning
-from .samplers import Trajectory, get_sampler, sample_euler, sample_heun, sample_stochastic
+from .samplers import Churn, Trajectory, get_sampler, sample_euler, sample_heun, sample_stochastic
 from .schedule import karras_sigmas, sample_training_sigmas
 
 __all__ = [
+    "Churn",
     "SIGMA_DATA",
     "ClassifierFreeGuidance",
     "EDMLoss",

@@ -43,6 +43,23 @@ class Trajectory:
 Sample = Tensor | tuple[Tensor, Trajectory]
 
 
+@dataclass(frozen=True)
+class Churn:
+    """EDM's stochastic churn (Algorithm 2): how much fresh noise each step adds, and where."""
+
+    s_churn: float = 40.0
+    s_min: float = 0.05
+    s_max: float = 50.0
+    s_noise: float = 1.003
+
+    def __post_init__(self) -> None:
+        if self.s_churn < 0 or self.s_noise < 0 or self.s_min > self.s_max:
+            raise InputError(
+                f"expected s_churn >= 0, s_noise >= 0 and s_min <= s_max, got s_churn={self.s_churn}, "
+                f"s_noise={self.s_noise}, s_min={self.s_min}, s_max={self.s_max}"
+            )
+
+
 @torch.no_grad()
 def sample_heun(
     denoiser: Denoiser,
@@ -57,10 +74,8 @@ def sample_heun(
 
     Costs ``2 * steps - 1`` denoiser calls (the last step to sigma = 0 is plain Euler).
     """
-    return sample_stochastic(
-        denoiser, noise_or_shape, cond, steps, generator, return_trajectory, progress,
-        s_churn=0.0,
-    )
+    return sample_stochastic(denoiser, noise_or_shape, cond, steps, generator, return_trajectory, progress,
+                             Churn(s_churn=0.0))
 
 
 @torch.no_grad()
@@ -94,10 +109,7 @@ def sample_stochastic(
     generator: torch.Generator | None = None,
     return_trajectory: bool = False,
     progress: bool = False,
-    s_churn: float = 40.0,
-    s_min: float = 0.05,
-    s_max: float = 50.0,
-    s_noise: float = 1.003,
+    churn: Churn = Churn(),
 ) -> Sample:
     """Stochastic 2nd-order sampler (EDM Algorithm 2).
 
@@ -105,14 +117,10 @@ def sample_stochastic(
     ``sigma_hat = (1 + gamma) sigma_i`` with ``gamma = min(s_churn / N, sqrt(2) - 1)`` by adding
     fresh noise (std ``s_noise`` slightly > 1 offsets the denoiser's tendency to over-smooth), then
     a Heun step goes from ``sigma_hat`` to ``sigma_{i+1}``. The churn corrects errors made earlier
-    on the path. Defaults are EDM's ImageNet-64 settings; ``s_churn = 0`` is Algorithm 1 (Heun).
+    on the path. ``Churn()`` is EDM's ImageNet-64 setting; ``s_churn = 0`` is Algorithm 1 (Heun).
     In the trajectory, ``x0s[i]`` is the prediction at ``sigma_hat``, not ``sigma_i``.
     """
-    if s_churn < 0 or s_noise < 0 or s_min > s_max:
-        raise InputError(
-            f"expected s_churn >= 0, s_noise >= 0 and s_min <= s_max, got s_churn={s_churn}, "
-            f"s_noise={s_noise}, s_min={s_min}, s_max={s_max}"
-        )
+    s_churn, s_min, s_max, s_noise = churn.s_churn, churn.s_min, churn.s_max, churn.s_noise
     x, sigmas = _setup(denoiser, noise_or_shape, cond, steps, generator)
     path = _Recorder(x, return_trajectory)
     n = len(sigmas) - 1

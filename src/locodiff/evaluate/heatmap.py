@@ -304,25 +304,15 @@ def train_heatmap_detector(data_cfg, cfg: HeatmapConfig | None = None, folder: s
         net = HeatmapNet(cfg.width).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)  # the detector's stream since version 1 (weights unchanged)
-    seen = step = 0
     folder = Path(folder) if folder is not None else None
-    ckpt = latest_checkpoint(folder) if folder is not None else None
-    if ckpt is not None:  # resume: weights, Adam moments and the scene generator (no pickles)
-        meta = load_checkpoint(ckpt, net, None, opt)
-        gen.set_state(load_extra(ckpt)["generator"])
-        seen, step = meta["images_seen"], meta["step"]
+    seen, step = _resume(folder, net, opt, gen)
     net.train()
     bar = tqdm(total=cfg.train_images, initial=seen, unit="img", desc="detector", disable=not progress)
     since_ckpt, t0 = 0, time.perf_counter()
     while seen < cfg.train_images:
         for group in opt.param_groups:  # cosine schedule over the image budget
             group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * seen / max(cfg.train_images, 1)))
-        counts = torch.randint(0, cfg.max_objects + 1, (cfg.batch_size,), generator=gen)
-        scenes = sampler.sample(counts, gen, slots=cfg.max_objects)
-        side = sides[int(torch.randint(len(sides), (1,), generator=gen))]
-        rendered = renderers[side](scenes)
-        targets = _targets(rendered.centers, scenes.mask.cpu(), rendered.masks.cpu(), scenes.color, scenes.shape, cfg)
-        x = _augment(rendered.images.cpu(), cfg, gen)
+        x, targets = _training_batch(sampler, renderers, cfg, gen)
         loss, parts = detector_loss(net(x.to(device)).cpu(), targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -342,6 +332,28 @@ def train_heatmap_detector(data_cfg, cfg: HeatmapConfig | None = None, folder: s
     bar.close()
     net.eval()
     return HeatmapDetector(net.cpu(), cfg)
+
+
+def _resume(folder: Path | None, net: nn.Module, opt, gen: torch.Generator) -> tuple[int, int]:
+    """(images seen, step) of the last checkpoint in ``folder``, its weights, Adam moments and scene
+    generator restored (no pickles); (0, 0) to start."""
+    ckpt = latest_checkpoint(folder) if folder is not None else None
+    if ckpt is None:
+        return 0, 0
+    meta = load_checkpoint(ckpt, net, None, opt)
+    gen.set_state(load_extra(ckpt)["generator"])
+    return meta["images_seen"], meta["step"]
+
+
+def _training_batch(sampler, renderers: dict, cfg: HeatmapConfig, gen: torch.Generator) -> tuple[Tensor, dict]:
+    """Fresh scenes with 0..max_objects objects, rendered at a random one of the sides, augmented."""
+    counts = torch.randint(0, cfg.max_objects + 1, (cfg.batch_size,), generator=gen)
+    scenes = sampler.sample(counts, gen, slots=cfg.max_objects)
+    sides = list(renderers)
+    side = sides[int(torch.randint(len(sides), (1,), generator=gen))]
+    rendered = renderers[side](scenes)
+    targets = _targets(rendered.centers, scenes.mask.cpu(), rendered.masks.cpu(), scenes.color, scenes.shape, cfg)
+    return _augment(rendered.images.cpu(), cfg, gen), targets
 
 
 def save_detector(detector: HeatmapDetector, folder: str | Path) -> Path:

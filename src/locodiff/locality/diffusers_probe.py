@@ -15,6 +15,7 @@ Two questions, per noise level, on the latents a user gives (or standard-normal 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -99,19 +100,31 @@ def token_concentration(sensitivity: Tensor, top_share: float = 0.1) -> Tensor:
     return share.nanmean(0)
 
 
-def probe_diffusers(
-    adapter, latents: Tensor, sigmas: Sequence[float], n_pixels: int = 16, radius_px: float = 2.0,
-    top_share: float = 0.1, seed: int = 0, progress: bool = False, words: int = 0, probes: int = 1,
-) -> dict:
+@dataclass(frozen=True)
+class DiffusersProbeSpec:
+    """What ``probe_diffusers`` measures: ``n_pixels`` probed latent pixels per latent at each of
+    ``sigmas``, spatial mass within ``radius_px``, each token's share on its top ``top_share`` of
+    pixels; with ``words > 0`` the whole per-token map for the first ``words`` tokens (the rest as
+    one group) from ``probes`` random tangents each."""
+
+    sigmas: tuple[float, ...]
+    n_pixels: int = 16
+    radius_px: float = 2.0
+    top_share: float = 0.1
+    seed: int = 0
+    words: int = 0
+    probes: int = 1
+
+
+def probe_diffusers(adapter, latents: Tensor, spec: DiffusersProbeSpec, progress: bool = False) -> dict:
     """Spatial and per-token conditional locality of ``adapter`` (a ``DiffusersDenoiser`` holding
     its prompt) at each sigma; returns a JSON-able summary.
 
-    With ``words > 0`` also the whole per-token map at every latent pixel of the first image, for
-    the first ``words`` tokens one by one and the remaining (padding) tokens as one group, each
-    estimated from ``probes`` random tangents (``(words + 1) * probes`` JVPs per sigma); the maps
-    ride along under the key ``"_token_maps"`` ([sigmas, words + 1, H, W], not JSON) for
-    ``write_probe`` to save."""
-
+    With ``spec.words > 0`` also the whole per-token map at every latent pixel of the first
+    image (``(words + 1) * probes`` JVPs per sigma); the maps ride along under the key
+    ``"_token_maps"`` ([sigmas, words + 1, H, W], not JSON) for ``write_probe`` to save."""
+    sigmas, n_pixels, radius_px, top_share = spec.sigmas, spec.n_pixels, spec.radius_px, spec.top_share
+    words, probes = spec.words, spec.probes
     if latents.ndim != 4:
         raise LocodiffError(f"latents must have shape [B, C, H, W], got {tuple(latents.shape)}")
     b, _, h, w = latents.shape
@@ -120,11 +133,11 @@ def probe_diffusers(
         raise LocodiffError(f"words={words}: expected 0 (no whole maps) or a count below the {tokens} prompt tokens")
     words = min(words, tokens - 1)
     groups = [[i] for i in range(words)] + [list(range(words, tokens))]
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(spec.seed)
     pixels = sample_pixels(h, w, n_pixels, gen, batch=b)
     # one batch: the held prompt has one row per latent (or one for all), so it cannot be chunked
-    spec = ProbeSpec(tuple(sigmas), n_pixels, radius=radius_px, keep_maps=False, n_boot=200, batch_size=b)
-    spatial = probe_locality(adapter, latents, Conditioning.empty(b), spec, gen, pixels=pixels, progress=progress)
+    probe = ProbeSpec(tuple(sigmas), n_pixels, radius=radius_px, keep_maps=False, n_boot=200, batch_size=b)
+    spatial = probe_locality(adapter, latents, Conditioning.empty(b), probe, gen, pixels=pixels, progress=progress)
     r_index = spatial.radii.index(float(radius_px))
     noise = torch.randn(latents.shape, generator=gen, dtype=latents.dtype)
     maps = []

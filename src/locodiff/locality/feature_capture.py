@@ -376,13 +376,9 @@ def input_sensitivity(
     if groups is not None and mode != "sampled":
         raise InputError("groups are measured by mode='sampled' only")
     b, k = theta.shape[:2]
-    per_group = theta.shape[2:].numel()
     with transform_context():
         if mode == "auto":
-            out_shape = _output_shape(fn(theta))
-            n_pix = out_shape[2] * out_shape[3] if pixels is None else _count_pixels(pixels, b)
-            n_rev = n_pix * (out_shape[1] if channels == "each" else 1)
-            mode = "forward" if JVP_COST * k * per_group <= n_rev else "reverse"
+            mode = _cheaper_mode(fn, theta, pixels, channels)
         if mode == "reverse":
             return _reverse_sensitivity(fn, theta, pixels, channels, chunk_size)
         if mode == "forward":
@@ -396,6 +392,14 @@ def input_sensitivity(
         return sens
     flat = flat_pixel_index(pixels, b, *sens.shape[-2:]).to(sens.device)  # [B, P]
     return sens.flatten(2).gather(2, flat[:, None, :].expand(-1, sens.shape[1], -1))
+
+
+def _cheaper_mode(fn, theta: Tensor, pixels, channels: str) -> str:
+    """Forward or reverse, whichever needs fewer passes (a JVP counted as ``JVP_COST`` VJPs)."""
+    out_shape = _output_shape(fn(theta))
+    n_pix = out_shape[2] * out_shape[3] if pixels is None else _count_pixels(pixels, theta.shape[0])
+    n_rev = n_pix * (out_shape[1] if channels == "each" else 1)
+    return "forward" if JVP_COST * theta.shape[1] * theta.shape[2:].numel() <= n_rev else "reverse"
 
 
 def _forward_sensitivity(fn, theta: Tensor, channels: str, chunk_size: int) -> Tensor:

@@ -120,19 +120,8 @@ def attribute_concepts(denoiser: nn.Module, images: Tensor, sigma: float, colors
     ``heldout`` (shape, colour) pairs) each pair's relative interaction, seen vs held out.
     """
 
-    net = denoiser.net
-    block = block or default_block(net)
-    x, s = _noisy(images, sigma, generator)
-    b = images.shape[0]
-    centre, present = torch.full((b, 1, 2), 0.5), torch.ones(b, 1, dtype=torch.bool)
-    mu = []
-    for c in colors:
-        for sh in shapes:
-            attrs = torch.tensor([c, sh, 0, 0]).expand(b, 1, 4).clone()  # (color, shape, size, material)
-            with capture_features(net, block) as store:
-                denoiser(x, s, Conditioning(centre, present, attrs))
-            mu.append(store[block].double().reshape(b, -1).mean(0))
-    mu = torch.stack(mu).reshape(len(colors), len(shapes), -1)
+    block = block or default_block(denoiser.net)
+    mu = _attribute_means(denoiser, images, sigma, colors, shapes, block, generator)
     grand = mu.mean((0, 1))
     a, bs = mu.mean(1) - grand, mu.mean(0) - grand
     resid = mu - grand - a[:, None] - bs[None]
@@ -159,6 +148,22 @@ def attribute_concepts(denoiser: nn.Module, images: Tensor, sigma: float, colors
         "interaction_seen_mean": mean_or_none(rel[~is_held]),
         "interaction_heldout_mean": mean_or_none(rel[is_held]),
     }
+
+
+def _attribute_means(denoiser: nn.Module, images: Tensor, sigma: float, colors: Sequence[int],
+                     shapes: Sequence[int], block: str, generator: torch.Generator | None) -> Tensor:
+    """[colors, shapes, features]: the block's mean feature with one centred object of each pair."""
+    x, s = _noisy(images, sigma, generator)
+    b = images.shape[0]
+    centre, present = torch.full((b, 1, 2), 0.5), torch.ones(b, 1, dtype=torch.bool)
+    mu = []
+    for c in colors:
+        for sh in shapes:
+            attrs = torch.tensor([c, sh, 0, 0]).expand(b, 1, 4).clone()  # (color, shape, size, material)
+            with capture_features(denoiser.net, block) as store:
+                denoiser(x, s, Conditioning(centre, present, attrs))
+            mu.append(store[block].double().reshape(b, -1).mean(0))
+    return torch.stack(mu).reshape(len(colors), len(shapes), -1)
 
 
 def feature_conditional_locality(denoiser: nn.Module, images: Tensor, cond: Conditioning, sigma: float,

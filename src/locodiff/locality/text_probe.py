@@ -35,7 +35,7 @@ from ..io import write_json_atomic
 from ..layout import TEXT_PROBE
 from ..models.text import TextUNet
 from ..scenes.captions import COUNT_TOKENS, PHRASE_TOKENS, VOCABULARY, WORD_CLASSES, caption_ids
-from .diffusers_probe import probe_diffusers, token_fn
+from .diffusers_probe import DiffusersProbeSpec, probe_diffusers, token_fn
 from .feature_capture import capture_features, cosine_matrix, feature_fn, input_sensitivity, mean_difference_vectors
 from .feature_space import share_within
 from .jacobian import transform_context
@@ -125,7 +125,7 @@ def probe_text_model(net: TextUNet, adapter: DiffusersDenoiser, images: Tensor, 
     ids, _ = caption_ids(cond, net.max_objects, net.count_word)
     adapter.set_prompt(prompt)
     sigmas, radius_px, pixels, probes, seed = spec.sigmas, spec.radius_px, spec.pixels, spec.probes, spec.seed
-    spatial = probe_diffusers(adapter, images, sigmas, n_pixels=pixels, radius_px=radius_px, seed=seed)
+    spatial = probe_diffusers(adapter, images, DiffusersProbeSpec(tuple(sigmas), pixels, radius_px, seed=seed))
     # the score's -x / sigma^2 term alone puts its Jacobian on the diagonal; x0's shows how far D reaches
     x0_spec = ProbeSpec(tuple(sigmas), pixels, target="x0", radius=radius_px, keep_maps=False, n_boot=200,
                         batch_size=images.shape[0])

@@ -222,6 +222,10 @@ class ModelConfig:
                 + (f", on {self.patch_size}-px patches" if self.patch_size > 1 else "")
                 + f"): expected a multiple of {bottom} and at least {2 * bottom}"
             )
+        self._check_levels()
+
+    def _check_levels(self) -> None:
+        """Attention levels that exist, and widths that split into whole heads."""
         res = self.level_resolutions()
         ca = self.cross_attention.resolutions if self.cross_attention else None
         for name, values in (("attention_resolutions", self.attention_resolutions), ("cross_attention.resolutions", ca)):
