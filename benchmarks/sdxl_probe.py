@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from locodiff.adapters import DiffusersDenoiser, Prompt  # noqa: E402
 from locodiff.conditioning import Conditioning  # noqa: E402
 from locodiff.locality.diffusers_probe import token_fn, token_sensitivity  # noqa: E402
+from locodiff.locality.feature_capture import Sensitivity  # noqa: E402
 from locodiff.hardware import fastest_dtype, native_bf16  # noqa: E402
 from locodiff.locality.jacobian import naive_pixel_jacobian, pixel_jacobian  # noqa: E402
 
@@ -209,7 +210,7 @@ def main(argv=None) -> None:
     # warm-up: first vjp/jvp under vmap pays one-off set-up costs
     with measure(t, "forward", dev), torch.no_grad():
         ad(x, sigma, cond)
-    token_sensitivity(ad, x, sigma, pixels=pix[:1], mode="reverse", chunk_size=args.chunk)
+    token_sensitivity(ad, x, sigma, pixels=pix[:1], how=Sensitivity(mode="reverse", chunk_size=args.chunk))
     pixel_jacobian(ad, x, sigma, cond, pix[:1], channels="each", chunk_size=args.chunk)
     print(f"\nbuild {fmt(t['build'][0])} (+{t['build'][1]:.0f} MiB); one forward "
           f"{fmt(t['forward'][0])}")
@@ -221,7 +222,7 @@ def main(argv=None) -> None:
     with measure(t, "tok_naive", dev):
         tok_naive = naive_token_sensitivity(ad, x, sigma, pix)
     with measure(t, "tok", dev):
-        tok = token_sensitivity(ad, x, sigma, pixels=pix, mode="reverse", chunk_size=args.chunk)
+        tok = token_sensitivity(ad, x, sigma, pixels=pix, how=Sensitivity(mode="reverse", chunk_size=args.chunk))
     row(f"token map, {n_pix} px: batched vs naive loop", "tok", "tok_naive",
         f"{n_pix * c} VJPs each; max rel. diff {rel_err(tok, tok_naive):.1e}")
 
@@ -236,19 +237,19 @@ def main(argv=None) -> None:
     # 3. the whole token map: forward vs reverse (tiny embeddings only)
     if not full:
         with measure(t, "map_fwd", dev):
-            map_f = token_sensitivity(ad, x, sigma, mode="forward", chunk_size=args.chunk)
+            map_f = token_sensitivity(ad, x, sigma, how=Sensitivity(mode="forward", chunk_size=args.chunk))
         with measure(t, "map_rev", dev):
-            map_r = token_sensitivity(ad, x, sigma, mode="reverse", chunk_size=args.chunk)
+            map_r = token_sensitivity(ad, x, sigma, how=Sensitivity(mode="reverse", chunk_size=args.chunk))
         row(f"token map, all {size * size} px: forward vs reverse", "map_fwd", "map_rev",
             f"{tokens * d} JVPs vs {size * size * c} VJPs; max rel. diff {rel_err(map_f, map_r):.1e}")
     with measure(t, "map_sampled", dev):
-        map_s = token_sensitivity(ad, x, sigma, mode="sampled", probes=args.probes,
-                                  chunk_size=args.chunk, generator=torch.Generator().manual_seed(1))
+        map_s = token_sensitivity(ad, x, sigma, generator=torch.Generator().manual_seed(1),
+                                  how=Sensitivity(mode="sampled", probes=args.probes, chunk_size=args.chunk))
     words = min(args.words or (12 if full else 4), tokens - 1)
     groups = [[i] for i in range(words)] + [list(range(words, tokens))]
     with measure(t, "map_words", dev):
-        token_sensitivity(ad, x, sigma, mode="sampled", probes=args.probes, chunk_size=args.chunk,
-                          generator=torch.Generator().manual_seed(2), groups=groups)
+        token_sensitivity(ad, x, sigma, generator=torch.Generator().manual_seed(2),
+                          how=Sensitivity(mode="sampled", probes=args.probes, chunk_size=args.chunk, groups=groups))
     exact = map_f if not full else None
     if full:  # the exact map is out of reach: compare at the probed pixels (row 1's exact rows)
         exact_cost = (t["tok"][0] / (n_pix * 4) * size * size * 4, float("nan"))  # extrapolated, not run

@@ -11,6 +11,7 @@ diffusers = pytest.importorskip("diffusers")
 from locodiff.adapters import DiffusersDenoiser, Prompt, load_diffusers_unet  # noqa: E402
 from locodiff.locality.diffusers_probe import token_fn, token_sensitivity  # noqa: E402
 from locodiff.locality.feature_capture import (  # noqa: E402
+    Sensitivity,
     capture_features,
     cosine_matrix,
     feature_fn,
@@ -232,9 +233,9 @@ def test_token_sensitivity_matches_finite_differences():
     ad = make_adapter(sdxl=True, dtype=D64)
     x, sigma = latents(1, D64), 2.0
     prompt = ad.prompt
-    fwd = token_sensitivity(ad, x, sigma, mode="forward")  # [1, T, H, W]
+    fwd = token_sensitivity(ad, x, sigma, how=Sensitivity(mode="forward"))  # [1, T, H, W]
     pix = [[1, 2], [5, 6], [7, 0]]
-    rev = token_sensitivity(ad, x, sigma, pixels=pix, mode="reverse")  # [1, T, P]
+    rev = token_sensitivity(ad, x, sigma, pixels=pix, how=Sensitivity(mode="reverse"))  # [1, T, P]
     assert fwd.shape == (1, TOKENS, SIZE, SIZE) and rev.shape == (1, TOKENS, 3)
     f = token_fn(ad, x, sigma, prompt)
     e, h = prompt.encoder_hidden_states, 1e-5
@@ -254,8 +255,8 @@ def test_token_sensitivity_matches_finite_differences():
 def test_token_sensitivity_modes_agree_and_batch_rows_are_independent():
     ad = make_adapter(sdxl=False)
     x = latents(2)
-    fwd = token_sensitivity(ad, x, 1.5, mode="forward")  # every pixel, 5 x 32 JVPs
-    rev = token_sensitivity(ad, x[1:], 1.5, mode="reverse")  # every pixel, 64 x 4 VJPs
+    fwd = token_sensitivity(ad, x, 1.5, how=Sensitivity(mode="forward"))  # every pixel, 5 x 32 JVPs
+    rev = token_sensitivity(ad, x[1:], 1.5, how=Sensitivity(mode="reverse"))  # every pixel, 64 x 4 VJPs
     assert fwd.shape == (2, TOKENS, SIZE, SIZE) and rev.shape == (1, TOKENS, SIZE, SIZE)
     torch.testing.assert_close(fwd[1:], rev, rtol=1e-4, atol=1e-6)
     assert (fwd > 0).all()
@@ -305,8 +306,8 @@ def test_feature_sensitivity_wrt_locations_on_locodiff_unet():
     with torch.no_grad():
         fd = (f(loc + step) - f(loc - step)) / (2 * h)
     torch.testing.assert_close(jac_f[:, 1, 0], fd, rtol=1e-5, atol=1e-7)
-    sens_f = input_sensitivity(f, loc, mode="forward")
-    sens_r = input_sensitivity(f, loc, mode="reverse", pixels=[[2, 3], [6, 6]])
+    sens_f = input_sensitivity(f, loc, how=Sensitivity(mode="forward"))
+    sens_r = input_sensitivity(f, loc, pixels=[[2, 3], [6, 6]], how=Sensitivity(mode="reverse"))
     want = jac_f.pow(2).sum((2, 3)).sqrt()  # [1, N, 8, 8]
     torch.testing.assert_close(sens_f, want)
     torch.testing.assert_close(sens_r, want[:, :, [2, 6], [3, 6]])
@@ -315,31 +316,32 @@ def test_feature_sensitivity_wrt_locations_on_locodiff_unet():
 def test_sampled_token_map_estimates_the_exact_one():
     ad = make_adapter(sdxl=True)
     x = latents(1)
-    exact = token_sensitivity(ad, x, 1.0, mode="forward")  # [1, T, H, W]
+    exact = token_sensitivity(ad, x, 1.0, how=Sensitivity(mode="forward"))  # [1, T, H, W]
     gen = torch.Generator().manual_seed(0)
-    few = token_sensitivity(ad, x, 1.0, mode="sampled", probes=2, generator=gen)
-    many = token_sensitivity(ad, x, 1.0, mode="sampled", probes=200, generator=gen)
+    few = token_sensitivity(ad, x, 1.0, generator=gen, how=Sensitivity(mode="sampled", probes=2))
+    many = token_sensitivity(ad, x, 1.0, generator=gen, how=Sensitivity(mode="sampled", probes=200))
     assert few.shape == many.shape == exact.shape
     energy = exact.pow(2).sum((2, 3))  # per token: unbiased, so close with many probes
     torch.testing.assert_close(many.pow(2).sum((2, 3)), energy, rtol=0.1, atol=0)
     err_few = (few.pow(2).sum((2, 3)) / energy - 1).abs().mean()
     err_many = (many.pow(2).sum((2, 3)) / energy - 1).abs().mean()
     assert err_many < err_few
-    picked = token_sensitivity(ad, x, 1.0, mode="sampled", probes=2, pixels=[[0, 1], [3, 2]],
-                               generator=torch.Generator().manual_seed(5))
-    again = token_sensitivity(ad, x, 1.0, mode="sampled", probes=2,
-                              generator=torch.Generator().manual_seed(5))
+    picked = token_sensitivity(ad, x, 1.0, pixels=[[0, 1], [3, 2]], generator=torch.Generator().manual_seed(5),
+                               how=Sensitivity(mode="sampled", probes=2))
+    again = token_sensitivity(ad, x, 1.0, generator=torch.Generator().manual_seed(5),
+                              how=Sensitivity(mode="sampled", probes=2))
     torch.testing.assert_close(picked, again[:, :, [0, 3], [1, 2]])
     with pytest.raises(InputError, match="probes"):
-        token_sensitivity(ad, x, 1.0, mode="sampled", probes=0)
+        token_sensitivity(ad, x, 1.0, how=Sensitivity(mode="sampled", probes=0))
     # groups: a group's squared map is the sum of its members' (estimated jointly)
-    grouped = token_sensitivity(ad, x, 1.0, mode="sampled", probes=200, groups=[[0], [1, 2, 3]], generator=gen)
+    grouped = token_sensitivity(ad, x, 1.0, generator=gen,
+                                how=Sensitivity(mode="sampled", probes=200, groups=[[0], [1, 2, 3]]))
     assert grouped.shape == (1, 2, *exact.shape[2:])
     torch.testing.assert_close(grouped[:, 1].pow(2).sum(), exact[:, 1:4].pow(2).sum(), rtol=0.1, atol=0)
     with pytest.raises(InputError, match="groups"):
-        token_sensitivity(ad, x, 1.0, mode="sampled", groups=[[0], [99]])
+        token_sensitivity(ad, x, 1.0, how=Sensitivity(mode="sampled", groups=[[0], [99]]))
     with pytest.raises(InputError, match="sampled' only"):  # not silently ignored
-        token_sensitivity(ad, x, 1.0, mode="forward", groups=[[0]])
+        token_sensitivity(ad, x, 1.0, how=Sensitivity(mode="forward", groups=[[0]]))
 
 
 def test_feature_sensitivity_wrt_tokens_on_diffusers_unet():
@@ -348,7 +350,7 @@ def test_feature_sensitivity_wrt_tokens_on_diffusers_unet():
     f = feature_fn(ad.unet, "mid_block", token_fn(ad, x, 1.0, target="x0"))
     e = ad.prompt.encoder_hidden_states
     sens = input_sensitivity(f, e)  # auto -> forward: 5 x 32 JVPs << 16 pixels x 64 channels
-    sens_r = input_sensitivity(f, e, mode="reverse")
+    sens_r = input_sensitivity(f, e, how=Sensitivity(mode="reverse"))
     assert sens.shape == (1, TOKENS, 4, 4)
     torch.testing.assert_close(sens, sens_r, rtol=1e-4, atol=1e-6)
     with pytest.raises(InputError, match=r"\[B, C, H, W\]"):

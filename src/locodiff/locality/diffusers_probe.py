@@ -27,7 +27,7 @@ from ..adapters.diffusers_unet import DiffusersDenoiser, Prompt
 from ..conditioning import Conditioning
 from ..errors import LocodiffError
 from ..io import atomic_path, write_json_atomic
-from .feature_capture import Channels, SensitivityMode, input_sensitivity
+from .feature_capture import Sensitivity, input_sensitivity
 from .figures import save_figure
 from .jacobian import Target, as_image_batch, cond_target_fn
 from .probe import ProbeSpec, probe_locality, sample_pixels
@@ -51,42 +51,27 @@ def token_fn(
 # ----- per-token conditional locality --------------------------------------------------------
 
 
-def token_sensitivity(
-    adapter: DiffusersDenoiser,
-    x: Tensor,
-    sigma: Tensor | float,
-    prompt: Prompt | None = None,
-    pixels=None,
-    *,
-    target: Target = "score",
-    mode: SensitivityMode = "auto",
-    channels: Channels = "each",
-    chunk_size: int = 32,
-    probes: int = 1,
-    generator: torch.Generator | None = None,
-    groups: Sequence[Sequence[int]] | None = None,
-) -> Tensor:
+def token_sensitivity(adapter: DiffusersDenoiser, x: Tensor, sigma: Tensor | float, prompt: Prompt | None = None,
+                      pixels=None, target: Target = "score", how: Sensitivity = Sensitivity(),
+                      generator: torch.Generator | None = None) -> Tensor:
     """Per-token conditional-locality map: ``|d target_i / d e_k|``, the norm over the embedding
     dimension (and the output channels) of how the score at output pixel ``i`` changes with the
     embedding ``e_k`` of prompt token ``k``.
 
     Returns ``[B, T, H, W]`` for every latent pixel (``pixels=None``) or ``[B, T, P]`` for the
-    given pixels (``[P]`` flat, ``[P, 2]`` or ``[B, P, 2]`` (row, col)). ``mode="auto"`` picks
+    given pixels (``[P]`` flat, ``[P, 2]`` or ``[B, P, 2]`` (row, col)). ``how.mode="auto"`` picks
     the cheaper engine (see ``feature_capture.input_sensitivity``): reverse mode, one VJP per probed
     pixel and output channel, unless the ``T x D`` embedding scalars (one JVP each, a JVP
     costing about two VJPs) are fewer. For a real text encoder (D = 768..2048) reverse mode
     always wins, even for the whole map; forward mode only pays for toy embeddings.
-    ``mode="sampled"`` estimates the whole map from ``probes`` random tangents per token
+    ``how.mode="sampled"`` estimates the whole map from ``probes`` random tangents per token
     (``T x probes`` JVPs): the affordable whole map for a real model; ``groups`` (lists of token
     indices, e.g. each word alone and the padding together) measures groups jointly.
     """
     x = as_image_batch(x)
     p = adapter.resolve_prompt(prompt, x.shape[0])
     g = token_fn(adapter, x, sigma, p, target)
-    return input_sensitivity(
-        g, p.encoder_hidden_states, pixels=pixels, mode=mode, channels=channels,
-        chunk_size=chunk_size, probes=probes, generator=generator, groups=groups,
-    )
+    return input_sensitivity(g, p.encoder_hidden_states, pixels, how, generator)
 
 
 def token_concentration(sensitivity: Tensor, top_share: float = 0.1) -> Tensor:
@@ -153,8 +138,9 @@ def probe_diffusers(adapter, latents: Tensor, spec: DiffusersProbeSpec, progress
             "token_concentration_mean": float(conc.nanmean()),
         })
         if words:
-            whole = token_sensitivity(adapter, latents[:1] + sigma * noise[:1], sigma, mode="sampled",
-                                      probes=probes, groups=groups, generator=gen)  # [1, words + 1, H, W]
+            sampled = Sensitivity(mode="sampled", probes=probes, groups=groups)
+            whole = token_sensitivity(adapter, latents[:1] + sigma * noise[:1], sigma, how=sampled,
+                                      generator=gen)  # [1, words + 1, H, W]
             maps.append(whole[0].float().cpu())
             whole_conc = token_concentration(whole.flatten(2), top_share)
             per_sigma[-1]["map_concentration"] = [None if math.isnan(v) else v for v in whole_conc.tolist()]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import torch
@@ -332,18 +333,29 @@ def feature_jacobian(
     raise InputError(f"mode={mode!r}: expected 'forward' or 'reverse'")
 
 
-def input_sensitivity(
-    fn: Callable[[Tensor], Tensor],
-    theta: Tensor,
-    *,
-    pixels=None,
-    mode: SensitivityMode = "auto",
-    channels: Channels = "each",
-    chunk_size: int = 32,
-    probes: int = 1,
-    generator: torch.Generator | None = None,
-    groups: Sequence[Sequence[int]] | None = None,
-) -> Tensor:
+@dataclass(frozen=True)
+class Sensitivity:
+    """How ``input_sensitivity`` computes its map (see there): the engine (``mode``), per output
+    channel or of their sum, passes per chunk, random tangents per conditioner (``sampled``) and
+    conditioner groups measured jointly (``sampled`` only)."""
+
+    mode: SensitivityMode = "auto"
+    channels: Channels = "each"
+    chunk_size: int = 32
+    probes: int = 1
+    groups: tuple[tuple[int, ...], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.channels not in ("each", "sum"):
+            raise InputError(f"channels={self.channels!r}: expected 'each' or 'sum'")
+        if self.groups is not None and self.mode != "sampled":
+            raise InputError("groups are measured by mode='sampled' only")
+        if self.mode not in ("auto", "forward", "reverse", "sampled"):
+            raise InputError(f"mode={self.mode!r}: expected 'auto', 'forward', 'reverse' or 'sampled'")
+
+
+def input_sensitivity(fn: Callable[[Tensor], Tensor], theta: Tensor, pixels=None, how: Sensitivity = Sensitivity(),
+                      generator: torch.Generator | None = None) -> Tensor:
     """How strongly each conditioner moves each output pixel: ``|d fn(theta)[b, :, i] /
     d theta[b, k]|``, the Frobenius norm over the conditioner's vector (``theta[b, k, ...]``) and
     the output channels (``channels="each"``; ``"sum"`` takes the gradient of the channel sum).
@@ -371,11 +383,8 @@ def input_sensitivity(
     at a time), never the whole Jacobian.
     """
     theta = _check_theta(theta, min_dims=2)
-    if channels not in ("each", "sum"):
-        raise InputError(f"channels={channels!r}: expected 'each' or 'sum'")
-    if groups is not None and mode != "sampled":
-        raise InputError("groups are measured by mode='sampled' only")
     b, k = theta.shape[:2]
+    mode, channels, chunk_size, probes = how.mode, how.channels, how.chunk_size, how.probes
     with transform_context():
         if mode == "auto":
             mode = _cheaper_mode(fn, theta, pixels, channels)
@@ -384,10 +393,8 @@ def input_sensitivity(
         if mode == "forward":
             sens = _forward_sensitivity(fn, theta, channels, chunk_size)  # [B, K, H, W]
         elif mode == "sampled":
-            member = _group_matrix(groups, k, theta.device)
+            member = _group_matrix(how.groups, k, theta.device)
             sens = _sampled_sensitivity(fn, theta, channels, chunk_size, probes, generator, member)  # [B, G, H, W]
-        else:
-            raise InputError(f"mode={mode!r}: expected 'auto', 'forward', 'reverse' or 'sampled'")
     if pixels is None:
         return sens
     flat = flat_pixel_index(pixels, b, *sens.shape[-2:]).to(sens.device)  # [B, P]

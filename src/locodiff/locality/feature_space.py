@@ -24,6 +24,7 @@ from ..conditioning import Conditioning, pixel_centers
 from ..io import write_json_atomic
 from ..layout import FEATURES
 from .feature_capture import (
+    Sensitivity,
     block_pixel_sensitivity,
     capture_features,
     cosine_matrix,
@@ -183,7 +184,7 @@ def feature_conditional_locality(denoiser: nn.Module, images: Tensor, cond: Cond
     x, s = _noisy(images, sigma, generator)
     loc = cond.locations.detach()
     f = feature_fn(net, block, lambda theta: denoiser(x, s, cond.with_locations(theta)))
-    sens = input_sensitivity(f, loc, mode="forward")  # [B, K, h, w]
+    sens = input_sensitivity(f, loc, how=Sensitivity(mode="forward"))  # [B, K, h, w]
     share, area = share_within(sens.double().pow(2), loc, images.shape[-1], radius_px)
     h, w = sens.shape[-2:]
     valid = cond.mask & (sens.pow(2).sum((2, 3)) > 0)

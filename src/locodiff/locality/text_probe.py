@@ -36,7 +36,9 @@ from ..layout import TEXT_PROBE
 from ..models.text import TextUNet
 from ..scenes.captions import COUNT_TOKENS, PHRASE_TOKENS, VOCABULARY, WORD_CLASSES, caption_ids
 from .diffusers_probe import DiffusersProbeSpec, probe_diffusers, token_fn
-from .feature_capture import capture_features, cosine_matrix, feature_fn, input_sensitivity, mean_difference_vectors
+from .feature_capture import (
+    Sensitivity, capture_features, cosine_matrix, feature_fn, input_sensitivity, mean_difference_vectors,
+)
 from .feature_space import share_within
 from .jacobian import transform_context
 from .probe import ProbeSpec, probe_locality
@@ -145,7 +147,8 @@ def probe_text_model(net: TextUNet, adapter: DiffusersDenoiser, images: Tensor, 
         shares = {}
         with transform_context():
             for name, fn in targets.items():
-                maps = input_sensitivity(fn, ehs, mode="sampled", probes=probes, groups=groups, generator=gen)
+                maps = input_sensitivity(fn, ehs, generator=gen,
+                                         how=Sensitivity(mode="sampled", probes=probes, groups=groups))
                 shares[name] = phrase_share(maps, cond, side, radius_px)
         per_sigma.append({
             "sigma": float(sigma), "spatial_mass_within": row["mass_within_radius"],
