@@ -23,10 +23,11 @@ from ..conditioning import Conditioning
 from ..diffusion.loss import Rows
 from ..errors import ConfigError, TrainingDiverged
 from ..io import append_jsonl, read_jsonl
-from ..layout import TRAIN_METRICS
+from ..layout import TRAIN_METRICS, run_identity
+from ..models import as_denoiser
 from ..rng import step_generator
 from .checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import RunConfig, TrainConfig
 from .ema import EMA
 
 
@@ -70,29 +71,27 @@ def _lr_at(cfg: TrainConfig, images_seen: int) -> float:
 def train_loop(
     run_dir: Path,
     network: torch.nn.Module,
-    make_denoiser: Callable[[torch.nn.Module], Callable],
     loss_fn: Callable,
     source: BatchSource,
-    cfg: TrainConfig,
-    seed: int,
-    config_hash: str,
+    run: RunConfig,
     on_checkpoint: Callable[[torch.nn.Module, int], None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train ``network`` until ``cfg.total_images``, resuming from the run's latest checkpoint.
+    """Train ``network`` (a ``models.Network``) for ``run`` until ``run.train.total_images``,
+    resuming from the run's latest checkpoint.
 
-    ``make_denoiser`` wraps a network into a Denoiser (EDM preconditioning); ``loss_fn``
-    is called as ``loss_fn(denoiser, images, cond, generator, rows=rows) -> per-image loss [B]``, where
-    ``rows`` says which rows of the global batch this process holds (``diffusion.loss.Rows``).
-    ``on_checkpoint(ema_network, images_seen)`` runs after each checkpoint (sample grids).
+    ``loss_fn`` is called as ``loss_fn(denoiser, images, cond, generator, rows=rows) -> per-image
+    loss [B]``, where ``rows`` says which rows of the global batch this process holds
+    (``diffusion.loss.Rows``). ``on_checkpoint(ema_network, images_seen)`` runs after each
+    checkpoint (sample grids).
     """
-    run_dir = Path(run_dir)
+    run_dir, cfg = Path(run_dir), run.train
     threads = torch.get_num_threads()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     try:
-        run = _Run.start(run_dir, network, make_denoiser, cfg)
-        return run.train(loss_fn, source, seed, config_hash, on_checkpoint, progress)
+        state = _Run.start(run_dir, network, cfg)
+        return state.train(loss_fn, source, run.seed, run_identity(run), on_checkpoint, progress)
     finally:
         torch.set_num_threads(threads)  # the caller's process keeps its own setting
 
@@ -112,7 +111,7 @@ class _Run:
     step: int = 0
 
     @classmethod
-    def start(cls, run_dir: Path, network: torch.nn.Module, make_denoiser: Callable, cfg: TrainConfig) -> "_Run":
+    def start(cls, run_dir: Path, network: torch.nn.Module, cfg: TrainConfig) -> "_Run":
         # accelerate keeps one process-wide state: forget the previous run's precision (a study with
         # jobs = 1 trains its models one after another in one process), keep the process group.
         AcceleratorState._reset_state(reset_partial_state=False)
@@ -135,7 +134,7 @@ class _Run:
             accel.print(f"resuming {run_dir.name} from {ckpt.name} ({images_seen} images)")
         net, opt = accel.prepare(network, opt)
         ema.model.to(accel.device)
-        return cls(run_dir, cfg, accel, net, make_denoiser(net), opt, ema, images_seen, step)
+        return cls(run_dir, cfg, accel, net, as_denoiser(net), opt, ema, images_seen, step)
 
     def train(self, loss_fn: Callable, source: BatchSource, seed: int, config_hash: str,
               on_checkpoint: Callable | None, progress: bool) -> TrainResult:

@@ -22,7 +22,7 @@ from ..config import to_dict
 from ..errors import CheckpointError
 from ..io import write_json_atomic
 from ..layout import RUN_CONFIG, run_identity
-from ..models import as_denoiser, build_network
+from ..models import build_network
 from ..scenes.dataset import SceneDataset
 from .checkpoint import latest_checkpoint, read_run_config, read_state
 from .config import RunConfig, TrainConfig
@@ -110,7 +110,7 @@ def train_run(
                   f"params={sum(p.numel() for p in net.parameters())} torch={torch.__version__} "
                   f"host={platform.node()} threads={torch.get_num_threads()}")
     result = train_loop(
-        run_dir, net, as_denoiser, training_loss(cfg.train), source, cfg.train, cfg.seed, run_identity(cfg),
+        run_dir, net, training_loss(cfg.train), source, cfg,
         on_checkpoint=_with_sample_grids(cfg, run_dir, on_checkpoint), progress=progress,
     )
     _log(run_dir, f"stop: {result}")
