@@ -193,11 +193,26 @@ def test_loss_is_reproducible_and_accepts_given_sigma():
 
 
 def test_loss_trains_a_preconditioned_network():
-    # The loss must be differentiable through EDMPrecond into the network's parameters.
+    """Gradients reach the network through EDMPrecond, and following them lowers the loss: a few
+    hundred Adam steps on one fixed batch, the loss measured on the same noise before and after."""
+    torch.manual_seed(0)
     net = Recorder()
-    loss = EDMLoss()(EDMPrecond(net), torch.zeros(2, 3, 4, 4), Conditioning.empty(2))
-    loss.mean().backward()
+    denoiser, loss_fn = EDMPrecond(net), EDMLoss()
+    x0 = torch.rand(8, 3, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    cond = Conditioning.empty(8)
+
+    def held_out_loss() -> float:
+        with torch.no_grad():
+            return float(loss_fn(denoiser, x0, cond, torch.Generator().manual_seed(99)).mean())
+
+    before = held_out_loss()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for step in range(300):
+        opt.zero_grad()
+        loss_fn(denoiser, x0, cond, torch.Generator().manual_seed(step)).mean().backward()
+        opt.step()
     assert net.conv.weight.grad is not None and net.conv.weight.grad.abs().sum() > 0
+    assert held_out_loss() < 0.8 * before  # measured: 1.53 -> 1.10 (one 3x3 conv can do only so much)
 
 
 # ----- analytic denoisers ---------------------------------------------------------------------
