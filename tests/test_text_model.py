@@ -12,7 +12,7 @@ pytest.importorskip("diffusers")
 from locodiff.adapters import DiffusersDenoiser, Prompt, load_diffusers_unet  # noqa: E402
 from locodiff.conditioning import Conditioning  # noqa: E402
 from locodiff.errors import InputError  # noqa: E402
-from locodiff.models import ModelConfig, TextModel, as_denoiser, build_network, save_text_model  # noqa: E402
+from locodiff.models import ModelConfig, SavedTextModel, as_denoiser, build_network, save_text_model  # noqa: E402
 from locodiff.models.text import CaptionEncoder, text_scheduler  # noqa: E402
 from locodiff.report.config import ReportConfig  # noqa: E402
 from locodiff.scenes.captions import (  # noqa: E402
@@ -90,7 +90,7 @@ def test_the_saved_folder_reloads_bit_identically_and_captions_give_the_same_pro
     adapter = load_diffusers_unet(folder)  # exactly as SDXL would be loaded
     with torch.no_grad():
         assert torch.equal(adapter(x, sigma, prompt), before)
-    model = TextModel(folder)
+    model = SavedTextModel(folder)
     text_prompt = model.prompt(captions(cond, TINY.resolved().caption.objects))
     # the same words in another order: equal up to float summation order
     torch.testing.assert_close(text_prompt.encoder_hidden_states.sort(1).values,

@@ -31,7 +31,7 @@ from .io import atomic_path
 from .locality.extrapolation import ExtrapolationResult
 from .locality.result import LocalityResult, mean_normalised_index, mean_presence_index
 from .locality.run import probe_run
-from .models.text import TextModel, is_text_model
+from .models.text import SavedTextModel, is_text_model
 from .report import write_report
 from .scenes.dataset import build_dataset
 from .scenes.figures import data_contact_sheet
@@ -380,7 +380,7 @@ def probe_diffusers_cmd(
             if not is_text_model(model):
                 raise LocodiffError(f"--caption needs a locodiff text model (text_encoder/ and tokenizer/ in {model}); "
                                     "give other models their prompt as --embeddings")
-            prompt = TextModel(model).prompt([caption])
+            prompt = SavedTextModel(model).prompt([caption])
         else:
             prompt = load_prompt_file(embeddings)
         adapter = load_diffusers_unet(model, torch_dtype, device, prompt=prompt, allow_pickle=allow_pickle)

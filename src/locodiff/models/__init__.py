@@ -59,7 +59,7 @@ from .registry import (
     describe,
     param_count,
 )
-from .text import CaptionEncoder, TextModel, TextUNet, save_text_model
+from .text import CaptionEncoder, SavedTextModel, TextUNet, save_text_model
 from .unet import UNet
 
 __all__ = [
@@ -75,7 +75,7 @@ __all__ = [
     "SpatialConditioning",
     "TokenEncoder",
     "CaptionEncoder",
-    "TextModel",
+    "SavedTextModel",
     "TextUNet",
     "UNet",
     "save_text_model",

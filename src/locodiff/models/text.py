@@ -16,7 +16,7 @@ never learned. Padding tokens attend to the caption in the later layers and so c
 as CLIP's do in Stable Diffusion.
 
 ``save_text_model`` writes a diffusers folder (``unet/``, ``scheduler/``) that ``load_diffusers_unet``
-reads like SDXL's, plus ``text_encoder/`` and ``tokenizer/``; ``TextModel`` reads all of it.
+reads like SDXL's, plus ``text_encoder/`` and ``tokenizer/``; ``SavedTextModel`` reads all of it.
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def save_text_model(net: TextUNet, folder: str | Path) -> Path:
     return folder
 
 
-class TextModel:
+class SavedTextModel:
     """A saved ``diffusers_text`` model: the UNet as a ``DiffusersDenoiser``, its caption encoder
     and tokenizer. ``prompt(["large red metal cube top left"])`` gives the ``Prompt`` of captions."""
 
