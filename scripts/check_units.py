@@ -3,7 +3,10 @@
     python scripts/check_units.py          # the list, longest first; exit 1 if any exceeds
     python scripts/check_units.py --count  # just how many
 
-Typer verbs in cli.py are listed too: a verb's parameters are its command-line options.
+Typer verbs in cli.py are listed too: a verb's parameters are its command-line options. What is
+left (2026-12-06): those verbs; the Jacobian engines, whose signature is one convention (denoiser,
+x, sigma, cond, then keyword options: target, channels, chunk size); ``evaluate_denoiser``; and
+two constructors whose parameters are a network's or a toy's hyperparameters.
 """
 
 from __future__ import annotations

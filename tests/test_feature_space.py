@@ -215,14 +215,14 @@ class ToyBlocks(torch.nn.Module):
 
 def test_block_locality_tells_a_convolution_from_global_mixing():
     from locodiff.conditioning import Conditioning
-    from locodiff.locality.feature_space import block_locality, previous_block
+    from locodiff.locality.feature_space import FeatureSpec, block_locality, previous_block
 
     assert previous_block("middle.1") == "middle.0" and previous_block("middle.0") is None
     images = torch.rand(2, 3, 16, 16)
     cond = Conditioning.from_lists([[(0.3, 0.3)], [(0.5, 0.5)]])
-    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    conv = block_locality(ToyBlocks(True), images, cond, 1.0, radius_px=1.5, generator=gen())
-    mix = block_locality(ToyBlocks(False), images, cond, 1.0, radius_px=1.5, generator=gen())
+    spec = FeatureSpec(sigma=1.0, grid=2, seed=0, radius_px=1.5)
+    conv = block_locality(ToyBlocks(True), images, cond, spec)
+    mix = block_locality(ToyBlocks(False), images, cond, spec)
     assert conv["source"] == "middle.0" and conv["block"] == "middle.1" and conv["feature_map"] == [16, 16]
     assert conv["mass_within"] > 0.99  # a 3x3 kernel lies within 1.5 px
     assert mix["mass_within"] < 0.5 and mix["chance"] == pytest.approx(conv["chance"]) and mix["chance"] < 0.05

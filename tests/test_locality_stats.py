@@ -17,6 +17,7 @@ from locodiff.locality.stats import (
     effective_radius,
     locations_to_pixels,
     mass_within,
+    mean_ci,
     normal_mean,
     pixel_locality,
     row_energy,
@@ -108,8 +109,9 @@ def index_at(model, cond, radius, x=None, h=20, w=20):
     cond = Conditioning(cond.locations.to(D64), cond.mask)
     sens = conditioner_sensitivity(model, x, 0.5, cond)
     cl = conditional_locality(sens, cond.locations, cond.mask, radii=[radius])
-    summary = conditional_locality_index(cl.own_share[..., 0], cl.chance[..., 0], cl.valid,
-                                         cl.inert, radius, None, torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    summary = conditional_locality_index(cl.own_share[..., 0], cl.chance[..., 0], cl.valid, cl.inert, radius, None,
+                                         lambda values, groups: mean_ci(values, groups, gen))
     return cl, summary
 
 

@@ -214,13 +214,15 @@ def share_within(energy: Tensor, centres: Tensor, side: int, radius_px: float) -
     return (energy * inside).sum((-2, -1)) / total.clamp_min(1e-300), inside.mean((-2, -1))
 
 
-def block_locality(denoiser: nn.Module, images: Tensor, cond: Conditioning, sigma: float, radius_px: float,
-                   block: str | None = None, source: str | None = None, pixels: int = 8, probes: int = 4,
-                   generator: torch.Generator | None = None, update: bool | None = None) -> dict | None:
+BLOCK_PIXELS, BLOCK_PROBES = 8, 4  # feature pixels per image, random output projections per pixel
+
+
+def block_locality(denoiser: nn.Module, images: Tensor, cond: Conditioning, spec: FeatureSpec,
+                   block: str | None = None, source: str | None = None, update: bool | None = None) -> dict | None:
     """Spatial locality *between blocks*: for sampled feature pixels of ``block``, the share of
     their dependence on the previous block's feature map (``source``) that lies within
-    ``radius_px`` image pixels (Jacobian through the block, output channels folded by random
-    projections). For a residual block (``update=True``; by default when the block's module says
+    ``spec.radius_px`` image pixels at ``spec.sigma`` (Jacobian through the block, output channels
+    folded by random projections). For a residual block (``update=True``; by default when the block's module says
     ``residual = True`` and keeps its input's shape) its *update* (output minus input) is
     measured, so the skip path's identity does not make every block look local. Convolutions
     give 1 at a radius covering their kernel; attention over the whole map spreads it. None when
@@ -231,18 +233,19 @@ def block_locality(denoiser: nn.Module, images: Tensor, cond: Conditioning, sigm
     source = source or previous_block(block)
     if source is None:
         return None
-    x, s = _noisy(images, sigma, generator)
+    generator, radius_px = spec.generator(), spec.radius_px
+    x, s = _noisy(images, spec.sigma, generator)
     with torch.no_grad(), capture_features(net, [source, block]) as store:
         denoiser(x, s, cond)
     theta, out = store[source], store[block]
     b, _, h, w = out.shape
-    flat = torch.stack([torch.randperm(h * w, generator=generator)[:pixels] for _ in range(b)])  # [B, P]
+    flat = torch.stack([torch.randperm(h * w, generator=generator)[:BLOCK_PIXELS] for _ in range(b)])  # [B, P]
     if update is None:
         module = resolve_blocks(net, [block])[block]
         update = bool(getattr(module, "residual", False)) and theta.shape == out.shape
     fn = replaced_block_fn(net, source, block, lambda: denoiser(x, s, cond), update=update)
     rows_cols = torch.stack([flat // w, flat % w], -1)  # [B, P, 2]
-    sens = block_pixel_sensitivity(fn, theta, rows_cols, probes=probes, generator=generator)  # [B, P, hs, ws]
+    sens = block_pixel_sensitivity(fn, theta, rows_cols, probes=BLOCK_PROBES, generator=generator)  # [B, P, hs, ws]
     centres = torch.stack([(flat % w + 0.5) / w, (flat // w + 0.5) / h], -1)
     share, chance = share_within(sens.double().pow(2), centres, images.shape[-1], radius_px)
     return {"block": block, "source": source, "measured": "update" if update else "output",
@@ -288,7 +291,7 @@ def feature_run(folder: Path, denoiser: nn.Module, images: Tensor, spec: Feature
     if cond is not None and spec.radius_px is not None and bool(cond.mask.any()):
         result["conditional_locality"] = feature_conditional_locality(
             denoiser, images, cond, spec.sigma, spec.radius_px, generator=spec.generator())
-        between = block_locality(denoiser, images, cond, spec.sigma, spec.radius_px, generator=spec.generator())
+        between = block_locality(denoiser, images, cond, spec)
         if between is not None:
             result["block_locality"] = between
     write_json_atomic(path, result)

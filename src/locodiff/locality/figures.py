@@ -52,6 +52,9 @@ def image_for_display(image: Tensor) -> Tensor:
     return grey[..., None].expand(-1, -1, 3)
 
 
+HEAT_CMAP, HEAT_ALPHA = "magma", 0.65  # heat maps drawn over the scene
+
+
 def sensitivity_grid(
     image: Tensor,
     maps: Tensor,
@@ -60,8 +63,6 @@ def sensitivity_grid(
     row_titles: Sequence[str] | None = None,
     radius: float | None = None,
     all_marks: Tensor | None = None,
-    alpha: float = 0.65,
-    cmap: str = "magma",
 ) -> Figure:
     """Heat maps ``maps`` [S, K, H, W] (S sigmas x K rows) over ``image`` [C,H,W].
 
@@ -82,7 +83,7 @@ def sensitivity_grid(
             ax = axes[k][s]
             m = maps[s, k].detach().float().cpu()
             ax.imshow(base, interpolation="nearest")
-            ax.imshow((m / m.max().clamp_min(1e-30)).numpy(), cmap=cmap, alpha=alpha,
+            ax.imshow((m / m.max().clamp_min(1e-30)).numpy(), cmap=HEAT_CMAP, alpha=HEAT_ALPHA,
                       vmin=0, vmax=1, interpolation="nearest")
             if all_marks is not None:
                 for r, c in all_marks.tolist():

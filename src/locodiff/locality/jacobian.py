@@ -350,7 +350,10 @@ def colored_pixel_jacobian(
     full = mixed[colour] * window[:, None, None, None]  # [HW, Co, B, C, H, W]
     full = full.permute(2, 1, 0, 3, 4, 5).reshape(b, c_out, h, w, c_in, h, w)
     if check:
-        _check_colouring(denoiser, x, sigma, cond, full, target, channels, check_tol, radius)
+        r, c = x.shape[-2] // 2, x.shape[-1] // 2
+        exact = pixel_jacobian(denoiser, x, sigma, cond, [[r, c]], target=target, channels=channels)
+        exact = exact[:, 0] if channels == "each" else exact[:, 0, None]  # [B, Co, C, H, W]
+        _check_colouring(full[:, :, r, c], exact, (r, c), check_tol, radius)
     return full if channels == "each" else full[:, 0]
 
 
@@ -389,12 +392,9 @@ def _chebyshev_windows(h: int, w: int, radius: int, device) -> Tensor:
     return (near_r[:, None, :, None] & near_c[None, :, None, :]).reshape(h * w, h, w)
 
 
-def _check_colouring(denoiser, x, sigma, cond, full, target, channels, tol, radius) -> None:
-    h, w = x.shape[-2:]
-    r, c = h // 2, w // 2
-    exact = pixel_jacobian(denoiser, x, sigma, cond, [[r, c]], target=target, channels=channels)
-    exact = exact[:, 0] if channels == "each" else exact[:, 0, None]  # [B, Co, C, H, W]
-    got = full[:, :, r, c]
+def _check_colouring(got: Tensor, exact: Tensor, pixel: tuple[int, int], tol: float, radius: int) -> None:
+    """The coloured Jacobian's row at ``pixel`` against the exact one."""
+    r, c = pixel
     scale = exact.abs().max().clamp_min(torch.finfo(exact.dtype).tiny)
     err = (got - exact).abs().max()
     if err > tol * scale:
@@ -432,32 +432,42 @@ def parameter_jacobian(
             f"theta has batch {theta.shape[0]} but x has batch {x.shape[0]}; expected equal"
         )
     g = cond_target_fn(denoiser, x, sigma, make_cond, target)
-    param_shape = theta.shape[1:]
-    n_in = param_shape.numel()
     with transform_context():
         if mode == "forward":
-            eye = torch.eye(n_in, dtype=theta.dtype, device=theta.device)
-
-            def tangents(a: int, b: int) -> Tensor:
-                t = eye[a:b].reshape(b - a, 1, *param_shape)
-                return t.expand(-1, theta.shape[0], *param_shape).contiguous()
-
-            jac = batched_jvp(g, theta, n_in, tangents, chunk_size)  # [n_in, B, Co, H, W]
-            jac = jac.reshape(*param_shape, *jac.shape[1:])
-            return jac.movedim(len(param_shape), 0).contiguous()
+            return _forward_parameter_jacobian(g, theta, chunk_size)
         if mode == "reverse":
-            out, vjp_fn = vjp(g, theta)
-            n_out = out[0].numel()
-            eye_out = torch.eye(n_out, dtype=out.dtype, device=out.device)
-
-            def cotangents(a: int, b: int) -> Tensor:
-                c = eye_out[a:b].reshape(b - a, 1, *out.shape[1:])
-                return c.expand(-1, out.shape[0], *out.shape[1:]).contiguous()
-
-            jac = batched_vjp(vjp_fn, n_out, cotangents, chunk_size)  # [n_out, B, *param]
-            jac = jac.reshape(*out.shape[1:], *jac.shape[1:])  # [Co, H, W, B, *param]
-            return jac.movedim(3, 0).movedim((1, 2, 3), (-3, -2, -1)).contiguous()
+            return _reverse_parameter_jacobian(g, theta, chunk_size)
     raise InputError(f"mode={mode!r}: expected 'forward' or 'reverse'")
+
+
+def _forward_parameter_jacobian(g: Callable[[Tensor], Tensor], theta: Tensor, chunk_size: int) -> Tensor:
+    """One tangent per entry of one image's ``theta``, shared by all images (block-diagonal)."""
+    param_shape = theta.shape[1:]
+    n_in = param_shape.numel()
+    eye = torch.eye(n_in, dtype=theta.dtype, device=theta.device)
+
+    def tangents(a: int, b: int) -> Tensor:
+        t = eye[a:b].reshape(b - a, 1, *param_shape)
+        return t.expand(-1, theta.shape[0], *param_shape).contiguous()
+
+    jac = batched_jvp(g, theta, n_in, tangents, chunk_size)  # [n_in, B, Co, H, W]
+    jac = jac.reshape(*param_shape, *jac.shape[1:])
+    return jac.movedim(len(param_shape), 0).contiguous()
+
+
+def _reverse_parameter_jacobian(g: Callable[[Tensor], Tensor], theta: Tensor, chunk_size: int) -> Tensor:
+    """One cotangent per output entry of one image, shared by all images."""
+    out, vjp_fn = vjp(g, theta)
+    n_out = out[0].numel()
+    eye_out = torch.eye(n_out, dtype=out.dtype, device=out.device)
+
+    def cotangents(a: int, b: int) -> Tensor:
+        c = eye_out[a:b].reshape(b - a, 1, *out.shape[1:])
+        return c.expand(-1, out.shape[0], *out.shape[1:]).contiguous()
+
+    jac = batched_vjp(vjp_fn, n_out, cotangents, chunk_size)  # [n_out, B, *param]
+    jac = jac.reshape(*out.shape[1:], *jac.shape[1:])  # [Co, H, W, B, *param]
+    return jac.movedim(3, 0).movedim((1, 2, 3), (-3, -2, -1)).contiguous()
 
 
 def conditioner_jacobian(

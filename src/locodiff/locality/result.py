@@ -200,12 +200,12 @@ def summarize(
                 own_share=[est(own[..., r][valid], cond_groups) for r in range(len(result.radii))],
                 index=stats.conditional_locality_index(
                     own[..., r_head], a["chance"][..., r_head], valid, a["cond_inert"][s],
-                    result.radius, group, generator, ci, n_boot, level,
+                    result.radius, group, est,
                 ),
                 nearest_share=est(a["nearest_share"][s], group),
                 presence_index=None if "presence_share" not in a else stats.conditional_locality_index(
                     a["presence_share"][s][..., r_head], a["chance"][..., r_head], a["presence_valid"][s],
-                    a["presence_inert"][s], result.radius, group, generator, ci, n_boot, level,
+                    a["presence_inert"][s], result.radius, group, est,
                 ),
             )
         )

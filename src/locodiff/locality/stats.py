@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -387,21 +387,12 @@ class IndexSummary:
         )
 
 
-def conditional_locality_index(
-    own_share: Tensor,
-    chance: Tensor,
-    valid: Tensor,
-    inert: Tensor,
-    radius: float,
-    groups: Tensor | None,
-    generator: torch.Generator,
-    method: CIMethod = "bootstrap",
-    n_boot: int = 1000,
-    level: float = 0.95,
-) -> IndexSummary:
+def conditional_locality_index(own_share: Tensor, chance: Tensor, valid: Tensor, inert: Tensor, radius: float,
+                               groups: Tensor | None, estimate: Callable[[Tensor, Tensor], Estimate]) -> IndexSummary:
     """CLI at one radius from per-conditioner own shares [..., N] and chance levels [..., N]
     (already taken at that radius); ``groups`` [...] labels the scene of each row (defaults to
-    one scene per row). See the module docstring for the definition."""
+    one scene per row); ``estimate(values, groups)`` is the mean with its interval (``mean_ci``
+    with the caller's generator and method). See the module docstring for the definition."""
     valid = valid.bool()
     rows = own_share.shape[:-1]
     n = own_share.shape[-1]
@@ -411,11 +402,9 @@ def conditional_locality_index(
     v_groups = unit_groups[valid]
     return IndexSummary(
         radius=float(radius),
-        index=mean_ci(own_share[valid], v_groups, generator, method, n_boot, level),
-        chance=mean_ci(chance[valid], v_groups, generator, method, n_boot, level),
-        normalised=mean_ci(
-            normalised_share(own_share, chance)[valid], v_groups, generator, method, n_boot, level
-        ),
+        index=estimate(own_share[valid], v_groups),
+        chance=estimate(chance[valid], v_groups),
+        normalised=estimate(normalised_share(own_share, chance)[valid], v_groups),
         n_conditioners=int(valid.sum()),
         n_inert=int(inert.bool().sum()),
     )
