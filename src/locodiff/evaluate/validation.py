@@ -10,7 +10,7 @@ metrics as models. The same scenes are used at every resolution and perturbation
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch

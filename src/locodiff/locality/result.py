@@ -21,7 +21,7 @@ from torch import Tensor
 from ..io import atomic_path, notice, sha256_file, write_json_atomic
 from ..layout import PROBE_SUMMARY
 from . import stats
-from .jacobian import Channels, InputError, Target
+from ..errors import InputError
 from .stats import CIMethod, Estimate, IndexSummary
 
 SUMMARY_FILE = PROBE_SUMMARY

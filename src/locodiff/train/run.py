@@ -25,7 +25,7 @@ from ..layout import RUN_CONFIG, run_identity
 from ..models import build_network
 from ..scenes.dataset import SceneDataset
 from .checkpoint import latest_checkpoint, read_run_config, read_state
-from .config import RunConfig, TrainConfig
+from .config import RunConfig
 from .data import CachedBatches, StreamBatches
 from .loop import BatchSource, TrainResult, train_loop
 from .penalty import training_loss
