@@ -18,10 +18,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ..errors import InputError
 from ..io import atomic_path, notice, sha256_file, write_json_atomic
 from ..layout import PROBE_SUMMARY
 from . import stats
-from ..errors import InputError
 from .stats import CIMethod, Estimate, IndexSummary
 
 SUMMARY_FILE = PROBE_SUMMARY
