@@ -11,13 +11,8 @@ from helpers.evaluations import evaluation
 
 from locodiff.report.config import ReportConfig
 from locodiff.report.facts import ModelFacts
-from locodiff.report.training import (
-    clustered_spearman,
-    emergence_line,
-    mean_interval,
-    trained_in_form,
-    trained_in_verdict,
-)
+from locodiff.report.claims import clustered_spearman
+from locodiff.report.training import emergence_line, mean_interval, trained_in_form, trained_in_statement
 from locodiff.study_config import load_study_config
 
 PENALISED = ["models.exp3_local.train.locality.weight=1.0", 'models.exp3_local.train.locality.form="composition"']
@@ -33,7 +28,7 @@ def facts(tmp_path, name, role, placed_k1, recall_last_two):
 def test_the_trained_in_verdict_follows_recall_at_the_largest_counts(tmp_path, form_recall, expected):
     cfg = load_study_config("micro", sets=PENALISED)  # micro's counts: 0, 1, 2, 4
     assert "masked composition" in trained_in_form(cfg.models["exp3_local"])
-    line = trained_in_verdict(cfg, [facts(tmp_path, "exp2", "exp2", 0.9, (0.5, 0.4)),
+    line = trained_in_statement(cfg, [facts(tmp_path, "exp2", "exp2", 0.9, (0.5, 0.4)),
                                     facts(tmp_path, "exp3_local", "exp3", 0.9, form_recall),
                                     facts(tmp_path, "exp3_masked", "exp3", 0.9, (0.85, 0.85))])
     assert line.startswith(f"Locality trained in: {expected}")
@@ -42,9 +37,9 @@ def test_the_trained_in_verdict_follows_recall_at_the_largest_counts(tmp_path, f
 
 def test_a_form_that_never_learned_its_label_is_no_support(tmp_path):
     cfg = load_study_config("micro", sets=PENALISED)
-    line = trained_in_verdict(cfg, [facts(tmp_path, "exp3_local", "exp3", 0.1, (0.95, 0.95))])
+    line = trained_in_statement(cfg, [facts(tmp_path, "exp3_local", "exp3", 0.1, (0.95, 0.95))])
     assert "**not supported**" in line and "no training-time form learned its label" in line
-    assert trained_in_verdict(load_study_config("micro"), []) is None  # no form, no verdict
+    assert trained_in_statement(load_study_config("micro"), []) is None  # no form, no verdict
 
 
 def test_emergence_says_whether_locality_came_before_extrapolation():

@@ -24,7 +24,7 @@ from ..locality.feature_space import pair_means
 from ..locality.figures import conditioner_sensitivity_figure, index_vs_sigma_figure, save_figure
 from ..locality.result import LocalityResult
 from ..scenes import vocab
-from .claims import locality_correlation, verdict
+from .claims import LengthVerdict, length_verdicts, locality_correlation, verdict
 from .document import Code, Figure, Section, Table, Text, to_html, to_markdown
 from .facts import (
     ModelFacts, accuracy_at, caption_models, gather, headline, learned_conditioner,
@@ -33,7 +33,7 @@ from .facts import (
 from .extrapolation import claim_line as extrapolation_claim, extrapolation_section
 from .figures import cosine_matrices, locality_vs_generalization, recall_and_crowding, success_vs_k
 from .text_model import text_model_section
-from .training import emergence_section, seeds_section, trained_in_section, trained_in_verdict
+from .training import emergence_section, seeds_section, trained_in_section, trained_in_statement
 
 
 def detector_ceiling(cfg) -> dict[int, dict]:
@@ -415,30 +415,10 @@ def held_out_findings(cfg, facts: list[ModelFacts]) -> list:
 
 def claim_lines(cfg, facts: list[ModelFacts]) -> list[str]:
     """One sentence per claim of the paper: does this run support it? Written from the numbers."""
-    thr = cfg.evaluate.threshold
     lo, hi = cfg.evaluate.extrapolation_range
-    judged = [f for f in facts if f.evaluation]
     criteria = cfg.report
-    lines = []
-    for role, claim in (("exp1", "Exp 1 (every object labelled) length-generalizes"),
-                        ("exp3", "Exp 3 (Exp 2's data, locality enforced) length-generalizes")):
-        for f in (f for f in judged if f.role == role):
-            low, mean = recall_beyond(f)
-            if low is None:
-                continue
-            caveat = "" if learned_conditioner(f, thr) is not False else "; it has not learned its conditioner"
-            lines.append(f"{claim} — {f.name}: {verdict(low >= criteria.generalizes)} (recall at k = {lo}–{hi}: "
-                         f"lowest {low:.2f}, mean {num(mean)}; criterion: lowest ≥ {criteria.generalizes}{caveat}).")
-    for f in (f for f in judged if f.role == "exp2"):
-        low, mean = recall_beyond(f)
-        if mean is None:
-            continue
-        learned = learned_conditioner(f, thr)
-        text = (f"Exp 2 (one object labelled) fails to length-generalize — {f.name}: "
-                f"{verdict(bool(learned) and mean < criteria.fails)} (mean recall at k = {lo}–{hi}: {mean:.2f}, "
-                f"criterion < {criteria.fails}; placed at k = 1: {num(accuracy_at(f, 1, 'placed'))}")
-        lines.append(text + (")." if learned else f", below {thr}: it has not learned its label, so its failure "
-                             "is not evidence)."))
+    verdicts = length_verdicts(cfg, facts)
+    lines = [length_line(cfg, v) for role in ("exp1", "exp3", "exp2") for v in verdicts if v.role == role]
     moves = locality_correlation(cfg, facts)
     if moves is not None:
         lines.append(f"The more local the score at training scenes (moves of one conditioner, 1–3 objects), the "
@@ -452,6 +432,24 @@ def claim_lines(cfg, facts: list[ModelFacts]) -> list[str]:
                      f"{len(presence.models)} models).")
     extrapolation = extrapolation_claim(cfg, facts)
     return lines + ([extrapolation] if extrapolation else [])
+
+
+LENGTH_CLAIMS = {"exp1": "Exp 1 (every object labelled) length-generalizes",
+                 "exp3": "Exp 3 (Exp 2's data, locality enforced) length-generalizes",
+                 "exp2": "Exp 2 (one object labelled) fails to length-generalize"}
+
+
+def length_line(cfg, v: LengthVerdict) -> str:
+    """One model's length-generalization verdict with the numbers and criterion it rests on."""
+    (lo, hi), thr, criteria = cfg.evaluate.extrapolation_range, cfg.evaluate.threshold, cfg.report
+    head = f"{LENGTH_CLAIMS[v.role]} — {v.model}: {verdict(v.supported)}"
+    if v.role != "exp2":
+        caveat = "" if v.learned is not False else "; it has not learned its conditioner"
+        return (f"{head} (recall at k = {lo}–{hi}: lowest {v.lowest:.2f}, mean {num(v.mean)}; criterion: lowest ≥ "
+                f"{criteria.generalizes}{caveat}).")
+    text = (f"{head} (mean recall at k = {lo}–{hi}: {v.mean:.2f}, criterion < {criteria.fails}; placed at k = 1: "
+            f"{num(v.placed_k1)}")
+    return text + (")." if v.learned else f", below {thr}: it has not learned its label, so its failure is not evidence).")
 
 
 def summary_section(cfg, facts: list[ModelFacts]) -> Section:
@@ -491,7 +489,7 @@ def summary_section(cfg, facts: list[ModelFacts]) -> Section:
                 f"{n} {v:.2f}" for n, v in sorted(presence.items(), key=lambda kv: -kv[1])) + "."
     sec.blocks.append(Text(text + efficacy_sentence(learned)))
     sec.blocks += [Text(line) for line in claim_lines(cfg, facts)]
-    trained_in = trained_in_verdict(cfg, facts)
+    trained_in = trained_in_statement(cfg, facts)
     if trained_in:
         sec.blocks.append(Text(trained_in))
     return sec

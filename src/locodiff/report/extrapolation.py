@@ -15,13 +15,11 @@ from safetensors import safe_open
 
 from ..locality.extrapolation import EXACT
 from ..train.checkpoint import latest_checkpoint
+from .claims import HEADLINE, extrapolation_claim, verdict
 from .document import Figure, Section, Table, Text
-from .facts import ModelFacts, learned_conditioner, num, recall_per_k
+from .facts import ModelFacts, num, recall_per_k
 from .figures import locality_and_recall_vs_k
-from .claims import verdict
-from .training import clustered_spearman
 
-HEADLINE = "efficacy"  # the statistic the claim is stated with (its distance from 1)
 LABELS = {"far_residual": "far residual", "efficacy_gap": "efficacy gap", "efficacy": "efficacy",
           "far_residual_held_norms": "far residual with GroupNorm statistics held at the near context's",
           "efficacy_held_norms": "efficacy with GroupNorm statistics held at the single-conditioner passes'"}
@@ -31,34 +29,16 @@ def probed(facts: list[ModelFacts]) -> list[ModelFacts]:
     return [f for f in facts if f.extrapolation is not None and f.extrapolation.per_k]
 
 
-def claim_points(cfg, facts: list[ModelFacts]) -> dict[str, list[tuple[float, float]]]:
-    """Per (model, k >= 2): (departure of the headline statistic, 1 - recall), for the models
-    that learned their conditioner; keyed by 'model@k' (one point per key)."""
-    points = {}
-    for f in probed(facts):
-        if not learned_conditioner(f, cfg.evaluate.threshold):
-            continue
-        recall = recall_per_k(f)
-        for k in sorted(f.extrapolation.per_k):
-            departure = f.extrapolation.departure(HEADLINE, k)
-            if k >= 2 and k in recall and departure is not None:
-                points[f"{f.name}@{k}"] = [(departure, 1.0 - recall[k])]
-    return points
-
-
 def claim_line(cfg, facts: list[ModelFacts]) -> str | None:
     """The paper's central claim, judged with the probe in the extrapolation regime."""
-    points = claim_points(cfg, facts)
-    stats = clustered_spearman(points, 0, cfg.seed)
-    if stats is None:
+    claim = extrapolation_claim(cfg, facts)
+    if claim is None:
         return None
-    rho, lo, hi, n = stats
-    models = len({key.split("@")[0] for key in points})
-    criterion = cfg.report.claim_rho
     return (f"Models whose conditioners keep their own effect when many act together draw the objects asked "
-            f"for (the efficacy at k = 2–10, beyond training): {verdict(rho > criterion)} (Spearman {rho:.2f}, 95% interval "
-            f"{lo:.2f} to {hi:.2f} from resampling the points, between each (model, k)'s |1 − efficacy| and "
-            f"1 − recall, {n} points from {models} models; criterion > {criterion}).")
+            f"for (the efficacy at k = 2–10, beyond training): {verdict(claim.supported(cfg.report))} (Spearman "
+            f"{claim.rho:.2f}, 95% interval {claim.lo:.2f} to {claim.hi:.2f} from resampling the points, between "
+            f"each (model, k)'s |1 − efficacy| and 1 − recall, {claim.points} points from {claim.models} models; "
+            f"criterion > {cfg.report.claim_rho}).")
 
 
 def _cell(estimate) -> str:

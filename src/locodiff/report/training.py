@@ -14,13 +14,12 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from .. import layout
-from ..evaluate.metrics import rank_correlation
 from ..evaluate.runner import EvalResult, evaluation_dir
 from ..locality.extrapolation import ExtrapolationResult
 from ..locality.result import mean_normalised_index, mean_presence_index
-from ..rng import derived_seed
 from ..train.checkpoint import list_checkpoints, read_state
 from .document import Figure, Section, Table, Text
+from .claims import clustered_spearman, largest_counts, trained_in_groups, trained_in_verdict
 from .config import ReportConfig
 from .facts import ModelFacts, accuracy_at, gather_seeds, learned_conditioner, location_models, num
 from .figures import emergence_figure
@@ -54,48 +53,23 @@ def trained_in_form(spec) -> str | None:
 
 # ----- locality trained in ----------------------------------------------------------------------
 
-def _largest_counts(cfg) -> list[int]:
-    return sorted(cfg.evaluate.counts)[-2:]
-
-
-def trained_in_rows(cfg, facts: list[ModelFacts]) -> tuple[list[ModelFacts], list[ModelFacts], list[ModelFacts]]:
-    """(trained-in forms, Exp 2 baselines, post hoc interventions) among the evaluated facts."""
-    done = [f for f in facts if f.evaluation]
-    forms = [f for f in done if f.name in cfg.models and trained_in_form(cfg.models[f.name])]
-    plain = [f for f in done if f.role == "exp2"]
-    post_hoc = [f for f in done if f.name in cfg.interventions]
-    return forms, plain, post_hoc
-
-
-def trained_in_verdict(cfg, facts: list[ModelFacts]) -> str | None:
-    """Did a training-time form answer the open question here? supported / partly / not, from numbers:
-    supported when a form learned its label and its recall at the two largest k reaches both the
-    best post hoc intervention's and ``report.generalizes``; partly when it beats ordinary training there."""
-    forms, plain, post_hoc = trained_in_rows(cfg, facts)
-    if not forms:
+def trained_in_statement(cfg, facts: list[ModelFacts]) -> str | None:
+    """The verdict on locality trained in (``claims.trained_in_verdict``), in one sentence."""
+    v = trained_in_verdict(cfg, facts)
+    if v is None:
         return None
-    ks, thr = _largest_counts(cfg), cfg.evaluate.threshold
-    worst = lambda f: min((recall_at(f.evaluation, k) or 0.0) for k in ks)  # noqa: E731
-    bar = max([cfg.report.generalizes] + [worst(f) for f in post_hoc])
-    learned = [f for f in forms if learned_conditioner(f, thr)]
-    best = max(learned, key=worst, default=None)
-    where = f"recall at k = {', '.join(map(str, ks))}"
-    if best is None:
-        return (f"Locality trained in: **not supported** here — no training-time form learned its label "
-                f"(placed at k = 1 ≥ {thr}); tried: {', '.join(f.name for f in forms)}.")
-    if worst(best) >= bar:
-        verdict = "**supported**"
-    elif plain and worst(best) > max(worst(f) for f in plain):
-        verdict = "**partly supported**"
-    else:
-        verdict = "**not supported**"
-    return (f"Locality trained in: {verdict} — best form {best.name} ({where}: lowest {worst(best):.2f}; bar: "
-            f"{bar:.2f}, the larger of {cfg.report.generalizes} and the best post hoc intervention; ordinary training "
-            f"{', '.join(f'{f.name} {worst(f):.2f}' for f in plain) or '–'}).")
+    if v.best is None:
+        return (f"Locality trained in: {v.verdict} here — no training-time form learned its label "
+                f"(placed at k = 1 ≥ {cfg.evaluate.threshold}); tried: {', '.join(v.tried)}.")
+    where = f"recall at k = {', '.join(map(str, largest_counts(cfg)))}"
+    plain = ", ".join(f"{name} {v.worst_recall[name]:.2f}" for name in v.baselines) or "–"
+    return (f"Locality trained in: {v.verdict} — best form {v.best} ({where}: lowest {v.worst_recall[v.best]:.2f}; "
+            f"bar: {v.bar:.2f}, the larger of {cfg.report.generalizes} and the best post hoc intervention; "
+            f"ordinary training {plain}).")
 
 
 def trained_in_section(cfg, facts: list[ModelFacts]) -> Section | None:
-    forms, plain, post_hoc = trained_in_rows(cfg, facts)
+    forms, plain, post_hoc = trained_in_groups(cfg, facts)
     if not forms:
         return None
     sec = Section("Locality trained in")
@@ -116,9 +90,9 @@ def trained_in_section(cfg, facts: list[ModelFacts]) -> Section | None:
     sec.blocks.append(Table(["model", "form", "placed k=1"] + [f"recall k={k}" for k in ks]
                             + ["index", "presence", "img/s", "cost"], rows,
                             "Training-time locality: placement, recall per k, locality indices and cost."))
-    verdict = trained_in_verdict(cfg, facts)
-    if verdict:
-        sec.blocks.append(Text(verdict))
+    statement = trained_in_statement(cfg, facts)
+    if statement:
+        sec.blocks.append(Text(statement))
     return sec
 
 
@@ -228,28 +202,6 @@ def correlation_points(cfg, by_seed: dict[int, list[ModelFacts]]) -> dict[str, l
             if p["index"] is not None and p["presence"] is not None and (placed is None or placed >= thr):
                 runs.setdefault(key, []).append((p["index"], p["presence"], mean_recall(p["evaluation"])))
     return runs if ks else {}
-
-
-def clustered_spearman(runs: dict[str, list[tuple]], column: int, seed: int, n_boot: int = 2000,
-                       level: float = 0.95) -> tuple[float, float, float, int] | None:
-    """Spearman's rho between ``column`` of the points and recall, with a bootstrap interval that
-    resamples whole runs (a run's checkpoints are not independent of each other)."""
-    keys = list(runs)
-    pooled = [p for k in keys for p in runs[k]]
-    if len(keys) < 3 or len(pooled) < 4:
-        return None
-    rho = rank_correlation([p[column] for p in pooled], [p[-1] for p in pooled])
-    gen = np.random.default_rng(derived_seed(seed, "report", "spearman", column))
-    draws = []
-    for _ in range(n_boot):
-        sample = [p for i in gen.integers(0, len(keys), len(keys)) for p in runs[keys[i]]]
-        r = rank_correlation([p[column] for p in sample], [p[-1] for p in sample])
-        if not np.isnan(r):
-            draws.append(r)
-    if not draws:
-        return rho, float("nan"), float("nan"), len(pooled)
-    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
-    return rho, float(lo), float(hi), len(pooled)
 
 
 def seeds_section(cfg) -> Section:
