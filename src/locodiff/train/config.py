@@ -34,9 +34,10 @@ class LocalityPenalty:
     start_images: int = 0  # images trained without the penalty first (the label is learned before it is confined)
 
     def __post_init__(self) -> None:
-        if not self.window_px > 0 or not 0 < self.fraction <= 1 or self.extra_tokens < 1:
-            raise ConfigError(f"train.locality: window_px={self.window_px}, fraction={self.fraction}, extra_tokens="
-                              f"{self.extra_tokens}: expected a radius > 0, a fraction in (0, 1] and >= 1 token")
+        if self.weight < 0 or not self.window_px > 0 or not 0 < self.fraction <= 1 or self.extra_tokens < 1:
+            raise ConfigError(f"train.locality: weight={self.weight}, window_px={self.window_px}, fraction="
+                              f"{self.fraction}, extra_tokens={self.extra_tokens}: expected a weight >= 0, a radius "
+                              "> 0, a fraction in (0, 1] and >= 1 token")
         if self.form == "composition" and self.relative:
             raise ConfigError("train.locality.relative applies to the shift and presence forms, not composition")
 
