@@ -301,13 +301,13 @@ def test_patch_stem_runs_the_unet_on_a_coarser_grid():
     assert describe(tiny("spatial", patch_size=2)).conv_radius == 2 * plain + 1
 
 
-def _position_only_attention(**options):
+def _position_only_attention(image_size: int = 1, **options):
     """A cross-attention block whose content terms are zero, so only position terms remain, and
     whose values are one-hot token indices, so its output reads off the attention weights."""
     from locodiff.models.layers import CrossAttention
 
     torch.manual_seed(0)
-    block = CrossAttention(64, 16, 1, 8, 4, **options)
+    block = CrossAttention(64, 16, 1, 8, 4, CrossAttentionOptions(**options), image_size)
     with torch.no_grad():
         for layer in (block.q, block.kv, block.proj):
             layer.weight.zero_()
@@ -339,14 +339,14 @@ def test_shared_position_makes_pixels_prefer_the_token_on_them_from_the_start():
 
 def test_position_bias_sends_far_pixels_to_the_null_token_and_learns_its_width():
     locations = [[0.5, 0.5], [3.5 / 16, 3.5 / 16], [12.5 / 16, 12.5 / 16]]
-    block = _position_only_attention(bias_px=1.0, image_size=16)
+    block = _position_only_attention(16, position_bias_px=1.0)
     w = _attention_weights(block, locations, [False, True, True])
     assert w[3, 3, 1] > 0.49 and w[3, 3, 2] < 1e-6  # on token 1: split with the null, token 2 is far
     assert w[8, 0, 0] > 0.99  # far from both tokens: the null token only
     from locodiff.models.layers import CrossAttention
 
     torch.manual_seed(1)
-    block = CrossAttention(64, 16, 2, 8, 4, bias_px=1.0, image_size=16)  # content terms on again
+    block = CrossAttention(64, 16, 2, 8, 4, CrossAttentionOptions(position_bias_px=1.0), image_size=16)  # content terms on again
     x = torch.randn(1, 64, 16, 16)
     out = block(x, torch.randn(1, 3, 16), torch.ones(1, 3, dtype=torch.bool), torch.tensor([locations]),
                 torch.tensor([[False, True, True]]))
@@ -358,7 +358,7 @@ def test_an_attention_radius_masks_every_token_farther_than_it():
     """Hard locality: a pixel gives zero weight to located tokens beyond the radius, keeps the
     null token, and within the radius attends as without a mask."""
     locations = [[0.5, 0.5], [3.5 / 16, 3.5 / 16], [12.5 / 16, 12.5 / 16]]
-    w = _attention_weights(_position_only_attention(radius_px=2.0, image_size=16), locations, [False, True, True])
+    w = _attention_weights(_position_only_attention(16, attention_radius_px=2.0), locations, [False, True, True])
     torch.testing.assert_close(w.sum(-1), torch.ones(16, 16))
     assert w[3, 3, 2] == 0 and w[12, 12, 1] == 0  # each token is out of the other's reach
     assert w[3, 3, 1] == pytest.approx(0.5) and w[12, 12, 2] == pytest.approx(0.5)  # null + the near token

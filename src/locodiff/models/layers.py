@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ..conditioning import ATTRIBUTE_NAMES, Conditioning
 from ..scenes import vocab
 from ..scenes.encodings import fourier_features, gaussian_bumps, pixel_grid
+from .config import CrossAttentionOptions
 
 # Vocabulary size of each attribute column of ``Conditioning.attributes``, in column order.
 ATTRIBUTE_SIZES = {
@@ -165,30 +166,30 @@ class CrossAttention(nn.Module):
     length-generalize further).
     Pixel frequencies stop at the grid's Nyquist limit (2**(n-1) <= resolution / 2).
 
-    With ``shared_position`` the keys of location tokens get the *same* projection of the same
+    The options (``model.cross_attention``): with ``shared_position`` the keys of location tokens get the *same* projection of the same
     Fourier features of the token's location (DETR-style shared positional encoding): then
     ``q . k`` contains ``phi(p)^T W^T W phi(l)``, which for a random ``W`` is already about
     ``phi(p) . phi(l) = sum_i cos(w_i (p - l))``, largest where the pixel sits on the token. The
     network starts out able to ask "is a token here?" instead of having to discover it (it may
     still learn to ignore or invert the term: nothing is masked, the network is not local).
 
-    With ``bias_px > 0`` each head adds ``-d^2 / (2 s^2)`` to the logit of every located token,
+    With ``position_bias_px = bias_px > 0`` each head adds ``-d^2 / (2 s^2)`` to the logit of every located token,
     ``d`` the pixel-to-token distance in image pixels and ``s`` a learned width per head that
     starts at ``bias_px``: a soft locality prior (pixels far from every token attend to the null
     token) that training may widen until it is gone. ``image_size`` converts to pixels.
 
-    With ``radius_px > 0`` the prior is a hard mask: a pixel attends only to located tokens within
+    With ``attention_radius_px = radius_px`` the prior is a hard mask: a pixel attends only to located tokens within
     ``radius_px`` image pixels of it, and to the null token (always). A conditioner then reaches
     the features only within that radius at each attention layer (the convolutions around it
     still spread its effect by their receptive field): locality enforced in training and kept at
     test time, an attention constraint rather than a penalty.
     """
 
-    def __init__(
-        self, channels: int, token_dim: int, heads: int, groups: int, position_freqs: int,
-        shared_position: bool = False, bias_px: float = 0.0, image_size: int = 1, radius_px: float = 0.0,
-    ) -> None:
+    def __init__(self, channels: int, token_dim: int, heads: int, groups: int, position_freqs: int,
+                 options: CrossAttentionOptions = CrossAttentionOptions(), image_size: int = 1) -> None:
         super().__init__()
+        shared_position, bias_px = options.shared_position, options.position_bias_px
+        radius_px = options.attention_radius_px or 0.0
         if shared_position and not position_freqs:
             raise ValueError("shared_position needs the query position term (position_freqs > 0)")
         self.heads = heads

@@ -98,8 +98,7 @@ class CrossAttentionConditioning(Mechanism):
             freqs = 0
         attention = CrossAttention(
             channels, self.cfg.token_dim, heads_for(channels, self.cfg.head_dim),
-            self.cfg.norm_groups, freqs, self.options.shared_position,
-            self.options.position_bias_px, self.cfg.image_size, self.options.attention_radius_px or 0.0,
+            self.cfg.norm_groups, freqs, self.options, self.cfg.image_size,
         )
         return AttendToTokens(attention)
 
