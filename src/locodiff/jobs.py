@@ -27,8 +27,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from .errors import StudyError
 from .io import read_jsonl
-
-LOG_EVERY_S = 60  # without a terminal, one progress line per this many seconds
+from .progress import LOG_EVERY_S
 
 
 @dataclass

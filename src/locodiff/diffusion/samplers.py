@@ -23,11 +23,11 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..conditioning import Conditioning
 from ..denoiser import Denoiser
 from ..errors import InputError
+from ..progress import track
 from .schedule import karras_sigmas
 
 
@@ -92,7 +92,7 @@ def sample_euler(
     x, sigmas = _setup(denoiser, noise_or_shape, cond, steps, generator)
     path = _Recorder(x, return_trajectory)
     n = len(sigmas) - 1
-    for i in tqdm(range(n), disable=not progress, desc="euler"):
+    for i in track(range(n), "euler", "step", enabled=progress):
         t_cur, t_next = sigmas[i], sigmas[i + 1]
         x0 = _denoise(denoiser, x, t_cur, cond)
         x = x + (t_next - t_cur) * (x - x0) / t_cur  # EDM eq. 4, one Euler step
@@ -126,7 +126,7 @@ def sample_stochastic(
     n = len(sigmas) - 1
     gamma_max = min(s_churn / n, math.sqrt(2) - 1)
     name = "heun" if s_churn == 0 else "stochastic"
-    for i in tqdm(range(n), disable=not progress, desc=name):
+    for i in track(range(n), name, "step", enabled=progress):
         t_cur, t_next = sigmas[i], sigmas[i + 1]
         # Churn: raise the noise level from t_cur to t_hat (Alg. 2, lines 4-6).
         gamma = gamma_max if s_min <= float(t_cur) <= s_max else 0.0

@@ -40,12 +40,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ..conditioning import pixel_centers
 from ..config import config_hash, to_dict
 from ..io import append_jsonl, atomic_path, notice, write_json_atomic
 from ..layout import DETECTOR_VERSION
+from ..progress import progress_bar
 from ..scenes import Renderer, SceneBatch, SceneSampler, vocab
 from .config import HeatmapConfig
 from .detector import Detections, InputError, to_unit_images
@@ -307,7 +307,7 @@ def train_heatmap_detector(data_cfg, cfg: HeatmapConfig | None = None, folder: s
     folder = Path(folder) if folder is not None else None
     seen, step = _resume(folder, net, opt, gen)
     net.train()
-    bar = tqdm(total=cfg.train_images, initial=seen, unit="img", desc="detector", disable=not progress)
+    bar = progress_bar(cfg.train_images, "detector", "img", enabled=progress, initial=seen)
     since_ckpt, t0 = 0, time.perf_counter()
     while seen < cfg.train_images:
         for group in opt.param_groups:  # cosine schedule over the image budget

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..conditioning import ATTRIBUTE_NAMES, Conditioning
 from ..config import from_dict
@@ -41,6 +40,7 @@ from ..imaging import to_uint8
 from ..intervene.subject import load_subject, subject_checkpoint
 from ..io import append_jsonl, atomic_path, notice, read_jsonl, write_json_atomic, write_text_atomic
 from ..layout import EVAL_EXTENSIBLE, EVAL_RECORDS, EVAL_SUMMARY, eval_dir, legacy_eval_dir
+from ..progress import progress_bar
 from ..rng import generator
 from ..scenes import Renderer, SceneSampler, batch_conditioning
 from ..scenes.draw import TestDraw
@@ -233,7 +233,7 @@ def evaluate_denoiser(
     out = Path(out_dir)
     records = _start_or_resume(out, cfg, resolution, detector.name)
     todo = [k for k in cfg.counts if k not in records]
-    bar = tqdm(total=len(todo) * cfg.per_count, desc="evaluate", unit="img", disable=not progress)
+    bar = progress_bar(len(todo) * cfg.per_count, "evaluate", "img", enabled=progress)
     for k in todo:
         bar.set_postfix(k=k)
         gen = k_generator(cfg.seed, k)

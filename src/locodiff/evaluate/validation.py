@@ -14,8 +14,8 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from ..progress import track
 from ..scenes import Renderer, SceneSampler
 from .detector import Detector
 from .heatmap import gaussian_blur
@@ -72,7 +72,7 @@ def validate_detector(detector: Detector | Callable[[int], Detector], data_cfg, 
     renderers = {r: Renderer(r, data_cfg.supersample, data_cfg.camera) for r in spec.resolutions}
     detectors = {r: detector(r) if not hasattr(detector, "min_separation") else detector for r in spec.resolutions}
     rows = []
-    for k in tqdm(list(spec.counts), desc="validate detector", disable=not progress):
+    for k in track(spec.counts, "validate detector", "count", enabled=progress):
         scenes = sampler.sample(k, torch.Generator().manual_seed(spec.seed * 1000 + k), batch_size=spec.per_count,
                                 slots=max(k, 1))
         for res in spec.resolutions:

@@ -31,10 +31,10 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..conditioning import Conditioning
 from ..denoiser import Denoiser
+from ..progress import progress_bar
 from . import stats
 from .jacobian import (
     Channels,
@@ -171,7 +171,7 @@ def _measure(denoiser, images, noise, conds, pixels, radii, spec: ProbeSpec, pro
     """Per sigma, the per-unit arrays of every scene batch, concatenated over batches."""
     b = images.shape[0]
     per_sigma: list[dict[str, Tensor]] = []
-    bar = tqdm(total=len(spec.sigmas) * math.ceil(b / spec.batch_size), desc="locality", disable=not progress)
+    bar = progress_bar(len(spec.sigmas) * math.ceil(b / spec.batch_size), "locality", "batch", enabled=progress)
     for sigma in spec.sigmas:
         parts = []
         for start in range(0, b, spec.batch_size):

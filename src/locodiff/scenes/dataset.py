@@ -33,12 +33,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from ..config import config_hash, identity_dict, to_dict
 from ..errors import ConfigError, DataError, LocodiffError
 from ..io import atomic_path, notice, sha256_file, write_json_atomic
 from ..layout import dataset_root
+from ..progress import progress_bar
 from .camera import CameraConfig
 from .render import Renderer, check_resolution
 from .sampler import SceneConfig, SceneSampler, as_generator
@@ -309,7 +309,7 @@ def build_dataset(
     source = SceneSource(cfg, device) if todo else None
 
     total = sum(min(cfg.shard_size, cfg.split_size(s) - i * cfg.shard_size) for s, i in todo)
-    with tqdm(total=total, unit="img", desc="render", disable=not progress or not todo) as bar:
+    with progress_bar(total, "render", "img", enabled=progress and bool(todo)) as bar:
         for split, i in todo:
             tensors, scenes = build_shard(source, split, i)
             meta = {"split": split, "index": i, "key": cfg.cache_key(), "format": FORMAT_VERSION}

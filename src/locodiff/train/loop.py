@@ -17,7 +17,6 @@ from typing import Callable, Protocol
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from tqdm.auto import tqdm
 
 from ..conditioning import Conditioning
 from ..diffusion.loss import Rows
@@ -25,6 +24,7 @@ from ..errors import ConfigError, TrainingDiverged
 from ..io import append_jsonl, read_jsonl
 from ..layout import TRAIN_METRICS, run_identity
 from ..models import as_denoiser
+from ..progress import progress_bar
 from ..rng import step_generator
 from .checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig, TrainConfig
@@ -143,8 +143,8 @@ class _Run:
             return finished_result(self.run_dir, self.images_seen, self.step)
         ticks = _Ticks(self.run_dir / TRAIN_METRICS, accel)
         last_loss, stopped_early, start = float("nan"), False, self.images_seen
-        bar = tqdm(total=cfg.total_images, initial=self.images_seen, unit="img", disable=not progress
-                   or not accel.is_main_process, desc=self.run_dir.name, dynamic_ncols=True)
+        bar = progress_bar(cfg.total_images, self.run_dir.name, "img", enabled=progress and accel.is_main_process,
+                           initial=self.images_seen)
         while self.images_seen < cfg.total_images:
             last_loss = self.optimizer_step(loss_fn, source, seed)
             bar.update(cfg.batch_size)
