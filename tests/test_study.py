@@ -381,6 +381,7 @@ def test_progress_line_for_logs_names_each_running_job():
             "broken": Job(print, (), total=4, poll=lambda: int("x"))}
     line = progress_line(jobs, {"exp1", "broken"})
     assert "exp1 50/200 (25%)" in line and "broken 0/4 (0%)" in line and "exp2" not in line
+    assert "] 1/3 done; " in line  # how far the stage is as a whole
     # 30 units in the 60 s since the start: 0.5/s, 300 s for the 150 left; the detail follows
     jobs["exp1"].detail = lambda: "loss 0.0412"
     started = {"exp1": (time.monotonic() - 60, 20)}

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from .errors import StudyError
 from .io import read_jsonl
-from .progress import LOG_EVERY_S
+from .progress import LOG_EVERY_S, duration
 
 
 @dataclass
@@ -116,9 +116,9 @@ def _stop_workers_on_interrupt(pool):
 
 def progress_line(jobs: dict[str, Job], pending: set[str],
                   started: dict[str, tuple[float, int]] | None = None) -> str:
-    """``  [12:03:04] exp1 65536/150000 (44%, 221/s, ETA 6m20s, loss 0.0412), exp2 0/100000 (0%)``:
-    every unfinished job's progress; rate and ETA once it has moved since ``started``
-    (``{name: (monotonic time, units done)}``)."""
+    """``  [12:03:04] 1/3 done; exp1 65536/150000 (44%, 221/s, ETA 6m20s, loss 0.0412), exp2 0/100000 (0%)``:
+    how many of the stage's jobs are done, then every unfinished job's progress; rate and ETA once
+    it has moved since ``started`` (``{name: (monotonic time, units done)}``)."""
     parts = []
     now = time.monotonic()
     for n in sorted(pending):
@@ -128,19 +128,14 @@ def progress_line(jobs: dict[str, Job], pending: set[str],
         t0, done0 = (started or {}).get(n, (now, done))
         if done > done0 and now > t0:
             rate = (done - done0) / (now - t0)
-            facts += [f"{rate:.3g}/s", f"ETA {_duration((total - done) / rate)}"]
+            facts += [f"{rate:.3g}/s", f"ETA {duration((total - done) / rate)}"]
         if job.detail is not None:
             try:
                 facts.append(job.detail())
             except (OSError, ValueError, KeyError):
                 pass
         parts.append(f"{n} {done}/{total} ({', '.join(f for f in facts if f)})")
-    return f"  [{time.strftime('%H:%M:%S')}] " + ", ".join(parts)
-
-
-def _duration(seconds: float) -> str:
-    minutes, s = divmod(int(seconds), 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{s:02d}s"
+    return f"  [{time.strftime('%H:%M:%S')}] {len(jobs) - len(pending)}/{len(jobs)} done; " + ", ".join(parts)
 
 
 def _poll(job: Job) -> int:

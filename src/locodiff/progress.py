@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 LOG_EVERY_S = 60.0  # without a terminal, one progress line per this many seconds
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """``45s``, ``6m20s``, ``1h05m``."""
     seconds = max(0, int(round(seconds)))
     if seconds < 60:
         return f"{seconds}s"
@@ -51,9 +52,9 @@ class LineProgress:
         where = f"{self.n}/{self.total} {self.unit} ({self.n / self.total:.0%})" if self.total else f"{self.n} {self.unit}"
         text = f"{self.desc}: {where}, {rate:.1f} {self.unit}/s"
         if self.total and rate > 0 and self.n < self.total:
-            text += f", ETA {_duration((self.total - self.n) / rate)}"
+            text += f", ETA {duration((self.total - self.n) / rate)}"
         elif self.total and self.n >= self.total:
-            text += f", done in {_duration(elapsed)}"
+            text += f", done in {duration(elapsed)}"
         return text + (f" ({self.postfix})" if self.postfix else "")
 
     def _write(self) -> None:
