@@ -492,3 +492,16 @@ def test_seeds_and_emergence_are_trained_cached_and_reported(tmp_path):
         micro(tmp_path, "seeds=[1, 1]")
     with pytest.raises(ConfigError, match="per_count"):
         EmergenceOptions(per_count=0)
+
+
+def test_training_jobs_start_by_predicted_cost():
+    """The quick preset's schedule: exp3_local trains 60k images to exp2's 100k, but each of its
+    images costs more than twice the FLOPs, so it starts before exp2 (by images it started last and
+    trained alone on one core for its last minutes)."""
+    from locodiff.models.registry import forward_flops
+    from locodiff.study import training_order
+
+    cfg = load_study_config("quick")
+    assert forward_flops(cfg.models["exp3_local"].model) > 2 * forward_flops(cfg.models["exp2"].model)
+    order = training_order(cfg, ["spatial", "exp2", "exp3_local", "detector", "exp1"])
+    assert order == ["detector", "exp1", "exp3_local", "exp2", "spatial"]

@@ -216,3 +216,10 @@ def test_a_finished_run_trained_again_says_so_with_its_real_numbers_and_writes_n
     assert math.isfinite(again.final_loss) and 0 < again.images_per_s < 1e5
     after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and p.name != "log.txt"}
     assert after == {p: t for p, t in stamps.items() if p.name != "log.txt"}  # nothing retrained or rewritten
+
+
+def test_the_penalty_says_what_it_costs():
+    assert LocalityPenalty().cost_factor() == 1.0  # off
+    assert LocalityPenalty(weight=1.0, fraction=0.25).cost_factor() == 1.25  # one extra pass on a quarter
+    composition = LocalityPenalty(weight=1.0, fraction=0.25, form="composition", extra_tokens=8)
+    assert composition.cost_factor() == 1.0 + 0.25 * 12  # 3 labels + 8 phantoms + the null

@@ -30,6 +30,7 @@ from .io import atomic_path, read_jsonl, write_json_atomic
 from .jobs import Job, last_record, run_jobs, torch_threads
 from .locality.config import LocalityOptions
 from .locality.run import probe_complete, probe_run
+from .models.registry import forward_flops
 from .report import write_report
 from .scenes.dataset import SceneDataset, build_dataset
 from .scenes.figures import data_contact_sheet
@@ -149,13 +150,26 @@ def stage_train(cfg: StudyConfig, data_root: Path, console: Console, with_detect
                         lambda f=folder: _loss_detail(f / layout.TRAIN_METRICS))
     if with_detector and needs_detector_training(cfg):
         jobs["detector"] = _detector_job(cfg, threads)
-    # Longest models first, so that the slowest does not start last and leave a core idle; the
-    # detector (slower per image than any model here) goes first of all.
-    jobs = dict(sorted(jobs.items(), key=lambda item: (item[0] != "detector", -item[1].total)))
+    jobs = {key: jobs[key] for key in training_order(cfg, jobs)}
     for name, info in run_jobs(jobs, cfg.jobs, console).items():
         if name in models:
             console.print(f"  {name}: {info['images_seen']} images in {info['wall_s']:.0f} s "
                           f"({info['images_per_s']:.0f} img/s), final loss {info['final_loss']:.4f}")
+
+
+def training_order(cfg: StudyConfig, keys) -> list[str]:
+    """The detector first (slower per image than any model here), then the models by predicted
+    cost, most expensive first: images x forward FLOPs per image x the penalty's extra passes. So
+    the slowest job does not start last and leave a core idle at the end of the stage (ordering by
+    images alone started a half-as-fast network last)."""
+    models = seeded_models(cfg)
+    flops = {name: forward_flops(cfg.models[name].model) for name in {models[k][1] for k in keys if k in models}}
+
+    def cost(key: str) -> float:
+        spec = cfg.models[models[key][1]]
+        return spec.train.total_images * flops[models[key][1]] * spec.train.locality.cost_factor()
+
+    return sorted(keys, key=lambda key: (key != "detector", -cost(key) if key != "detector" else 0.0))
 
 
 def _loss_detail(metrics: Path) -> str:

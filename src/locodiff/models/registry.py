@@ -13,6 +13,9 @@ from typing import Callable
 import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..conditioning import Conditioning
 
 from ..denoiser import ConditionedOn, Denoiser
 from .config import ARCHITECTURES, ModelConfig
@@ -70,6 +73,20 @@ def as_denoiser(net: nn.Module) -> Denoiser:
     ``Network.as_denoiser``)."""
     inner = extract_model_from_parallel(net)
     return inner.as_denoiser(None if inner is net else net)
+
+
+def forward_flops(cfg: ModelConfig) -> int:
+    """Floating-point operations of one forward pass on one image with three conditioners, counted
+    by torch's flop counter on a network built for the purpose (the global random stream is left
+    untouched): what a training image costs, up to a factor shared by the family."""
+    cfg = cfg.resolved()
+    with torch.random.fork_rng(devices=[]):
+        net = build_network(cfg)
+    x = torch.zeros(1, cfg.image_channels, cfg.image_size, cfg.image_size)
+    cond = Conditioning.from_lists([[(0.3, 0.3), (0.6, 0.6), (0.5, 0.2)]])
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x, torch.zeros(1), cond)
+    return int(counter.get_total_flops())
 
 
 def conditioned_on(arch: str) -> ConditionedOn:

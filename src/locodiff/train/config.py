@@ -41,6 +41,15 @@ class LocalityPenalty:
         if self.form == "composition" and self.relative:
             raise ConfigError("train.locality.relative applies to the shift and presence forms, not composition")
 
+    def cost_factor(self) -> float:
+        """Training cost relative to plain training: the extra forward passes on ``fraction`` of
+        each batch (one for shift / presence; the labels plus phantoms plus the null for
+        composition, counting three labels)."""
+        if self.weight == 0:
+            return 1.0
+        passes = 1 if self.form != "composition" else 3 + self.extra_tokens + 1
+        return 1.0 + self.fraction * passes
+
     def flat_identity(self) -> dict:
         """The penalty as run folders were named when its options were ``train.locality_*``
         (unchanged folders): the weight always, the rest only while it is on, and the options
