@@ -505,3 +505,15 @@ def test_training_jobs_start_by_predicted_cost():
     assert forward_flops(cfg.models["exp3_local"].model) > 2 * forward_flops(cfg.models["exp2"].model)
     order = training_order(cfg, ["spatial", "exp2", "exp3_local", "detector", "exp1"])
     assert order == ["detector", "exp1", "exp3_local", "exp2", "spatial"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_can_be_scheduled(preset):
+    """Every model of every preset (the caption model and attribute models included) gets a
+    predicted cost, so the train stage can order its jobs."""
+    from locodiff.study import seeded_models, training_order
+
+    cfg = load_study_config(preset)
+    keys = list(seeded_models(cfg)) + ["detector"]
+    order = training_order(cfg, keys)
+    assert order[0] == "detector" and sorted(order) == sorted(keys)

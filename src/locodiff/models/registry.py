@@ -84,6 +84,7 @@ def forward_flops(cfg: ModelConfig) -> int:
         net = build_network(cfg)
     x = torch.zeros(1, cfg.image_channels, cfg.image_size, cfg.image_size)
     cond = Conditioning.from_lists([[(0.3, 0.3), (0.6, 0.6), (0.5, 0.2)]])
+    cond.attributes = torch.tensor([[[0, 0, 0, 0], [1, 1, 0, 1], [2, 2, 1, 0]]])  # colour, shape, size, material
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         net(x, torch.zeros(1), cond)
     return int(counter.get_total_flops())
