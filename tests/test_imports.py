@@ -18,6 +18,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "locodiff"
 # optional or heavy dependencies that a module may import where it needs them
 LAZY_ALLOWED = {"diffusers", "matplotlib"}
+# locodiff's own packages that need an optional dependency (the diffusers extra): the command line
+# imports them where a verb needs them, so that locodiff runs without the extra
+OPTIONAL_PACKAGES = {"locodiff.export"}
 
 
 def module_name(path: Path) -> str:
@@ -59,7 +62,8 @@ def import_graph() -> tuple[dict[str, set[str]], list[tuple[str, int, str]]]:
             if not isinstance(node, (ast.Import, ast.ImportFrom)) or node in skip:
                 continue
             targets = _targets(node, name, path.name == "__init__.py")
-            if node not in top and targets[0].split(".")[0] not in LAZY_ALLOWED:
+            optional = targets[0].split(".")[0] in LAZY_ALLOWED or targets[0] in OPTIONAL_PACKAGES
+            if node not in top and not optional:
                 nested.append((name, node.lineno, targets[0]))
             for target in targets:
                 parts = target.split(".")

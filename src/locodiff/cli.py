@@ -196,6 +196,25 @@ def sample(
         typer.echo(str(p))
 
 
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="A training run folder."),
+    out: Path = typer.Argument(..., help="The folder to write (replaced only if it is an earlier export)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint folder of RUN (default: the latest)."),
+    raw: bool = typer.Option(False, "--raw", help="Export the raw weights instead of the EMA ones."),
+) -> None:
+    """Write a trained run as a diffusers pipeline folder: LocodiffPipeline.from_pretrained(OUT)."""
+    with fail_cleanly():
+        try:
+            from .export import export_run  # needs the optional diffusers dependency
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise LocodiffError(f"locodiff export needs diffusers ({e}): pip install 'locodiff[diffusers]'") from None
+        start = time.perf_counter()
+        folder = export_run(run, out, checkpoint, ema=not raw)
+    typer.echo(f"exported {run} to {folder} in {time.perf_counter() - start:.1f} s; "
+               f"load it with LocodiffPipeline.from_pretrained({str(folder)!r})")
+
+
 RunArg = typer.Argument(..., help="A training run folder (<out_dir>/models/<name>-<hash>).")
 CheckpointsOpt = typer.Option("latest", "--checkpoints", help="latest, or all: every kept checkpoint, oldest first "
                               "(how the result grew over training; keep more with train.keep_checkpoints).")

@@ -125,6 +125,12 @@ class TextUNet(Network):
         ids, phrase = caption_ids(cond, self.max_objects, self.count_word)
         return Prompt(self.text(ids, phrase))
 
+    def text_prompt(self, texts: list[str]) -> Prompt:
+        """The ``Prompt`` of captions given as text (the words of ``scenes.captions``), e.g.
+        ``["large red metal cube top left"]``: what a user types instead of a Conditioning."""
+        ids = WordTokenizer(self.tokens).encode(texts).to(self.text.embed.weight.device)
+        return Prompt(self.text(ids, phrase_index_of(ids)))
+
     def forward(self, x: Tensor, sigma: Tensor | float, cond: Conditioning | Prompt) -> Tensor:
         prompt = cond if isinstance(cond, Prompt) else self.prompt(cond)
         return self.adapter(x, sigma, prompt)

@@ -1,0 +1,78 @@
+"""``LocodiffModel``: any locodiff network as a diffusers model.
+
+The network is built from its ``ModelConfig`` (kept as a plain dict in the diffusers
+``config.json``), so ``save_pretrained`` / ``from_pretrained`` work in safetensors like any
+diffusers model. Called as ``model(x, sigma, cond)`` it is the trained Denoiser (EDM
+preconditioning included, as ``load_denoiser`` gives it), so every locodiff tool accepts it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch import Tensor
+
+from .. import __version__
+from ..conditioning import Conditioning
+from ..config import from_dict
+from ..denoiser import ConditionedOn
+from ..errors import CheckpointError
+from ..models import ModelConfig, as_denoiser, build_network
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def check_weights_folder(folder: str | Path) -> Path:
+    """A model folder with its config and safetensors weights, or one error naming what is wrong:
+    locodiff never unpickles, so a folder holding only pickled weights is refused."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{folder} is not a diffusers model folder (no config.json)")
+    if not (folder / WEIGHTS).is_file():
+        pickled = sorted(p.name for pattern in PICKLED for p in folder.glob(pattern))
+        if pickled:
+            raise CheckpointError(f"{folder} holds pickled weights ({', '.join(pickled)}) and no {WEIGHTS}; "
+                                  "locodiff loads safetensors only (save with safe_serialization=True)")
+        raise CheckpointError(f"{folder} has no weights: {WEIGHTS} is missing")
+    return folder
+
+
+class LocodiffModel(ModelMixin, ConfigMixin):
+    """A locodiff network (any architecture) with diffusers' saving and loading."""
+
+    @register_to_config
+    def __init__(self, network_config: dict, resolution: int, locodiff_version: str = __version__) -> None:
+        super().__init__()
+        self.network = build_network(from_dict(ModelConfig, network_config))
+
+    @property
+    def conditioned_on(self) -> ConditionedOn:
+        return self.network.conditioned_on
+
+    def forward(self, x: Tensor, sigma: Tensor | float, cond: Conditioning) -> Tensor:
+        """The denoised image ``x0`` (images in [-1, 1]), as ``load_denoiser``'s Denoiser gives it."""
+        return as_denoiser(self.network)(x, sigma, cond)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> "LocodiffModel":
+        """diffusers' loader, for local folders of safetensors weights only (checked first).
+
+        The weights are then copied into a network built as training builds it, and frozen as
+        ``load_denoiser`` freezes it (``requires_grad_(True)`` to fine-tune): diffusers leaves
+        tensors in another memory layout (the local network's channels-last convolutions become
+        contiguous), and torch's CPU kernels differ with the layout and with whether weights need
+        gradients, in the last float bits; an exported model must sample bit for bit as its run."""
+        folder = Path(pretrained_model_name_or_path)
+        if kwargs.get("subfolder"):
+            folder = folder / kwargs["subfolder"]
+        check_weights_folder(folder)
+        options = {"local_files_only": True, **kwargs, "use_safetensors": True}
+        loaded = super().from_pretrained(pretrained_model_name_or_path, **options)
+        model = cls.from_config(loaded.config)
+        model.load_state_dict(loaded.state_dict())
+        if loaded.dtype != model.dtype:  # torch_dtype was asked for
+            model = model.to(dtype=loaded.dtype)
+        return model.to(loaded.device).eval().requires_grad_(False)

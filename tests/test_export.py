@@ -1,0 +1,132 @@
+"""diffusers-native export: every network round-trips bit for bit, the pipeline samples as
+``locodiff sample`` does, and a folder without safetensors weights is refused in one error."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from locodiff.cli import app
+from locodiff.conditioning import Conditioning
+from locodiff.config import to_dict
+from locodiff.diffusion.samplers import sample_in_batches
+from locodiff.errors import CheckpointError, InputError
+from locodiff.export import LocodiffModel, LocodiffPipeline, export_run
+from locodiff.models import available_architectures, build_network
+from locodiff.models.config import LocalOptions, ModelConfig
+from locodiff.scenes.captions import captions
+from locodiff.scenes.dataset import DataConfig
+from locodiff.train.checkpoint import CheckpointState, load_denoiser, save_checkpoint
+from locodiff.train.config import RunConfig, TrainConfig
+
+torch.set_num_threads(2)
+LOCATIONS = [[0.3, 0.6], [0.7, 0.4]]
+
+
+def trained_run(root: Path, arch: str) -> Path:
+    """A run folder as training leaves it (config.json + a checkpoint), with random weights."""
+    model = dict(arch=arch, image_size=16, channels=(8, 16), norm_groups=4, head_dim=8, token_dim=16)
+    if arch == "local":
+        model["local"] = LocalOptions(radius=3, width=16)
+    data = DataConfig(resolution=16, supersample=1, train_images=64, test_images_per_count=2)
+    cfg = RunConfig(name=arch, seed=0, label_policy="all", data=data, model=ModelConfig(**model),
+                    train=TrainConfig(total_images=64, batch_size=8, precision="fp32", threads=1))
+    run = root / arch
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(to_dict(cfg)))
+    torch.manual_seed(1)
+    net, ema = build_network(cfg.model), build_network(cfg.model)  # EMA weights differ from the raw ones
+    save_checkpoint(run, net, ema, torch.optim.AdamW(net.parameters()), CheckpointState(64, 8, "test"))
+    return run
+
+
+@pytest.mark.parametrize("arch", available_architectures())
+def test_every_network_exports_and_loads_bit_for_bit(tmp_path, arch):
+    run = trained_run(tmp_path, arch)
+    out = export_run(run, tmp_path / "exported")
+    assert (out / "model" / "diffusion_pytorch_model.safetensors").is_file() and (out / "model_index.json").is_file()
+    reference, _ = load_denoiser(run)
+    loaded = LocodiffModel.from_pretrained(out / "model")
+    piped = LocodiffPipeline.from_pretrained(out).model
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([0.05, 1.0, 20.0])
+    cond = Conditioning.from_lists([[(0.3, 0.6)], [(0.2, 0.2), (0.7, 0.4)], []])
+    cond.attributes = torch.tensor([[[1, 0, 0, 1], [-1] * 4], [[2, 1, 1, 0], [3, 2, 0, 1]], [[-1] * 4] * 2])
+    with torch.no_grad():
+        want = reference(x, sigma, cond)
+        assert torch.equal(loaded(x, sigma, cond), want) and torch.equal(piped(x, sigma, cond), want)
+    assert loaded.conditioned_on == ("captions" if arch == "diffusers_text" else "locations")
+
+
+@pytest.mark.parametrize("arch", ["cross_attention", "local"])
+def test_the_pipeline_samples_what_locodiff_sample_gives(tmp_path, arch):
+    run = trained_run(tmp_path, arch)
+    args = ["sample", str(run), "--locations", json.dumps(LOCATIONS), "--per-count", "3", "--steps", "4",
+            "--seed", "5", "-o", str(tmp_path / "samples")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    sampled = load_file(str(tmp_path / "samples" / "samples.safetensors"))["images"]
+    res = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "exported")])
+    assert res.exit_code == 0 and "exported" in res.output, res.output
+    pipe = LocodiffPipeline.from_pretrained(tmp_path / "exported")
+    out = pipe(locations=[LOCATIONS] * 3, num_inference_steps=4, generator=torch.Generator().manual_seed(5),
+               output_type="pt")
+    assert torch.equal(out.images, ((sampled + 1) / 2).clamp(0, 1))
+    pil = pipe(locations=[LOCATIONS], num_inference_steps=2).images
+    assert pil[0].size == (16, 16)
+
+
+def test_the_caption_pipeline_reads_text_as_the_model_reads_scenes(tmp_path):
+    """Captions typed as text give the images the scenes' own captions give. A scene's caption
+    puts each object's words at its slot's positions, typed text packs them; the model reads no
+    positions, so the two differ only in the order of float sums."""
+    run = trained_run(tmp_path, "diffusers_text")
+    pipe = LocodiffPipeline.from_pretrained(export_run(run, tmp_path / "exported"))
+    cond = Conditioning.from_lists([[(0.2, 0.2)], [(0.2, 0.8), (0.8, 0.3)]])
+    cond.attributes = torch.tensor([[[1, 0, 0, 1], [-1, -1, -1, -1]], [[2, 1, 1, 0], [3, 2, 0, 1]]])
+    net = pipe.model.network
+    texts = captions(cond, net.max_objects, net.count_word)
+    got = pipe(captions=texts, num_inference_steps=3, generator=torch.Generator().manual_seed(2), output_type="pt")
+    (_, _, want), = sample_in_batches(pipe.model, cond, 16, 3, torch.Generator().manual_seed(2), 64)
+    assert (got.images - ((want + 1) / 2).clamp(0, 1)).abs().max() < 1e-4
+    with pytest.raises(InputError, match="reads captions"):
+        pipe(locations=[LOCATIONS])
+
+
+def test_a_folder_without_safetensors_weights_is_refused(tmp_path):
+    out = export_run(trained_run(tmp_path, "spatial"), tmp_path / "exported")
+    weights = out / "model" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(weights))
+    weights.unlink()
+    with pytest.raises(CheckpointError, match="has no weights"):
+        LocodiffPipeline.from_pretrained(out)
+    (out / "model" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04pickled")
+    with pytest.raises(CheckpointError, match="pickled weights"):
+        LocodiffModel.from_pretrained(out / "model")
+    save_file(tensors, str(weights))  # put back: it loads again
+    assert LocodiffPipeline.from_pretrained(out).model.conditioned_on == "locations"
+
+
+def test_export_replaces_only_an_earlier_export(tmp_path):
+    run = trained_run(tmp_path, "global")
+    export_run(run, tmp_path / "exported")
+    export_run(run, tmp_path / "exported", ema=False)
+    assert json.loads((tmp_path / "exported" / "locodiff.json").read_text())["weights"] == "raw"
+    res = CliRunner().invoke(app, ["export", str(run), str(run)])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "not an earlier locodiff export" in res.output
+    assert (run / "config.json").is_file()
+
+
+def test_attributes_are_given_by_name_or_index():
+    from locodiff.export.pipeline import location_conditioning
+
+    cond = location_conditioning([[(0.2, 0.3), (0.6, 0.6)], [(0.5, 0.5)]],
+                                 [[("red", "cube", "large", "metal"), (0, 1, 1, 0)], [("cyan", "sphere", "small", "rubber")]])
+    assert cond.attributes.tolist() == [[[1, 0, 0, 1], [0, 1, 1, 0]], [[6, 1, 1, 0], [-1, -1, -1, -1]]]
+    with pytest.raises(InputError, match="unknown colour 'pink'"):
+        location_conditioning([[(0.2, 0.3)]], [[("pink", "cube", "large", "metal")]])
+    with pytest.raises(InputError, match="one .* per location"):
+        location_conditioning([[(0.2, 0.3)]], [[]])
