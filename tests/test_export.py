@@ -15,6 +15,7 @@ from locodiff.config import to_dict
 from locodiff.diffusion.samplers import sample_in_batches
 from locodiff.errors import CheckpointError, InputError
 from locodiff.export import LocodiffModel, LocodiffPipeline, export_run
+from locodiff.export.pipeline import location_conditioning
 from locodiff.models import available_architectures, build_network
 from locodiff.models.config import LocalOptions, ModelConfig
 from locodiff.scenes.captions import captions
@@ -121,8 +122,6 @@ def test_export_replaces_only_an_earlier_export(tmp_path):
 
 
 def test_attributes_are_given_by_name_or_index():
-    from locodiff.export.pipeline import location_conditioning
-
     cond = location_conditioning([[(0.2, 0.3), (0.6, 0.6)], [(0.5, 0.5)]],
                                  [[("red", "cube", "large", "metal"), (0, 1, 1, 0)], [("cyan", "sphere", "small", "rubber")]])
     assert cond.attributes.tolist() == [[[1, 0, 0, 1], [0, 1, 1, 0]], [[6, 1, 1, 0], [-1, -1, -1, -1]]]
