@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -9,7 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from rich.console import Console
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from typer.testing import CliRunner
 
 from helpers.evaluations import evaluation
@@ -20,6 +23,7 @@ from locodiff.errors import ConfigError, LocodiffError
 from locodiff.evaluate.runner import evaluation_dir
 from locodiff.intervene.subject import base_run_folder, subject_checkpoint, training_run
 from locodiff.layout import intervention_dir, run_dir, subject_dirs
+from locodiff.locality.result import mean_normalised_index
 from locodiff.study import run_study
 from locodiff.study_config import PRESETS, load_study_config
 
@@ -517,3 +521,32 @@ def test_every_preset_can_be_scheduled(preset):
     keys = list(seeded_models(cfg)) + ["detector"]
     order = training_order(cfg, keys)
     assert order[0] == "detector" and sorted(order) == sorted(keys)
+
+
+def _tensorboard(folder: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+def test_the_trackers_show_what_the_result_files_hold(finished):
+    """TensorBoard (the default when installed) gets training's, evaluation's and the probe's
+    numbers at the images seen; read back, they equal metrics.jsonl, eval.json and summary.json."""
+    folder = subject_dirs(finished)["exp1"]
+    acc = _tensorboard(folder / "tracking")
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    losses = {e.step: e.value for e in acc.Scalars("train/loss")}
+    assert losses.keys() == {r["images_seen"] for r in records}
+    assert all(losses[r["images_seen"]] == pytest.approx(r["loss"], rel=1e-6) for r in records)
+    assert any(k.startswith("train/loss sigma") for k in acc.Tags()["scalars"])
+    images_seen = records[-1]["images_seen"]
+    (eval_dir,) = folder.glob("eval-*")
+    for row in json.loads((eval_dir / "eval.json").read_text())["per_k"]:
+        if row["recall"] is not None:
+            (event,) = acc.Scalars(f"eval/recall k={row['k']:02d}")
+            assert event.step == images_seen and event.value == pytest.approx(row["recall"], rel=1e-6)
+    (probe,) = folder.glob("locality-*")
+    (event,) = acc.Scalars("locality/normalised index")
+    assert event.value == pytest.approx(mean_normalised_index(json.loads((probe / "summary.json").read_text())), rel=1e-6)
+    (grid,) = acc.Images("samples/grid (rows: 1, 2, 3, 5, 8 objects)")
+    assert Image.open(io.BytesIO(grid.encoded_image_string)).size == Image.open(max((folder / "samples").glob("grid-*.png"))).size

@@ -40,6 +40,7 @@ from .study_config import PRESETS, StudyConfig, load_study_config
 from .train.checkpoint import read_run_config, read_state
 from .train.run import is_main_process, train_run
 from .train.sampling import sample_run
+from .tracking import resolved_report_to
 
 app = typer.Typer(
     help="locodiff: compositional generalization in conditional diffusion through locality.",
@@ -54,6 +55,19 @@ SetOpt = typer.Option(None, "--set", "-s", help=(
     "Override one option, e.g. --set train.lr=2e-4 (repeatable). Precedence: preset < config file < a "
     "model's own table < command line; train.KEY reaches every model unless models.NAME.train.KEY is given."))
 DryRunOpt = typer.Option(False, "--dry-run", help="Print the resolved config as JSON and exit.")
+ReportToOpt = typer.Option(None, "--report-to", help="Trackers that also get training's and evaluation's numbers: "
+                           "auto (TensorBoard when installed), tensorboard, mlflow, wandb (offline) or none; "
+                           "the same as --set train.report_to=... (files in each run folder's tracking/).")
+
+
+def with_report_to(sets: Optional[list[str]], report_to: Optional[str]) -> list[str]:
+    return [*(sets or []), *([f"train.report_to={report_to}"] if report_to is not None else [])]
+
+
+def check_trackers(cfg: StudyConfig, models: list[str]) -> None:
+    """Fail before any work when a model asks for a tracker that is not installed."""
+    for name in models:
+        resolved_report_to(cfg.run_config(name).train.report_to)
 
 
 _debug = {"on": False}  # set by --debug: show tracebacks instead of one-line errors
@@ -150,13 +164,15 @@ def train(
     dry_run: bool = DryRunOpt,
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder (default: <out_dir>/models/<name>-<hash>)."),
     on_the_fly: bool = typer.Option(False, "--on-the-fly", help="Render batches during training instead of using the cached data set."),
+    report_to: Optional[str] = ReportToOpt,
 ) -> None:
     """Train one model of the study (renders the data set first if needed). Re-running resumes."""
-    cfg = resolve_config(preset, config, set_, False)
+    cfg = resolve_config(preset, config, with_report_to(set_, report_to), False)
     with fail_cleanly():
         if model not in cfg.models:
             raise LocodiffError(f"no model named {model!r} in the config; models: {sorted(cfg.models)}")
         rcfg = cfg.run_config(model)
+        check_trackers(cfg, [model])
         if dry_run:
             typer.echo(json.dumps(to_dict(rcfg), indent=2))
             raise typer.Exit(0)
@@ -451,13 +467,15 @@ def study(
     set_: Optional[list[str]] = SetOpt,
     dry_run: bool = DryRunOpt,
     only: Optional[str] = typer.Option(None, "--only", help="Comma-separated stages to run (data,train,evaluate,locality,emergence,report)."),
+    report_to: Optional[str] = ReportToOpt,
 ) -> None:
     """Run the whole study: render, train every model, evaluate, probe locality, write the report.
 
     Finished work is cached by config hash: re-running skips it, an interrupted study resumes.
     """
-    cfg = resolve_config(preset, config, set_, dry_run)
+    cfg = resolve_config(preset, config, with_report_to(set_, report_to), dry_run)
     with fail_cleanly():
+        check_trackers(cfg, list(cfg.models))
         try:
             result = run_study(cfg, only.split(",") if only else None)
         except KeyboardInterrupt:

@@ -50,6 +50,7 @@ FEATURES = "features.json"  # the feature-space results (or why there are none)
 TEXT_PROBE = "text_probe.json"  # a caption model's three SDXL statements
 CONTACT_SHEET = "contact_sheet.png"  # a data set's first images (dataset_root)
 TIMINGS = "timings.json"  # the study's wall time per stage (out_dir)
+TRACKING_DIR = "tracking"  # a run folder's tracker files (TensorBoard events, ...)
 
 
 # ----- identities -------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ from ..progress import progress_bar
 from ..rng import generator
 from ..scenes import Renderer, SceneSampler, batch_conditioning
 from ..scenes.draw import TestDraw
+from ..tracking import Tracker
+from ..train.checkpoint import read_state
 from .config import EvalConfig
 from .detector import ColorDetector, Detections, Detector
 from .figures import accuracy_plot, detection_grid
@@ -323,8 +325,28 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig, cache_dir: str | Path,
     if ckpt is None:
         raise InputError(f"run {run_dir} has no checkpoint yet; train it before evaluating")
     denoiser, run_cfg = load_subject(run_dir, ckpt)
-    return evaluate_model(denoiser.to(device), run_cfg.data, evaluation_dir(run_dir, config, ckpt.name),
-                          config, cache_dir, device, progress, run_cfg.holdout_indices())
+    out = evaluation_dir(run_dir, config, ckpt.name)
+    before = _evaluated_counts(out)
+    result = evaluate_model(denoiser.to(device), run_cfg.data, out, config, cache_dir, device, progress,
+                            run_cfg.holdout_indices())
+    if set(result.per_k) != before:  # something new was measured: show it in the run's tracker
+        track_evaluation(result, Tracker(run_cfg.train.report_to, run_dir), read_state(ckpt)["images_seen"])
+    return result
+
+
+def _evaluated_counts(out: Path) -> set[int]:
+    try:
+        return {int(row["k"]) for row in json.loads((out / EVAL_SUMMARY).read_text())["per_k"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def track_evaluation(result: EvalResult, tracker: Tracker, images_seen: int) -> None:
+    """Recall, precision and count accuracy per k, at the checkpoint's images seen."""
+    with tracker:
+        for k, m in sorted(result.per_k.items()):
+            tracker.log({f"eval/recall k={k:02d}": m.recall, f"eval/precision k={k:02d}": m.precision,
+                         f"eval/count k={k:02d}": m.count}, images_seen)
 
 
 def evaluation_dir(subject: str | Path, config: EvalConfig, checkpoint: str) -> Path:

@@ -8,6 +8,7 @@ uses each conditioner it is given at test time.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -20,18 +21,20 @@ from ..denoiser import conditioned_on
 from ..errors import LocodiffError
 from ..intervene.subject import load_subject, subject_checkpoint
 from ..io import notice, write_json_atomic
-from ..layout import EXTRAPOLATION, probe_dir
+from ..layout import EXTRAPOLATION, PROBE_SUMMARY, probe_dir
 from ..models import TextUNet, build_network, save_text_model
 from ..rng import generator
 from ..scenes import SceneDataset, batch_conditioning, vocab
 from ..scenes.dataset import to_model_batch
 from ..scenes.draw import TestDraw
+from ..tracking import Tracker
+from ..train.checkpoint import read_state
 from .config import ExtrapolationOptions, SceneDraw
 from .extrapolation import ExtrapolationResult, Scenes, probe_extrapolation
 from .feature_space import FEATURES_FILE, FeatureSpec, feature_run
 from .jacobian import InputError
 from .probe import ProbeSpec, probe_locality
-from .result import has_presence, maps_intact
+from .result import has_presence, maps_intact, mean_normalised_index, mean_presence_index
 from .text_probe import TextProbeSpec, probe_text_model, write_text_probe
 
 
@@ -87,7 +90,20 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
         spec = FeatureSpec(options.feature_sigma, options.feature_grid, seed, tuple(colour_concepts(run_cfg)),
                            tuple(shape_concepts(run_cfg)), tuple(run_cfg.holdout_indices()), options.radius_px)
         feature_run(folder, denoiser, images, spec, cond=cond)
+    track_locality(folder, Tracker(run_cfg.train.report_to, run_dir), read_state(ckpt)["images_seen"])
     return folder
+
+
+def track_locality(folder: Path, tracker: Tracker, images_seen: int) -> None:
+    """The probe's headline indices (and the normalised index per noise level) at the checkpoint's
+    images seen."""
+    summary = json.loads((folder / PROBE_SUMMARY).read_text())
+    values = {"locality/normalised index": mean_normalised_index(summary),
+              "locality/presence index": mean_presence_index(summary)}
+    for sigma, s in zip(summary["sigmas"], summary["summaries"]):
+        values[f"locality/normalised index sigma={sigma:.3g}"] = s["index"]["normalised"]["mean"]
+    with tracker:
+        tracker.log(values, images_seen)
 
 
 TEXT_PROBE_PROBES = 4  # random tangents per phrase for the text model's influence maps

@@ -92,6 +92,8 @@ class TrainConfig:
     keep_checkpoints: int = field(default=2, metadata=NOT_IDENTITY)  # how many checkpoints to keep on disk
     threads: int = field(default=0, metadata=NOT_IDENTITY)  # torch CPU threads; 0 = leave torch's default
     time_budget_s: float = field(default=0.0, metadata=NOT_IDENTITY)  # stop early (checkpointing) after this wall time; 0 = none
+    # trackers that also get the run's numbers (see locodiff.tracking): auto = TensorBoard when installed
+    report_to: Literal["auto", "tensorboard", "mlflow", "wandb", "none"] = field(default="auto", metadata=NOT_IDENTITY)
     locality: LocalityPenalty = field(default_factory=LocalityPenalty)  # locality trained in (off by default)
 
     MOVED: ClassVar[dict[str, str]] = {"locality_penalty": "locality.weight", **_MOVED_PENALTY}

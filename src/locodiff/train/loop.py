@@ -26,6 +26,7 @@ from ..layout import TRAIN_METRICS, run_identity
 from ..models import as_denoiser
 from ..progress import progress_bar
 from ..rng import step_generator
+from ..tracking import Tracker
 from .checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig, TrainConfig
 from .ema import EMA
@@ -76,6 +77,7 @@ def train_loop(
     run: RunConfig,
     on_checkpoint: Callable[[torch.nn.Module, int], None] | None = None,
     progress: bool = True,
+    tracker: Tracker | None = None,
 ) -> TrainResult:
     """Train ``network`` (a ``models.Network``) for ``run`` until ``run.train.total_images``,
     resuming from the run's latest checkpoint.
@@ -83,7 +85,7 @@ def train_loop(
     ``loss_fn`` is called as ``loss_fn(denoiser, images, cond, generator, rows=rows) -> per-image
     loss [B]``, where ``rows`` says which rows of the global batch this process holds
     (``diffusion.loss.Rows``). ``on_checkpoint(ema_network, images_seen)`` runs after each
-    checkpoint (sample grids).
+    checkpoint (sample grids). Each ``metrics.jsonl`` line also goes to ``tracker``.
     """
     run_dir, cfg = Path(run_dir), run.train
     threads = torch.get_num_threads()
@@ -91,7 +93,7 @@ def train_loop(
         torch.set_num_threads(cfg.threads)
     try:
         state = _Run.start(run_dir, network, cfg)
-        return state.train(loss_fn, source, run.seed, run_identity(run), on_checkpoint, progress)
+        return state.train(loss_fn, source, run.seed, run_identity(run), on_checkpoint, progress, tracker)
     finally:
         torch.set_num_threads(threads)  # the caller's process keeps its own setting
 
@@ -137,20 +139,19 @@ class _Run:
         return cls(run_dir, cfg, accel, net, as_denoiser(net), opt, ema, images_seen, step)
 
     def train(self, loss_fn: Callable, source: BatchSource, seed: int, config_hash: str,
-              on_checkpoint: Callable | None, progress: bool) -> TrainResult:
+              on_checkpoint: Callable | None, progress: bool, tracker: Tracker | None) -> TrainResult:
         cfg, accel = self.cfg, self.accel
         if self.images_seen >= cfg.total_images:
             return finished_result(self.run_dir, self.images_seen, self.step)
-        ticks = _Ticks(self.run_dir / TRAIN_METRICS, accel)
+        ticks = _Ticks(self.run_dir / TRAIN_METRICS, accel, tracker)
         last_loss, stopped_early, start = float("nan"), False, self.images_seen
         bar = progress_bar(cfg.total_images, self.run_dir.name, "img", enabled=progress and accel.is_main_process,
                            initial=self.images_seen)
         while self.images_seen < cfg.total_images:
-            last_loss = self.optimizer_step(loss_fn, source, seed)
+            last_loss = self.optimizer_step(loss_fn, source, seed, ticks)
             bar.update(cfg.batch_size)
             crossed = lambda every: every > 0 and self.images_seen // every != (self.images_seen - cfg.batch_size) // every
             done = self.images_seen >= cfg.total_images
-            ticks.add(last_loss, cfg.batch_size)
             if crossed(cfg.log_every_images) or done:
                 rec = ticks.record(self.images_seen, self.step, self.opt.param_groups[0]["lr"])
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", ips=f"{rec['images_per_s']:.0f}")
@@ -165,8 +166,9 @@ class _Run:
         return TrainResult(self.images_seen, self.step, last_loss, wall,
                            (self.images_seen - start) / max(wall, 1e-9), stopped_early)
 
-    def optimizer_step(self, loss_fn: Callable, source: BatchSource, seed: int) -> float:
-        """One step on this process's rows of the global batch; returns the mean loss over all processes."""
+    def optimizer_step(self, loss_fn: Callable, source: BatchSource, seed: int, ticks: "_Ticks") -> float:
+        """One step on this process's rows of the global batch; returns the mean loss over all
+        processes (and adds it to ``ticks``, with each image's loss by its noise level)."""
         cfg, accel, step = self.cfg, self.accel, self.step
         per_process = cfg.batch_size // accel.num_processes
         images, cond = source.batch(step, cfg.batch_size)
@@ -180,8 +182,10 @@ class _Run:
         images, cond = images[mine].to(accel.device), cond[mine].to(accel.device)
         for group in self.opt.param_groups:
             group["lr"] = _lr_at(cfg, self.images_seen)
-        loss = loss_fn(self.denoiser, images, cond, step_generator(seed, step, "loss"), rows=rows,
-                       images_seen=self.images_seen).mean()
+        tap = _NoiseLevelTap(self.denoiser)
+        per_image = loss_fn(tap, images, cond, step_generator(seed, step, "loss"), rows=rows,
+                            images_seen=self.images_seen)
+        loss = per_image.mean()
         global_loss = accel.reduce(loss.detach(), reduction="mean") if accel.num_processes > 1 else loss.detach()
         if not torch.isfinite(global_loss):  # every process sees the same value and stops together
             msg = (f"loss became {global_loss.item()} at step {step} ({self.images_seen} images); "
@@ -196,6 +200,7 @@ class _Run:
         self.ema.update(accel.unwrap_model(self.net), cfg.batch_size)
         self.images_seen += cfg.batch_size
         self.step += 1
+        ticks.add(global_loss.item(), cfg.batch_size, per_image.detach(), tap.sigma)
         return global_loss.item()
 
     def checkpoint(self, config_hash: str, on_checkpoint: Callable | None) -> None:
@@ -207,17 +212,41 @@ class _Run:
         self.accel.wait_for_everyone()
 
 
+class _NoiseLevelTap:
+    """Passes calls on to a Denoiser and keeps the noise levels of the first: the loss's own
+    batch (a penalty's further calls come after), so each image's loss can be binned by sigma."""
+
+    def __init__(self, denoiser: Callable) -> None:
+        self.denoiser, self.sigma = denoiser, None
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        if self.sigma is None:
+            self.sigma = sigma.detach()
+        return self.denoiser(x, sigma, cond)
+
+
+# Noise-level bins for the loss: fine detail, objects' edges, layout, pure noise.
+SIGMA_EDGES = (0.1, 0.5, 2.0)
+SIGMA_BINS = ("sigma<0.1", "sigma 0.1-0.5", "sigma 0.5-2", "sigma>=2")
+
+
 class _Ticks:
     """Losses and timing since the last ``metrics.jsonl`` line, and that line."""
 
-    def __init__(self, path: Path, accel: Accelerator) -> None:
-        self.path, self.accel = path, accel
+    def __init__(self, path: Path, accel: Accelerator, tracker: Tracker | None = None) -> None:
+        self.path, self.accel, self.tracker = path, accel, tracker
         self.start = self.tick_start = time.perf_counter()
         self.images, self.losses = 0, []
+        self.by_sigma = torch.zeros(2, len(SIGMA_BINS), dtype=torch.float64)  # sums, counts
 
-    def add(self, loss: float, images: int) -> None:
+    def add(self, loss: float, images: int, per_image: torch.Tensor | None = None,
+            sigma: torch.Tensor | None = None) -> None:
         self.losses.append(loss)
         self.images += images
+        if per_image is not None and sigma is not None and sigma.shape == per_image.shape:
+            bins = torch.bucketize(sigma.float().cpu(), torch.tensor(SIGMA_EDGES))
+            self.by_sigma[0].index_add_(0, bins, per_image.double().cpu())
+            self.by_sigma[1].index_add_(0, bins, torch.ones_like(bins, dtype=torch.float64))
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -226,11 +255,23 @@ class _Ticks:
         now = time.perf_counter()
         rec = {"images_seen": images_seen, "step": step, "loss": sum(self.losses) / len(self.losses),
                "images_per_s": self.images / max(now - self.tick_start, 1e-9), "lr": lr,
-               "wall_s": now - self.start, "peak_memory_mb": _peak_memory_mb(self.accel.device)}
+               "wall_s": now - self.start, "peak_memory_mb": _peak_memory_mb(self.accel.device),
+               "loss_by_sigma": self._loss_by_sigma()}
         if self.accel.is_main_process:
             append_jsonl(self.path, rec)
+            if self.tracker is not None:
+                self.tracker.log({"train/loss": rec["loss"], "train/images_per_s": rec["images_per_s"], "train/lr": lr,
+                                  **{f"train/loss {k}": v for k, v in rec["loss_by_sigma"].items()}}, images_seen)
         self.tick_start, self.images, self.losses = now, 0, []
+        self.by_sigma.zero_()
         return rec
+
+    def _loss_by_sigma(self) -> dict[str, float]:
+        """Mean loss per noise-level bin over every process's images since the last line."""
+        totals = self.by_sigma
+        if self.accel.num_processes > 1:
+            totals = self.accel.reduce(totals.to(self.accel.device), reduction="sum").cpu()
+        return {name: float(total / n) for name, total, n in zip(SIGMA_BINS, totals[0], totals[1]) if n > 0}
 
 
 def training_time(records: list[dict]) -> tuple[float | None, float | None, float | None]:

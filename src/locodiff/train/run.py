@@ -16,7 +16,10 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from accelerate import PartialState
+from PIL import Image
 
 from ..config import to_dict
 from ..errors import CheckpointError
@@ -24,6 +27,7 @@ from ..io import write_json_atomic
 from ..layout import RUN_CONFIG, run_identity
 from ..models import build_network
 from ..scenes.dataset import SceneDataset
+from ..tracking import Tracker
 from .checkpoint import latest_checkpoint, read_run_config, read_state
 from .config import RunConfig
 from .data import CachedBatches, StreamBatches
@@ -77,9 +81,9 @@ def default_source(cfg: RunConfig, data_root: Path | None = None) -> BatchSource
     return StreamBatches(cfg.data, cfg.label_policy, cfg.seed, holdout)
 
 
-def _with_sample_grids(cfg: RunConfig, run_dir: Path, then=None):
-    """Checkpoint callback writing ``samples/grid-<images>.png`` whenever ``sample_every_images``
-    has been crossed since the last grid, and at the end of training."""
+def _with_sample_grids(cfg: RunConfig, run_dir: Path, tracker: Tracker, then=None):
+    """Checkpoint callback writing ``samples/grid-<images>.png`` (also shown in the tracker) whenever
+    ``sample_every_images`` has been crossed since the last grid, and at the end of training."""
     every, total = cfg.train.sample_every_images, cfg.train.total_images
 
     def on_checkpoint(ema_net, images_seen: int) -> None:
@@ -87,7 +91,9 @@ def _with_sample_grids(cfg: RunConfig, run_dir: Path, then=None):
         last = int(grids[-1].stem.split("-")[1]) if grids else 0
         if images_seen >= total or (every > 0 and images_seen // every > last // every):
             with torch.no_grad():
-                training_grid(ema_net, cfg.data, images_seen, run_dir / "samples", cfg.train.sample_steps)
+                grid = training_grid(ema_net, cfg.data, images_seen, run_dir / "samples", cfg.train.sample_steps)
+            tracker.log_image("samples/grid (rows: 1, 2, 3, 5, 8 objects)", np.asarray(Image.open(grid).convert("RGB")),
+                              images_seen)
         if then is not None:
             then(ema_net, images_seen)
 
@@ -109,10 +115,13 @@ def train_run(
     _log(run_dir, f"start: {cfg.name} arch={cfg.model.arch} policy={cfg.label_policy} "
                   f"params={sum(p.numel() for p in net.parameters())} torch={torch.__version__} "
                   f"host={platform.node()} threads={torch.get_num_threads()}")
-    result = train_loop(
-        run_dir, net, training_loss(cfg.train), source, cfg,
-        on_checkpoint=_with_sample_grids(cfg, run_dir, on_checkpoint), progress=progress,
-    )
+    # the process group (under a launcher) as training's Accelerator makes it, before the tracker
+    PartialState(cpu=not torch.cuda.is_available())
+    with Tracker(cfg.train.report_to, run_dir) as tracker:
+        result = train_loop(
+            run_dir, net, training_loss(cfg.train), source, cfg,
+            on_checkpoint=_with_sample_grids(cfg, run_dir, tracker, on_checkpoint), progress=progress, tracker=tracker,
+        )
     _log(run_dir, f"stop: {result}")
     return result
 
