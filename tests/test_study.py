@@ -9,12 +9,15 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
+from safetensors.numpy import load_file
 from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from typer.testing import CliRunner
 
+from helpers.browser import Browser, chromium
 from helpers.evaluations import evaluation
 
 from locodiff import layout
@@ -24,6 +27,7 @@ from locodiff.evaluate.runner import evaluation_dir
 from locodiff.intervene.subject import base_run_folder, subject_checkpoint, training_run
 from locodiff.layout import intervention_dir, run_dir, subject_dirs
 from locodiff.locality.result import mean_normalised_index
+from locodiff.report.explorer import quantized_map
 from locodiff.study import run_study
 from locodiff.study_config import PRESETS, load_study_config
 
@@ -271,19 +275,13 @@ def test_errors_are_one_line_and_tracebacks_only_with_debug(tmp_path):
     assert res.exit_code == 1 and isinstance(res.exception, LocodiffError)
 
 
-def _chromium() -> str | None:
-    import shutil
-
-    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-
-
-@pytest.mark.skipif(_chromium() is None, reason="no chromium on this machine (.ci/run installs Debian's package)")
+@pytest.mark.skipif(chromium() is None, reason="no chromium on this machine (.ci/run installs Debian's package)")
 def test_report_renders_in_a_real_browser(finished, tmp_path):
     """Headless Chromium loads report.html: every embedded figure decodes and no section is empty."""
     import subprocess
 
     html_path = Path(finished.out_dir) / "report" / "report.html"
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
+    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
     dom = subprocess.run(cmd + ["--dump-dom", html_path.as_uri()], capture_output=True, text=True, timeout=120).stdout
     body = re.search(r"<body([^>]*)>", dom)
     assert body, dom[:500]
@@ -543,10 +541,49 @@ def test_the_trackers_show_what_the_result_files_hold(finished):
     (eval_dir,) = folder.glob("eval-*")
     for row in json.loads((eval_dir / "eval.json").read_text())["per_k"]:
         if row["recall"] is not None:
-            (event,) = acc.Scalars(f"eval/recall k={row['k']:02d}")
-            assert event.step == images_seen and event.value == pytest.approx(row["recall"], rel=1e-6)
+            at = {e.step: e.value for e in acc.Scalars(f"eval/recall k={row['k']:02d}")}  # (and earlier checkpoints)
+            assert at[images_seen] == pytest.approx(row["recall"], rel=1e-6)
     (probe,) = folder.glob("locality-*")
-    (event,) = acc.Scalars("locality/normalised index")
-    assert event.value == pytest.approx(mean_normalised_index(json.loads((probe / "summary.json").read_text())), rel=1e-6)
-    (grid,) = acc.Images("samples/grid (rows: 1, 2, 3, 5, 8 objects)")
+    at = {e.step: e.value for e in acc.Scalars("locality/normalised index")}
+    assert at[images_seen] == pytest.approx(mean_normalised_index(json.loads((probe / "summary.json").read_text())), rel=1e-6)
+    grid = acc.Images("samples/grid (rows: 1, 2, 3, 5, 8 objects)")[-1]
     assert Image.open(io.BytesIO(grid.encoded_image_string)).size == Image.open(max((folder / "samples").glob("grid-*.png"))).size
+
+
+READ_MAP = """(() => {
+  const c = document.querySelector('canvas.explorer-map[data-model="exp1"][data-sigma="0"]');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  return {kind: c.dataset.kind, index: +c.dataset.index, red: Array.from(d.filter((_, i) => i % 4 === 0))};
+})()"""
+
+
+@pytest.mark.skipif(chromium() is None, reason="no chromium on this machine (.ci/run installs Debian's package)")
+def test_the_explorer_shows_the_saved_jacobian_of_what_is_clicked(finished):
+    """In headless Chromium: a real click on a probed pixel (then on a conditioner) changes the
+    map shown to exactly the saved Jacobian map; hovering a sample names what was found; every
+    image decodes and the console stays free of errors."""
+    html_path = Path(finished.out_dir) / "report" / "report.html"
+    (probe,) = subject_dirs(finished)["exp1"].glob("locality-*")
+    arrays = load_file(str(probe / "maps.safetensors"))
+    pixel_maps, _ = quantized_map(arrays["pixel_energy"])  # [S, B, M, H, W]: sigma 0, scene 0 below
+    cond_maps, _ = quantized_map(arrays["cond_sensitivity"][:, :, arrays["mask"][0]])
+    height, width = pixel_maps.shape[-2:]
+    m = next(i for i in range(1, pixel_maps.shape[2]) if not np.array_equal(pixel_maps[0, 0, i], pixel_maps[0, 0, 0]))
+    with Browser() as browser:
+        browser.open(html_path.as_uri(), "document.getElementById('explorer')?.dataset.ready === '1' && "
+                     "[...document.images].every(e => e.complete)")
+        assert browser.evaluate("[...document.images].every(e => e.naturalWidth > 0)")
+        before = browser.evaluate(READ_MAP)
+        assert (before["kind"], before["index"]) == ("pixel", 0)
+        assert np.array_equal(np.reshape(before["red"], (height, width)), pixel_maps[0, 0, 0])
+        browser.click(f'#explorer svg [data-pixel="{m}"]')
+        after = browser.evaluate(READ_MAP)
+        assert (after["kind"], after["index"]) == ("pixel", m) and after["red"] != before["red"]
+        assert np.array_equal(np.reshape(after["red"], (height, width)), pixel_maps[0, 0, m])
+        browser.click('#explorer svg [data-conditioner="0"]')
+        shown = browser.evaluate(READ_MAP)
+        assert (shown["kind"], shown["index"]) == ("cond", 0)
+        assert np.array_equal(np.reshape(shown["red"], (height, width)), cond_maps[0, 0, 0])
+        browser.hover("#explorer .ex-sample")
+        assert browser.evaluate("document.getElementById('explorer-hover').textContent").startswith("sample 0:")
+        assert browser.errors() == []

@@ -25,11 +25,12 @@ from ..locality.figures import conditioner_sensitivity_figure, index_vs_sigma_fi
 from ..locality.result import LocalityResult
 from ..scenes import vocab
 from .claims import LengthVerdict, length_verdicts, locality_correlation, verdict
-from .document import Code, Figure, Section, Table, Text, to_html, to_markdown
+from .document import Code, Figure, Html, Section, Table, Text, to_html, to_markdown
 from .facts import (
     ModelFacts, accuracy_at, caption_models, gather, headline, learned_conditioner,
     location_models, num, recall_beyond,
 )
+from .explorer import explorer_html
 from .extrapolation import claim_line as extrapolation_claim, extrapolation_section
 from .figures import cosine_matrices, locality_vs_generalization, recall_and_crowding, success_vs_k
 from .text_model import text_model_section
@@ -547,6 +548,13 @@ def reproducibility_section(cfg) -> Section:
 # ----- entry point -------------------------------------------------------------------------------
 
 
+def explorer_section(facts: list[ModelFacts]) -> Section:
+    return Section("Explore", [Html(explorer_html(facts), "The HTML version of this report (`report.html`) has an "
+                                    "explorer here: the samples per k with their detections, the Jacobian maps of "
+                                    "each probed pixel and conditioner at every noise level, models side by side, "
+                                    "and the recall and efficacy curves per model.")])
+
+
 def write_report(cfg, out_dir: str | Path) -> Path:
     """Write ``report.md``, ``report.html`` (self-contained) and ``figures/`` into ``out_dir``."""
 
@@ -571,7 +579,7 @@ def write_report(cfg, out_dir: str | Path) -> Path:
     text_section = text_model_section(cfg, text_facts, facts)
     sections += [seeds_section(cfg), diffusers_section(cfg, figures, text_section is not None)]
     sections += [text_section] if text_section else []
-    sections += [findings, reproducibility_section(cfg)]
+    sections += [findings, explorer_section(gathered), reproducibility_section(cfg)]
     title = "locodiff study report"
     write_text_atomic(out / "report.md", to_markdown(title, sections, out))
     write_text_atomic(out / "report.html", to_html(title, sections))

@@ -33,7 +33,13 @@ class Code:
     text: str  # preformatted (configs, commands)
 
 
-Block = Union[Text, Table, Figure, Code]
+@dataclass
+class Html:
+    html: str  # a ready block for the HTML file (an interactive part)
+    markdown: str  # what the Markdown file says in its place
+
+
+Block = Union[Text, Table, Figure, Code, Html]
 
 
 @dataclass
@@ -59,6 +65,8 @@ def to_markdown(title: str, sections: Sequence[Section], root: Path) -> str:
                 out += [b.text, ""]
             elif isinstance(b, Code):
                 out += ["```", b.text.rstrip(), "```", ""]
+            elif isinstance(b, Html):
+                out += [b.markdown, ""]
             elif isinstance(b, Table):
                 if b.caption:
                     out += [b.caption, ""]
@@ -89,6 +97,8 @@ def to_html(title: str, sections: Sequence[Section]) -> str:
                 body.append(f"<p>{_inline(b.text)}</p>")
             elif isinstance(b, Code):
                 body.append(f"<pre>{html.escape(b.text)}</pre>")
+            elif isinstance(b, Html):
+                body.append(b.html)
             elif isinstance(b, Table):
                 if b.caption:
                     body.append(f"<p class='cap'>{_inline(b.caption)}</p>")
