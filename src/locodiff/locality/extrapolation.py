@@ -223,11 +223,11 @@ Scenes = Callable[[int], tuple[Tensor, Conditioning]]  # k -> (images [S, C, H, 
 
 
 def probe_extrapolation(denoiser: Denoiser, scenes: Scenes, options: ExtrapolationOptions,
-                        generator: torch.Generator, progress: Callable[[str], None] | None = None,
+                        generator: torch.Generator, progress: Callable[[int], None] | None = None,
                         meta: dict | None = None) -> "ExtrapolationResult":
     """The statistics of ``denoiser`` at every k of ``options.counts`` on the scenes ``scenes(k)``
     gives (put the model in ``eval()`` mode first). ``generator`` draws the noise and the
-    bootstrap; ``progress`` is told each finished k."""
+    bootstrap; ``progress(k)`` is called after each k."""
     sums = {}
     for k in options.counts:
         images, cond = scenes(k)
@@ -236,7 +236,7 @@ def probe_extrapolation(denoiser: Denoiser, scenes: Scenes, options: Extrapolati
         noise = torch.randn(images.shape, generator=generator).to(images)
         sums[k] = probe_count(denoiser, images, cond, options, noise)
         if progress:
-            progress(f"k={k}")
+            progress(k)
     return ExtrapolationResult.from_sums(options, sums, generator, meta or {})
 
 

@@ -9,7 +9,6 @@ uses each conditioner it is given at test time.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -23,6 +22,7 @@ from ..intervene.subject import load_subject, subject_checkpoint
 from ..io import notice, write_json_atomic
 from ..layout import EXTRAPOLATION, PROBE_SUMMARY, probe_dir
 from ..models import TextUNet, build_network, save_text_model
+from ..progress import progress_bar
 from ..rng import generator
 from ..scenes import SceneDataset, batch_conditioning, vocab
 from ..scenes.dataset import to_model_batch
@@ -151,9 +151,10 @@ def extrapolation_run(folder: Path, denoiser, run_cfg, options: ExtrapolationOpt
                       progress: bool = False) -> Path:
     """The probe in the extrapolation regime on the evaluation's scenes (``extrapolation.json``)."""
     scenes = extrapolation_scenes(run_cfg.data, options.draw, options.scenes)
-    say = (lambda what: print(f"extrapolation probe: {what} done", file=sys.stderr, flush=True)) if progress else None
-    result = probe_extrapolation(denoiser, scenes, options, generator(seed, "extrapolation"), say,
-                                 meta={"run": folder.parent.name})
+    # a k costs about k times a 1-object scene (each conditioner is removed in turn): count conditioners
+    with progress_bar(sum(options.counts), "extrapolation probe", "cond", enabled=progress) as bar:
+        result = probe_extrapolation(denoiser, scenes, options, generator(seed, "extrapolation"), bar.update,
+                                     meta={"run": folder.parent.name})
     return result.save(folder)
 
 
