@@ -70,7 +70,7 @@ def test_every_stage_writes_its_results(finished):
     for link in re.findall(r"\]\((figures/[^)]+)\)", md):
         assert (report / link).is_file(), link
     html = (report / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == len(re.findall(r"\]\((figures/[^)]+)\)", md))
+    assert html.count("<img src='data:image/png;base64,") == len(re.findall(r"\]\((figures/[^)]+)\)", md))
 
 
 def test_the_local_model_is_more_local_than_the_attention_model(finished):
@@ -538,12 +538,12 @@ def test_the_trackers_show_what_the_result_files_hold(finished):
     assert all(losses[r["images_seen"]] == pytest.approx(r["loss"], rel=1e-6) for r in records)
     assert any(k.startswith("train/loss sigma") for k in acc.Tags()["scalars"])
     images_seen = records[-1]["images_seen"]
-    (eval_dir,) = folder.glob("eval-*")
-    for row in json.loads((eval_dir / "eval.json").read_text())["per_k"]:
+    checkpoint = subject_checkpoint(folder).name  # (other tests evaluate earlier checkpoints too)
+    for row in json.loads((evaluation_dir(folder, finished.evaluate, checkpoint) / "eval.json").read_text())["per_k"]:
         if row["recall"] is not None:
             at = {e.step: e.value for e in acc.Scalars(f"eval/recall k={row['k']:02d}")}  # (and earlier checkpoints)
             assert at[images_seen] == pytest.approx(row["recall"], rel=1e-6)
-    (probe,) = folder.glob("locality-*")
+    probe = layout.probe_dir(folder, finished.locality, checkpoint)
     at = {e.step: e.value for e in acc.Scalars("locality/normalised index")}
     assert at[images_seen] == pytest.approx(mean_normalised_index(json.loads((probe / "summary.json").read_text())), rel=1e-6)
     grid = acc.Images("samples/grid (rows: 1, 2, 3, 5, 8 objects)")[-1]
@@ -563,7 +563,8 @@ def test_the_explorer_shows_the_saved_jacobian_of_what_is_clicked(finished):
     map shown to exactly the saved Jacobian map; hovering a sample names what was found; every
     image decodes and the console stays free of errors."""
     html_path = Path(finished.out_dir) / "report" / "report.html"
-    (probe,) = subject_dirs(finished)["exp1"].glob("locality-*")
+    folder = subject_dirs(finished)["exp1"]
+    probe = layout.probe_dir(folder, finished.locality, subject_checkpoint(folder).name)
     arrays = load_file(str(probe / "maps.safetensors"))
     pixel_maps, _ = quantized_map(arrays["pixel_energy"])  # [S, B, M, H, W]: sigma 0, scene 0 below
     cond_maps, _ = quantized_map(arrays["cond_sensitivity"][:, :, arrays["mask"][0]])
@@ -580,6 +581,12 @@ def test_the_explorer_shows_the_saved_jacobian_of_what_is_clicked(finished):
         after = browser.evaluate(READ_MAP)
         assert (after["kind"], after["index"]) == ("pixel", m) and after["red"] != before["red"]
         assert np.array_equal(np.reshape(after["red"], (height, width)), pixel_maps[0, 0, m])
+        shown_dc = browser.evaluate("document.querySelector('canvas.explorer-map[data-model=\"exp1\"][data-sigma=\"0\"]')"
+                                    ".parentElement.querySelector('.ex-dc').textContent")
+        row, col = arrays["pixels"][0, m]
+        saved = arrays["cond_sensitivity"][0, 0][arrays["mask"][0]]  # [N, H, W]
+        values = [float(v) for v in shown_dc.removeprefix("d/dc: ").split(" | ")]
+        assert np.allclose(values, saved[:, row, col], rtol=0.06, atol=saved.max() / 255)  # bytes, 2 digits shown
         browser.click('#explorer svg [data-conditioner="0"]')
         shown = browser.evaluate(READ_MAP)
         assert (shown["kind"], shown["index"]) == ("cond", 0)

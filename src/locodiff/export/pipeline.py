@@ -56,6 +56,7 @@ class LocodiffPipeline(DiffusionPipeline):
     """Images from requested object locations (or captions, for a caption model)."""
 
     model_cpu_offload_seq = "model"
+    batch_size = 64  # images per sampler call: as ``locodiff sample``, whose noise order it keeps
 
     def __init__(self, model: LocodiffModel) -> None:
         super().__init__()
@@ -74,8 +75,7 @@ class LocodiffPipeline(DiffusionPipeline):
     def __call__(
         self, locations: list[list[Location]] | None = None, captions: list[str] | None = None,
         attributes: list[list] | None = None, num_inference_steps: int = 18, guidance_scale: float = 1.0,
-        generator: torch.Generator | None = None, batch_size: int = 64, output_type: str = "pil",
-        return_dict: bool = True,
+        generator: torch.Generator | None = None, output_type: str = "pil", return_dict: bool = True,
     ):
         """One image per entry of ``locations`` (a list of (x, y) in [0, 1] per image, optional
         ``attributes`` per object) or of ``captions``. ``output_type``: "pil", "np" (HWC in [0, 1])
@@ -84,36 +84,34 @@ class LocodiffPipeline(DiffusionPipeline):
             raise InputError("give locations (a list of (x, y) lists, one per image) or captions, not both")
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         if captions is not None:
-            images = self._sample_captions(list(captions), num_inference_steps, guidance_scale, generator, batch_size)
+            images = self._sample_captions(list(captions), num_inference_steps, guidance_scale, generator)
         else:
             images = self._sample_locations(location_conditioning(locations, attributes), num_inference_steps,
-                                            guidance_scale, generator, batch_size)
+                                            guidance_scale, generator)
         return self._output(images, output_type, return_dict)
 
-    def _sample_locations(self, cond: Conditioning, steps: int, guidance: float, generator: torch.Generator,
-                          batch_size: int) -> Tensor:
+    def _sample_locations(self, cond: Conditioning, steps: int, guidance: float, generator: torch.Generator) -> Tensor:
         if self.model.conditioned_on != "locations":
             raise InputError("this model reads captions: call the pipeline with captions=[...]")
         model = self.model if guidance == 1.0 else ClassifierFreeGuidance(self.model, guidance)
-        batches = sample_in_batches(model, cond, self.model.config.resolution, steps, generator, batch_size,
+        batches = sample_in_batches(model, cond, self.model.config.resolution, steps, generator, self.batch_size,
                                     device=self.device)
         out = []
-        with self.progress_bar(total=math.ceil(cond.batch_size / batch_size)) as bar:
+        with self.progress_bar(total=math.ceil(cond.batch_size / self.batch_size)) as bar:
             for _, _, images in batches:
                 out.append(images.cpu())
                 bar.update(1)
         return torch.cat(out)
 
-    def _sample_captions(self, texts: list[str], steps: int, guidance: float, generator: torch.Generator,
-                         batch_size: int) -> Tensor:
+    def _sample_captions(self, texts: list[str], steps: int, guidance: float, generator: torch.Generator) -> Tensor:
         """Like ``sample_in_batches`` (the same noise order), with the prompt of each batch's text."""
         if self.model.conditioned_on != "captions":
             raise InputError("this model reads locations: call the pipeline with locations=[...]")
         if guidance != 1.0:
             raise InputError("guidance_scale: the caption model is sampled without guidance (1.0)")
         net, res, out = self.model.network, self.model.config.resolution, []
-        for start in self.progress_bar(range(0, len(texts), batch_size)):
-            part = texts[start: start + batch_size]
+        for start in self.progress_bar(range(0, len(texts), self.batch_size)):
+            part = texts[start: start + self.batch_size]
             prompt = net.text_prompt(part)
             noise = torch.randn(len(part), 3, res, res, generator=generator)
             empty = Conditioning.from_lists([[] for _ in part])

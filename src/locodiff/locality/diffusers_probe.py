@@ -27,6 +27,7 @@ from ..adapters.diffusers_unet import DiffusersDenoiser, Prompt
 from ..conditioning import Conditioning
 from ..errors import LocodiffError
 from ..io import atomic_path, write_json_atomic
+from ..progress import track
 from .feature_capture import Sensitivity, input_sensitivity
 from .figures import save_figure
 from .jacobian import Target, as_image_batch, cond_target_fn
@@ -127,7 +128,7 @@ def probe_diffusers(adapter, latents: Tensor, spec: DiffusersProbeSpec, progress
     noise = torch.randn(latents.shape, generator=gen, dtype=latents.dtype)
     maps = []
     per_sigma = []
-    for sigma, summary in zip(spatial.sigmas, spatial.summaries):
+    for sigma, summary in track(zip(spatial.sigmas, spatial.summaries), "token sensitivity", "sigma", enabled=progress):
         sens = token_sensitivity(adapter, latents + sigma * noise, sigma, pixels=pixels)  # [B, T, P]
         conc = token_concentration(sens, top_share)
         per_sigma.append({

@@ -175,7 +175,8 @@
       const what = state.kind === "pixel"
         ? `input-pixel Jacobian energy of output pixel (row ${scene.pixels[state.index][0]}, col ${scene.pixels[state.index][1]})`
         : `sensitivity of the output to conditioner ${state.index + 1} at (${scene.conditioners[state.index].map((v) => v.toFixed(2)).join(", ")})`;
-      caption.textContent = `Scene ${state.scene + 1}: ${what}; each map scaled to its own maximum (white), one row per model, one column per noise level.`;
+      caption.textContent = `Scene ${state.scene + 1}: ${what}; each map scaled to its own maximum (white), one row per model, one column per noise level` +
+        (state.kind === "pixel" ? "; under each, that pixel's sensitivity to each conditioner (|d output / d location|, from the saved maps)." : ".");
       const rows = withMaps.filter((m) => state.shown.has(m.name) && m.maps.scenes[state.scene]).map((m) => {
         const sc = m.maps.scenes[state.scene];
         const cells = m.maps.sigmas.map((sigma, s) => {
@@ -184,11 +185,19 @@
                                         "data-model": m.name, "data-sigma": s, "data-kind": state.kind, "data-index": state.index, "data-scene": state.scene });
           if (state.index * w * h < all.length) paint(canvas, all.subarray(state.index * w * h, (state.index + 1) * w * h), w, h);
           const peak = (state.kind === "pixel" ? sc.pixel_peaks : sc.cond_peaks)[s][state.index];
-          return el("figure", { class: "ex-cell" }, canvas, el("figcaption", {}, `σ=${sigma} max ${peak === undefined ? "–" : peak.toExponential(1)}`));
+          const label = `σ=${sigma} max ${peak === undefined ? "–" : peak.toExponential(1)}`;
+          return el("figure", { class: "ex-cell" }, canvas, el("figcaption", {}, label),
+                    state.kind === "pixel" ? el("figcaption", { class: "ex-dc" }, conditionerValues(sc, s, w, h)) : "");
         });
         return el("div", { class: "ex-row" }, el("div", { class: "ex-name", style: `color:${m.color}` }, m.name), ...cells);
       });
       grid.replaceChildren(...rows);
+    }
+    function conditionerValues(sc, s, w, h) {
+      // |d s_i / d c_k| of the clicked output pixel i for each conditioner k (from the saved maps)
+      const [r, c] = sc.pixels[state.index], maps = bytes(sc.cond_maps[s]), n = sc.cond_peaks[s].length;
+      const values = [...Array(n).keys()].map((k) => (maps[k * w * h + r * w + c] / 255) * sc.cond_peaks[s][k]);
+      return values.length ? "d/dc: " + values.map((v) => v.toExponential(1)).join(" | ") : "no conditioner";
     }
     refreshMaps = drawMaps;
     draw();
