@@ -33,6 +33,7 @@ from .locality.result import LocalityResult, mean_normalised_index, mean_presenc
 from .locality.run import probe_run
 from .models.text import SavedTextModel, is_text_model
 from .report import write_report
+from .scenes.clevr_export import export_split
 from .scenes.dataset import build_dataset
 from .scenes.figures import data_contact_sheet
 from .study import run_study
@@ -185,6 +186,26 @@ def train(
     elif is_main_process():
         typer.echo(f"{model}: {result.images_seen} images, final loss {result.final_loss:.4f}, "
                    f"{result.images_per_s:.0f} img/s; run folder {folder}")
+
+
+@app.command("export-scenes")
+def export_scenes(
+    out: Path = typer.Argument(..., help="The folder to write: images/ and scenes.json, as the CLEVR generator lays them out."),
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    split: str = typer.Option("test", "--split", help="train or test."),
+    counts: Optional[str] = typer.Option(None, "--counts", help="Only images with these object counts, e.g. 0-10."),
+) -> None:
+    """Write a split of the study's data set in the CLEVR generator's scene format (read back with
+    data.source = "clevr_folder")."""
+    cfg = resolve_config(preset, config, set_, False)
+    with fail_cleanly():
+        if split not in ("train", "test"):
+            raise LocodiffError(f"--split {split!r}: expected train or test")
+        chosen = tuple(parse_counts(counts)) if counts else None
+        folder = export_split(cfg.data, cfg.out_dir, split, out, chosen)
+    typer.echo(f"wrote {folder / 'scenes.json'} and {folder / 'images'}")
 
 
 @app.command()

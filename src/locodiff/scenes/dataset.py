@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..config import config_hash, identity_dict, to_dict
+from ..config import IDENTITY_UNLESS_DEFAULT, config_hash, identity_dict, to_dict
 from ..errors import ConfigError, DataError, LocodiffError
 from ..io import atomic_path, notice, sha256_file, write_json_atomic
 from ..layout import dataset_root
@@ -44,6 +44,7 @@ from .render import Renderer, check_resolution
 from .sampler import SceneConfig, SceneSampler, as_generator
 from .scene import SceneBatch
 from ..rng import derived_seed
+from . import clevr_format
 
 FORMAT_VERSION = 1  # bump when the renderer's look or the shard layout changes
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -64,6 +65,10 @@ class DataConfig:
     shard_size: int = 2000  # images per shard file
     save_masks: bool = False  # also store per-object masks [N, H, W] in the shards
     seed: int = 0  # every shard's generator derives from (seed, split, shard index)
+    # "render": locodiff's renderer draws the splits; "clevr_folder": they are read from the CLEVR
+    # generator's output in clevr_folder (images/ + a scenes JSON; scenes.clevr_format)
+    source: Literal["render", "clevr_folder"] = field(default="render", metadata=IDENTITY_UNLESS_DEFAULT)
+    clevr_folder: str = field(default="", metadata=IDENTITY_UNLESS_DEFAULT)
 
     def __post_init__(self) -> None:
         try:
@@ -77,6 +82,9 @@ class DataConfig:
                     f"data.{name}={list(counts)}: expected a non-empty list of counts in "
                     f"0..scene.max_objects={self.scene.max_objects}"
                 )
+        if (self.source == "clevr_folder") != bool(self.clevr_folder):
+            raise ConfigError(f"data.source={self.source!r} with data.clevr_folder={self.clevr_folder!r}: a CLEVR "
+                              "folder is read exactly when data.source is \"clevr_folder\"")
         for name, lowest in (("train_images", 0), ("test_images_per_count", 0), ("shard_size", 1)):
             if getattr(self, name) < lowest:
                 raise ConfigError(f"data.{name}={getattr(self, name)}: expected an integer >= {lowest}")
@@ -296,6 +304,8 @@ def build_dataset(
     if not same:  # a finished cache is left untouched
         write_json_atomic(root / "config.json", stamp)
     manifest = _read_manifest(root, cfg)
+    if cfg.source == "clevr_folder":
+        return _import_clevr(cfg, root, manifest, splits, progress)
     todo = []
     for split in splits:
         _check_split(split)
@@ -317,6 +327,39 @@ def build_dataset(
             manifest["splits"][split][shard_name(i)] = entry
             write_json_atomic(root / "manifest.json", manifest)
             bar.update(entry["images"])
+    return root
+
+
+def _import_clevr(cfg: DataConfig, root: Path, manifest: dict, splits: tuple[str, ...], progress: bool) -> Path:
+    """The splits read from ``cfg.clevr_folder`` (see ``clevr_format``). A split is read and
+    checked whole before its shards are written, and the manifest names them only once all are:
+    an import that fails half-way leaves nothing a later run would use."""
+    folder = Path(cfg.clevr_folder).expanduser()
+    chosen = clevr_format.select_splits(clevr_format.scenes_of_folder(folder), cfg.train_counts, cfg.train_images,
+                                        cfg.test_counts, cfg.test_images_per_count)
+    source = clevr_format.fingerprint(folder)
+    if manifest.get("source") != source:
+        manifest = {**manifest, "source": source, "splits": {s: {} for s in SPLITS}}
+    for split in splits:
+        _check_split(split)
+        entries = manifest["splits"][split]
+        if entries and all(_shard_ok(root, split, name, entry) for name, entry in entries.items()):
+            continue
+        counts = cfg.train_counts if split == "train" else cfg.test_counts
+        if not chosen[split]:
+            raise DataError(f"{folder}: no scene with {list(counts)} objects for the {split} split")
+        tensors = clevr_format.read_split(folder, chosen[split], cfg.resolution, cfg.slots(split))
+        if len(tensors["images"]) < cfg.split_size(split):
+            notice(f"{folder}: the {split} split has {len(tensors['images'])} of the {cfg.split_size(split)} images asked")
+        entries.clear()
+        with progress_bar(len(tensors["images"]), f"import {split}", "img", enabled=progress) as bar:
+            for i, start in enumerate(range(0, len(tensors["images"]), cfg.shard_size)):
+                part = {k: v[start: start + cfg.shard_size].contiguous() for k, v in tensors.items()}
+                scenes = [s.to_dict() for s in SceneBatch.from_tensors(part).to_scenes()]
+                meta = {"split": split, "index": i, "key": cfg.cache_key(), "format": FORMAT_VERSION}
+                entries[shard_name(i)] = _write_shard(root, split, shard_name(i), part, scenes, meta)
+                bar.update(len(part["images"]))
+        write_json_atomic(root / "manifest.json", manifest)
     return root
 
 
