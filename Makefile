@@ -2,9 +2,12 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install quick test test-all bench clean
+.PHONY: install blender quick test test-all bench clean
 install:
 	bash scripts/bootstrap.sh
+
+blender:  # a Python with bpy for data.renderer = "blender" (.venv-blender)
+	bash scripts/bootstrap_blender.sh
 
 quick: install
 	$(VENV)/bin/locodiff study --preset quick

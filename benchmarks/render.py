@@ -1,7 +1,9 @@
 """Renderer throughput (images/second) on CPU at 32, 64 and 128 px, with and without
 supersampling, against a baseline measured in the same run: the same ray caster with
 screen-space culling turned off (every ray tested against every object), which is how a plain
-batched ray caster without acceleration works. mitsuba/Blender are not installed here.
+batched ray caster without acceleration works. Then the Blender backend (Cycles on the CPU, two
+worker processes) on the same 1-3-object scenes, when a Python with bpy is found (make blender),
+as a ratio to the torch renderer's rate at the same resolution.
 
 Scenes follow the training distribution (1-3 objects) and the hardest test count (10 objects).
 Run:  python benchmarks/render.py [--quick]
@@ -16,6 +18,7 @@ import time
 import torch
 
 from locodiff.scenes import Renderer, SceneSampler
+from locodiff.scenes.blender import BlenderRenderer, blender_python
 
 
 def images_per_second(renderer: Renderer, scenes, budget_s: float) -> tuple[float, float]:
@@ -61,6 +64,24 @@ def main() -> None:
                     base_wall, base_cpu = images_per_second(slow, scenes[:n_base], budget)
                     print(f"{res:>4} {ss:>3} {name:>8} {threads:>8} {wall:>7.0f} {cpu:>10.0f} "
                           f"{base_wall:>11.0f} {base_cpu:>15.0f} {cpu / base_cpu:>5.1f}x", flush=True)
+    blender_rates(scene_sets["1-3"], args.quick)
+
+
+def blender_rates(scenes, quick: bool) -> None:
+    """Blender's images per wall-clock second (2 processes, worker start-up included) against the
+    torch renderer's (supersampling 2, 2 threads) on the same scenes."""
+    if blender_python() is None:
+        print("blender: no Python with bpy here (make blender); skipped")
+        return
+    print("blender: Cycles on the CPU, 2 worker processes; samples per pixel as given; ratio = blender / torch (wall)")
+    print(f"{'res':>4} {'spp':>4} {'images':>7} {'img/s':>7} {'torch img/s':>12} {'ratio':>8}")
+    for res, spp in ((32, 16), (64, 32), (128, 64)):
+        n = 16 if quick else (64 if res < 128 else 16)
+        wall = time.perf_counter()
+        BlenderRenderer(res, samples=spp, workers=2)(scenes[:n])
+        rate = n / (time.perf_counter() - wall)
+        torch_rate, _ = images_per_second(Renderer(res, 2, threads=2), scenes, 0.3)
+        print(f"{res:>4} {spp:>4} {n:>7} {rate:>7.1f} {torch_rate:>12.0f} {rate / torch_rate:>8.4f}", flush=True)
 
 
 if __name__ == "__main__":

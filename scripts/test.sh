@@ -3,6 +3,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 VENV=${LOCODIFF_VENV:-.venv}
+# the Blender renderer's tests use .venv-blender (scripts/bootstrap_blender.sh) when it exists
+if [ -z "${LOCODIFF_BLENDER_PYTHON:-}" ] && [ -x .venv-blender/bin/python ]; then
+  export LOCODIFF_BLENDER_PYTHON="$PWD/.venv-blender/bin/python"
+fi
 "$VENV/bin/python" -m pytest "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

@@ -17,7 +17,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "locodiff"
 # optional or heavy dependencies that a module may import where it needs them
-LAZY_ALLOWED = {"diffusers", "matplotlib"}
+LAZY_ALLOWED = {"diffusers", "matplotlib", "bpy", "mathutils"}  # mathutils comes with bpy
 # locodiff's own packages that need an optional dependency (the diffusers extra): the command line
 # imports them where a verb needs them, so that locodiff runs without the extra
 OPTIONAL_PACKAGES = {"locodiff.export"}

@@ -29,22 +29,16 @@ from ..errors import DataError
 from ..io import atomic_path, notice, sha256_file, write_json_atomic
 from . import vocab
 from .camera import Camera
-from .scene import CUBE_SCALE, SceneBatch
+from .scene import SceneBatch
 
 SCENES_FILE = "scenes.json"
 IMAGES_DIR = "images"
 
 
-def centre_heights(batch: SceneBatch) -> Tensor:
-    """The height of each object's centre above the floor (cubes are ``CUBE_SCALE`` lower)."""
-    sizes = torch.tensor([vocab.SIZES[n] for n in vocab.SIZE_NAMES])[batch.size]
-    return torch.where(batch.shape == vocab.SHAPES.index("cube"), sizes * CUBE_SCALE, sizes)
-
-
 def clevr_scenes(batch: SceneBatch, centers: Tensor, camera: Camera, resolution: int, names: list[str],
                  split: str) -> list[dict]:
     """CLEVR scene dicts of a batch; ``centers`` [B, N, 2] are the image-plane (x, y) in [0, 1]."""
-    points = torch.cat([batch.positions, centre_heights(batch)[..., None]], -1)
+    points = batch.centers_3d()
     _, depth = camera.project(points.to(camera.device))
     scenes = []
     for b, name in enumerate(names):
