@@ -46,7 +46,8 @@ from ..config import config_hash, to_dict
 from ..io import append_jsonl, atomic_path, notice, write_json_atomic
 from ..layout import DETECTOR_VERSION
 from ..progress import progress_bar
-from ..scenes import Renderer, SceneBatch, SceneSampler, vocab
+from ..scenes import SceneBatch, SceneSampler, vocab
+from ..scenes.renderers import renderer_for
 from .config import HeatmapConfig
 from .detector import Detections, InputError, to_unit_images
 from ..train.checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, load_extra, save_checkpoint
@@ -273,7 +274,7 @@ def render_fingerprint(data_cfg) -> str:
     scenes.positions[0] = 2.0 * torch.stack([angle.cos(), angle.sin()], -1)
     scenes.rotations[0] = angle
     scenes.mask[0] = True
-    images = Renderer(32, data_cfg.supersample, data_cfg.camera)(scenes, with_masks=False).images
+    images = renderer_for(data_cfg, 32)(scenes, with_masks=False).images
     return hashlib.sha256((images * 255).round().to(torch.uint8).numpy().tobytes()).hexdigest()[:16]
 
 
@@ -298,7 +299,7 @@ def train_heatmap_detector(data_cfg, cfg: HeatmapConfig | None = None, folder: s
     scene_cfg = replace(data_cfg.scene, min_separation=cfg.min_separation, max_objects=max(cfg.max_objects, data_cfg.scene.max_objects))
     sampler = SceneSampler(scene_cfg, data_cfg.camera)
     sides = sorted(set(cfg.render_resolutions) | {data_cfg.resolution})
-    renderers = {r: Renderer(r, data_cfg.supersample, data_cfg.camera, device=device) for r in sides}
+    renderers = {r: renderer_for(data_cfg, r, device) for r in sides}
     with torch.random.fork_rng(devices=[]):  # initial weights from the seed, the global stream untouched
         torch.manual_seed(cfg.seed)
         net = HeatmapNet(cfg.width).to(device)

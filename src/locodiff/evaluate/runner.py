@@ -42,7 +42,8 @@ from ..io import append_jsonl, atomic_path, notice, read_jsonl, write_json_atomi
 from ..layout import EVAL_EXTENSIBLE, EVAL_RECORDS, EVAL_SUMMARY, eval_dir, legacy_eval_dir
 from ..progress import progress_bar
 from ..rng import generator
-from ..scenes import Renderer, SceneSampler, batch_conditioning
+from ..scenes import SceneSampler, batch_conditioning
+from ..scenes.renderers import renderer_for
 from ..scenes.draw import TestDraw
 from ..tracking import Tracker
 from ..train.checkpoint import read_state
@@ -287,7 +288,7 @@ def build_detector(data_cfg, config: EvalConfig, resolution: int, cache_dir: str
 
     if config.detector == "heatmap":
         return load_or_train_detector(data_cfg, cache_dir, config.heatmap, progress=progress, device=device)
-    renderer = Renderer(resolution, data_cfg.supersample, data_cfg.camera)
+    renderer = renderer_for(data_cfg, resolution)
     return ColorDetector.calibrate(renderer, SceneSampler(data_cfg.scene, data_cfg.camera), generator=config.seed)
 
 

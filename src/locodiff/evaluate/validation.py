@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..progress import track
-from ..scenes import Renderer, SceneSampler
+from ..scenes import SceneSampler
+from ..scenes.renderers import renderer_for
 from .detector import Detector
 from .heatmap import gaussian_blur
 from .metrics import count_metrics, default_tolerance_px, match_locations, score_attributes
@@ -69,7 +70,7 @@ def validate_detector(detector: Detector | Callable[[int], Detector], data_cfg, 
     scene_cfg = data_cfg.scene if spec.min_separation is None else replace(data_cfg.scene,
                                                                              min_separation=spec.min_separation)
     sampler = SceneSampler(scene_cfg, data_cfg.camera)
-    renderers = {r: Renderer(r, data_cfg.supersample, data_cfg.camera) for r in spec.resolutions}
+    renderers = {r: renderer_for(data_cfg, r) for r in spec.resolutions}
     detectors = {r: detector(r) if not hasattr(detector, "min_separation") else detector for r in spec.resolutions}
     rows = []
     for k in track(spec.counts, "validate detector", "count", enabled=progress):

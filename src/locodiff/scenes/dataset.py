@@ -39,9 +39,9 @@ from ..errors import ConfigError, DataError, LocodiffError
 from ..io import atomic_path, notice, sha256_file, write_json_atomic
 from ..layout import dataset_root
 from ..progress import progress_bar
-from .blender import BlenderRenderer
+from .renderers import renderer_for
 from .camera import CameraConfig
-from .render import Renderer, check_resolution
+from .render import check_resolution
 from .sampler import SceneConfig, SceneSampler, as_generator
 from .scene import SceneBatch
 from ..rng import derived_seed
@@ -145,10 +145,7 @@ class SceneSource:
         self.cfg = cfg
         device = resolve_device(device)
         self.sampler = SceneSampler(cfg.scene, cfg.camera)
-        if cfg.renderer == "blender":
-            self.renderer = BlenderRenderer(cfg.resolution, cfg.camera, cfg.blender_samples)
-        else:
-            self.renderer = Renderer(cfg.resolution, cfg.supersample, cfg.camera, device=device)
+        self.renderer = renderer_for(cfg, device=device)
 
     def render(self, counts: Tensor, generator: torch.Generator, slots: int, masks: bool = False) -> dict[str, Tensor]:
         """Sample scenes with ``counts`` objects and render them; images as uint8 [B, 3, H, W]."""

@@ -15,7 +15,9 @@ from torch import Tensor
 from ..conditioning import Conditioning
 from .camera import Camera
 from .conditioners import make_conditioning
+from .blender import BlenderRenderer
 from .render import Renderer
+from .renderers import renderer_for
 from .sampler import SceneSampler
 from .scene import SceneBatch
 
@@ -29,7 +31,7 @@ class TestDraw:
         self.data_cfg = data_cfg
         self.sampler = SceneSampler(scene_cfg, data_cfg.camera)
         self.camera = Camera(data_cfg.camera)
-        self._renderer: Renderer | None = None
+        self._renderer: Renderer | BlenderRenderer | None = None
 
     def scenes(self, k: int, n: int, generator: torch.Generator) -> tuple[SceneBatch, Conditioning]:
         """``n`` scenes with ``k`` objects and the conditioning on every object's projected centre."""
@@ -40,6 +42,6 @@ class TestDraw:
     def render(self, scenes: SceneBatch) -> Tensor:
         """Images in [-1, 1], quantised to 8 bits like the stored data sets."""
         if self._renderer is None:
-            self._renderer = Renderer(self.data_cfg.resolution, self.data_cfg.supersample, self.data_cfg.camera)
+            self._renderer = renderer_for(self.data_cfg)
         images = self._renderer(scenes, with_masks=False).images
         return (images * 255).round() / 127.5 - 1.0
