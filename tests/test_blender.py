@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from locodiff.errors import DataError
+from locodiff.evaluate.heatmap import HeatmapConfig, detector_key
 from locodiff.scenes.blender import BlenderRenderer, agreement, blender_python
 from locodiff.scenes.camera import CameraConfig
 from locodiff.scenes.dataset import DataConfig, SceneDataset, build_dataset
 from locodiff.scenes.render import Renderer
+from locodiff.scenes.renderers import renderer_for
 from locodiff.scenes.sampler import SceneConfig, SceneSampler
 
 if blender_python() is None:
@@ -64,3 +66,13 @@ def test_a_python_without_bpy_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("LOCODIFF_BLENDER_PYTHON", "/nonexistent/python")
     with pytest.raises(DataError, match="is not a program"):
         BlenderRenderer(16)
+
+
+def test_every_render_for_a_blender_data_set_is_a_blender_render():
+    """The detector's training images, its ceiling and the probes' scenes use the data's renderer:
+    the detector's cache key (which holds a fingerprint of a render) changes with it."""
+    cfg = DataConfig(resolution=16, supersample=1)
+    blender = replace(cfg, renderer="blender", blender_samples=4)
+    assert isinstance(renderer_for(blender, 32), BlenderRenderer) and renderer_for(blender, 32).resolution == 32
+    assert isinstance(renderer_for(cfg), Renderer)
+    assert detector_key(blender, HeatmapConfig()) != detector_key(cfg, HeatmapConfig())
