@@ -43,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from locodiff.conditioning import Conditioning  # noqa: E402
+from locodiff.hardware import matmul_gflops  # noqa: E402
 from locodiff.models import (  # noqa: E402
     ModelConfig,
     TokenEncoder,
@@ -232,20 +233,6 @@ def throughput_table(args: argparse.Namespace) -> None:
             step = make_step(net, size, args.batch, dtype == "bf16", args.seed)
             row.append(images_per_second({arch: step}, args.batch, args.warmup, args.steps, 1)[arch])
         print(f"    {arch:<16}{params / 1e6:>11.2f}M" + "".join(f"{v:12.1f}" for v in row), flush=True)
-
-
-def matmul_gflops(size: int = 1024, repeats: int = 8) -> float:
-    """fp32 GFLOP/s of a square matrix multiply on the current threads (best of ``repeats``)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * size**3 / best / 1e9
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def flops_per_image(net: nn.Module, size: int, batch: int, seed: int) -> float:

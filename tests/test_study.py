@@ -28,6 +28,7 @@ from locodiff.intervene.subject import base_run_folder, subject_checkpoint, trai
 from locodiff.layout import intervention_dir, run_dir, subject_dirs
 from locodiff.locality.result import mean_normalised_index
 from locodiff.report.explorer import quantized_map
+from locodiff.predict import predict
 from locodiff.study import run_study
 from locodiff.study_config import PRESETS, load_study_config
 
@@ -258,7 +259,8 @@ def test_a_saved_study_config_reloads_alone(finished, tmp_path):
     saved = load_study_config("quick", Path(finished.out_dir) / "study_config.json")
     assert saved == finished
     res = CliRunner().invoke(app, ["study", "-c", str(Path(finished.out_dir) / "study_config.json"), "--dry-run"])
-    assert res.exit_code == 0 and json.loads(res.output)["models"].keys() == finished.models.keys()
+    assert res.exit_code == 0 and json.loads(res.stdout)["models"].keys() == finished.models.keys()
+    assert "predicted cost on this machine" in res.stderr  # beside the config, not in it
 
 
 def test_train_help_names_where_model_names_come_from():
@@ -417,7 +419,7 @@ def test_claims_are_judged_from_recall_and_name_their_numbers(tmp_path):
 def test_every_preset_is_a_valid_study(preset):
     res = CliRunner().invoke(app, ["study", "--preset", preset, "--dry-run"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["models"]
+    assert json.loads(res.stdout)["models"]
 
 
 def test_the_gpu_preset_is_quick_at_twice_the_pixels():
@@ -594,3 +596,11 @@ def test_the_explorer_shows_the_saved_jacobian_of_what_is_clicked(finished):
         browser.hover("#explorer .ex-sample")
         assert browser.evaluate("document.getElementById('explorer-hover').textContent").startswith("sample 0:")
         assert browser.errors() == []
+
+
+def test_a_finished_study_predicts_no_more_work(finished):
+    p = predict(finished)
+    assert p.seconds["data"] == p.seconds["train"] == p.seconds["evaluate"] == 0
+    timings = json.loads((Path(finished.out_dir) / "timings.json").read_text())
+    if "busy_core_seconds" in timings:  # Linux: how busy the cores were in each stage
+        assert set(timings["busy_core_seconds"]) <= set(timings["stage_seconds"]) and timings["cores"] >= 1

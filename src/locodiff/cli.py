@@ -36,6 +36,7 @@ from .report import write_report
 from .scenes.clevr_export import export_split
 from .scenes.dataset import build_dataset
 from .scenes.figures import data_contact_sheet
+from .predict import predict
 from .study import run_study
 from .study_config import PRESETS, StudyConfig, load_study_config
 from .train.checkpoint import read_run_config, read_state
@@ -494,9 +495,15 @@ def study(
 
     Finished work is cached by config hash: re-running skips it, an interrupted study resumes.
     """
-    cfg = resolve_config(preset, config, with_report_to(set_, report_to), dry_run)
+    cfg = resolve_config(preset, config, with_report_to(set_, report_to), False)
     with fail_cleanly():
         check_trackers(cfg, list(cfg.models))
+        prediction = predict(cfg)
+    typer.echo("\n".join(["predicted cost on this machine (locodiff.predict):", *prediction.lines()]), err=dry_run)
+    if dry_run:
+        typer.echo(json.dumps(to_dict(cfg), indent=2))
+        raise typer.Exit(0)
+    with fail_cleanly():
         try:
             result = run_study(cfg, only.split(",") if only else None)
         except KeyboardInterrupt:
@@ -504,6 +511,7 @@ def study(
                         fg=typer.colors.YELLOW, err=True)
             raise typer.Exit(130)
     total = sum(result.stage_seconds.values())
+    typer.echo("\n".join(["predicted and measured wall time:", *prediction.lines(result.stage_seconds)]))
     typer.echo(f"study finished in {total:.0f} s; results in {result.out_dir}")
 
 

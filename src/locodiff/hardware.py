@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,3 +36,36 @@ def native_bf16(device: str | torch.device) -> bool:
 def fastest_dtype(device: str | torch.device) -> torch.dtype:
     """bf16 where it is native, else fp32 (which then is both faster and exact)."""
     return torch.bfloat16 if native_bf16(device) else torch.float32
+
+
+def busy_core_seconds() -> float | None:
+    """Core-seconds the whole machine has spent busy since boot (Linux ``/proc/stat``: user, nice,
+    system, irq, softirq and steal time of all cores), or None where that file does not exist.
+    The difference over a stage, divided by its wall time, is how many cores it kept busy."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] != "cpu":
+        return None
+    ticks = [int(v) for v in fields[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    busy = sum(ticks[:8]) - idle
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def cores() -> int:
+    return os.cpu_count() or 1
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 8) -> float:
+    """fp32 GFLOP/s of a square matrix multiply on the current threads (best of ``repeats``): the
+    rate the networks' FLOPs are measured against."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9

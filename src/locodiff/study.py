@@ -26,6 +26,7 @@ from .evaluate.heatmap import detector_key
 from .evaluate.runner import build_detector, evaluate_run
 from .evaluate.validation import ValidationSpec, validate_detector
 from .intervene.subject import subject_checkpoint, subject_checkpoints, write_intervention
+from .hardware import busy_core_seconds, cores
 from .io import atomic_path, read_jsonl, write_json_atomic
 from .jobs import Job, last_record, run_jobs, torch_threads
 from .locality.config import LocalityOptions
@@ -282,9 +283,17 @@ def study_device(cfg: StudyConfig) -> str:
 
 # ----- the driver -----------------------------------------------------------------------------
 
-def record_timing(out: Path, stage: str, seconds: float, cfg_hash: str) -> None:
-    """Add a stage's wall time to ``timings.json``: per stage, the time spent on the current
-    config over every run (a resumed run adds its part, a cached stage adds ~0)."""
+def core_use(busy: float | None, seconds: float) -> str:
+    """How many of the machine's cores a stage kept busy (measured for the whole machine)."""
+    if busy is None or seconds < 1:
+        return ""
+    return f"; cores busy {busy / seconds:.2f} of {cores()} ({100 * busy / (seconds * cores()):.0f}%)"
+
+
+def record_timing(out: Path, stage: str, seconds: float, cfg_hash: str, busy: float | None = None) -> None:
+    """Add a stage's wall time (and the machine's busy core-seconds meanwhile) to ``timings.json``:
+    per stage, the time spent on the current config over every run (a resumed run adds its part, a
+    cached stage adds ~0)."""
     path = out / layout.TIMINGS
     try:
         data = json.loads(path.read_text())
@@ -293,6 +302,10 @@ def record_timing(out: Path, stage: str, seconds: float, cfg_hash: str) -> None:
     if data.get("config_hash") != cfg_hash:
         data = {"config_hash": cfg_hash, "stage_seconds": {}}
     data["stage_seconds"][stage] = round(data["stage_seconds"].get(stage, 0.0) + seconds, 2)
+    if busy is not None:
+        spent = data.setdefault("busy_core_seconds", {})
+        spent[stage] = round(spent.get(stage, 0.0) + busy, 2)
+        data["cores"] = cores()
     write_json_atomic(path, data)
 
 
@@ -331,9 +344,10 @@ def run_study(
         if stage not in only:
             continue
         console.rule(f"[bold]stage {i + 1}/{len(STAGES)}: {stage}")
-        start = time.perf_counter()
+        start, busy = time.perf_counter(), busy_core_seconds()
         stage_fns[stage]()
         seconds[stage] = time.perf_counter() - start
-        console.print(f"  {stage} done in {seconds[stage]:.1f} s")
-        record_timing(out, stage, seconds[stage], config_hash(cfg))
+        used = None if busy is None else busy_core_seconds() - busy
+        console.print(f"  {stage} done in {seconds[stage]:.1f} s{core_use(used, seconds[stage])}")
+        record_timing(out, stage, seconds[stage], config_hash(cfg), used)
     return StudyResult(out, seconds, layout.seeded_subject_dirs(cfg))

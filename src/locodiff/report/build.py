@@ -70,8 +70,10 @@ def setup_section(cfg, facts: list[ModelFacts], timings: dict) -> Section:
                              "train time", "final loss"], rows))
     described = [f"**{f.name}**: {f.description}" for f in facts if f.description]
     sec.blocks += [Text(line) for line in described]
-    if timings:
-        parts = ", ".join(f"{k} {_duration(v)}" for k, v in timings.items())
+    seconds, busy = timings.get("stage_seconds", {}), timings.get("busy_core_seconds", {})
+    if seconds:
+        parts = ", ".join(f"{k} {_duration(v)}" + (f" ({busy[k] / v:.1f} of {timings['cores']} cores busy)"
+                                                    if k in busy and v >= 1 else "") for k, v in seconds.items())
         sec.blocks.append(Text(f"Wall time per stage, summed over every run of this configuration: {parts}."))
     return sec
 
@@ -564,7 +566,7 @@ def write_report(cfg, out_dir: str | Path) -> Path:
     gathered = gather(cfg)
     facts, text_facts = location_models(gathered), caption_models(gathered)
     timings_path = Path(cfg.out_dir) / layout.TIMINGS
-    timings = json.loads(timings_path.read_text()).get("stage_seconds", {}) if timings_path.exists() else {}
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     sections = [summary_section(cfg, facts), setup_section(cfg, facts, timings)]
     sheet = layout.dataset_root(cfg.data, cfg.out_dir) / layout.CONTACT_SHEET
     if sheet.exists():
