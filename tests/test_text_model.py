@@ -11,8 +11,10 @@ pytest.importorskip("diffusers")
 
 from locodiff.adapters import DiffusersDenoiser, Prompt, load_diffusers_unet  # noqa: E402
 from locodiff.conditioning import Conditioning  # noqa: E402
+from locodiff.config import config_hash, identity_dict  # noqa: E402
 from locodiff.errors import InputError  # noqa: E402
 from locodiff.models import ModelConfig, SavedTextModel, as_denoiser, build_network, save_text_model  # noqa: E402
+from locodiff.models.config import CaptionOptions  # noqa: E402
 from locodiff.models.text import CaptionEncoder, text_scheduler  # noqa: E402
 from locodiff.report.config import ReportConfig  # noqa: E402
 from locodiff.scenes.captions import (  # noqa: E402
@@ -234,3 +236,21 @@ def test_a_caption_model_runs_through_the_study_and_its_report(tmp_path):
     assert bad.exit_code == 2 and "unknown caption word 'a'" in bad.output
     neither = CliRunner().invoke(app, args)
     assert neither.exit_code == 2 and "--caption TEXT" in neither.output
+
+
+def test_captions_without_positions_name_objects_only_and_ignore_where_they_are():
+    assert captions(scenes(), 4, positions=False) == ["large red metal cube and small blue rubber sphere", ""]
+    free = ModelConfig(**{**TINY.__dict__, "caption": CaptionOptions(positions=False)})
+    assert run_identity_of(free) != run_identity_of(TINY)  # another model, another folder
+    net = build_network(free).eval()
+    moved = scenes()
+    moved.locations = moved.locations.flip(-1)  # every object elsewhere
+    with torch.no_grad():
+        assert torch.equal(net.prompt(scenes()).encoder_hidden_states, net.prompt(moved).encoder_hidden_states)
+        positional = build_network(TINY).eval()
+        assert not torch.equal(positional.prompt(scenes()).encoder_hidden_states,
+                               positional.prompt(moved).encoder_hidden_states)
+
+
+def run_identity_of(model: ModelConfig) -> str:
+    return config_hash(identity_dict(model))

@@ -124,7 +124,7 @@ def probe_text_model(net: TextUNet, adapter: DiffusersDenoiser, images: Tensor, 
     net.eval()
     with torch.no_grad():
         prompt = net.prompt(cond)
-    ids, _ = caption_ids(cond, net.max_objects, net.count_word)
+    ids, _ = caption_ids(cond, net.max_objects, net.count_word, net.positions)
     adapter.set_prompt(prompt)
     sigmas, radius_px, pixels, probes, seed = spec.sigmas, spec.radius_px, spec.pixels, spec.probes, spec.seed
     spatial = probe_diffusers(adapter, images, DiffusersProbeSpec(tuple(sigmas), pixels, radius_px, seed=seed))

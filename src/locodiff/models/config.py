@@ -69,6 +69,9 @@ class CaptionOptions:
     objects: int = 10  # phrases a caption has room for (the evaluation's largest k)
     count_word: bool = False  # lead with "three objects"
     text_layers: int = 2  # caption-encoder layers: one within phrases, the rest over the caption
+    # False: phrases without the 3 x 3 cell words ("large red metal cube"), as prompts that name
+    # objects, not positions (the paper's SDXL statements are about such prompts)
+    positions: bool = field(default=True, metadata=IDENTITY_UNLESS_DEFAULT)
 
     def __post_init__(self) -> None:
         if self.objects < 1 or self.text_layers < 1:
@@ -130,6 +133,8 @@ class ModelConfig:
         flat.update(local_radius=(lo or {}).get("radius"), local_width=(lo or {}).get("width"))
         if cap:
             flat.update(caption_objects=cap["objects"], caption_count=cap["count_word"], text_layers=cap["text_layers"])
+            if "positions" in cap:  # only when not the default (position words), which older folders had
+                flat["caption_positions"] = cap["positions"]
         return {**identity, **flat}
 
     # ----- derived values -------------------------------------------------------------------

@@ -104,6 +104,7 @@ class TextUNet(Network):
         cfg = cfg.resolved()
         self.max_objects = cfg.caption.objects
         self.count_word = cfg.caption.count_word
+        self.positions = cfg.caption.positions
         unet = UNet2DConditionModel(**unet_config(cfg))
         self.adapter = DiffusersDenoiser(unet, text_scheduler(), prediction_type="v_prediction", sigma_range="clamp")
         self.text = CaptionEncoder(cfg.token_dim, cfg.caption.text_layers, max(1, cfg.token_dim // cfg.head_dim))
@@ -122,7 +123,7 @@ class TextUNet(Network):
         return caption_length(self.max_objects, self.count_word)
 
     def prompt(self, cond: Conditioning) -> Prompt:
-        ids, phrase = caption_ids(cond, self.max_objects, self.count_word)
+        ids, phrase = caption_ids(cond, self.max_objects, self.count_word, self.positions)
         return Prompt(self.text(ids, phrase))
 
     def text_prompt(self, texts: list[str]) -> Prompt:
@@ -174,7 +175,7 @@ def save_text_model(net: TextUNet, folder: str | Path) -> Path:
               str(tmp / "text_encoder" / TEXT_ENCODER_FILE))
     write_json_atomic(tmp / "text_encoder" / "config.json", {
         "dim": text.embed.embedding_dim, "layers": len(text.layers), "heads": text.heads,
-        "max_objects": net.max_objects, "count_word": net.count_word})
+        "max_objects": net.max_objects, "count_word": net.count_word, "positions": net.positions})
     (tmp / "tokenizer").mkdir()
     write_json_atomic(tmp / "tokenizer" / "vocab.json", {"words": list(VOCABULARY), "length": net.tokens})
     if folder.exists():

@@ -107,7 +107,10 @@ def text_model_section(cfg, text_facts: list[ModelFacts], location_facts: list[M
         "locodiff's EDM loss as a v-prediction UNet (EDM preconditioning with σ_data = 1), saved as a diffusers "
         "folder and reloaded the way `probe-diffusers` loads SDXL for the probes below. A caption has no exact "
         "locations, so length generalization is scored without them: count accuracy and the share of requested "
-        "colours, caption cells and (colour, cell) pairs found among the detections."))
+        "colours, caption cells and (colour, cell) pairs found among the detections. A model trained on "
+        "captions without positions (`model.caption.positions = false`: `large red metal cube and ...`) is "
+        "the paper's case for SDXL, prompts that name objects and not where they are: its phrases can only "
+        "become local if the network places them; each statement below is stated for each caption kind."))
     for f in text_facts:
         if f.eval_records:
             sec.blocks.append(length_table(cfg, f))
@@ -117,14 +120,27 @@ def text_model_section(cfg, text_facts: list[ModelFacts], location_facts: list[M
     return sec
 
 
+def positional(cfg, f: ModelFacts) -> bool:
+    """Whether the model's captions name each object's cell (``model.caption.positions``)."""
+    spec = cfg.models.get(f.name)
+    caption = None if spec is None else spec.model.caption
+    return caption is None or caption.positions
+
+
+def caption_kind(cfg, f: ModelFacts) -> str:
+    return "captions with positions" if positional(cfg, f) else "captions without positions"
+
+
 def length_table(cfg, f: ModelFacts) -> Table:
-    """Length generalization of a caption model, scored without locations."""
+    """Length generalization of a caption model, scored without locations (and without cells when
+    its captions name none)."""
+    cells = positional(cfg, f)
     rows = [[r["k"], r["images"], num(r["count"]), f"{r['mean_detected']:.1f}", num(r.get("colour")),
-             num(r.get("cell")), num(r.get("colour_cell")), num(r.get("shape"))]
+             num(r.get("cell")) if cells else "–", num(r.get("colour_cell")) if cells else "–", num(r.get("shape"))]
             for r in text_scores(f.eval_records)]
     return Table(["k", "images", "count accuracy", "mean detected", "colour found", "cell found", "colour in cell",
                   "shape found"], rows,
-                 f"{f.name}: length generalization of the caption model (trained on "
+                 f"{f.name} ({caption_kind(cfg, f)}): length generalization of the caption model (trained on "
                  f"{cfg.data.train_counts[0]}–{cfg.data.train_counts[-1]} objects). Shares are "
                  "multiset overlaps, which chance alone raises as k grows (8 colours, 3 shapes, 9 "
                  "cells); shapes are read by the detector, whose shape accuracy on real renders is "
@@ -135,8 +151,10 @@ def probe_blocks(cfg, f: ModelFacts, probe: dict, location_facts: list[ModelFact
     """The three statements, their numbers per noise level and per word class, and the caption
     model beside the location-token models."""
     trained, control = probe["trained"], probe["random"]
+    example = "large red metal cube top left" if positional(cfg, f) else "large red metal cube"
     return [
-        Table(["statement (paper, for SDXL)", f.name, "random weights", "criterion", "verdict"],
+        Table(["statement (paper, for SDXL)", f"{f.name} ({caption_kind(cfg, f)})", "random weights", "criterion",
+               "verdict"],
               statements(trained, control, cfg.report),
               "Means over the probed noise levels. The control: the same architecture and "
               "caption encoder with random weights."),
@@ -145,8 +163,7 @@ def probe_blocks(cfg, f: ModelFacts, probe: dict, location_facts: list[ModelFact
         colour_table(f, trained, control),
         beside_location_models(f, trained, location_facts),
         Text(f"The saved diffusers folder: `{f.locality_dir / 'diffusers'}`; probe it like SDXL with "
-             f"`locodiff probe-diffusers --model {f.locality_dir / 'diffusers'} --caption \"large red "
-             "metal cube top left\"`."),
+             f"`locodiff probe-diffusers --model {f.locality_dir / 'diffusers'} --caption \"{example}\"`."),
     ]
 
 

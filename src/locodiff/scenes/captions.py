@@ -5,7 +5,10 @@ evaluation of the location-conditioned models serves the text model unchanged. E
 becomes a six-word phrase — size, colour, material, shape, then a coarse position on a 3 x 3 grid
 of the image (row word, column word) — e.g. ``"large red metal cube top left"``; phrases are
 joined by ``"and"``; the empty conditioning is the empty caption (the null prompt of guidance).
-``count_word=True`` puts a count phrase first (``"three objects"``).
+``count_word=True`` puts a count phrase first (``"three objects"``). ``positions=False`` leaves the
+two position words out (``"large red metal cube"``): prompts that name objects, not where they
+are, as the paper's SDXL prompts did; each phrase then keeps its block with padding in place of
+the position words.
 
 Token layout (``caption_ids``): every slot of the conditioning owns a fixed block of
 ``PHRASE_TOKENS`` positions, so a batch is built without Python loops and a dropped slot is a
@@ -59,7 +62,8 @@ def _table(words: tuple[str, ...], device: torch.device | str | None = None) -> 
     return torch.tensor([_ID[w] for w in words], device=device)
 
 
-def caption_ids(cond: Conditioning, max_objects: int, count_word: bool = False) -> tuple[Tensor, Tensor]:
+def caption_ids(cond: Conditioning, max_objects: int, count_word: bool = False,
+                positions: bool = True) -> tuple[Tensor, Tensor]:
     """``(ids [B, T], phrase_index [B, T])`` for the captions of ``cond`` (see the module doc).
 
     Slot n's phrase starts with "and" unless no present slot comes before it. Every present slot
@@ -89,6 +93,8 @@ def caption_ids(cond: Conditioning, max_objects: int, count_word: bool = False) 
         joiner, _table(SIZE_NAMES)[a[..., 2]], _table(COLOR_NAMES)[a[..., 0]], _table(MATERIALS)[a[..., 3]],
         _table(SHAPES)[a[..., 1]], _table(ROW_WORDS)[row], _table(COLUMN_WORDS)[col],
     ], -1)  # [B, n, 7]
+    if not positions:
+        words[..., -2:] = _ID[PAD]
     ids = torch.where(present[..., None], words, _ID[PAD])
     phrase = torch.where(present[..., None], torch.arange(1, n + 1)[None, :, None], -1).expand(b, n, PHRASE_TOKENS)
     phrase = torch.where(ids == _ID[PAD], -1, phrase)
@@ -139,7 +145,7 @@ def phrase_index_of(ids: Tensor) -> Tensor:
     return torch.where(ids == _ID[PAD], -1, phrase)
 
 
-def captions(cond: Conditioning, max_objects: int, count_word: bool = False) -> list[str]:
+def captions(cond: Conditioning, max_objects: int, count_word: bool = False, positions: bool = True) -> list[str]:
     """The captions of ``cond`` as text (what ``caption_ids`` encodes)."""
-    ids, _ = caption_ids(cond, max_objects, count_word)
+    ids, _ = caption_ids(cond, max_objects, count_word, positions)
     return WordTokenizer(ids.shape[1]).decode(ids)

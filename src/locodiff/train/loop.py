@@ -200,8 +200,9 @@ class _Run:
         self.ema.update(accel.unwrap_model(self.net), cfg.batch_size)
         self.images_seen += cfg.batch_size
         self.step += 1
-        ticks.add(global_loss.item(), cfg.batch_size, per_image.detach(), tap.sigma)
-        return global_loss.item()
+        value = global_loss.item()
+        ticks.add(value, cfg.batch_size, per_image.detach(), tap.sigma)
+        return value
 
     def checkpoint(self, config_hash: str, on_checkpoint: Callable | None) -> None:
         if self.accel.is_main_process:
