@@ -116,8 +116,9 @@ class BlenderRenderer:
     def _start(self, scenes: SceneBatch, folder: Path) -> subprocess.Popen:
         folder.mkdir(parents=True)
         (folder / "job.json").write_text(json.dumps(self.job(scenes, folder)))
-        log = open(folder / "log.txt", "w")
-        return subprocess.Popen([self.python, str(WORKER), str(folder / "job.json")], stdout=log, stderr=subprocess.STDOUT)
+        with open(folder / "log.txt", "w") as log:  # the worker keeps its own copy of the file
+            return subprocess.Popen([self.python, str(WORKER), str(folder / "job.json")], stdout=log,
+                                    stderr=subprocess.STDOUT)
 
     def _finish(self, proc: subprocess.Popen, folder: Path) -> None:
         code = proc.wait()
