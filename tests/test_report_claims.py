@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,7 @@ from helpers.evaluations import evaluation
 
 from locodiff.errors import ConfigError
 from locodiff.report.build import claim_lines, findings_section, summary_section
-from locodiff.report.claims import locality_correlation
+from locodiff.report.claims import colour_composition, locality_correlation
 from locodiff.report.config import ReportConfig
 from locodiff.report.facts import ModelFacts
 from locodiff.study_config import load_study_config
@@ -69,3 +70,22 @@ def test_report_criteria_are_checked():
         ReportConfig(weak_rho=0.6, claim_rho=0.5)
     with pytest.raises(ConfigError, match="report.fails"):
         load_study_config("micro", sets=["report.fails=-1"])
+
+
+def test_colour_composition_needs_distinct_colours_and_local_features():
+    def model(name, concept, effect, mass, chance=0.1):
+        f = ModelFacts(name, "exp1", "cross_attention", "all", "", 1, Path("."))
+        f.features = {"block": "middle.1", "colors": {"offdiag_abs_mean": concept},
+                      "attributes": None if effect is None else {"color_offdiag_abs_mean": effect},
+                      "block_locality": {"mass_within": mass, "chance": chance}}
+        return f
+
+    plain = ModelFacts("plain", "exp1", "cross_attention", "all", "", 1, Path("."))
+    claims = colour_composition([model("a", 0.9, 0.2, 0.91), model("b", 0.3, None, 0.2), model("c", 0.9, 0.7, 0.2),
+                                 plain], ReportConfig())
+    assert [c.model for c in claims] == ["a", "b", "c"]  # a model without colour features makes no claim
+    a, b, c = claims
+    assert a.distinct and a.local and a.word == "**supported**"  # judged by the effects, not the concepts
+    assert abs(a.feature_locality - 0.9) < 1e-9  # (0.91 - 0.1) / (1 - 0.1)
+    assert b.distinct and not b.local and b.word == "**partly supported**"  # no effects: the concepts
+    assert not c.distinct and not c.local and c.word == "**not supported**"

@@ -205,3 +205,52 @@ def trained_in_verdict(cfg, facts: list[ModelFacts]) -> TrainedInVerdict | None:
         word = "**supported**" if worst[best.name] >= bar else "**partly supported**"
     return TrainedInVerdict(word, tuple(f.name for f in forms), best.name if best else None, worst, bar,
                             tuple(f.name for f in plain))
+
+
+# ----- composition in feature space (the paper's colour-conditioned CLEVR) -----------------------
+
+@dataclass(frozen=True)
+class ColourComposition:
+    """Does a colour-conditioned model compose colour with location in feature space? Each colour
+    needs its own direction in the features and a conditioner's effect on the features must stay
+    near its location. A colour's concept direction (an object of that colour at the centre minus
+    the empty conditioning) holds the "an object is here" part every colour shares, so the colours
+    are judged by their effects after that shared part is removed (the colour x shape
+    decomposition), where it was measured."""
+
+    model: str
+    block: str
+    concept_abs_cos: float  # mean off-diagonal |cosine| between colour concept directions
+    effect_abs_cos: float | None  # the same between colour effects (shared object part removed)
+    feature_locality: float | None  # normalised share of a conditioner's feature effect within the radius
+    distinct: bool
+    local: bool | None
+
+    @property
+    def word(self) -> str:
+        if self.distinct and self.local:
+            return "**supported**"
+        return "**partly supported**" if self.distinct or self.local else "**not supported**"
+
+
+def colour_composition(facts: list[ModelFacts], criteria: ReportConfig) -> list[ColourComposition]:
+    """The claim for every model whose features were measured per colour (``features.json``):
+    colours distinct when the mean |cos| between their effects (concept directions where effects
+    were not measured) is below ``report.orthogonal``; local when the normalised feature locality
+    reaches ``report.spatial_local``."""
+    out = []
+    for f in facts:
+        feats = f.features or {}
+        if not feats.get("colors"):
+            continue
+        concept = feats["colors"]["offdiag_abs_mean"]
+        effect = (feats.get("attributes") or {}).get("color_offdiag_abs_mean")
+        block = feats.get("block_locality") or {}
+        locality = None
+        if block.get("mass_within") is not None and block.get("chance") is not None and block["chance"] < 1:
+            locality = (block["mass_within"] - block["chance"]) / (1 - block["chance"])
+        judged = concept if effect is None else effect
+        out.append(ColourComposition(f.name, feats.get("block", "?"), concept, effect, locality,
+                                     judged < criteria.orthogonal,
+                                     None if locality is None else locality >= criteria.spatial_local))
+    return out
