@@ -54,6 +54,16 @@ def _duration(seconds: float) -> str:
 # ----- sections ------------------------------------------------------------------------------------
 
 
+def rendered_by(d) -> str:
+    """Where the images came from (a ``scenes.DataConfig``)."""
+    if d.source == "clevr_folder":
+        return f"Images and scenes read from the CLEVR folder `{d.clevr_folder}` (centre square, resized)."
+    if d.renderer == "blender":
+        return (f"Rendered by Blender (Cycles on the CPU, {d.blender_samples} samples per pixel), the detector's "
+                "training images and its ceiling too.")
+    return "Rendered by locodiff's batched torch ray caster."
+
+
 def setup_section(cfg, facts: list[ModelFacts], timings: dict) -> Section:
     d = cfg.data
     sec = Section("Setup", [Text(
@@ -61,7 +71,7 @@ def setup_section(cfg, facts: list[ModelFacts], timings: dict) -> Section:
         f"at {d.resolution}×{d.resolution} (supersampling {d.supersample}×{d.supersample}); test scenes "
         f"with {min(d.test_counts)}–{max(d.test_counts)} objects. Conditioners: the image-plane location of "
         "each labelled object. Label policy `all` labels every object of a training image; `one` labels "
-        "a single random object (the others are unlabelled background).")])
+        f"a single random object (the others are unlabelled background). {rendered_by(d)}")])
     rows = [[f.name, f.role, f.arch, f.label_policy, f"{f.params / 1e6:.2f}M", f.images_seen,
              None if f.images_per_s is None else round(f.images_per_s),
              None if f.train_seconds is None else _duration(f.train_seconds), f.final_loss]
