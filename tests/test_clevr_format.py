@@ -15,6 +15,7 @@ from locodiff.cli import app
 from locodiff.errors import ConfigError, DataError
 from locodiff.scenes.clevr_format import read_scene
 from locodiff.scenes.dataset import DataConfig, SceneDataset, build_dataset
+from locodiff.scenes.figures import data_contact_sheet, stored_contact_sheet
 from locodiff.study_config import load_study_config
 
 torch.set_num_threads(1)
@@ -96,3 +97,15 @@ def test_the_source_and_its_folder_go_together():
         DataConfig(source="clevr_folder")
     with pytest.raises(ConfigError, match="clevr_folder"):
         DataConfig(clevr_folder="somewhere")
+
+
+def test_the_contact_sheet_of_an_imported_folder_shows_its_images(exported, tmp_path):
+    root, cfg = exported
+    res = CliRunner().invoke(app, ["render", "-p", "micro", "-s", f"out_dir={tmp_path}", "-s", "data.source=clevr_folder",
+                                   "-s", f"data.clevr_folder={root / 'clevr'}", "-s", "data.train_images=6",
+                                   "-s", "data.test_counts=[1, 2, 3]"])
+    assert res.exit_code == 0, res.output
+    (data_root,) = (tmp_path / "data").iterdir()
+    sheet = np.asarray(Image.open(data_root / "contact_sheet.png"))
+    assert np.array_equal(sheet, np.asarray(stored_contact_sheet(data_root, range(11), 8)))
+    assert not np.array_equal(sheet, np.asarray(data_contact_sheet(cfg)))  # not fresh renders

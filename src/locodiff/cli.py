@@ -145,7 +145,7 @@ def render(
     start = time.perf_counter()
     with fail_cleanly():
         root = build_dataset(cfg.data, out_dir, device=device, progress=True)
-        sheet = data_contact_sheet(cfg.data, device=device)
+        sheet = data_contact_sheet(cfg.data, device=device, root=root)
         with atomic_path(root / layout.CONTACT_SHEET) as tmp:
             sheet.save(tmp, format="PNG")
     d = cfg.data

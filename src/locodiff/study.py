@@ -114,7 +114,7 @@ def stage_data(cfg: StudyConfig, console: Console) -> Path:
     sheet = root / layout.CONTACT_SHEET
     if not sheet.exists():
         with atomic_path(sheet) as tmp:
-            data_contact_sheet(cfg.data).save(tmp, format="PNG")
+            data_contact_sheet(cfg.data, root=root).save(tmp, format="PNG")
     console.print(f"  data: {root}")
     return root
 

@@ -6,13 +6,15 @@ report stage can reuse it; ``data_contact_sheet`` renders fresh scenes of a ``Da
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from .dataset import DataConfig, SceneSource, shard_seed
+from ..errors import DataError
+from .dataset import DataConfig, SceneDataset, SceneSource, shard_seed
 
 LABEL_WIDTH = 44
 GAP = 2
@@ -58,10 +60,13 @@ def contact_sheet(
 
 def data_contact_sheet(
     cfg: DataConfig, counts: Sequence[int] | None = None, per_row: int = 8, seed: int | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = "cpu", root: Path | None = None,
 ) -> Image.Image:
-    """Fresh renders of ``cfg``'s scenes, one row per count (default 0..scene.max_objects)."""
+    """Fresh renders of ``cfg``'s scenes, one row per count (default 0..scene.max_objects); for a
+    data set read from a CLEVR folder, its stored images (``root``: the built cache)."""
     counts = list(range(min(cfg.scene.max_objects, 10) + 1)) if counts is None else list(counts)
+    if cfg.source == "clevr_folder":
+        return stored_contact_sheet(Path(root), counts, per_row)
     gen = torch.Generator().manual_seed(shard_seed(cfg.seed if seed is None else seed, "contact-sheet", 0))
     source = SceneSource(cfg, device)
     rows = []
@@ -69,3 +74,20 @@ def data_contact_sheet(
         batch = source.render(torch.full((per_row,), k), gen, slots=max(k, 1))
         rows.append(batch["images"])
     return contact_sheet(rows, [f"k = {k}" for k in counts])
+
+
+def stored_contact_sheet(root: Path, counts: Sequence[int], per_row: int) -> Image.Image:
+    """The first ``per_row`` stored images with each count (test split first, then train)."""
+    stored = []
+    for split in ("test", "train"):
+        try:
+            stored.append(SceneDataset(root, split))
+        except DataError:  # a split that was not built
+            continue
+    rows, labels = [], []
+    for k in counts:
+        images = torch.cat([d.tensors["images"][d.tensors["counts"] == k] for d in stored])[:per_row]
+        if len(images):
+            rows.append(images)
+            labels.append(f"k = {k}")
+    return contact_sheet(rows, labels)
