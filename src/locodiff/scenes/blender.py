@@ -7,7 +7,9 @@ each pixel centre), centres by projecting the 3-D centres with the same ``Camera
 runs unchanged. The scene is built from primitives by ``blender_worker.py``, run by a Python that
 has ``bpy`` (``pip install bpy``; it pins numpy < 2, so it may live in its own environment):
 ``$LOCODIFF_BLENDER_PYTHON``, else this Python when it can import bpy. The scenes are split over
-``workers`` processes, one render thread each; the same scenes give the same images on one machine.
+``workers`` processes, one render thread each, started at the first batch and kept (the stage —
+camera, lights, floor, materials — is built once per worker); the same scenes give the same images
+on one machine, however they are split.
 """
 
 from __future__ import annotations
@@ -94,15 +96,17 @@ class BlenderRenderer:
     def __call__(self, scenes: SceneBatch, with_masks: bool = True) -> RenderOutput:
         """Images, per-object masks, projected centres and visible pixel counts of a batch."""
         scenes = scenes.to("cpu")
-        parts = [list(range(scenes.batch_size))[w::self.workers] for w in range(self.workers)]
-        parts = [p for p in parts if p]
+        parts = [p for p in (list(range(scenes.batch_size))[w::self.workers] for w in range(self.workers)) if p]
         images = torch.zeros(scenes.batch_size, 3, self.resolution, self.resolution)
         ids = torch.zeros(scenes.batch_size, self.resolution, self.resolution, dtype=torch.long)
         with tempfile.TemporaryDirectory(prefix="locodiff-blender-") as tmp:
-            folders = [Path(tmp) / f"worker-{w}" for w in range(len(parts))]
-            procs = [self._start(scenes[torch.tensor(p)], folder) for p, folder in zip(parts, folders)]
-            for proc, folder, part in zip(procs, folders, parts):
-                self._finish(proc, folder)
+            folders = [Path(tmp) / f"part-{w}" for w in range(len(parts))]
+            for w, (part, folder) in enumerate(zip(parts, folders)):
+                folder.mkdir()
+                (folder / "job.json").write_text(json.dumps(self.job(scenes[torch.tensor(part)], folder)))
+                self._send(w, folder / "job.json")
+            for w, (part, folder) in enumerate(zip(parts, folders)):
+                self._receive(w, folder)
                 for i, b in enumerate(part):
                     images[b], ids[b] = self._read(folder, i)
         masks = ids[:, None] == (torch.arange(scenes.slots) + 1)[None, :, None, None]
@@ -113,18 +117,39 @@ class BlenderRenderer:
     def masks(self, scenes: SceneBatch) -> torch.Tensor:
         return self(scenes).masks
 
-    def _start(self, scenes: SceneBatch, folder: Path) -> subprocess.Popen:
-        folder.mkdir(parents=True)
-        (folder / "job.json").write_text(json.dumps(self.job(scenes, folder)))
-        with open(folder / "log.txt", "w") as log:  # the worker keeps its own copy of the file
-            return subprocess.Popen([self.python, str(WORKER), str(folder / "job.json")], stdout=log,
-                                    stderr=subprocess.STDOUT)
+    # ----- the worker processes: started at the first batch, kept until the renderer goes ------------
 
-    def _finish(self, proc: subprocess.Popen, folder: Path) -> None:
-        code = proc.wait()
-        if code != 0 or not (folder / "done.json").is_file():
-            tail = (folder / "log.txt").read_text()[-1500:]
-            raise DataError(f"the Blender worker failed (exit code {code}); its last output:\n{tail}")
+    def _send(self, w: int, job: Path) -> None:
+        if not hasattr(self, "_procs"):
+            self._logs = tempfile.TemporaryDirectory(prefix="locodiff-blender-logs-")
+            self._procs: list[subprocess.Popen] = []
+        while len(self._procs) <= w:
+            with open(Path(self._logs.name) / f"worker-{len(self._procs)}.txt", "w") as log:
+                self._procs.append(subprocess.Popen([self.python, str(WORKER), "--serve"], stdin=subprocess.PIPE,
+                                                    stdout=subprocess.PIPE, stderr=log, text=True))
+        self._procs[w].stdin.write(f"{job}\n")
+        self._procs[w].stdin.flush()
+
+    def _receive(self, w: int, folder: Path) -> None:
+        answer = self._procs[w].stdout.readline().strip()
+        if answer != "ok" or not (folder / "done.json").is_file():
+            tail = (Path(self._logs.name) / f"worker-{w}.txt").read_text()[-1500:]
+            self.close()
+            raise DataError(f"the Blender worker failed ({answer or 'it exited'}); its last output:\n{tail}")
+
+    def close(self) -> None:
+        """Stop the worker processes (they stop by themselves when this process ends)."""
+        for proc in getattr(self, "_procs", []):
+            if proc.stdin:
+                proc.stdin.close()
+            proc.wait(timeout=30)
+        self._procs = []
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to tidy
+            pass
 
     def _read(self, folder: Path, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         with Image.open(folder / f"rgb-{i}.png") as rgb, Image.open(folder / f"index-{i}.png") as index:

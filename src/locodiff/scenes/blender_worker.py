@@ -1,4 +1,5 @@
-"""Render CLEVR-like scenes with Blender's Cycles on the CPU: ``python blender_worker.py JOB.json``.
+"""Render CLEVR-like scenes with Blender's Cycles on the CPU: ``python blender_worker.py --serve``
+(job file paths on stdin, one answer line each) or ``python blender_worker.py JOB.json``.
 
 The Blender backend (``scenes/blender.py``) runs this file with a Python that has ``bpy`` (which
 may be another environment than locodiff's: bpy pins numpy < 2), so it uses the standard library
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -117,41 +119,93 @@ def render(bpy, scene, path: Path, samples: int, index: bool) -> None:
     bpy.ops.render.render(write_still=True)
 
 
-def main(job_path: str) -> None:
-    import bpy  # optional heavy dependency: only in the Python this file runs under
+class Stage:
+    """The fixed part of a job (render settings, camera, lights, floor) built once, and the
+    materials it reuses, so that a worker can render job after job without starting again."""
 
-    job = json.loads(Path(job_path).read_text())
-    out = Path(job["out"])
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    scene = bpy.context.scene
-    setup_render(bpy, scene, job)
-    setup_camera(bpy, scene, job["camera"])
-    setup_lights(bpy, scene, job["lights"])
-    bpy.ops.mesh.primitive_plane_add(size=200.0, location=(0.0, 0.0, 0.0))
-    floor = bpy.context.active_object
-    grey = job["lights"]["floor_albedo"]
-    floor_look, black = principled(bpy, "floor", (grey, grey, grey), False), emission(bpy, "black", 0.0)
-    looks: dict[tuple, object] = {}
-    for i, objects in enumerate(job["scenes"]):
+    SETTINGS = ("resolution", "samples", "camera", "lights")
+
+    def __init__(self, bpy, job: dict) -> None:
+        self.bpy, self.settings = bpy, {k: job[k] for k in self.SETTINGS}
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        self.scene = bpy.context.scene
+        setup_render(bpy, self.scene, job)
+        setup_camera(bpy, self.scene, job["camera"])
+        setup_lights(bpy, self.scene, job["lights"])
+        bpy.ops.mesh.primitive_plane_add(size=200.0, location=(0.0, 0.0, 0.0))
+        self.floor = bpy.context.active_object
+        grey = job["lights"]["floor_albedo"]
+        self.floor_look, self.black = principled(bpy, "floor", (grey, grey, grey), False), emission(bpy, "black", 0.0)
+        self.looks: dict[tuple, object] = {}
+        self.index_looks: dict[int, object] = {}
+
+    def fits(self, job: dict) -> bool:
+        return all(job[k] == self.settings[k] for k in self.SETTINGS)
+
+    def look(self, o: dict):
+        key = (tuple(o["color"]), o["material"])
+        if key not in self.looks:
+            self.looks[key] = principled(self.bpy, f"look-{len(self.looks)}", o["color"], o["material"] == "metal")
+        return self.looks[key]
+
+    def index_look(self, slot: int):
+        if slot not in self.index_looks:
+            self.index_looks[slot] = emission(self.bpy, f"index-{slot}", (slot + 1) / 255.0)
+        return self.index_looks[slot]
+
+    def render_scene(self, objects: list[dict], out: Path, i: int, samples: int) -> None:
+        """``rgb-i.png`` and ``index-i.png`` of one scene; its objects are removed afterwards."""
+        bpy, scene, background = self.bpy, self.scene, self.scene.world.node_tree.nodes["Background"]
         made = [add_object(bpy, o) for o in objects]
         for o, obj in zip(objects, made):
-            key = (tuple(o["color"]), o["material"])
-            if key not in looks:
-                looks[key] = principled(bpy, f"look-{len(looks)}", o["color"], o["material"] == "metal")
-            obj.data.materials.append(looks[key])
-        floor.data.materials.clear()
-        floor.data.materials.append(floor_look)
-        scene.world.node_tree.nodes["Background"].inputs["Strength"].default_value = 1.0
-        render(bpy, scene, out / f"rgb-{i}.png", job["samples"], index=False)
-        for slot, obj in zip((o["slot"] for o in objects), made):
-            obj.data.materials[0] = emission(bpy, f"index-{i}-{slot}", (slot + 1) / 255.0)
-        floor.data.materials[0] = black
-        scene.world.node_tree.nodes["Background"].inputs["Strength"].default_value = 0.0
+            obj.data.materials.append(self.look(o))
+        self.floor.data.materials.clear()
+        self.floor.data.materials.append(self.floor_look)
+        background.inputs["Strength"].default_value = 1.0
+        render(bpy, scene, out / f"rgb-{i}.png", samples, index=False)
+        for o, obj in zip(objects, made):
+            obj.data.materials[0] = self.index_look(o["slot"])
+        self.floor.data.materials[0] = self.black
+        background.inputs["Strength"].default_value = 0.0
         render(bpy, scene, out / f"index-{i}.png", 1, index=True)
-        for obj in made:
+        for obj in made:  # the object and its mesh: nothing accumulates over many jobs
+            mesh = obj.data
             bpy.data.objects.remove(obj, do_unlink=True)
+            bpy.data.meshes.remove(mesh)
+
+
+def run_job(bpy, stage: Stage | None, job_path: str) -> Stage:
+    job = json.loads(Path(job_path).read_text())
+    if stage is None or not stage.fits(job):
+        stage = Stage(bpy, job)
+    out = Path(job["out"])
+    for i, objects in enumerate(job["scenes"]):
+        stage.render_scene(objects, out, i, job["samples"])
     (out / "done.json").write_text(json.dumps({"scenes": len(job["scenes"])}))
+    return stage
+
+
+def serve() -> None:
+    """Render the job whose path each line of stdin names; answer "ok" (or "error: ...") on the
+    original stdout, one line per job. Blender's own messages go to stderr."""
+    import bpy  # optional heavy dependency: only in the Python this file runs under
+
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # Cycles prints to stdout; keep the answer channel clean
+    stage = None
+    for line in sys.stdin:
+        try:
+            stage = run_job(bpy, stage, line.strip())
+            answers.write("ok\n")
+        except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
+            answers.write(f"error: {type(e).__name__}: {e}\n".replace("\n", " ").rstrip() + "\n")
+        answers.flush()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1:] == ["--serve"]:
+        serve()
+    else:  # one job: python blender_worker.py JOB.json
+        import bpy
+
+        run_job(bpy, None, sys.argv[1])
