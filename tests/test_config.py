@@ -6,7 +6,7 @@ from typing import Literal
 import pytest
 
 from locodiff.config import ConfigError, config_hash, from_dict, merge, parse_set_option
-from locodiff.layout import dataset_root, eval_dir, legacy_eval_dir, probe_dir, run_identity, subject_dirs
+from locodiff.layout import ceiling_path, dataset_root, eval_dir, legacy_eval_dir, probe_dir, run_identity, subject_dirs
 from locodiff.study_config import load_study_config
 
 
@@ -54,7 +54,8 @@ def test_hash_is_sensitive():
 PINNED = {
     "quick": {"exp1": "4cf0b0819b48", "exp2": "b0d3ea6695d9", "exp3_local": "82ab5c84dfe8",
               "spatial": "152baf802097", "exp3_masked": "db92b603415b", "data": "3d2a507c791f",
-              "eval": "eval-05ab638d04bf", "legacy_eval": "eval-25406c4c7003", "locality": "locality-acd45ff20dec"},
+              "eval": "eval-05ab638d04bf", "legacy_eval": "eval-25406c4c7003", "locality": "locality-acd45ff20dec",
+              "ceiling": "ceiling-02edd6bd670f.json"},
     "micro": {"exp1": "37a69f6cc4fa", "exp2": "ae036167124a", "exp3_local": "e4548cdb4399",
               "exp1_combo": "56c27457a86b", "exp3_masked": "8a88e70a943a", "data": "1d4d8ad39afc"},
 }
@@ -80,13 +81,15 @@ def test_the_presets_folders_keep_their_names(preset):
     cfg = load_study_config(preset)
     pinned = PINNED[preset]
     folders = {name: folder.name.rsplit("-", 1)[1] for name, folder in subject_dirs(cfg).items()}
-    assert folders == {k: v for k, v in pinned.items() if k not in ("data", "eval", "legacy_eval", "locality")}
+    assert folders == {k: v for k, v in pinned.items() if k not in ("data", "eval", "legacy_eval", "locality", "ceiling")}
     assert dataset_root(cfg.data, cfg.out_dir).name == pinned["data"]
     if "eval" in pinned:
         assert eval_dir("run", cfg.evaluate, "ckpt-0000150016").name == pinned["eval"]
         # the name before the counts left the identity (2026-12-06): such folders are adopted
         assert legacy_eval_dir("run", cfg.evaluate, "ckpt-0000150016").name == pinned["legacy_eval"]
         assert probe_dir("run", cfg.locality, "ckpt-0000150016").name == pinned["locality"]
+        # the detector's ceiling, keyed by the whole data config: options added later leave it alone
+        assert ceiling_path(cfg).name == pinned["ceiling"]
 
 
 def test_set_option_and_merge():

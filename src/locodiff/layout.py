@@ -20,6 +20,8 @@ This module imports no stage: it reads configs by their fields, so any module ma
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -171,9 +173,19 @@ def detector_dir(cache: str | Path, key: str) -> Path:
     return Path(cache) / f"heatmap-{key}"
 
 
+def data_dict(data) -> dict:
+    """``to_dict`` of a data config without the options added later while they hold their default
+    (``IDENTITY_UNLESS_DEFAULT``), so that files keyed by the whole data config keep their names."""
+    out = to_dict(data)
+    for f in dataclasses.fields(data):
+        if f.metadata.get("identity") == "unless_default" and getattr(data, f.name) == f.default:
+            out.pop(f.name)
+    return out
+
+
 def ceiling_path(cfg: StudyConfig) -> Path:
     ev = cfg.evaluate
-    key = config_hash({"data": to_dict(cfg.data), "detector": ev.detector, "heatmap": to_dict(ev.heatmap),
+    key = config_hash({"data": data_dict(cfg.data), "detector": ev.detector, "heatmap": to_dict(ev.heatmap),
                        "counts": ev.counts, "per_count": ev.per_count, "min_separation": ev.min_separation,
                        "tolerance_px": ev.tolerance_px, "seed": ev.seed})
     return detector_cache(cfg) / f"ceiling-{key}.json"
