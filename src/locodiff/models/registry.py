@@ -8,6 +8,7 @@ count and how far a pixel's dependence reaches; ``conditioned_on(arch)`` what it
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable
 
 import torch
@@ -75,10 +76,12 @@ def as_denoiser(net: nn.Module) -> Denoiser:
     return inner.as_denoiser(None if inner is net else net)
 
 
+@lru_cache(maxsize=None)
 def forward_flops(cfg: ModelConfig) -> int:
     """Floating-point operations of one forward pass on one image with three conditioners, counted
     by torch's flop counter on a network built for the purpose (the global random stream is left
-    untouched): what a training image costs, up to a factor shared by the family."""
+    untouched): what a training image costs, up to a factor shared by the family. Cached: a
+    study asks for each model under every seed."""
     cfg = cfg.resolved()
     with torch.random.fork_rng(devices=[]):
         net = build_network(cfg)
