@@ -29,7 +29,7 @@ from ..errors import DataError
 from ..io import atomic_path, notice, sha256_file, write_json_atomic
 from . import vocab
 from .camera import Camera
-from .scene import SceneBatch
+from .scene import Scene, SceneBatch, SceneObject
 
 SCENES_FILE = "scenes.json"
 IMAGES_DIR = "images"
@@ -123,26 +123,28 @@ def read_scene(folder: Path, scene: dict, resolution: int) -> tuple[np.ndarray, 
     return pixels, objects, locations
 
 
+def scene_object(o: dict, where: str) -> SceneObject:
+    """A CLEVR object as a ``SceneObject`` (which checks the words), or one error naming ``where``."""
+    try:
+        x, y = (float(v) for v in o["3d_coords"][:2])
+        return SceneObject(o["shape"], o["color"], o["material"], o["size"], x, y,
+                           math.radians(float(o.get("rotation", 0.0))))
+    except (KeyError, TypeError, ValueError) as e:  # InputError is a ValueError
+        raise DataError(f"{where}: {e}") from None
+
+
 def scene_tensors(objects: list[list[dict]], locations: list[list[tuple[float, float]]], slots: int,
                   names: list[str]) -> dict[str, Tensor]:
     """The SceneBatch fields and centres of imported scenes (padded to ``slots``)."""
-    batch = SceneBatch.empty(len(objects), slots)
+    scenes = [Scene([scene_object(o, f"object {j} of the scene of {name}") for j, o in enumerate(objs)])
+              for objs, name in zip(objects, names)]
+    batch = SceneBatch.from_scenes(scenes, slots)
     centers = torch.zeros(len(objects), slots, 2)
-    for b, (objs, locs) in enumerate(zip(objects, locations)):
-        for j, (o, loc) in enumerate(zip(objs, locs)):
-            try:
-                for name, options in (("shape", vocab.SHAPES), ("color", vocab.COLOR_NAMES),
-                                      ("material", vocab.MATERIALS), ("size", vocab.SIZE_NAMES)):
-                    getattr(batch, name)[b, j] = vocab.index_of(name, o[name], options)
-                batch.positions[b, j] = torch.tensor([float(v) for v in o["3d_coords"][:2]])
-                batch.rotations[b, j] = math.radians(float(o.get("rotation", 0.0)))
-            except (KeyError, TypeError, ValueError) as e:
-                raise DataError(f"object {j} of the scene of {names[b]}: {e}") from None
-            batch.mask[b, j] = True
-            centers[b, j] = torch.tensor(loc)
-    counts = batch.mask.sum(1)
+    for b, locs in enumerate(locations):
+        if locs:
+            centers[b, : len(locs)] = torch.tensor(locs)
     return {**batch.tensors(), "centers": centers, "visible_pixels": torch.full((len(objects), slots), -1),
-            "counts": counts}
+            "counts": batch.mask.sum(1)}
 
 
 def select_splits(scenes: list[dict], train_counts: tuple[int, ...], train_images: int,
