@@ -498,29 +498,43 @@ def test_seeds_and_emergence_are_trained_cached_and_reported(tmp_path):
         EmergenceOptions(per_count=0)
 
 
-def test_training_jobs_start_by_predicted_cost():
-    """The quick preset's schedule: exp3_local trains 60k images to exp2's 100k, but each of its
-    images costs more than twice the FLOPs, so it starts before exp2 (by images it started last and
-    trained alone on one core for its last minutes)."""
-    from locodiff.models.registry import forward_flops
-    from locodiff.study import training_order
+def test_training_costs_are_measured_step_times_times_images_and_penalty(tmp_path):
+    """Each job's cost is its images left x a training image's seconds measured on this machine x
+    the locality penalty's extra passes: exp3_penalty has exp2's network and images, so it costs
+    exactly its penalty factor more; a half-trained run costs what it has left."""
+    from locodiff.study import training_costs
 
-    cfg = load_study_config("quick")
-    assert forward_flops(cfg.models["exp3_local"].model) > 2 * forward_flops(cfg.models["exp2"].model)
-    order = training_order(cfg, ["spatial", "exp2", "exp3_local", "detector", "exp1"])
-    assert order == ["detector", "exp1", "exp3_local", "exp2", "spatial"]
+    cfg = load_study_config("full", sets=[f"out_dir={tmp_path}"])
+    costs = training_costs(cfg)
+    factor = cfg.models["exp3_penalty"].train.locality.cost_factor()
+    assert factor > 1 and costs["exp3_penalty@s0"] == pytest.approx(factor * costs["exp2@s0"], rel=1e-12)
+    assert costs["exp2@s0"] == pytest.approx(costs["exp2@s1"], rel=1e-12)  # measured once per network
+    assert costs["detector"] > 0
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-def test_every_preset_can_be_scheduled(preset):
-    """Every model of every preset (the caption model and attribute models included) gets a
-    predicted cost, so the train stage can order its jobs."""
-    from locodiff.study import seeded_models, training_order
+def test_a_partly_trained_model_costs_what_it_has_left(finished):
+    """Extending a finished run (total_images is not part of its identity) costs the images added."""
+    from locodiff.models.registry import training_seconds_per_image
+    from locodiff.study import training_costs
 
-    cfg = load_study_config(preset)
-    keys = list(seeded_models(cfg)) + ["detector"]
-    order = training_order(cfg, keys)
-    assert order[0] == "detector" and sorted(order) == sorted(keys)
+    assert training_costs(finished) == {}
+    cfg = micro(finished.out_dir, "models.exp1.train.total_images=256")
+    costs = training_costs(cfg)
+    assert set(costs) == {"exp1"}  # the rest are trained, and so is the detector
+    assert costs["exp1"] == pytest.approx((256 - 64) * training_seconds_per_image(cfg.models["exp1"].model, 16))
+
+
+@pytest.mark.parametrize("preset", ["micro", "full", "paper"])
+def test_every_preset_can_be_scheduled(preset, tmp_path):
+    """Every model of a preset (the caption and attribute models included) and the detector get a
+    measured cost, so the train stage can order its jobs: in seconds, even for the paper preset's
+    networks (timed on a small batch)."""
+    from locodiff.study import seeded_models, training_costs
+
+    start = time.perf_counter()
+    costs = training_costs(load_study_config(preset, sets=[f"out_dir={tmp_path}"]))
+    assert sorted(costs) == sorted([*seeded_models(load_study_config(preset)), "detector"])
+    assert all(c > 0 for c in costs.values()) and time.perf_counter() - start < 60
 
 
 def _tensorboard(folder: Path) -> EventAccumulator:

@@ -7,6 +7,7 @@ import os
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -58,14 +59,26 @@ def cores() -> int:
     return os.cpu_count() or 1
 
 
-def matmul_gflops(size: int = 1024, repeats: int = 8) -> float:
-    """fp32 GFLOP/s of a square matrix multiply on the current threads (best of ``repeats``): the
-    rate the networks' FLOPs are measured against."""
+def matmul_gflops(size: int = 1024, repeats: int = 8, threads: int | None = None) -> float:
+    """fp32 GFLOP/s of a square matrix multiply on ``threads`` (the current ones by default; best of
+    ``repeats``): the rate the networks' FLOPs are measured against."""
     a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+    return 2 * size**3 / best_seconds(lambda: a @ b, repeats, threads) / 1e9
+
+
+def best_seconds(fn: Callable[[], object], repeats: int = 3, threads: int | None = None) -> float:
+    """Seconds of the fastest of ``repeats`` timed calls of ``fn`` after one untimed warm-up call, on
+    ``threads`` torch threads (the current ones by default). The fastest, because other load on the
+    machine only ever adds."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        fn()
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - start)
+        return best
+    finally:
+        torch.set_num_threads(previous)

@@ -22,7 +22,7 @@ from .config import config_hash, to_dict
 from .errors import ConfigError
 from .evaluate.config import EvalConfig
 from .evaluate.crowding import study_crowding
-from .evaluate.heatmap import detector_key
+from .evaluate.heatmap import detector_key, training_seconds_per_image as detector_seconds_per_image
 from .evaluate.runner import build_detector, evaluate_run
 from .evaluate.validation import ValidationSpec, validate_detector
 from .intervene.subject import subject_checkpoint, subject_checkpoints, write_intervention
@@ -31,7 +31,7 @@ from .io import atomic_path, read_jsonl, write_json_atomic
 from .jobs import Job, last_record, run_jobs, torch_threads
 from .locality.config import LocalityOptions
 from .locality.run import probe_complete, probe_run
-from .models.registry import forward_flops
+from .models.registry import forward_flops, training_seconds_per_image
 from .report import write_report
 from .scenes.dataset import SceneDataset, build_dataset
 from .scenes.figures import data_contact_sheet
@@ -41,6 +41,9 @@ from .train.config import RunConfig
 from .train.run import train_run
 
 STAGES = ("data", "train", "evaluate", "locality", "emergence", "report")
+# Timing a network for the schedule: at most this many images per step, and at most this many
+# FLOPs (a GPU preset's batch would take minutes on a laptop, and may not fit its memory).
+TIMED_BATCH, TIMED_FLOPS = 32, 20e9
 
 
 def images_trained(folder: Path) -> int:
@@ -126,19 +129,20 @@ def needs_detector_training(cfg: StudyConfig) -> bool:
     return not (folder / "detector.safetensors").is_file()
 
 
-def _detector_job(cfg: StudyConfig, threads: int) -> Job:
+def _detector_job(cfg: StudyConfig, threads: int, cost: float = 0.0) -> Job:
     folder = layout.detector_dir(layout.detector_cache(cfg), detector_key(cfg.data, cfg.evaluate.heatmap))
     return Job(_detector_worker, (cfg.data, cfg.evaluate, str(layout.detector_cache(cfg)), study_device(cfg), threads),
-               cfg.evaluate.heatmap.train_images, lambda: last_record(folder / "training_log.jsonl", "images_seen"))
+               cfg.evaluate.heatmap.train_images, lambda: last_record(folder / "training_log.jsonl", "images_seen"),
+               cost=cost)
 
 
 def stage_train(cfg: StudyConfig, data_root: Path, console: Console, with_detector: bool = False) -> None:
-    """Train every enabled model not yet finished, ``cfg.jobs`` at a time, with live progress.
-
-    With ``with_detector`` the evaluation's learned detector trains alongside when not cached.
-    """
+    """Train every enabled model not yet finished, ``cfg.jobs`` at a time and longest first, with
+    live progress. With ``with_detector`` the evaluation's learned detector trains alongside when
+    not cached."""
     models = seeded_models(cfg)
     threads = worker_threads(cfg)
+    costs = training_costs(cfg) if cfg.jobs > 1 else {}  # one at a time, the order changes nothing
     jobs: dict[str, Job] = {}
     for key, (sub, name) in models.items():
         folder = layout.run_dir(sub, name)
@@ -148,29 +152,46 @@ def stage_train(cfg: StudyConfig, data_root: Path, console: Console, with_detect
         jobs[key] = Job(_train_worker, (sub.run_config(name), str(folder), str(data_root), threads),
                         cfg.models[name].train.total_images,
                         lambda f=folder: last_record(f / layout.TRAIN_METRICS, "images_seen"),
-                        lambda f=folder: _loss_detail(f / layout.TRAIN_METRICS))
+                        lambda f=folder: _loss_detail(f / layout.TRAIN_METRICS), cost=costs.get(key, 0.0))
     if with_detector and needs_detector_training(cfg):
-        jobs["detector"] = _detector_job(cfg, threads)
-    jobs = {key: jobs[key] for key in training_order(cfg, jobs)}
+        jobs["detector"] = _detector_job(cfg, threads, cost=costs.get("detector", 0.0))
     for name, info in run_jobs(jobs, cfg.jobs, console).items():
         if name in models:
             console.print(f"  {name}: {info['images_seen']} images in {info['wall_s']:.0f} s "
                           f"({info['images_per_s']:.0f} img/s), final loss {info['final_loss']:.4f}")
 
 
-def training_order(cfg: StudyConfig, keys) -> list[str]:
-    """The detector first (slower per image than any model here), then the models by predicted
-    cost, most expensive first: images x forward FLOPs per image x the penalty's extra passes. So
-    the slowest job does not start last and leave a core idle at the end of the stage (ordering by
-    images alone started a half-as-fast network last)."""
-    models = seeded_models(cfg)
-    flops = {name: forward_flops(cfg.models[name].model) for name in {models[k][1] for k in keys if k in models}}
+def training_costs(cfg: StudyConfig) -> dict[str, float]:
+    """Core-seconds each unfinished training job needs on this machine: the images it has left
+    times a training image's seconds measured now on one thread, times the locality penalty's
+    extra passes; the detector's too when it is not trained yet. What the train stage orders its
+    jobs by (longest first, so the last to finish does not start late) and ``predict`` sums."""
+    costs = {}
+    for key, (sub, name) in seeded_models(cfg).items():
+        train = sub.models[name].train
+        left = train.total_images - images_trained(layout.run_dir(sub, name))
+        if left > 0:
+            model = sub.models[name].model
+            batch = max(1, min(train.batch_size, TIMED_BATCH, int(TIMED_FLOPS // (3 * forward_flops(model)))))
+            costs[key] = left * training_seconds_per_image(model, batch) * train.locality.cost_factor()
+    if needs_detector_training(cfg):
+        heat = cfg.evaluate.heatmap
+        costs["detector"] = heat.train_images * detector_seconds_per_image(heat)
+    return costs
 
-    def cost(key: str) -> float:
-        spec = cfg.models[models[key][1]]
-        return spec.train.total_images * flops[models[key][1]] * spec.train.locality.cost_factor()
 
-    return sorted(keys, key=lambda key: (key != "detector", -cost(key) if key != "detector" else 0.0))
+def sampling_costs(cfg: StudyConfig, counts: Sequence[int]) -> dict[str, float]:
+    """Forward FLOPs of one sampler pass of every subject at the object ``counts`` (a masked
+    composition runs its base model k + 1 times at k objects): what orders the evaluation and
+    probe jobs, whose number of passes is the same for every subject."""
+    per_k = sum(k + 1 for k in counts) / max(1, len(counts))
+    costs = {}
+    for seed, sub in cfg.per_seed().items():
+        for name in sub.enabled_models():
+            costs[layout.seeded_name(name, seed, cfg)] = forward_flops(sub.models[name].model)
+        for name, spec in sub.enabled_interventions().items():
+            costs[layout.seeded_name(name, seed, cfg)] = per_k * forward_flops(sub.models[spec.base].model)
+    return costs
 
 
 def _loss_detail(metrics: Path) -> str:
@@ -186,6 +207,7 @@ def stage_evaluate(cfg: StudyConfig, console: Console) -> None:
     runs = prepare_subjects(cfg)
     write_detector_ceiling(cfg)
     write_crowding(cfg)
+    costs = sampling_costs(cfg, ev.counts)
     jobs = {}
     for name, (_, folder) in runs.items():
         out = layout.eval_dir(folder, ev, subject_checkpoint(folder).name)
@@ -194,7 +216,8 @@ def stage_evaluate(cfg: StudyConfig, console: Console) -> None:
             continue
         jobs[name] = Job(_eval_worker, (str(folder), ev, str(layout.detector_cache(cfg)), study_device(cfg),
                                         worker_threads(cfg)),
-                         ev.per_count * len(ev.counts), lambda o=out: _lines(o / layout.EVAL_RECORDS))
+                         ev.per_count * len(ev.counts), lambda o=out: _lines(o / layout.EVAL_RECORDS),
+                         cost=costs.get(name, 0.0))
     run_jobs(jobs, cfg.jobs, console)
 
 
@@ -227,13 +250,15 @@ def write_crowding(cfg: StudyConfig) -> Path:
 
 def stage_locality(cfg: StudyConfig, data_root: Path, console: Console) -> None:
     """Jacobian locality probe of every trained model (cached per checkpoint and options)."""
+    costs = sampling_costs(cfg, cfg.locality.extrapolation.counts or cfg.locality.counts)
     jobs = {}
     for name, (seed, folder) in prepare_subjects(cfg).items():
         out = layout.probe_dir(folder, cfg.locality, subject_checkpoint(folder).name)
         if probe_complete(out):
             console.print(f"  {name}: probed already ({out.name})")
             continue
-        jobs[name] = Job(_locality_worker, (str(folder), str(data_root), cfg.locality, seed, worker_threads(cfg)))
+        jobs[name] = Job(_locality_worker, (str(folder), str(data_root), cfg.locality, seed, worker_threads(cfg)),
+                         cost=costs.get(name, 0.0))
     run_jobs(jobs, cfg.jobs, console)
 
 

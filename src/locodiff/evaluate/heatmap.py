@@ -33,6 +33,7 @@ import shutil
 import math
 import time
 from dataclasses import asdict, replace
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,7 @@ from torch import Tensor, nn
 
 from ..conditioning import pixel_centers
 from ..config import config_hash, to_dict
+from ..hardware import best_seconds
 from ..io import append_jsonl, atomic_path, notice, write_json_atomic
 from ..layout import DETECTOR_VERSION
 from ..progress import progress_bar
@@ -91,6 +93,17 @@ class HeatmapNet(nn.Module):
         u = self.dec2(torch.cat([F.interpolate(z, size=m.shape[-2:]), m], 1))
         u = self.dec1(torch.cat([F.interpolate(u, size=a.shape[-2:]), a], 1))
         return self.head(u)
+
+
+@lru_cache(maxsize=None)
+def training_seconds_per_image(heat: HeatmapConfig) -> float:
+    """Seconds one training image of the detector network takes on one thread, measured now:
+    forward and backward at the working resolution (the scenes' rendering, a few per cent of it
+    at the quick preset's sizes, is not counted). The study's schedule orders jobs by this."""
+    with torch.random.fork_rng(devices=[]):
+        net = HeatmapNet(heat.width)
+    images = torch.rand(heat.batch_size, 3, heat.work_resolution, heat.work_resolution)
+    return best_seconds(lambda: net(images).square().mean().backward(), repeats=2, threads=1) / heat.batch_size
 
 
 def resize(images: Tensor, side: int) -> Tensor:

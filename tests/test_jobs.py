@@ -1,0 +1,30 @@
+"""The job runner: jobs start longest first, with one worker or several."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from helpers.timed_jobs import sleep_and_time
+from locodiff.jobs import Job, run_jobs
+
+
+def quiet() -> Console:
+    return Console(quiet=True)
+
+
+def test_one_worker_runs_the_costliest_job_first():
+    ran: list[str] = []
+    jobs = {name: Job(ran.append, (name,), cost=cost)
+            for name, cost in [("cheap", 1.0), ("dear", 9.0), ("middling", 4.0), ("also_cheap", 1.0)]}
+    run_jobs(jobs, 1, quiet())
+    assert ran == ["dear", "middling", "cheap", "also_cheap"]  # equal costs keep the given order
+
+
+def test_two_workers_start_the_two_longest_and_the_shortest_waits():
+    """Given in the worst order (shortest first), the two longest start at once; the shortest
+    starts only when the shorter of those has finished."""
+    jobs = {name: Job(sleep_and_time, (seconds,), cost=seconds)
+            for name, seconds in [("short", 0.2), ("middle", 1.0), ("long", 2.0)]}
+    times = run_jobs(jobs, 2, quiet())
+    assert times["short"][0] >= times["middle"][1] - 0.05
+    assert times["long"][0] < times["middle"][1] and times["middle"][0] < times["long"][1]
