@@ -126,6 +126,11 @@ class _Run:
         # forward-mode AD through GroupNorm fails on channels-last tensors in torch 2.13, and the
         # analysis tools build their networks afresh (contiguous) from the saved weights.
         network.to(memory_format=torch.channels_last)
+        # Not the fused AdamW kernel, though it is faster (one AVX2 Zen 3 core: the quick exp1
+        # network's optimizer step 7.8 -> 1.5 ms, +2.6 % images/s): in torch 2.13 on CPU it pairs a
+        # channels-last weight with its moments by memory order, and moments loaded from a checkpoint
+        # are contiguous, so a resumed run took wrong steps (tests/test_train.py's resume test caught
+        # it; one step at lr 0.1 moved a weight by 0.17 from the right value).
         opt = torch.optim.AdamW(network.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
         ema = EMA(network, cfg.ema_halflife_images)
         images_seen = step = 0
