@@ -2,6 +2,7 @@
 
     python benchmarks/train.py                          # defaults: batch 64, 2 threads, < 2 min
     python benchmarks/train.py --sizes 32 --dtypes bf16 --steps 4
+    python benchmarks/train.py --only-preset --profile   # the quick networks: rates and profiles
 
 One training step = EDM loss (log-normal sigma, preconditioned target) + backward + AdamW step,
 on random images with random conditionings of 1-3 locations.
@@ -13,12 +14,17 @@ on random images with random conditionings of 1-3 locations.
    timed in alternating rounds so that load from other processes hits both alike; the ratio of
    the medians is printed (target: locodiff >= 1.0x).
 2. Each locodiff architecture at each image size, fp32 and bf16 autocast.
-3. The networks of a preset (``--preset quick`` by default), exactly as the study builds them, at
+3. The networks of a preset (``--preset quick`` by default), exactly as the study builds them
+   (channels-last, as training runs them), at
    the preset's batch size on one thread (the study trains one model per core): images/s,
    FLOPs per image (forward + backward, ``torch.utils.flop_counter``), GFLOP/s, and that as a
    fraction of this core's fp32 matrix-multiply rate measured in the same run (a practical
    peak; the AVX2 FMA peak of a ~3 GHz Zen 3 core is ~96 GFLOP/s). Last, the preset's
    training time predicted from these rates, so a user can size their own run.
+
+4. With ``--profile``: where each of those networks' training step spends its time (torch.profiler
+   self time grouped: convolutions, matrix multiplies, GroupNorm/LayerNorm, softmax, activations,
+   optimizer, layout copies, other). ``--only-preset`` skips parts 1 and 2.
 
 On a shared machine absolute numbers are noisy; the ratios measured in the same run are what to
 compare. When the machine is oversubscribed (load above the core count), OpenMP threads that
@@ -38,6 +44,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -186,6 +193,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-diffusers", action="store_true")
     p.add_argument("--preset", default="quick", help="preset whose networks part 3 times ('' to skip)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", action="store_true", help="part 4: where each preset network's step spends its time")
+    p.add_argument("--only-preset", action="store_true", help="skip parts 1 and 2")
     return p.parse_args(argv)
 
 
@@ -258,7 +267,7 @@ def preset_table(args: argparse.Namespace) -> None:
     core_minutes = 0.0
     for name, spec in cfg.enabled_models().items():
         torch.manual_seed(args.seed)
-        net = build_network(spec.model)
+        net = build_network(spec.model).to(memory_format=torch.channels_last)  # as training runs it
         flops = flops_per_image(net, size, batch, args.seed)
         ips = images_per_second({name: make_step(net, size, batch, False, args.seed)}, batch,
                                 args.warmup, max(args.steps, 4), 1)[name]
@@ -272,6 +281,48 @@ def preset_table(args: argparse.Namespace) -> None:
     torch.set_num_threads(previous)
 
 
+# Where a training step's time goes: torch.profiler's self time per operator, in these groups
+# (first match wins; the rest is "other": element-wise arithmetic, reductions, dispatch).
+OP_GROUPS = {
+    "conv": ("convolution",),
+    "matmul": ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"),
+    "norm": ("group_norm", "layer_norm"),
+    "softmax": ("softmax",),
+    "activation": ("silu", "gelu"),
+    "optimizer": ("_foreach", "Optimizer."),
+    "layout": ("copy", "contiguous", "clone", "permute", "pixel_shuffle", "pixel_unshuffle", "aten::cat",
+               "aten::index", "as_strided"),
+}
+
+
+def op_group(name: str) -> str:
+    return next((group for group, keys in OP_GROUPS.items() if any(k in name for k in keys)), "other")
+
+
+def profile_table(args: argparse.Namespace) -> None:
+    """Part 4: each preset network's training step under torch.profiler, self time per group."""
+    cfg = load_study_config(args.preset)
+    size, batch = cfg.data.resolution, cfg.train.batch_size
+    print(f"[4] preset {args.preset!r}: where a training step's time goes (torch.profiler self CPU time, "
+          f"{max(args.steps, 4)} steps, batch {batch}, 1 thread)")
+    print(f"    {'model':<14}" + "".join(f"{g:>11}" for g in [*OP_GROUPS, "other"]))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for name, spec in cfg.enabled_models().items():
+        torch.manual_seed(args.seed)
+        step = make_step(build_network(spec.model).to(memory_format=torch.channels_last), size, batch, False, args.seed)
+        step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(max(args.steps, 4)):
+                step()
+        totals = {g: 0.0 for g in [*OP_GROUPS, "other"]}
+        for event in prof.key_averages():
+            totals[op_group(event.key)] += event.self_cpu_time_total
+        whole = sum(totals.values())
+        print(f"    {name:<14}" + "".join(f"{v / whole:11.0%}" for v in totals.values()), flush=True)
+    torch.set_num_threads(previous)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -281,11 +332,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads > 1 and load > cores:
         print(f"warning: load average {load:.1f} on {cores} cores: other processes compete for the "
               f"cores, so {args.threads}-thread timings will be erratic (try --threads 1)")
-    if not args.skip_diffusers:
-        compare_with_diffusers(args)
-    throughput_table(args)
+    if not args.only_preset:
+        if not args.skip_diffusers:
+            compare_with_diffusers(args)
+        throughput_table(args)
     if args.preset:
         preset_table(args)
+    if args.preset and args.profile:
+        profile_table(args)
     print(f"total {time.perf_counter() - start:.0f} s")
 
 

@@ -108,7 +108,7 @@ def test_presets_load_and_unknown_preset_errors():
     # full extends quick: the same canvas, training defaults and models, plus three more
     assert full.data == quick.data and full.train == quick.train and full.evaluate == quick.evaluate
     assert list(full.models)[: len(quick.models)] == list(quick.models)
-    assert {"exp3_penalty", "exp1_color", "exp1_combo"} <= set(full.models) - set(quick.models)
+    assert {"exp3_compose_late", "exp1_color", "exp1_combo", "text", "text_free"} <= set(full.models) - set(quick.models)
     # full's versions of quick's models keep more checkpoints (not part of a run's identity), so
     # full trains nothing that a finished quick run has (its seed 0)
     assert all(run_identity(full.per_seed()[0].run_config(n)) == run_identity(quick.run_config(n)) for n in quick.models)

@@ -1,7 +1,8 @@
 """The cost prediction: its scheduling arithmetic, and a fresh study predicts work in every
 predicted stage (a finished one predicts none: tests/test_study.py)."""
 
-from locodiff.predict import longest_first_makespan, predict
+from locodiff.jobs import longest_first_makespan
+from locodiff.predict import predict
 from locodiff.study import STAGES
 from locodiff.study_config import load_study_config
 

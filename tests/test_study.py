@@ -33,6 +33,9 @@ from locodiff.study import run_study
 from locodiff.study_config import PRESETS, load_study_config
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def micro(tmp_path, *sets):
     return load_study_config("micro", sets=[f"out_dir={tmp_path}", "jobs=1", *sets])
 
@@ -382,15 +385,41 @@ def test_progress_line_for_logs_names_each_running_job():
     from locodiff.jobs import Job, progress_line
 
     jobs = {"exp1": Job(print, (), total=200, poll=lambda: 50), "exp2": Job(print, (), total=10, poll=lambda: 10),
-            "broken": Job(print, (), total=4, poll=lambda: int("x"))}
-    line = progress_line(jobs, {"exp1", "broken"})
-    assert "exp1 50/200 (25%)" in line and "broken 0/4 (0%)" in line and "exp2" not in line
-    assert "] 1/3 done; " in line  # how far the stage is as a whole
+            "queued": Job(print, (), total=4, poll=lambda: 0), "broken": Job(print, (), total=4, poll=lambda: int("x"))}
+    line = progress_line(jobs, {"exp1", "broken", "queued"})
+    assert "exp1 50/200 (25%)" in line and "broken" not in line and "exp2" not in line
+    assert "] 1/4 done, 1 running, 2 queued; " in line  # how far the stage is as a whole
+    assert "ETA" not in line  # nothing has moved yet
     # 30 units in the 60 s since the start: 0.5/s, 300 s for the 150 left; the detail follows
     jobs["exp1"].detail = lambda: "loss 0.0412"
     started = {"exp1": (time.monotonic() - 60, 20)}
     line = progress_line(jobs, {"exp1"}, started)
     assert "exp1 50/200 (25%, 0.5/s, ETA 5m00s, loss 0.0412)" in line
+
+
+def test_the_stage_eta_counts_queued_jobs_at_the_moving_jobs_pace():
+    """exp1 moves at 0.5/s: its 180 units from the start take 360 s for a cost of 36, 10 s per unit
+    of cost; the queued jobs of cost 12 and 30 then take 120 s and 300 s. On two workers: exp1's
+    300 s left, then the 300 s job beside it and the 120 s job after the shorter: 420 s."""
+    from locodiff.jobs import Job, progress_line
+
+    jobs = {"exp1": Job(print, (), total=200, poll=lambda: 50, cost=36.0),
+            "small": Job(print, (), total=8, poll=lambda: 0, cost=12.0),
+            "large": Job(print, (), total=8, poll=lambda: 0, cost=30.0)}
+    started = {"exp1": (time.monotonic() - 60, 20)}
+    assert "stage ETA ~7m00s" in progress_line(jobs, set(jobs), started, workers=2)
+    assert "stage ETA ~12m00s" in progress_line(jobs, set(jobs), started, workers=1)
+    jobs["large"].cost = 0.0  # a job of unknown cost: no stage ETA rather than a wrong one
+    assert "stage ETA" not in progress_line(jobs, set(jobs), started, workers=2)
+
+
+def test_each_stage_starts_by_saying_where_the_study_stands():
+    from locodiff.study import outlook
+
+    stages, predicted = ["data", "train", "evaluate", "locality", "report"], {"data": 15, "train": 1800, "evaluate": 180}
+    assert outlook("train", stages, predicted, 20.0) == (
+        "  study: 20s so far; predicted ~30m00s for train, ~3m00s for the stages after it (locality, report not predicted)")
+    assert outlook("report", stages, predicted, 4000.0) == "  study: 1h06m so far; report not predicted"
 
 
 def test_claims_are_judged_from_recall_and_name_their_numbers(tmp_path):
@@ -464,9 +493,9 @@ def test_seeds_and_emergence_are_trained_cached_and_reported(tmp_path):
 
     cfg = micro(tmp_path, "seeds=[0, 1]", 'emergence.models=["exp2"]', "emergence.counts=[1, 2]",
                 "emergence.per_count=2", "models.exp1.enabled=false", "models.exp1_combo.enabled=false",
-                "models.exp3_local.enabled=false")
+                "models.exp3_local.seeds=[1]")
     run_study(cfg, console=quiet())
-    assert set(seeded_subject_dirs(cfg)) == {"exp2@s0", "exp2@s1", "exp3_masked@s0", "exp3_masked@s1"}
+    assert set(seeded_subject_dirs(cfg)) == {"exp2@s0", "exp2@s1", "exp3_masked@s0", "exp3_masked@s1", "exp3_local@s1"}
     folders = [run_dir(cfg.per_seed()[s], "exp2") for s in (0, 1)]
     assert folders[0] != folders[1]
     weights = [(list_checkpoints(f)[-1] / "model.safetensors").read_bytes() for f in folders]
@@ -487,15 +516,27 @@ def test_seeds_and_emergence_are_trained_cached_and_reported(tmp_path):
     run_study(cfg, console=quiet())  # everything cached: nothing retrained or re-measured
     assert stamps == {p: p.stat().st_mtime_ns for f in folders for p in f.rglob("*.safetensors")}
     md = (Path(cfg.out_dir) / "report" / "report.md").read_text()
-    assert "## Seeds" in md and re.search(r"\| exp2 \| 2 \| ", md)
+    assert "## Seeds" in md and re.search(r"\| exp2 \| 2 \| ", md) and re.search(r"\| exp3_local \| 1 \| ", md)
     assert "## Locality over training" in md and "**exp2@s0**" in md and "**exp2@s1**" in md
     assert (Path(cfg.out_dir) / "report" / "figures" / "emergence.png").is_file()
     with pytest.raises(ConfigError, match="emergence.models"):
         micro(tmp_path, 'emergence.models=["nope"]')
     with pytest.raises(ConfigError, match="distinct"):
         micro(tmp_path, "seeds=[1, 1]")
+    with pytest.raises(ConfigError, match=r"models.exp2.seeds=\[2\]"):
+        micro(tmp_path, "seeds=[0, 1]", "models.exp2.seeds=[2]")
     with pytest.raises(ConfigError, match="per_count"):
         EmergenceOptions(per_count=0)
+
+
+def test_a_model_limited_to_some_seeds_takes_its_interventions_with_it(tmp_path):
+    from locodiff.layout import seeded_subject_dirs
+    from locodiff.study import seeded_models
+
+    cfg = micro(tmp_path, "seeds=[0, 1]", "models.exp2.seeds=[1]", "models.exp1_combo.seeds=[0]")
+    assert set(seeded_models(cfg)) == {"exp1@s0", "exp1@s1", "exp2@s1", "exp3_local@s0", "exp3_local@s1",
+                                       "exp1_combo@s0"}
+    assert {k for k in seeded_subject_dirs(cfg) if k.startswith("exp3_masked")} == {"exp3_masked@s1"}
 
 
 def test_training_costs_are_measured_step_times_times_images_and_penalty(tmp_path):
@@ -504,7 +545,7 @@ def test_training_costs_are_measured_step_times_times_images_and_penalty(tmp_pat
     exactly its penalty factor more; a half-trained run costs what it has left."""
     from locodiff.study import training_costs
 
-    cfg = load_study_config("full", sets=[f"out_dir={tmp_path}"])
+    cfg = load_study_config("quick", ROOT / "examples" / "trained_in.toml", [f"out_dir={tmp_path}", "seeds=[0, 1]"])
     costs = training_costs(cfg)
     factor = cfg.models["exp3_penalty"].train.locality.cost_factor()
     assert factor > 1 and costs["exp3_penalty@s0"] == pytest.approx(factor * costs["exp2@s0"], rel=1e-12)

@@ -505,7 +505,7 @@ def study(
         raise typer.Exit(0)
     with fail_cleanly():
         try:
-            result = run_study(cfg, only.split(",") if only else None)
+            result = run_study(cfg, only.split(",") if only else None, predicted=prediction.seconds)
         except KeyboardInterrupt:
             typer.secho("interrupted: finished work is kept; run the same command again to resume",
                         fg=typer.colors.YELLOW, err=True)

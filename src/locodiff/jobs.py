@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import signal
+import statistics
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -71,7 +72,7 @@ def run_jobs(jobs: dict[str, Job], workers: int, console: Console) -> dict[str, 
         while pending:
             time.sleep(0.5)
             if not console.is_terminal and time.monotonic() - last_line >= LOG_EVERY_S:
-                console.print(progress_line(jobs, pending, started))  # a log file gets no live bars
+                console.print(progress_line(jobs, pending, started, workers))  # a log file gets no live bars
                 last_line = time.monotonic()
             for n in sorted(pending):
                 done = _poll(jobs[n])
@@ -122,27 +123,48 @@ def _stop_workers_on_interrupt(pool):
 
 
 def progress_line(jobs: dict[str, Job], pending: set[str],
-                  started: dict[str, tuple[float, int]] | None = None) -> str:
-    """``  [12:03:04] 1/3 done; exp1 65536/150000 (44%, 221/s, ETA 6m20s, loss 0.0412), exp2 0/100000 (0%)``:
-    how many of the stage's jobs are done, then every unfinished job's progress; rate and ETA once
-    it has moved since ``started`` (``{name: (monotonic time, units done)}``)."""
-    parts = []
-    now = time.monotonic()
+                  started: dict[str, tuple[float, int]] | None = None, workers: int = 1) -> str:
+    """``  [12:03:04] 1/5 done, 2 running, 2 queued, stage ETA ~24m10s; exp1 65536/150000 (44%, 221/s,
+    ETA 6m20s, loss 0.0412), exp2 ...``: how far the stage is as a whole, then each started job's
+    progress, with rate and ETA once it has moved since ``started`` (``{name: (monotonic time,
+    units done then)}``). The stage's ETA is ``workers`` filled longest first with what every job
+    has left: a moving job's at its own rate, a queued job's from its ``cost`` at the seconds per
+    unit of cost the moving jobs show (none until one has moved)."""
+    now, started = time.monotonic(), started or {}
+    parts, left, seconds_per_cost = [], {}, []
     for n in sorted(pending):
         job = jobs[n]
         done, total = _poll(job), job.total
+        t0, done0 = started.get(n, (now, done))
         facts = [f"{done / max(total, 1):.0%}"]
-        t0, done0 = (started or {}).get(n, (now, done))
         if done > done0 and now > t0:
             rate = (done - done0) / (now - t0)
-            facts += [f"{rate:.3g}/s", f"ETA {duration((total - done) / rate)}"]
+            left[n] = (total - done) / rate
+            facts += [f"{rate:.3g}/s", f"ETA {duration(left[n])}"]
+            if job.cost > 0:
+                seconds_per_cost.append((total - done0) / rate / job.cost)
         if job.detail is not None:
             try:
                 facts.append(job.detail())
             except (OSError, ValueError, KeyError):
                 pass
-        parts.append(f"{n} {done}/{total} ({', '.join(f for f in facts if f)})")
-    return f"  [{time.strftime('%H:%M:%S')}] {len(jobs) - len(pending)}/{len(jobs)} done; " + ", ".join(parts)
+        if done > 0 or n in left:
+            parts.append(f"{n} {done}/{total} ({', '.join(f for f in facts if f)})")
+    queued = len(pending) - len(parts)
+    head = f"{len(jobs) - len(pending)}/{len(jobs)} done, {len(parts)} running, {queued} queued"
+    if seconds_per_cost and all(n in left or jobs[n].cost > 0 for n in pending):
+        rate = statistics.median(seconds_per_cost)
+        eta = longest_first_makespan([left.get(n, rate * jobs[n].cost) for n in pending], workers)
+        head += f", stage ETA ~{duration(eta)}"
+    return f"  [{time.strftime('%H:%M:%S')}] {head}; " + ", ".join(parts)
+
+
+def longest_first_makespan(costs: list[float], workers: int) -> float:
+    """Wall time of jobs of the given costs run ``workers`` at a time, longest first."""
+    loads = [0.0] * max(1, workers)
+    for cost in sorted(costs, reverse=True):
+        loads[loads.index(min(loads))] += cost
+    return max(loads)
 
 
 def _poll(job: Job) -> int:

@@ -156,7 +156,7 @@ def emergence_runs(cfg: StudyConfig) -> dict[str, tuple[int, Path]]:
     """The runs whose checkpoints the emergence stage follows (its enabled models): ``seeded_name``
     -> (seed, folder)."""
     return {seeded_name(name, seed, cfg): (seed, run_dir(sub, name)) for seed, sub in cfg.per_seed().items()
-            for name in cfg.emergence.models if cfg.models[name].enabled}
+            for name in cfg.emergence.models if sub.models[name].enabled}
 
 
 def dataset_root(data: Any, out_dir: str | Path) -> Path:

@@ -27,6 +27,7 @@ import torch
 
 from . import layout
 from .hardware import cores, matmul_gflops
+from .jobs import longest_first_makespan
 from .intervene.subject import subject_checkpoint
 from .scenes.dataset import SceneSource
 from .study import sampling_costs, study_device, training_costs
@@ -51,14 +52,6 @@ class Prediction:
 
 def duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
-def longest_first_makespan(costs: list[float], workers: int) -> float:
-    """Wall time of jobs of the given costs run ``workers`` at a time, longest first."""
-    loads = [0.0] * max(1, workers)
-    for cost in sorted(costs, reverse=True):
-        loads[loads.index(min(loads))] += cost
-    return max(loads)
 
 
 def render_rate(cfg: StudyConfig, images: int = 64) -> float:

@@ -31,6 +31,7 @@ from .io import atomic_path, read_jsonl, write_json_atomic
 from .jobs import Job, last_record, run_jobs, torch_threads
 from .locality.config import LocalityOptions
 from .locality.run import probe_complete, probe_run
+from .progress import duration
 from .models.registry import forward_flops, training_seconds_per_image
 from .report import write_report
 from .scenes.dataset import SceneDataset, build_dataset
@@ -58,7 +59,7 @@ def is_trained(cfg: StudyConfig, name: str) -> bool:
 def seeded_models(cfg: StudyConfig) -> dict[str, tuple[StudyConfig, str]]:
     """Every model the study trains, under every seed: ``seeded_name`` -> (that seed's config, name)."""
     return {layout.seeded_name(name, seed, cfg): (sub, name)
-            for seed, sub in cfg.per_seed().items() for name in cfg.enabled_models()}
+            for seed, sub in cfg.per_seed().items() for name in sub.enabled_models()}
 
 
 def worker_threads(cfg: StudyConfig) -> int:
@@ -341,10 +342,26 @@ class StudyResult:
     runs: dict[str, Path]
 
 
+def outlook(stage: str, stages: Sequence[str], predicted: dict[str, float], elapsed: float) -> str:
+    """``  study: 12m04s so far; predicted ~31m00s for train, ~3m10s for the stages after it (locality,
+    emergence, report not predicted)``: where a long study stands, said as each stage starts."""
+    after = list(stages[list(stages).index(stage) + 1:])
+    line = f"  study: {duration(elapsed)} so far; " + (
+        f"predicted ~{duration(predicted[stage])} for {stage}" if stage in predicted else f"{stage} not predicted")
+    if after:
+        unknown = [s for s in after if s not in predicted]
+        line += f", ~{duration(sum(predicted.get(s, 0.0) for s in after))} for the stages after it"
+        line += f" ({', '.join(unknown)} not predicted)" if unknown else ""
+    return line
+
+
 def run_study(
     cfg: StudyConfig, only: Sequence[str] | None = None, console: Console | None = None,
+    predicted: dict[str, float] | None = None,
 ) -> StudyResult:
-    """Run the stages in order (or just ``only``), skipping whatever is already done."""
+    """Run the stages in order (or just ``only``), skipping whatever is already done; with
+    ``predicted`` (seconds per stage, ``locodiff.predict``) each stage starts by saying where the
+    study stands."""
     console = console or Console()
     only = list(only or STAGES)
     unknown = [s for s in only if s not in STAGES]
@@ -369,6 +386,8 @@ def run_study(
         if stage not in only:
             continue
         console.rule(f"[bold]stage {i + 1}/{len(STAGES)}: {stage}")
+        if predicted is not None:
+            console.print(outlook(stage, [s for s in STAGES if s in only], predicted, sum(seconds.values())))
         start, busy = time.perf_counter(), busy_core_seconds()
         stage_fns[stage]()
         seconds[stage] = time.perf_counter() - start

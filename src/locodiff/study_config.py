@@ -40,6 +40,9 @@ class ModelSpec:
     enabled: bool = True  # skip this model without deleting its section
     description: str = ""  # one line for the report
     holdout_combos: tuple[tuple[str, str], ...] = ()  # (shape, colour) pairs never shown in training
+    # train it under these of the study's seeds only (empty: every seed); a preset spends its seeds
+    # on the models whose claims are judged over seeds
+    seeds: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,10 @@ class StudyConfig:
             )
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds={list(self.seeds)}: expected distinct seeds")
+        for name, spec in self.models.items():
+            if not set(spec.seeds) <= set(self.seed_list()):
+                raise ConfigError(f"models.{name}.seeds={list(spec.seeds)}: expected some of the study's seeds "
+                                  f"{list(self.seed_list())}")
         unknown = [m for m in self.emergence.models if m not in self.models]
         if unknown:  # a disabled model is fine: it is not followed
             raise ConfigError(f"emergence.models {unknown} are not models of the study; models: {sorted(self.models)}")
@@ -137,8 +144,16 @@ class StudyConfig:
         return self.seeds or (self.seed,)
 
     def per_seed(self) -> dict[int, "StudyConfig"]:
-        """The study under each of its seeds (one config each, ``seeds`` emptied)."""
-        return {s: replace(self, seed=s, seeds=()) for s in self.seed_list()}
+        """The study under each of its seeds (one config each, ``seeds`` emptied); a model limited to
+        other seeds (``models.NAME.seeds``) is disabled in it, with the interventions on it."""
+        return {s: self._under_seed(s) for s in self.seed_list()}
+
+    def _under_seed(self, seed: int) -> "StudyConfig":
+        models = {name: replace(spec, seeds=(), enabled=spec.enabled and (not spec.seeds or seed in spec.seeds))
+                  for name, spec in self.models.items()}
+        interventions = {name: spec if spec.base in models and models[spec.base].enabled else replace(spec, enabled=False)
+                         for name, spec in self.interventions.items()}
+        return replace(self, seed=seed, seeds=(), models=models, interventions=interventions)
 
     def run_config(self, name: str) -> RunConfig:
         """Everything that determines model ``name``'s weights."""

@@ -210,14 +210,13 @@ def seeds_section(cfg) -> Section:
     by_seed = {s: location_models(facts) for s, facts in gather_seeds(cfg).items()}
     if len(seeds) >= 2:
         sec.blocks.append(Text(
-            f"Every model trained under seeds {', '.join(map(str, seeds))} (initialisation and data order; the "
-            f"data and test scenes are shared). Cells: mean [95% t-interval over seeds]; the other sections show "
-            f"seed {seeds[0]}."))
+            f"Models trained under seeds {', '.join(map(str, seeds))} (initialisation and data order; the "
+            f"data and test scenes are shared; a model limited to fewer seeds shows those). Cells: mean [95% "
+            f"t-interval over seeds]; the other sections show seed {seeds[0]}."))
         ks = [k for k in cfg.evaluate.counts if k >= 1]
         rows = []
-        for name in (f.name for f in by_seed[seeds[0]]):
-            per = [next(f for f in by_seed[s] if f.name == name) for s in seeds]
-            per = [f for f in per if f.evaluation]
+        for name in dict.fromkeys(f.name for s in seeds for f in by_seed[s]):
+            per = [f for s in seeds for f in by_seed[s] if f.name == name and f.evaluation]
             if not per:
                 continue
             rows.append([name, len(per), _cell([accuracy_at(f, 1, "placed") for f in per])]
