@@ -223,3 +223,6 @@ def test_the_penalty_says_what_it_costs():
     assert LocalityPenalty(weight=1.0, fraction=0.25).cost_factor() == 1.25  # one extra pass on a quarter
     composition = LocalityPenalty(weight=1.0, fraction=0.25, form="composition", extra_tokens=8)
     assert composition.cost_factor() == 1.0 + 0.25 * 12  # 3 labels + 8 phantoms + the null
+    late = LocalityPenalty(weight=1.0, fraction=0.25, start_images=40000)
+    assert late.images_cost(0, 100000) == 40000 + 60000 * 1.25  # plain until the penalty starts
+    assert late.images_cost(50000, 100000) == 50000 * 1.25 and late.images_cost(0, 30000) == 30000

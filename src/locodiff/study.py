@@ -164,17 +164,17 @@ def stage_train(cfg: StudyConfig, data_root: Path, console: Console, with_detect
 
 def training_costs(cfg: StudyConfig) -> dict[str, float]:
     """Core-seconds each unfinished training job needs on this machine: the images it has left
-    times a training image's seconds measured now on one thread, times the locality penalty's
-    extra passes; the detector's too when it is not trained yet. What the train stage orders its
+    times a training image's seconds measured now on one thread, the locality penalty's extra
+    passes counted from where it starts; the detector's too when it is not trained yet. What the train stage orders its
     jobs by (longest first, so the last to finish does not start late) and ``predict`` sums."""
     costs = {}
     for key, (sub, name) in seeded_models(cfg).items():
         train = sub.models[name].train
-        left = train.total_images - images_trained(layout.run_dir(sub, name))
-        if left > 0:
+        done = images_trained(layout.run_dir(sub, name))
+        if done < train.total_images:
             model = sub.models[name].model
             batch = max(1, min(train.batch_size, TIMED_BATCH, int(TIMED_FLOPS // (3 * forward_flops(model)))))
-            costs[key] = left * training_seconds_per_image(model, batch) * train.locality.cost_factor()
+            costs[key] = training_seconds_per_image(model, batch) * train.locality.images_cost(done, train.total_images)
     if needs_detector_training(cfg):
         heat = cfg.evaluate.heatmap
         costs["detector"] = heat.train_images * detector_seconds_per_image(heat)

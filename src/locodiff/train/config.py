@@ -50,6 +50,12 @@ class LocalityPenalty:
         passes = 1 if self.form != "composition" else 3 + self.extra_tokens + 1
         return 1.0 + self.fraction * passes
 
+    def images_cost(self, first: int, last: int) -> float:
+        """What training images ``first`` to ``last`` cost, in plain training images: the extra
+        passes only from ``start_images`` on."""
+        plain = max(0, min(last, self.start_images) - first)
+        return plain + (last - first - plain) * self.cost_factor()
+
     def flat_identity(self) -> dict:
         """The penalty as run folders were named when its options were ``train.locality_*``
         (unchanged folders): the weight always, the rest only while it is on, and the options
