@@ -388,7 +388,7 @@ def test_progress_line_for_logs_names_each_running_job():
             "queued": Job(print, (), total=4, poll=lambda: 0), "broken": Job(print, (), total=4, poll=lambda: int("x"))}
     line = progress_line(jobs, {"exp1", "broken", "queued"})
     assert "exp1 50/200 (25%)" in line and "broken" not in line and "exp2" not in line
-    assert "] 1/4 done, 1 running, 2 queued; " in line  # how far the stage is as a whole
+    assert "] 1/4 done, 1 started, 2 queued; " in line  # how far the stage is as a whole
     assert "ETA" not in line  # nothing has moved yet
     # 30 units in the 60 s since the start: 0.5/s, 300 s for the 150 left; the detail follows
     jobs["exp1"].detail = lambda: "loss 0.0412"

@@ -124,7 +124,7 @@ def _stop_workers_on_interrupt(pool):
 
 def progress_line(jobs: dict[str, Job], pending: set[str],
                   started: dict[str, tuple[float, int]] | None = None, workers: int = 1) -> str:
-    """``  [12:03:04] 1/5 done, 2 running, 2 queued, stage ETA ~24m10s; exp1 65536/150000 (44%, 221/s,
+    """``  [12:03:04] 1/5 done, 2 started, 2 queued, stage ETA ~24m10s; exp1 65536/150000 (44%, 221/s,
     ETA 6m20s, loss 0.0412), exp2 ...``: how far the stage is as a whole, then each started job's
     progress, with rate and ETA once it has moved since ``started`` (``{name: (monotonic time,
     units done then)}``). The stage's ETA is ``workers`` filled longest first with what every job
@@ -151,7 +151,7 @@ def progress_line(jobs: dict[str, Job], pending: set[str],
         if done > 0 or n in left:
             parts.append(f"{n} {done}/{total} ({', '.join(f for f in facts if f)})")
     queued = len(pending) - len(parts)
-    head = f"{len(jobs) - len(pending)}/{len(jobs)} done, {len(parts)} running, {queued} queued"
+    head = f"{len(jobs) - len(pending)}/{len(jobs)} done, {len(parts)} started, {queued} queued"
     if seconds_per_cost and all(n in left or jobs[n].cost > 0 for n in pending):
         rate = statistics.median(seconds_per_cost)
         eta = longest_first_makespan([left.get(n, rate * jobs[n].cost) for n in pending], workers)

@@ -4,8 +4,8 @@
 wall time of each stage (``--dry-run`` prints it and stops). The model is simple and stated:
 
 - a training image costs what one training step per image of its network takes on one core,
-  measured now (``study.training_costs``: a second or so per network), times the locality
-  penalty's extra passes; the detector likewise; jobs run ``cfg.jobs`` at a time, longest first
+  measured now (``study.training_costs``: a second or so per network), with the locality
+  penalty's extra passes from where it starts; the detector likewise; jobs run ``cfg.jobs`` at a time, longest first
   (as the train stage runs them), on ``cores / jobs`` threads each (threads assumed to scale
   perfectly). Two jobs side by side each run ~15% slower than one alone (shared caches and
   memory), which this does not count;
@@ -33,7 +33,9 @@ from .scenes.dataset import SceneSource
 from .study import sampling_costs, study_device, training_costs
 from .study_config import StudyConfig
 
-EFFICIENCY = 0.4  # share of the one-core matmul rate a sampler pass reaches (benchmarks/train.py: 35-48%)
+# Share of the one-core matmul rate a sampler pass reaches: quick's evaluation predicted 107 s and
+# took 117 s on an AVX2 Zen 3 (a training step reaches 49-51% there: benchmarks/train.py).
+EFFICIENCY = 0.4
 
 
 @dataclass
