@@ -565,6 +565,20 @@ def test_a_partly_trained_model_costs_what_it_has_left(finished):
     assert costs["exp1"] == pytest.approx((256 - 64) * training_seconds_per_image(cfg.models["exp1"].model, 16))
 
 
+def test_the_train_stage_hands_its_jobs_their_measured_costs(tmp_path, monkeypatch):
+    """With two jobs at a time the train stage gives every model and the detector its measured
+    cost, which run_jobs starts longest first (tests/test_jobs.py)."""
+    import locodiff.study as study
+
+    seen = {}
+    monkeypatch.setattr(study, "run_jobs", lambda jobs, workers, console: seen.update(jobs) or {})
+    cfg = micro(tmp_path, "jobs=2")
+    study.stage_train(cfg, Path(tmp_path) / "data", quiet(), with_detector=True)
+    costs = study.training_costs(cfg)
+    assert set(seen) == set(costs) == {"exp1", "exp2", "exp3_local", "exp1_combo", "detector"}
+    assert all(seen[k].cost == costs[k] > 0 for k in seen)
+
+
 @pytest.mark.parametrize("preset", ["micro", "full", "paper"])
 def test_every_preset_can_be_scheduled(preset, tmp_path):
     """Every model of a preset (the caption and attribute models included) and the detector get a
