@@ -582,14 +582,13 @@ def test_the_train_stage_hands_its_jobs_their_measured_costs(tmp_path, monkeypat
 @pytest.mark.parametrize("preset", ["micro", "full", "paper"])
 def test_every_preset_can_be_scheduled(preset, tmp_path):
     """Every model of a preset (the caption and attribute models included) and the detector get a
-    measured cost, so the train stage can order its jobs: in seconds, even for the paper preset's
-    networks (timed on a small batch)."""
+    measured cost, so the train stage can order its jobs (the paper preset's networks are timed on
+    a batch small enough for a laptop: study.TIMED_FLOPS)."""
     from locodiff.study import seeded_models, training_costs
 
-    start = time.perf_counter()
     costs = training_costs(load_study_config(preset, sets=[f"out_dir={tmp_path}"]))
     assert sorted(costs) == sorted([*seeded_models(load_study_config(preset)), "detector"])
-    assert all(c > 0 for c in costs.values()) and time.perf_counter() - start < 60
+    assert all(c > 0 for c in costs.values())
 
 
 def _tensorboard(folder: Path) -> EventAccumulator:
