@@ -165,6 +165,17 @@ def test_feature_run_on_a_real_attribute_model(tmp_path):
     assert out["attributes"]["interaction_heldout_mean"] is not None
     loc = out["conditional_locality"]
     assert loc["conditioners"] == 3 and 0 < loc["chance"] < 1 and 0 <= loc["mass_within"] <= 1
+    # the colour claim's numbers at every block; at the probe's own block they are its numbers
+    rows = {r["block"]: r for r in out["per_block"]}
+    assert {b: r["source"] for b, r in rows.items()} == {  # each block read against the module called before it
+        "encoder.0.0": "conv_in", "encoder.1.0": "downsample.0", "middle.0": "encoder.1.0", "middle.1": "middle.0",
+        "decoder.0.0": "middle.1", "decoder.1.0": "upsample.0"}
+    assert all(0 <= r["mass_within"] <= 1 and 0 < r["chance"] < 1 for r in rows.values())
+    at = rows[out["block"]]
+    assert at["concept_abs_cos"] == out["colors"]["offdiag_abs_mean"]
+    assert at["effect_abs_cos"] == out["attributes"]["color_offdiag_abs_mean"]
+    assert (at["mass_within"], at["chance"]) == (out["block_locality"]["mass_within"], out["block_locality"]["chance"])
+    assert len({r["effect_abs_cos"] for r in rows.values()}) > 1  # measured at each block, not copied
 
 
 def test_report_shows_a_diffusers_probe_when_one_was_run(tmp_path):

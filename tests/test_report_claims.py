@@ -13,7 +13,7 @@ from helpers.evaluations import evaluation
 
 from locodiff.errors import ConfigError
 from locodiff.report.build import claim_lines, findings_section, summary_section
-from locodiff.report.claims import colour_composition, locality_correlation
+from locodiff.report.claims import colour_by_block, colour_composition, locality_correlation
 from locodiff.report.config import ReportConfig
 from locodiff.report.facts import ModelFacts
 from locodiff.study_config import load_study_config
@@ -89,3 +89,19 @@ def test_colour_composition_needs_distinct_colours_and_local_features():
     assert abs(a.feature_locality - 0.9) < 1e-9  # (0.91 - 0.1) / (1 - 0.1)
     assert b.distinct and not b.local and b.word == "**partly supported**"  # no effects: the concepts
     assert not c.distinct and not c.local and c.word == "**not supported**"
+
+
+def test_colour_composition_is_judged_at_every_block_and_each_model_at_its_best():
+    f = ModelFacts("m", "exp1", "cross_attention", "all", "", 1, Path("."))
+    row = lambda block, effect, mass: {"block": block, "concept_abs_cos": 0.9, "effect_abs_cos": effect,  # noqa: E731
+                                       "mass_within": mass, "chance": None if mass is None else 0.1}
+    f.features = {"block": "middle.1", "colors": {"offdiag_abs_mean": 0.9},
+                  "per_block": [row("encoder.0", 0.2, None), row("encoder.1", 0.7, 0.95), row("decoder.1", 0.3, 0.8),
+                                row("decoder.0", 0.2, 0.99)]}
+    blocks = colour_by_block(f, ReportConfig())
+    assert [b.word for b in blocks] == ["**partly supported**", "**partly supported**", "**supported**", "**supported**"]
+    (best,) = colour_composition([f], ReportConfig())
+    assert best.block == "decoder.1" and best.word == "**supported**"  # the first block meeting both
+    f.features["per_block"] = [row("encoder.0", 0.7, None), row("encoder.1", 0.7, 0.2)]
+    (best,) = colour_composition([f], ReportConfig())
+    assert best.block == "encoder.0" and best.word == "**not supported**"  # none meets either: the first

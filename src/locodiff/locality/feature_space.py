@@ -49,6 +49,31 @@ def default_block(net: nn.Module) -> str:
     raise ValueError("no default feature block for this network; name one (see locality.feature_capture.block_names)")
 
 
+STAGES = ("encoder", "middle", "decoder", "blocks")  # containers of a network's blocks (UNet; plain stack)
+RESAMPLERS = ("conv_in", "downsample", "upsample")  # what else feeds a block
+
+
+def feature_blocks(net: nn.Module, containers: Sequence[str] = STAGES) -> list[str]:
+    """The modules a network's stages call, by name: members of ``containers`` reached through
+    module lists only (``encoder.1.0``, ``middle.1``, ``blocks.3``), not their insides."""
+    modules = dict(net.named_modules())
+    lists = (nn.Sequential, nn.ModuleList)
+
+    def called(name: str) -> bool:
+        parts = name.split(".")
+        return (parts[0] in containers and len(parts) > 1 and not isinstance(modules[name], lists)
+                and all(isinstance(modules[".".join(parts[:i])], lists) for i in range(1, len(parts))))
+
+    return [name for name in modules if name and called(name)]
+
+
+def called_order(denoiser: nn.Module, x: Tensor, s: Tensor, cond: Conditioning, names: Sequence[str]) -> list[str]:
+    """``names`` in the order a forward pass first calls them (uncalled ones left out)."""
+    with torch.no_grad(), capture_features(denoiser.net, list(names)) as store:
+        denoiser(x, s, cond)
+    return list(store)  # the store fills as the blocks run
+
+
 def grid_locations(n: int) -> Tensor:
     """[n*n, 2] cell centres of an n x n grid over the image, row by row."""
     c = pixel_centers(n)
@@ -272,11 +297,33 @@ class FeatureSpec:
         return torch.Generator().manual_seed(self.seed)
 
 
+def colour_per_block(denoiser: nn.Module, images: Tensor, cond: Conditioning, spec: FeatureSpec) -> list[dict]:
+    """What the colour claim reads, at every block (``feature_blocks``): the mean |cos| between
+    colour concept directions and between colour effects (the colour x shape decomposition), and
+    the locality of the block's dependence on the module called just before it (none for the first)."""
+    net, blocks = denoiser.net, feature_blocks(denoiser.net)
+    feeders = [name for name in dict(net.named_modules()) if name.split(".")[0] in RESAMPLERS and name.count(".") <= 1]
+    order = called_order(denoiser, *_noisy(images, spec.sigma, spec.generator()), cond, [*feeders, *blocks])
+    rows = []
+    for block in (b for b in order if b in blocks):
+        concepts = concept_cosines(denoiser, images, spec.sigma, block, grid=1, generator=spec.generator(),
+                                   colors=spec.colors)["colors"]
+        effects = attribute_concepts(denoiser, images, spec.sigma, spec.colors, spec.shapes, block=block,
+                                     generator=spec.generator(), heldout=spec.heldout)
+        source = order[order.index(block) - 1] if order.index(block) else None
+        between = (block_locality(denoiser, images, cond, spec, block=block, source=source) if source else None) or {}
+        rows.append({"block": block, "source": source, "concept_abs_cos": concepts["offdiag_abs_mean"],
+                     "effect_abs_cos": effects.get("color_offdiag_abs_mean"),
+                     "mass_within": between.get("mass_within"), "chance": between.get("chance")})
+    return rows
+
+
 def feature_run(folder: Path, denoiser: nn.Module, images: Tensor, spec: FeatureSpec,
                 cond: Conditioning | None = None) -> Path:
     """Write ``features.json`` into a probe folder (a note only, for denoisers without a ``net``):
     location concept cosines, colour x shape decomposition and, given ``cond``, feature-space
-    conditional locality."""
+    conditional locality; for a model that reads colours and shapes, the colour claim's numbers at
+    every block as well (``per_block``)."""
     path = Path(folder) / FEATURES_FILE
     if path.is_file():
         return path
@@ -294,6 +341,8 @@ def feature_run(folder: Path, denoiser: nn.Module, images: Tensor, spec: Feature
         between = block_locality(denoiser, images, cond, spec)
         if between is not None:
             result["block_locality"] = between
+        if spec.colors and spec.shapes:
+            result["per_block"] = colour_per_block(denoiser, images, cond, spec)
     write_json_atomic(path, result)
     return path
 

@@ -24,7 +24,8 @@ from ..locality.feature_space import pair_means
 from ..locality.figures import conditioner_sensitivity_figure, index_vs_sigma_figure, save_figure
 from ..locality.result import LocalityResult
 from ..scenes import vocab
-from .claims import LengthVerdict, colour_composition, length_verdicts, locality_correlation, verdict
+from .claims import (LengthVerdict, colour_by_block, colour_composition, length_verdicts, locality_correlation,
+                     verdict)
 from .document import Code, Figure, Html, Section, Table, Text, to_html, to_markdown
 from .facts import (
     ModelFacts, accuracy_at, caption_models, gather, headline, learned_conditioner,
@@ -250,20 +251,22 @@ def feature_blocks(cfg, done: list[ModelFacts], figures: Path) -> list:
 
 
 def colour_claim(cfg, done: list[ModelFacts]) -> list:
-    """The paper's colour-conditioned CLEVR claim, judged per model that reads colours."""
-    claims = colour_composition(done, cfg.report)
-    if not claims:
+    """The paper's colour-conditioned CLEVR claim, judged per model that reads colours, at every
+    block measured."""
+    rows = [[c.model, c.block, c.concept_abs_cos, c.effect_abs_cos, c.feature_locality, c.word]
+            for f in done for c in colour_by_block(f, cfg.report)]
+    if not rows:
         return []
     r = cfg.report
-    rows = [[c.model, c.block, c.concept_abs_cos, c.effect_abs_cos, c.feature_locality, c.word] for c in claims]
     return [Text(f"**Claim (the paper's colour-conditioned CLEVR): colour composes with location in feature "
-                 f"space.** Supported when each colour has its own direction in the features — mean off-diagonal "
-                 f"|cos| between the colours' effects (their concept directions minus the part every colour shares, "
-                 f"\"an object is here\") below {r.orthogonal:g} — and a conditioner's effect on the features stays "
-                 f"near it (normalised feature locality ≥ {r.spatial_local:g}); partly when one holds. Measured at "
-                 "one block per model (named) and the feature probe's noise level."),
+                 f"space.** Supported at a block when each colour has its own direction in its features — mean "
+                 f"off-diagonal |cos| between the colours' effects (their concept directions minus the part every "
+                 f"colour shares, \"an object is here\") below {r.orthogonal:g} — and the block's output depends on "
+                 f"the module called before it mostly nearby (normalised locality ≥ {r.spatial_local:g}; – where "
+                 f"not measured); partly when one holds. A model's verdict is its best block's (the "
+                 f"claims list names it and how many blocks support it). At the feature probe's noise level."),
             Table(["model", "block", "abs. cosine, colour concepts", "abs. cosine, colour effects",
-                   "feature locality (normalised)", "verdict"], rows)]
+                   "locality (normalised)", "verdict"], rows)]
 
 
 def colour_blocks(cfg, done: list[ModelFacts], feats: dict[str, dict], figures: Path) -> list:
@@ -465,9 +468,12 @@ def claim_lines(cfg, facts: list[ModelFacts]) -> list[str]:
     for c in colour_composition(facts, criteria):
         effect = "–" if c.effect_abs_cos is None else f"{c.effect_abs_cos:.2f}"
         locality = "–" if c.feature_locality is None else f"{c.feature_locality:.2f}"
+        blocks = colour_by_block(next(f for f in facts if f.name == c.model), criteria)
+        both = sum(b.distinct and bool(b.local) for b in blocks)
         lines.append(f"Colour composes with location in feature space — {c.model}: {c.word} (colour effects' mean "
                      f"|cos| {effect}, criterion < {criteria.orthogonal:g}; feature locality {locality}, criterion ≥ "
-                     f"{criteria.spatial_local:g}; at {c.block}).")
+                     f"{criteria.spatial_local:g}; at {c.block}, the best of {len(blocks)} blocks measured, "
+                     f"{both} meeting both).")
     extrapolation = extrapolation_claim(cfg, facts)
     return lines + ([extrapolation] if extrapolation else [])
 

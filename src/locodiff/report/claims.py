@@ -234,23 +234,40 @@ class ColourComposition:
 
 
 def colour_composition(facts: list[ModelFacts], criteria: ReportConfig) -> list[ColourComposition]:
-    """The claim for every model whose features were measured per colour (``features.json``):
-    colours distinct when the mean |cos| between their effects (concept directions where effects
-    were not measured) is below ``report.orthogonal``; local when the normalised feature locality
-    reaches ``report.spatial_local``."""
+    """The claim for every model whose features were measured per colour (``features.json``), at
+    its best block: where both criteria hold, else one, else the first (``colour_by_block``)."""
     out = []
     for f in facts:
-        feats = f.features or {}
-        if not feats.get("colors"):
-            continue
-        concept = feats["colors"]["offdiag_abs_mean"]
-        effect = (feats.get("attributes") or {}).get("color_offdiag_abs_mean")
-        block = feats.get("block_locality") or {}
-        locality = None
-        if block.get("mass_within") is not None and block.get("chance") is not None and block["chance"] < 1:
-            locality = (block["mass_within"] - block["chance"]) / (1 - block["chance"])
-        judged = concept if effect is None else effect
-        out.append(ColourComposition(f.name, feats.get("block", "?"), concept, effect, locality,
+        blocks = colour_by_block(f, criteria)
+        if blocks:
+            out.append(max(blocks, key=lambda c: (c.distinct and bool(c.local), c.distinct or bool(c.local))))
+    return out
+
+
+def colour_by_block(f: ModelFacts, criteria: ReportConfig) -> list[ColourComposition]:
+    """The claim at every block measured (``per_block``; older probes measured one): colours
+    distinct when the mean |cos| between their effects (concept directions where effects were not
+    measured) is below ``report.orthogonal``; local when the normalised locality of the block's
+    dependence on the module called before it reaches ``report.spatial_local``."""
+    feats = f.features or {}
+    if not feats.get("colors"):
+        return []
+    rows = feats.get("per_block") or [{
+        "block": feats.get("block", "?"), "concept_abs_cos": feats["colors"]["offdiag_abs_mean"],
+        "effect_abs_cos": (feats.get("attributes") or {}).get("color_offdiag_abs_mean"),
+        **{k: (feats.get("block_locality") or {}).get(k) for k in ("mass_within", "chance")}}]
+    out = []
+    for row in rows:
+        locality = normalised_share(row.get("mass_within"), row.get("chance"))
+        judged = row["concept_abs_cos"] if row["effect_abs_cos"] is None else row["effect_abs_cos"]
+        out.append(ColourComposition(f.name, row["block"], row["concept_abs_cos"], row["effect_abs_cos"], locality,
                                      judged < criteria.orthogonal,
                                      None if locality is None else locality >= criteria.spatial_local))
     return out
+
+
+def normalised_share(mass_within: float | None, chance: float | None) -> float | None:
+    """A share within the radius rescaled so that chance is 0 and all of it within is 1."""
+    if mass_within is None or chance is None or chance >= 1:
+        return None
+    return (mass_within - chance) / (1 - chance)
