@@ -8,6 +8,7 @@ import json
 from collections import Counter
 
 from .. import layout
+from .claims import normalised_share
 from .config import ReportConfig
 from .document import Section, Table, Text
 from .facts import ModelFacts, num
@@ -89,8 +90,7 @@ def location_model_rows(facts: list[ModelFacts]) -> list[list[object]]:
         if not f.locality_dir:
             continue
         cl = (f.features or {}).get("conditional_locality") or {}
-        share, chance = cl.get("mass_within"), cl.get("chance")
-        feature = None if share is None or chance is None or chance >= 1 else (share - chance) / (1 - chance)
+        feature = normalised_share(cl.get("mass_within"), cl.get("chance"))
         rows.append([f.name, f.arch, num(f.locality_index), num(f.presence_index), num(feature)])
     return rows
 
