@@ -672,3 +672,23 @@ def test_a_finished_study_predicts_no_more_work(finished):
     timings = json.loads((Path(finished.out_dir) / "timings.json").read_text())
     if "busy_core_seconds" in timings:  # Linux: how busy the cores were in each stage
         assert set(timings["busy_core_seconds"]) <= set(timings["stage_seconds"]) and timings["cores"] >= 1
+
+
+def test_an_interrupted_stage_keeps_its_time(tmp_path, monkeypatch):
+    """A long study is stopped and resumed: the time a stage ran before the interruption is in
+    timings.json, and the resumed run adds to it."""
+    import locodiff.study as study
+
+    def slow_then_interrupted(*args, **kwargs):
+        time.sleep(0.3)
+        raise KeyboardInterrupt
+
+    cfg = micro(tmp_path)
+    monkeypatch.setattr(study, "stage_data", slow_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, only=["data"], console=quiet())
+    first = json.loads((tmp_path / "timings.json").read_text())["stage_seconds"]["data"]
+    assert first >= 0.3
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, only=["data"], console=quiet())
+    assert json.loads((tmp_path / "timings.json").read_text())["stage_seconds"]["data"] >= first + 0.3

@@ -31,8 +31,8 @@ from .io import atomic_path, read_jsonl, write_json_atomic
 from .jobs import Job, last_record, run_jobs, torch_threads
 from .locality.config import LocalityOptions
 from .locality.run import probe_complete, probe_run
-from .progress import duration
 from .models.registry import forward_flops, training_seconds_per_image
+from .progress import duration
 from .report import write_report
 from .scenes.dataset import SceneDataset, build_dataset
 from .scenes.figures import data_contact_sheet
@@ -165,8 +165,9 @@ def stage_train(cfg: StudyConfig, data_root: Path, console: Console, with_detect
 def training_costs(cfg: StudyConfig) -> dict[str, float]:
     """Core-seconds each unfinished training job needs on this machine: the images it has left
     times a training image's seconds measured now on one thread, the locality penalty's extra
-    passes counted from where it starts; the detector's too when it is not trained yet. What the train stage orders its
-    jobs by (longest first, so the last to finish does not start late) and ``predict`` sums."""
+    passes counted from where it starts; the detector's too when it is not trained yet. What the
+    train stage orders its jobs by (longest first, so the last to finish does not start late) and
+    ``predict`` sums."""
     costs = {}
     for key, (sub, name) in seeded_models(cfg).items():
         train = sub.models[name].train
@@ -389,9 +390,11 @@ def run_study(
         if predicted is not None:
             console.print(outlook(stage, [s for s in STAGES if s in only], predicted, sum(seconds.values())))
         start, busy = time.perf_counter(), busy_core_seconds()
-        stage_fns[stage]()
-        seconds[stage] = time.perf_counter() - start
-        used = None if busy is None else busy_core_seconds() - busy
+        try:
+            stage_fns[stage]()
+        finally:  # an interrupted stage's time counts too: a resumed study adds the rest
+            seconds[stage] = time.perf_counter() - start
+            used = None if busy is None else busy_core_seconds() - busy
+            record_timing(out, stage, seconds[stage], config_hash(cfg), used)
         console.print(f"  {stage} done in {seconds[stage]:.1f} s{core_use(used, seconds[stage])}")
-        record_timing(out, stage, seconds[stage], config_hash(cfg), used)
     return StudyResult(out, seconds, layout.seeded_subject_dirs(cfg))
