@@ -395,6 +395,11 @@ def test_progress_line_for_logs_names_each_running_job():
     started = {"exp1": (time.monotonic() - 60, 20)}
     line = progress_line(jobs, {"exp1"}, started)
     assert "exp1 50/200 (25%, 0.5/s, ETA 5m00s, loss 0.0412)" in line
+    # a job resumed from an earlier session (units done, not moving yet) is queued, not started
+    line = progress_line(jobs, {"exp1", "queued"}, started, moving=set())
+    assert "] 2/4 done, 0 started, 2 queued; " in line and "exp1" not in line
+    assert "] 2/4 done, 1 started, 1 queued; exp1 50/200" in progress_line(jobs, {"exp1", "queued"}, started,
+                                                                             moving={"exp1"})
 
 
 def test_the_stage_eta_counts_queued_jobs_at_the_moving_jobs_pace():

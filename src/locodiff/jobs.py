@@ -72,7 +72,7 @@ def run_jobs(jobs: dict[str, Job], workers: int, console: Console) -> dict[str, 
         while pending:
             time.sleep(0.5)
             if not console.is_terminal and time.monotonic() - last_line >= LOG_EVERY_S:
-                console.print(progress_line(jobs, pending, started, workers))  # a log file gets no live bars
+                console.print(progress_line(jobs, pending, started, workers, moving))  # a log file gets no live bars
                 last_line = time.monotonic()
             for n in sorted(pending):
                 done = _poll(jobs[n])
@@ -122,14 +122,16 @@ def _stop_workers_on_interrupt(pool):
             signal.signal(signal.SIGTERM, previous)
 
 
-def progress_line(jobs: dict[str, Job], pending: set[str],
-                  started: dict[str, tuple[float, int]] | None = None, workers: int = 1) -> str:
+def progress_line(jobs: dict[str, Job], pending: set[str], started: dict[str, tuple[float, int]] | None = None,
+                  workers: int = 1, moving: set[str] | None = None) -> str:
     """``  [12:03:04] 1/5 done, 2 started, 2 queued, stage ETA ~24m10s; exp1 65536/150000 (44%, 221/s,
     ETA 6m20s, loss 0.0412), exp2 ...``: how far the stage is as a whole, then each started job's
     progress, with rate and ETA once it has moved since ``started`` (``{name: (monotonic time,
     units done then)}``). The stage's ETA is ``workers`` filled longest first with what every job
     has left: a moving job's at its own rate, a queued job's from its ``cost`` at the seconds per
-    unit of cost the moving jobs show (none until one has moved)."""
+    unit of cost the moving jobs show (none until one has moved). With ``moving`` (the jobs that have
+    moved in this stage) a job resumed from an earlier session counts as queued until it moves
+    again; without it, every job with units done counts as started."""
     now, started = time.monotonic(), started or {}
     parts, left, seconds_per_cost = [], {}, []
     for n in sorted(pending):
@@ -148,7 +150,8 @@ def progress_line(jobs: dict[str, Job], pending: set[str],
                 facts.append(job.detail())
             except (OSError, ValueError, KeyError):
                 pass
-        if done > 0 or n in left:
+        running = n in moving if moving is not None else (done > 0 or n in left)
+        if running:
             parts.append(f"{n} {done}/{total} ({', '.join(f for f in facts if f)})")
     queued = len(pending) - len(parts)
     head = f"{len(jobs) - len(pending)}/{len(jobs)} done, {len(parts)} started, {queued} queued"
