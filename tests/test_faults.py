@@ -226,3 +226,11 @@ def test_an_interrupted_diffusers_probe_leaves_no_half_file_and_reruns(tmp_path,
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert {"probe.json", "token_concentration.png"} <= {p.name for p in out.iterdir()}
+
+
+def test_a_model_name_where_a_run_folder_is_asked_is_one_clear_line(tmp_path):
+    res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "exp1"), "-p", "micro"])
+    assert res.exit_code == 2 and "is not a folder; expected a training run folder" in res.output
+    (tmp_path / "exp1").mkdir()  # a folder, not trained yet
+    res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "exp1"), "-p", "micro"])
+    assert res.exit_code == 2 and "has no checkpoint yet" in res.output

@@ -39,7 +39,7 @@ from .scenes.figures import data_contact_sheet
 from .predict import predict
 from .study import run_study
 from .study_config import PRESETS, StudyConfig, load_study_config
-from .train.checkpoint import read_run_config, read_state
+from .train.checkpoint import no_checkpoint, read_run_config, read_state
 from .train.run import is_main_process, train_run
 from .train.sampling import sample_run
 from .tracking import resolved_report_to
@@ -266,7 +266,7 @@ def chosen_checkpoints(run: Path, which: str) -> list[Path | None]:
         raise LocodiffError(f"--checkpoints {which!r}: expected latest or all")
     found = subject_checkpoints(run)
     if not found:
-        raise LocodiffError(f"run {run} has no checkpoint yet; train it first")
+        raise LocodiffError(no_checkpoint(run))
     return found
 DeviceOpt = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda.")
 

@@ -46,7 +46,7 @@ from ..scenes import SceneSampler, batch_conditioning
 from ..scenes.renderers import renderer_for
 from ..scenes.draw import TestDraw
 from ..tracking import Tracker
-from ..train.checkpoint import read_state
+from ..train.checkpoint import no_checkpoint, read_state
 from .config import EvalConfig
 from .detector import ColorDetector, Detections, Detector
 from .figures import accuracy_plot, detection_grid
@@ -324,7 +324,7 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig, cache_dir: str | Path,
     (keyed by the checkpoint) and resume like ``evaluate_denoiser``."""
     ckpt = Path(checkpoint) if checkpoint is not None else subject_checkpoint(run_dir)
     if ckpt is None:
-        raise InputError(f"run {run_dir} has no checkpoint yet; train it before evaluating")
+        raise InputError(no_checkpoint(run_dir, "train it before evaluating"))
     denoiser, run_cfg = load_subject(run_dir, ckpt)
     out = evaluation_dir(run_dir, config, ckpt.name)
     before = _evaluated_counts(out)

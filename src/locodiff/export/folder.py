@@ -22,7 +22,7 @@ from .. import __version__
 from ..config import to_dict
 from ..errors import CheckpointError
 from ..io import write_json_atomic, write_text_atomic
-from ..train.checkpoint import latest_checkpoint, load_weights, read_run_config, read_state
+from ..train.checkpoint import latest_checkpoint, load_weights, no_checkpoint, read_run_config, read_state
 from .model import LocodiffModel
 from .pipeline import LocodiffPipeline
 
@@ -52,7 +52,7 @@ def export_run(run: str | Path, out: str | Path, checkpoint: str | Path | None =
     cfg = read_run_config(run)
     ckpt = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run)
     if ckpt is None:
-        raise CheckpointError(f"run {run} has no checkpoint yet; train it first")
+        raise CheckpointError(no_checkpoint(run))
     if out.exists() and not (out / SOURCE).is_file():
         raise CheckpointError(f"{out} exists and is not an earlier locodiff export; choose a new folder")
     model = LocodiffModel(network_config=to_dict(cfg.model), resolution=cfg.data.resolution)

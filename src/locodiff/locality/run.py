@@ -28,7 +28,7 @@ from ..scenes import SceneDataset, batch_conditioning, vocab
 from ..scenes.dataset import to_model_batch
 from ..scenes.draw import TestDraw
 from ..tracking import Tracker
-from ..train.checkpoint import read_state
+from ..train.checkpoint import no_checkpoint, read_state
 from .config import ExtrapolationOptions, SceneDraw
 from .extrapolation import ExtrapolationResult, Scenes, probe_extrapolation
 from .feature_space import FEATURES_FILE, FeatureSpec, feature_run
@@ -70,7 +70,7 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
     run_dir = Path(run_dir)
     ckpt = Path(checkpoint) if checkpoint is not None else subject_checkpoint(run_dir)
     if ckpt is None:
-        raise LocodiffError(f"run {run_dir} has no checkpoint yet; train it before probing locality")
+        raise LocodiffError(no_checkpoint(run_dir, "train it before probing locality"))
     folder = probe_dir(run_dir, options, ckpt.name)
     if probe_complete(folder):
         return folder

@@ -235,6 +235,14 @@ def read_run_config(run_dir: Path) -> RunConfig:
         ) from None
 
 
+def no_checkpoint(run_dir: str | Path, then: str = "train it first") -> str:
+    """Why ``run_dir`` has no weights to load: not a folder at all (e.g. a model's name given where
+    its run folder was asked for), or not trained yet."""
+    if not Path(run_dir).is_dir():
+        return f"{run_dir} is not a folder; expected a training run folder (<out_dir>/models/<name>-<hash>)"
+    return f"run {run_dir} has no checkpoint yet; {then}"
+
+
 def load_denoiser(run_dir: Path, ema: bool = True, checkpoint: Path | None = None) -> tuple[Denoiser, RunConfig]:
     """The trained Denoiser of a run (EMA weights by default, of the latest checkpoint unless
     ``checkpoint`` names another) and its config."""
@@ -242,7 +250,7 @@ def load_denoiser(run_dir: Path, ema: bool = True, checkpoint: Path | None = Non
     cfg = read_run_config(run_dir)
     ckpt = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
     if ckpt is None:
-        raise CheckpointError(f"run {run_dir} has no checkpoint yet; train it first")
+        raise CheckpointError(no_checkpoint(run_dir))
     net = build_network(cfg.model)
     load_weights(net, ckpt / ("ema.safetensors" if ema else "model.safetensors"))
     return as_denoiser(net).eval().requires_grad_(False), cfg
