@@ -673,7 +673,7 @@ def test_the_explorer_shows_the_saved_jacobian_of_what_is_clicked(finished):
 
 def test_a_finished_study_predicts_no_more_work(finished):
     p = predict(finished)
-    assert p.seconds["data"] == p.seconds["train"] == p.seconds["evaluate"] == 0
+    assert p.seconds["data"] == p.seconds["train"] == p.seconds["evaluate"] == p.seconds["locality"] == 0
     timings = json.loads((Path(finished.out_dir) / "timings.json").read_text())
     if "busy_core_seconds" in timings:  # Linux: how busy the cores were in each stage
         assert set(timings["busy_core_seconds"]) <= set(timings["stage_seconds"]) and timings["cores"] >= 1

@@ -66,14 +66,16 @@ def matmul_gflops(size: int = 1024, repeats: int = 8, threads: int | None = None
     return 2 * size**3 / best_seconds(lambda: a @ b, repeats, threads) / 1e9
 
 
-def best_seconds(fn: Callable[[], object], repeats: int = 3, threads: int | None = None) -> float:
-    """Seconds of the fastest of ``repeats`` timed calls of ``fn`` after one untimed warm-up call, on
-    ``threads`` torch threads (the current ones by default). The fastest, because other load on the
-    machine only ever adds."""
+def best_seconds(fn: Callable[[], object], repeats: int = 3, threads: int | None = None,
+                 warm_up: bool = True) -> float:
+    """Seconds of the fastest of ``repeats`` timed calls of ``fn`` after one untimed warm-up call
+    (unless ``warm_up`` is False: the caller has warmed up what ``fn`` runs), on ``threads`` torch
+    threads (the current ones by default). The fastest, because other load only ever adds."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or previous)
     try:
-        fn()
+        if warm_up:
+            fn()
         best = float("inf")
         for _ in range(repeats):
             start = time.perf_counter()

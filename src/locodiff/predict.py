@@ -14,12 +14,19 @@ wall time of each stage (``--dry-run`` prints it and stops). The model is simple
   one core (measured now, 0.2 s), every core busy;
 - data are rendered at the rate measured now on a small batch (torch renderer; Blender is not
   predicted);
-- locality, emergence and report are not predicted; work already done (cached data, trained
-  runs, a trained detector) costs nothing.
+- a locality probe costs what a miniature of it takes on one core now, run on a network built
+  afresh from the subject's config (``locality.cost``: a few seconds per network; the feature-space
+  part is not counted), its jobs placed like training's;
+- an emergence checkpoint costs its evaluation (as above, at the emergence counts) and its probe;
+  a run not trained yet will keep ``min(keep_checkpoints, total / checkpoint_every)`` checkpoints,
+  a trained one those it kept;
+- the report is not predicted (seconds); work already done (cached data, trained runs, a trained
+  detector, finished evaluations and probes) costs nothing.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -27,10 +34,15 @@ import torch
 
 from . import layout
 from .hardware import cores, matmul_gflops
+from .intervene.masked import masked_composition
+from .intervene.subject import subject_checkpoint, subject_checkpoints
 from .jobs import longest_first_makespan
-from .intervene.subject import subject_checkpoint
+from .locality.cost import probe_seconds
+from .locality.run import probe_complete
+from .models import build_network
+from .models.registry import as_denoiser, forward_flops
 from .scenes.dataset import SceneSource
-from .study import sampling_costs, study_device, training_costs
+from .study import images_trained, sampling_costs, study_device, training_costs
 from .study_config import StudyConfig
 
 # Share of the one-core matmul rate a sampler pass reaches: quick's evaluation predicted 107 s and
@@ -82,8 +94,7 @@ def train_stage(cfg: StudyConfig, p: Prediction) -> None:
         p.notes["train"] = "not predicted on a GPU (step times are measured on this CPU)"
         return
     costs = training_costs(cfg)
-    per_job = max(1, cores() // cfg.jobs)
-    p.seconds["train"] = longest_first_makespan([c / per_job for c in costs.values()], min(cfg.jobs, cores()))
+    p.seconds["train"] = placed(cfg, list(costs.values()))
     p.notes["train"] = (f"{len(costs)} jobs, {sum(costs.values()) / 60:.0f} core-min at training step times measured "
                         f"now on one core, {cfg.jobs} at a time")
 
@@ -107,13 +118,82 @@ def evaluated(folder, ev) -> bool:
     return ckpt is not None and (layout.eval_dir(folder, ev, ckpt.name) / layout.EVAL_SUMMARY).is_file()
 
 
+class ProbeCosts:
+    """Seconds of one core to probe each subject of ``cfg``, timed once per distinct network."""
+
+    def __init__(self, cfg: StudyConfig) -> None:
+        self.cfg, self.known = cfg, {}
+
+    def __call__(self, model_cfg, options, masked=None) -> float:
+        key = (model_cfg, options, masked)
+        if key not in self.known:
+            denoiser = as_denoiser(build_network(model_cfg)).eval().requires_grad_(False)
+            if masked is not None:
+                denoiser = masked_composition(denoiser, masked.radius_px, "null", masked.softness_px)
+            self.known[key] = probe_seconds(denoiser, self.cfg.data, options)
+        return self.known[key]
+
+
+def locality_stage(cfg: StudyConfig, p: Prediction, probe: ProbeCosts) -> None:
+    """Every subject not yet probed at its final checkpoint, its jobs placed like training's."""
+    costs = []
+    for sub in cfg.per_seed().values():
+        for name, folder in layout.subject_dirs(sub).items():
+            ckpt = subject_checkpoint(folder)
+            if ckpt is not None and probe_complete(layout.probe_dir(folder, cfg.locality, ckpt.name)):
+                continue
+            spec = sub.interventions.get(name)
+            model = sub.models[spec.base if spec else name].model
+            costs.append(probe(model, cfg.locality, spec))
+    p.seconds["locality"] = placed(cfg, costs)
+    p.notes["locality"] = (f"{len(costs)} subjects to probe, a miniature probe of each network timed now on one core "
+                           "(the feature-space part not counted)")
+
+
+def emergence_stage(cfg: StudyConfig, p: Prediction, probe: ProbeCosts, rate: float) -> None:
+    """Every kept checkpoint of the followed runs not yet measured: its evaluation and its probe."""
+    ev, options = cfg.emergence.eval_config(cfg.evaluate), cfg.emergence.locality_options(cfg.locality)
+    passes = len(ev.counts) * ev.per_count * (2 * ev.steps - 1)
+    costs = []
+    for sub in cfg.per_seed().values():
+        for name in cfg.emergence.models:
+            if not sub.models[name].enabled:
+                continue
+            model, train = sub.models[name].model, sub.models[name].train
+            folder = layout.run_dir(sub, name)
+            kept = subject_checkpoints(folder)
+            done = sum((layout.eval_dir(folder, ev, c.name) / layout.EVAL_SUMMARY).is_file()
+                       and probe_complete(layout.probe_dir(folder, options, c.name)) for c in kept)
+            if images_trained(folder) < train.total_images:  # what it will keep: see the docstring
+                kept = range(min(train.keep_checkpoints, math.ceil(train.total_images / train.checkpoint_every_images)))
+            each = passes * forward_flops(model) / rate + probe(model, options)
+            costs += [each] * max(0, len(kept) - done)
+    p.seconds["emergence"] = placed(cfg, costs)
+    p.notes["emergence"] = f"{len(costs)} checkpoints to measure: evaluation at {list(ev.counts)} and the probe"
+
+
+def placed(cfg: StudyConfig, core_seconds: list[float]) -> float:
+    """Wall time of jobs of these one-core costs, ``cfg.jobs`` at a time on ``cores / jobs`` threads each."""
+    per_job = max(1, cores() // cfg.jobs)
+    return longest_first_makespan([c / per_job for c in core_seconds], min(cfg.jobs, cores()))
+
+
 def predict(cfg: StudyConfig) -> Prediction:
-    """The predicted wall time per stage of ``cfg`` on this machine (a second or so per network)."""
+    """The predicted wall time per stage of ``cfg`` on this machine (a few seconds per network)."""
     rate = matmul_gflops(512, 6, threads=1) * 1e9 * EFFICIENCY
     p = Prediction()
     data_stage(cfg, p)
     train_stage(cfg, p)
     evaluate_stage(cfg, p, rate)
-    for stage in ("locality", "emergence", "report"):
-        p.notes[stage] = "not predicted"
+    if study_device(cfg) != "cpu":
+        for stage in ("locality", "emergence"):
+            p.notes[stage] = "not predicted on a GPU (timed on this CPU)"
+    else:
+        probe = ProbeCosts(cfg)
+        locality_stage(cfg, p, probe)
+        if cfg.emergence.models:
+            emergence_stage(cfg, p, probe, rate)
+        else:
+            p.seconds["emergence"], p.notes["emergence"] = 0.0, "no models followed"
+    p.notes["report"] = "not predicted"
     return p
