@@ -697,3 +697,16 @@ def test_an_interrupted_stage_keeps_its_time(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_study(cfg, only=["data"], console=quiet())
     assert json.loads((tmp_path / "timings.json").read_text())["stage_seconds"]["data"] >= first + 0.3
+
+
+def test_a_stage_records_its_time_while_it_runs(tmp_path):
+    """A study killed outright (kill -9: no chance to write on the way out) keeps all but the last
+    beat of a stage's time: timings.json grows while the stage runs."""
+    from locodiff.study import StageClock
+
+    path = tmp_path / "timings.json"
+    with StageClock(tmp_path, "train", "abc", every_s=0.05) as clock:
+        time.sleep(0.4)
+        midway = json.loads(path.read_text())["stage_seconds"]["train"]
+    assert 0.2 <= midway <= 0.4 and clock.seconds >= 0.4
+    assert json.loads(path.read_text())["stage_seconds"]["train"] == pytest.approx(clock.seconds, abs=0.05)

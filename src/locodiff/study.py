@@ -8,6 +8,7 @@ evaluations and probes run ``jobs`` at a time (``jobs.run_jobs``).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from .jobs import Job, last_record, run_jobs, torch_threads
 from .locality.config import LocalityOptions
 from .locality.run import probe_complete, probe_run
 from .models.registry import forward_flops, training_seconds_per_image
-from .progress import duration
+from .progress import LOG_EVERY_S, duration
 from .report import write_report
 from .scenes.dataset import SceneDataset, build_dataset
 from .scenes.figures import data_contact_sheet
@@ -336,6 +337,41 @@ def record_timing(out: Path, stage: str, seconds: float, cfg_hash: str, busy: fl
     write_json_atomic(path, data)
 
 
+class StageClock:
+    """Times a stage into ``timings.json`` as it runs: every ``every_s`` the time since the last
+    record is added (with the busy core-seconds), and the rest when the stage ends however it ends,
+    so a study killed outright (kill -9, a machine taken away) loses at most ``every_s`` of it."""
+
+    def __init__(self, out: Path, stage: str, cfg_hash: str, every_s: float = LOG_EVERY_S) -> None:
+        self.out, self.stage, self.cfg_hash, self.every_s = out, stage, cfg_hash, every_s
+        self.seconds, self.busy = 0.0, None
+        self._stop, self._lock = threading.Event(), threading.Lock()
+
+    def __enter__(self) -> "StageClock":
+        self._last, self._busy_then = time.perf_counter(), busy_core_seconds()
+        self._beat = threading.Thread(target=self._beats, daemon=True)
+        self._beat.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._beat.join()
+        self._record()
+
+    def _beats(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._record()
+
+    def _record(self) -> None:
+        with self._lock:
+            now, busy = time.perf_counter(), busy_core_seconds()
+            used = None if busy is None or self._busy_then is None else busy - self._busy_then
+            record_timing(self.out, self.stage, now - self._last, self.cfg_hash, used)
+            self.seconds += now - self._last
+            self.busy = None if used is None else (self.busy or 0.0) + used
+            self._last, self._busy_then = now, busy
+
+
 @dataclass
 class StudyResult:
     out_dir: Path
@@ -389,12 +425,9 @@ def run_study(
         console.rule(f"[bold]stage {i + 1}/{len(STAGES)}: {stage}")
         if predicted is not None:
             console.print(outlook(stage, [s for s in STAGES if s in only], predicted, sum(seconds.values())))
-        start, busy = time.perf_counter(), busy_core_seconds()
-        try:
+        clock = StageClock(out, stage, config_hash(cfg))
+        with clock:  # an interrupted stage's time counts too: a resumed study adds the rest
             stage_fns[stage]()
-        finally:  # an interrupted stage's time counts too: a resumed study adds the rest
-            seconds[stage] = time.perf_counter() - start
-            used = None if busy is None else busy_core_seconds() - busy
-            record_timing(out, stage, seconds[stage], config_hash(cfg), used)
-        console.print(f"  {stage} done in {seconds[stage]:.1f} s{core_use(used, seconds[stage])}")
+        seconds[stage] = clock.seconds
+        console.print(f"  {stage} done in {clock.seconds:.1f} s{core_use(clock.busy, clock.seconds)}")
     return StudyResult(out, seconds, layout.seeded_subject_dirs(cfg))
