@@ -513,8 +513,8 @@ def test_block_pixel_sensitivity_against_autograd_and_locality():
 def test_the_fastest_dtype_follows_native_bf16(monkeypatch):
     from locodiff import hardware
 
-    hardware.cpu_flags.cache_clear()
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))  # AMD Zen 3
     assert hardware.fastest_dtype("cpu") == torch.float32 and not hardware.native_bf16("cpu")
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
     assert hardware.fastest_dtype("cpu") == torch.bfloat16
+    assert "(avx2)" in hardware.machine()  # amx_bf16 alone is not the amx_tile unit named

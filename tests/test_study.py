@@ -702,6 +702,7 @@ def test_an_interrupted_stage_keeps_its_time(tmp_path, monkeypatch):
 def test_a_stage_records_its_time_while_it_runs(tmp_path):
     """A study killed outright (kill -9: no chance to write on the way out) keeps all but the last
     beat of a stage's time: timings.json grows while the stage runs."""
+    from locodiff.hardware import machine
     from locodiff.study import StageClock
 
     path = tmp_path / "timings.json"
@@ -710,3 +711,4 @@ def test_a_stage_records_its_time_while_it_runs(tmp_path):
         midway = json.loads(path.read_text())["stage_seconds"]["train"]
     assert 0.2 <= midway <= 0.4 and clock.seconds >= 0.4
     assert json.loads(path.read_text())["stage_seconds"]["train"] == pytest.approx(clock.seconds, abs=0.05)
+    assert json.loads(path.read_text())["machines"] == [machine()]  # named beside the times in the report

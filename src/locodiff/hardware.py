@@ -14,15 +14,30 @@ import torch
 BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}  # /proc/cpuinfo flags of CPUs with bf16 arithmetic
 
 
-@lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty where that file does not exist)."""
+@lru_cache(maxsize=None)
+def _cpuinfo(field: str) -> str:
+    """The first core's ``field`` in Linux ``/proc/cpuinfo`` ("" where that file does not exist)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return frozenset(line.partition(":")[2].split())
+        return ""
+    line = next((ln for ln in text.splitlines() if ln.split(":")[0].strip() == field), "")
+    return line.partition(":")[2].strip()
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (empty where ``/proc/cpuinfo`` does not exist)."""
+    return frozenset(_cpuinfo("flags").split())
+
+
+def machine() -> str:
+    """The machine in words, to name beside a timing: cores, CPU model, the vector units that decide
+    these kernels' speed (avx2 / avx512f / avx512_bf16 / amx), and the GPU if one is visible."""
+    units = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in cpu_flags()]
+    words = f"{cores()}-core {_cpuinfo('model name') or 'CPU'} ({', '.join(units) or 'no avx2'})"
+    if torch.cuda.is_available():
+        words += f", {torch.cuda.get_device_name(0)}"
+    return words
 
 
 def native_bf16(device: str | torch.device) -> bool:

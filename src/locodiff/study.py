@@ -27,7 +27,7 @@ from .evaluate.heatmap import detector_key, training_seconds_per_image as detect
 from .evaluate.runner import build_detector, evaluate_run
 from .evaluate.validation import ValidationSpec, validate_detector
 from .intervene.subject import subject_checkpoint, subject_checkpoints, write_intervention
-from .hardware import busy_core_seconds, cores
+from .hardware import busy_core_seconds, cores, machine
 from .io import atomic_path, read_jsonl, write_json_atomic
 from .jobs import Job, last_record, run_jobs, torch_threads
 from .locality.config import LocalityOptions
@@ -330,6 +330,9 @@ def record_timing(out: Path, stage: str, seconds: float, cfg_hash: str, busy: fl
     if data.get("config_hash") != cfg_hash:
         data = {"config_hash": cfg_hash, "stage_seconds": {}}
     data["stage_seconds"][stage] = round(data["stage_seconds"].get(stage, 0.0) + seconds, 2)
+    machines = data.setdefault("machines", [])  # every machine a part of the study ran on
+    if machine() not in machines:
+        machines.append(machine())
     if busy is not None:
         spent = data.setdefault("busy_core_seconds", {})
         spent[stage] = round(spent.get(stage, 0.0) + busy, 2)

@@ -85,7 +85,8 @@ def setup_section(cfg, facts: list[ModelFacts], timings: dict) -> Section:
     if seconds:
         parts = ", ".join(f"{k} {_duration(v)}" + (f" ({busy[k] / v:.1f} of {timings['cores']} cores busy)"
                                                     if k in busy and v >= 1 else "") for k, v in seconds.items())
-        sec.blocks.append(Text(f"Wall time per stage, summed over every run of this configuration: {parts}."))
+        where = f" on {'; '.join(timings['machines'])}" if timings.get("machines") else ""
+        sec.blocks.append(Text(f"Wall time per stage, summed over every run of this configuration{where}: {parts}."))
     return sec
 
 
