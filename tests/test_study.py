@@ -694,6 +694,9 @@ def test_an_interrupted_stage_keeps_its_time(tmp_path, monkeypatch):
         run_study(cfg, only=["data"], console=quiet())
     first = json.loads((tmp_path / "timings.json").read_text())["stage_seconds"]["data"]
     assert first >= 0.3
+    # a resumed study's "so far" counts the earlier run; another config's time is not this one's
+    assert study.recorded_seconds(tmp_path, cfg) == pytest.approx(first)
+    assert study.recorded_seconds(tmp_path, micro(tmp_path, "seed=1")) == 0.0
     with pytest.raises(KeyboardInterrupt):
         run_study(cfg, only=["data"], console=quiet())
     assert json.loads((tmp_path / "timings.json").read_text())["stage_seconds"]["data"] >= first + 0.3

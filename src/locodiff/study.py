@@ -340,6 +340,15 @@ def record_timing(out: Path, stage: str, seconds: float, cfg_hash: str, busy: fl
     write_json_atomic(path, data)
 
 
+def recorded_seconds(out: Path, cfg: StudyConfig) -> float:
+    """Wall time ``timings.json`` holds for ``cfg``: every stage, every run of it so far."""
+    try:
+        data = json.loads((out / layout.TIMINGS).read_text())
+    except (OSError, json.JSONDecodeError):
+        return 0.0
+    return sum(data.get("stage_seconds", {}).values()) if data.get("config_hash") == config_hash(cfg) else 0.0
+
+
 class StageClock:
     """Times a stage into ``timings.json`` as it runs: every ``every_s`` the time since the last
     record is added (with the busy core-seconds), and the rest when the stage ends however it ends,
@@ -348,7 +357,7 @@ class StageClock:
     def __init__(self, out: Path, stage: str, cfg_hash: str, every_s: float = LOG_EVERY_S) -> None:
         self.out, self.stage, self.cfg_hash, self.every_s = out, stage, cfg_hash, every_s
         self.seconds, self.busy = 0.0, None
-        self._stop, self._lock = threading.Event(), threading.Lock()
+        self._stop = threading.Event()
 
     def __enter__(self) -> "StageClock":
         self._last, self._busy_then = time.perf_counter(), busy_core_seconds()
@@ -365,14 +374,13 @@ class StageClock:
         while not self._stop.wait(self.every_s):
             self._record()
 
-    def _record(self) -> None:
-        with self._lock:
-            now, busy = time.perf_counter(), busy_core_seconds()
-            used = None if busy is None or self._busy_then is None else busy - self._busy_then
-            record_timing(self.out, self.stage, now - self._last, self.cfg_hash, used)
-            self.seconds += now - self._last
-            self.busy = None if used is None else (self.busy or 0.0) + used
-            self._last, self._busy_then = now, busy
+    def _record(self) -> None:  # from the beat thread, then once more after it has stopped
+        now, busy = time.perf_counter(), busy_core_seconds()
+        used = None if busy is None or self._busy_then is None else busy - self._busy_then
+        record_timing(self.out, self.stage, now - self._last, self.cfg_hash, used)
+        self.seconds += now - self._last
+        self.busy = None if used is None else (self.busy or 0.0) + used
+        self._last, self._busy_then = now, busy
 
 
 @dataclass
@@ -426,8 +434,8 @@ def run_study(
         if stage not in only:
             continue
         console.rule(f"[bold]stage {i + 1}/{len(STAGES)}: {stage}")
-        if predicted is not None:
-            console.print(outlook(stage, [s for s in STAGES if s in only], predicted, sum(seconds.values())))
+        if predicted is not None:  # the time so far counts earlier runs of this config too (a resumed study)
+            console.print(outlook(stage, [s for s in STAGES if s in only], predicted, recorded_seconds(out, cfg)))
         clock = StageClock(out, stage, config_hash(cfg))
         with clock:  # an interrupted stage's time counts too: a resumed study adds the rest
             stage_fns[stage]()
