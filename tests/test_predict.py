@@ -30,3 +30,11 @@ def test_emergence_counts_the_checkpoints_a_run_will_keep(tmp_path):
     for keep, measured in ((2, 2), (5, 3)):
         p = predict(load_study_config("micro", sets=sets + [f"models.exp1.train.keep_checkpoints={keep}"]))
         assert p.notes["emergence"].startswith(f"{measured} checkpoints to measure") and p.seconds["emergence"] > 0
+
+
+def test_networks_too_large_to_time_leave_the_probes_unpredicted(tmp_path):
+    from locodiff.predict import too_large_to_time
+
+    cfg = load_study_config("micro", sets=[f"out_dir={tmp_path}"])
+    assert too_large_to_time(cfg, rate=1e15) is None
+    assert too_large_to_time(cfg, rate=1e3).startswith("exp1 (~")  # the first enabled network

@@ -449,7 +449,9 @@ def test_claims_are_judged_from_recall_and_name_their_numbers(tmp_path):
     assert "— d: **not supported**" in text and "has not learned its label" in text
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+# full's dry run times each of its ~10 networks' training step and a miniature of its probe (about a
+# minute on two busy cores): slow; quick's covers the same path
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p == "full" else p for p in PRESETS])
 def test_every_preset_is_a_valid_study(preset):
     res = CliRunner().invoke(app, ["study", "--preset", preset, "--dry-run"])
     assert res.exit_code == 0, res.output

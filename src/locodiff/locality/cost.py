@@ -66,9 +66,11 @@ def _jacobian_seconds_per_scene(denoiser: Denoiser, draw: TestDraw, resolution: 
 
 
 def _text_seconds(net, image, cond, options: LocalityOptions) -> float:
-    """The text probe of one scene at one noise level (timed alone: an upper bound per scene)."""
+    """The text probe of one scene at one noise level (timed alone: an upper bound per scene; once,
+    after the Jacobian probe has warmed the network up)."""
     spec = TextProbeSpec(options.sigmas[:1], options.radius_px, options.pixels, TEXT_PROBE_PROBES, 0)
-    return best_seconds(lambda: probe_text_model(net, net.adapter, image, cond, spec), repeats=1, threads=1)
+    return best_seconds(lambda: probe_text_model(net, net.adapter, image, cond, spec), repeats=1, threads=1,
+                        warm_up=False)
 
 
 def _extrapolation_seconds(denoiser: Denoiser, draw: TestDraw, resolution: int, ex: ExtrapolationOptions) -> float:
