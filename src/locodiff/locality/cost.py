@@ -5,7 +5,9 @@ network built afresh from the subject's config stands in for the trained one. Ea
 probe (``run.probe_run``: the Jacobian probe, the extrapolation probe, a caption model's text probe
 on it and on its random-weight control) runs on one scene at one noise level, timed now on one
 thread, and is scaled to the scenes and noise levels the options ask for. The feature-space part
-(a few passes) and the summaries' bootstrap are not counted.
+(a few passes) and the summaries' bootstrap are not counted. The Jacobian part separates a batch's
+overhead from its per-scene work (one scene alone costs 2.3x its share of a batch of 8); the
+extrapolation and text parts are timed on one scene and overstate theirs (quick's exp1: 1.3x).
 """
 
 from __future__ import annotations
