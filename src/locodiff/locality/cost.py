@@ -7,7 +7,8 @@ on it and on its random-weight control) runs on one scene at one noise level, ti
 thread, and is scaled to the scenes and noise levels the options ask for. The feature-space part
 (a few passes) and the summaries' bootstrap are not counted. The Jacobian part separates a batch's
 overhead from its per-scene work (one scene alone costs 2.3x its share of a batch of 8); the
-extrapolation and text parts are timed on one scene and overstate theirs (quick's exp1: 1.3x).
+extrapolation and text parts are timed on one scene and overstate theirs (quick's exp1: about 1.3x,
+timed with the cores shared).
 """
 
 from __future__ import annotations
