@@ -28,3 +28,24 @@ def test_two_workers_start_the_two_longest_and_the_shortest_waits():
     times = run_jobs(jobs, 2, quiet())
     assert times["short"][0] >= times["middle"][1] - 0.05
     assert times["long"][0] < times["middle"][1] and times["middle"][0] < times["long"][1]
+
+
+def test_a_job_resumed_behind_its_last_logged_line_gets_a_rate(monkeypatch):
+    """A training run resumes from a checkpoint older than its last metrics line: its progress
+    first reads the stale line (1000), then drops (800) and climbs from there without passing it.
+    Its rate is measured from where it resumed, not from the stale line."""
+    import io
+    import time
+
+    import locodiff.jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "LOG_EVERY_S", 0.4)
+    start = time.monotonic()
+
+    def poll() -> int:
+        t = time.monotonic() - start
+        return 1000 if t < 0.8 else 800 + int(50 * (t - 0.8))
+
+    out = io.StringIO()
+    run_jobs({"resumed": Job(time.sleep, (3.0,), total=2000, poll=poll)}, 1, Console(file=out, width=300))
+    assert "/s, ETA" in out.getvalue(), out.getvalue()

@@ -80,7 +80,7 @@ def run_jobs(jobs: dict[str, Job], workers: int, console: Console) -> dict[str, 
                 if n not in moving:  # a queued job's clock starts when it does, not with the stage
                     if done != started[n][1]:
                         moving.add(n)
-                    else:
+                    if done <= started[n][1]:  # not moved, or resumed behind its last logged line
                         started[n] = (time.monotonic(), done)
                 if futures[n].done():
                     pending.discard(n)
