@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 
@@ -134,23 +135,17 @@ def too_large_to_time(cfg: StudyConfig, rate: float) -> str | None:
     return None
 
 
-class ProbeCosts:
-    """Seconds of one core to probe each subject of ``cfg``, timed once per distinct network."""
-
-    def __init__(self, cfg: StudyConfig) -> None:
-        self.cfg, self.known = cfg, {}
-
-    def __call__(self, model_cfg, options, masked=None) -> float:
-        key = (model_cfg, options, masked)
-        if key not in self.known:
-            denoiser = as_denoiser(build_network(model_cfg)).eval().requires_grad_(False)
-            if masked is not None:
-                denoiser = masked_composition(denoiser, masked.radius_px, "null", masked.softness_px)
-            self.known[key] = probe_seconds(denoiser, self.cfg.data, options)
-        return self.known[key]
+@lru_cache(maxsize=None)
+def probe_cost(model_cfg, data_cfg, options, masked=None) -> float:
+    """Seconds of one core to probe a subject of this network (a masked composition of it, with
+    ``masked`` its intervention spec): timed once per distinct network and options."""
+    denoiser = as_denoiser(build_network(model_cfg)).eval().requires_grad_(False)
+    if masked is not None:
+        denoiser = masked_composition(denoiser, masked.radius_px, "null", masked.softness_px)
+    return probe_seconds(denoiser, data_cfg, options)
 
 
-def locality_stage(cfg: StudyConfig, p: Prediction, probe: ProbeCosts) -> None:
+def locality_stage(cfg: StudyConfig, p: Prediction) -> None:
     """Every subject not yet probed at its final checkpoint, its jobs placed like training's."""
     costs = []
     for sub in cfg.per_seed().values():
@@ -160,13 +155,13 @@ def locality_stage(cfg: StudyConfig, p: Prediction, probe: ProbeCosts) -> None:
                 continue
             spec = sub.interventions.get(name)
             model = sub.models[spec.base if spec else name].model
-            costs.append(probe(model, cfg.locality, spec))
+            costs.append(probe_cost(model, cfg.data, cfg.locality, spec))
     p.seconds["locality"] = placed(cfg, costs)
     p.notes["locality"] = (f"{len(costs)} subjects to probe, a miniature probe of each network timed now on one core "
                            "(the feature-space part not counted)")
 
 
-def emergence_stage(cfg: StudyConfig, p: Prediction, probe: ProbeCosts, rate: float) -> None:
+def emergence_stage(cfg: StudyConfig, p: Prediction, rate: float) -> None:
     """Every kept checkpoint of the followed runs not yet measured: its evaluation and its probe."""
     ev, options = cfg.emergence.eval_config(cfg.evaluate), cfg.emergence.locality_options(cfg.locality)
     passes = len(ev.counts) * ev.per_count * (2 * ev.steps - 1)
@@ -182,7 +177,7 @@ def emergence_stage(cfg: StudyConfig, p: Prediction, probe: ProbeCosts, rate: fl
                        and probe_complete(layout.probe_dir(folder, options, c.name)) for c in kept)
             if images_trained(folder) < train.total_images:  # what it will keep: see the docstring
                 kept = range(min(train.keep_checkpoints, math.ceil(train.total_images / train.checkpoint_every_images)))
-            each = passes * forward_flops(model) / rate + probe(model, options)
+            each = passes * forward_flops(model) / rate + probe_cost(model, cfg.data, options)
             costs += [each] * max(0, len(kept) - done)
     p.seconds["emergence"] = placed(cfg, costs)
     p.notes["emergence"] = f"{len(costs)} checkpoints to measure: evaluation at {list(ev.counts)} and the probe"
@@ -207,10 +202,9 @@ def predict(cfg: StudyConfig) -> Prediction:
         for stage in ("locality", "emergence"):
             p.notes[stage] = f"not predicted: {why}"
     else:
-        probe = ProbeCosts(cfg)
-        locality_stage(cfg, p, probe)
+        locality_stage(cfg, p)
         if cfg.emergence.models:
-            emergence_stage(cfg, p, probe, rate)
+            emergence_stage(cfg, p, rate)
         else:
             p.seconds["emergence"], p.notes["emergence"] = 0.0, "no models followed"
     p.notes["report"] = "not predicted"

@@ -34,10 +34,9 @@ def probe_seconds(denoiser: Denoiser, data_cfg, options: LocalityOptions) -> flo
     ``data_cfg`` (a ``DataConfig``), from a few scenes at one noise level of each part, timed now."""
     draw = TestDraw(data_cfg, options.extrapolation.draw.min_separation)
     k = options.counts[len(options.counts) // 2]
-    image, cond = _scenes(draw, data_cfg.resolution, k, 1)
     per_scene = _jacobian_seconds_per_scene(denoiser, draw, data_cfg.resolution, k, options)
-    if conditioned_on(denoiser) == "captions":
-        per_scene += 2 * _text_seconds(denoiser, image, cond, options)  # the trained model and its control
+    if conditioned_on(denoiser) == "captions":  # the trained model's text probe and its control's
+        per_scene += 2 * _text_seconds(denoiser, *_scenes(draw, data_cfg.resolution, k, 1), options)
     seconds = per_scene * options.scenes * len(options.sigmas)
     ex = options.extrapolation
     if ex.counts:
