@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import time
+
+import pytest
 from rich.console import Console
 
+import locodiff.jobs as jobs_module
 from helpers.timed_jobs import sleep_and_time
 from locodiff.jobs import Job, run_jobs
 
@@ -34,11 +39,6 @@ def test_a_job_resumed_behind_its_last_logged_line_gets_a_rate(monkeypatch):
     """A training run resumes from a checkpoint older than its last metrics line: its progress
     first reads the stale line (1000), then drops (800) and climbs from there without passing it.
     Its rate is measured from where it resumed, not from the stale line."""
-    import io
-    import time
-
-    import locodiff.jobs as jobs_module
-
     monkeypatch.setattr(jobs_module, "LOG_EVERY_S", 0.4)
     start = time.monotonic()
 
@@ -49,3 +49,23 @@ def test_a_job_resumed_behind_its_last_logged_line_gets_a_rate(monkeypatch):
     out = io.StringIO()
     run_jobs({"resumed": Job(time.sleep, (3.0,), total=2000, poll=poll)}, 1, Console(file=out, width=300))
     assert "/s, ETA" in out.getvalue(), out.getvalue()
+
+
+def test_a_failing_job_lets_the_others_finish_then_raises_its_own_error():
+    """The failure is raised with the job's own message, but only after the jobs queued behind it
+    have run (the last one still waits while the runner sees the failure): finished work is never
+    thrown away because a sibling failed."""
+    ran: list[str] = []
+
+    def fail() -> None:
+        raise ValueError("bad config in the first job")
+
+    def slow(name: str) -> None:
+        time.sleep(1.0)
+        ran.append(name)
+
+    jobs = {"fails": Job(fail, (), cost=3.0), "slow": Job(slow, ("slow",), cost=2.0),
+            "queued": Job(ran.append, ("queued",), cost=1.0)}
+    with pytest.raises(ValueError, match="bad config in the first job"):
+        run_jobs(jobs, 1, quiet())
+    assert ran == ["slow", "queued"]

@@ -52,8 +52,8 @@ def run_jobs(jobs: dict[str, Job], workers: int, console: Console) -> dict[str, 
     summation order (measured: a quick network's weights after six steps differ by up to 5e-7
     when the last three ran on two threads), making its numbers depend on when the sibling finished.
     With one worker the jobs run one after another in a thread of this process instead (no
-    start-up cost, same live progress). All jobs run to the end even if one fails (their finished work is kept); then the first
-    failure is raised with the worker's own message.
+    start-up cost, same live progress). All jobs run to the end even if one fails (their finished
+    work is kept); then the first failure is raised with the worker's own message.
     """
     if not jobs:
         return {}
@@ -77,11 +77,7 @@ def run_jobs(jobs: dict[str, Job], workers: int, console: Console) -> dict[str, 
             for n in sorted(pending):
                 done = _poll(jobs[n])
                 bar.update(tasks[n], completed=done)
-                if n not in moving:  # a queued job's clock starts when it does, not with the stage
-                    if done != started[n][1]:
-                        moving.add(n)
-                    if done <= started[n][1]:  # not moved, or resumed behind its last logged line
-                        started[n] = (time.monotonic(), done)
+                _note_movement(n, done, started, moving)
                 if futures[n].done():
                     pending.discard(n)
                     try:
@@ -91,13 +87,28 @@ def run_jobs(jobs: dict[str, Job], workers: int, console: Console) -> dict[str, 
                         console.print(f"  [red]{n} failed: {e}")
                         errors.append(e)
     if errors:
-        if isinstance(errors[0], BrokenProcessPool):
-            raise StudyError(
-                "a worker process died (killed from outside, or out of memory?); finished work and the "
-                "last checkpoints are kept: run the same command again to resume"
-            ) from None
-        raise errors[0]
+        _raise_first(errors)
     return results
+
+
+def _note_movement(name: str, done: int, started: dict[str, tuple[float, int]], moving: set[str]) -> None:
+    """A queued job's clock starts when it moves, not with the stage; a job resumed behind its
+    last logged line (its metrics run past the checkpoint) restarts its clock where it resumed."""
+    if name in moving:
+        return
+    if done != started[name][1]:
+        moving.add(name)
+    if done <= started[name][1]:
+        started[name] = (time.monotonic(), done)
+
+
+def _raise_first(errors: list[BaseException]) -> None:
+    if isinstance(errors[0], BrokenProcessPool):
+        raise StudyError(
+            "a worker process died (killed from outside, or out of memory?); finished work and the "
+            "last checkpoints are kept: run the same command again to resume"
+        ) from None
+    raise errors[0]
 
 
 @contextmanager
