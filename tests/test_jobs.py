@@ -10,7 +10,7 @@ from rich.console import Console
 
 import locodiff.jobs as jobs_module
 from helpers.timed_jobs import sleep_and_time
-from locodiff.jobs import Job, run_jobs
+from locodiff.jobs import Job, Watch, progress_line, run_jobs
 
 
 def quiet() -> Console:
@@ -69,3 +69,28 @@ def test_a_failing_job_lets_the_others_finish_then_raises_its_own_error():
     with pytest.raises(ValueError, match="bad config in the first job"):
         run_jobs(jobs, 1, quiet())
     assert ran == ["slow", "queued"]
+
+
+def test_jobs_without_progress_get_an_eta_from_the_finished_jobs_pace():
+    """Probe jobs report nothing until done. One finished in 100 s for a cost of 10 (10 s per unit
+    of cost); the running one (cost 6, 20 s in) has ~40 s left, the queued one (cost 3) ~30 s: on
+    two workers the stage ends in ~40 s."""
+    jobs = {name: Job(print, (), cost=cost) for name, cost in [("done", 10.0), ("running", 6.0), ("queued", 3.0)]}
+    now = time.monotonic()
+    watch = Watch(began={"done": (now - 120, 0), "running": (now - 20, 0)}, took={"done": 100.0})
+    line = progress_line(jobs, {"running", "queued"}, watch, workers=2)
+    assert "] 1/3 done, 1 started, 1 queued, stage ETA ~40s; running (running 20s, ETA ~40s)" in line, line
+
+
+def test_the_log_counts_a_running_job_that_reports_no_progress_as_started(monkeypatch):
+    """With one worker and two jobs that report nothing until done, the first line names the
+    first as started and the second as queued; once the first has finished, its time gives the
+    second an ETA."""
+    monkeypatch.setattr(jobs_module, "LOG_EVERY_S", 0.4)
+    out = io.StringIO()
+    jobs = {"first": Job(time.sleep, (1.5,), cost=2.0), "second": Job(time.sleep, (1.5,), cost=1.0)}
+    run_jobs(jobs, 1, Console(file=out, width=300))
+    lines = out.getvalue().splitlines()
+    assert "0/2 done, 1 started, 1 queued; first (running" in lines[0], lines
+    assert any("1/2 done, 1 started, 0 queued, stage ETA ~" in line and "second (running" in line
+               for line in lines), lines

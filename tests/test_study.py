@@ -382,40 +382,39 @@ def test_a_probe_missing_its_feature_results_is_completed(finished):
 
 
 def test_progress_line_for_logs_names_each_running_job():
-    from locodiff.jobs import Job, progress_line
+    from locodiff.jobs import Job, Watch, progress_line
 
     jobs = {"exp1": Job(print, (), total=200, poll=lambda: 50), "exp2": Job(print, (), total=10, poll=lambda: 10),
             "queued": Job(print, (), total=4, poll=lambda: 0), "broken": Job(print, (), total=4, poll=lambda: int("x"))}
-    line = progress_line(jobs, {"exp1", "broken", "queued"})
-    assert "exp1 50/200 (25%)" in line and "broken" not in line and "exp2" not in line
-    assert "] 1/4 done, 1 started, 2 queued; " in line  # how far the stage is as a whole
+    watch = Watch(began={"exp1": (time.monotonic(), 50), "broken": (time.monotonic(), 0)})
+    line = progress_line(jobs, {"exp1", "broken", "queued"}, watch)
+    assert "exp1 50/200 (25%)" in line and "broken 0/4 (0%)" in line and "exp2" not in line
+    assert "] 1/4 done, 2 started, 1 queued; " in line  # how far the stage is as a whole
     assert "ETA" not in line  # nothing has moved yet
-    # 30 units in the 60 s since the start: 0.5/s, 300 s for the 150 left; the detail follows
+    # 30 units in the 60 s since it began: 0.5/s, 300 s for the 150 left; the detail follows
     jobs["exp1"].detail = lambda: "loss 0.0412"
-    started = {"exp1": (time.monotonic() - 60, 20)}
-    line = progress_line(jobs, {"exp1"}, started)
+    watch = Watch(began={"exp1": (time.monotonic() - 60, 20)})
+    line = progress_line(jobs, {"exp1", "queued"}, watch)
     assert "exp1 50/200 (25%, 0.5/s, ETA 5m00s, loss 0.0412)" in line
-    # a job resumed from an earlier session (units done, not moving yet) is queued, not started
-    line = progress_line(jobs, {"exp1", "queued"}, started, moving=set())
+    # a job resumed from an earlier session (units done) that has not begun to run is queued
+    line = progress_line(jobs, {"exp1", "queued"}, Watch())
     assert "] 2/4 done, 0 started, 2 queued; " in line and "exp1" not in line
-    assert "] 2/4 done, 1 started, 1 queued; exp1 50/200" in progress_line(jobs, {"exp1", "queued"}, started,
-                                                                             moving={"exp1"})
 
 
 def test_the_stage_eta_counts_queued_jobs_at_the_moving_jobs_pace():
     """exp1 moves at 0.5/s: its 180 units from the start take 360 s for a cost of 36, 10 s per unit
     of cost; the queued jobs of cost 12 and 30 then take 120 s and 300 s. On two workers: exp1's
     300 s left, then the 300 s job beside it and the 120 s job after the shorter: 420 s."""
-    from locodiff.jobs import Job, progress_line
+    from locodiff.jobs import Job, Watch, progress_line
 
     jobs = {"exp1": Job(print, (), total=200, poll=lambda: 50, cost=36.0),
             "small": Job(print, (), total=8, poll=lambda: 0, cost=12.0),
             "large": Job(print, (), total=8, poll=lambda: 0, cost=30.0)}
-    started = {"exp1": (time.monotonic() - 60, 20)}
-    assert "stage ETA ~7m00s" in progress_line(jobs, set(jobs), started, workers=2)
-    assert "stage ETA ~12m00s" in progress_line(jobs, set(jobs), started, workers=1)
+    watch = Watch(began={"exp1": (time.monotonic() - 60, 20)})
+    assert "stage ETA ~7m00s" in progress_line(jobs, set(jobs), watch, workers=2)
+    assert "stage ETA ~12m00s" in progress_line(jobs, set(jobs), watch, workers=1)
     jobs["large"].cost = 0.0  # a job of unknown cost: no stage ETA rather than a wrong one
-    assert "stage ETA" not in progress_line(jobs, set(jobs), started, workers=2)
+    assert "stage ETA" not in progress_line(jobs, set(jobs), watch, workers=2)
 
 
 def test_each_stage_starts_by_saying_where_the_study_stands():

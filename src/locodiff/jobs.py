@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -65,21 +65,20 @@ def run_jobs(jobs: dict[str, Job], workers: int, console: Console) -> dict[str, 
     with pool_cm as pool, _progress(console) as bar, _stop_workers_on_interrupt(pool):
         tasks = {n: bar.add_task(n, total=j.total, completed=_poll(j)) for n, j in jobs.items()}
         futures = {n: pool.submit(j.fn, *j.args) for n, j in jobs.items()}
-        pending = set(futures)
-        last_line = time.monotonic()
-        started = {n: (last_line, _poll(j)) for n, j in jobs.items()}  # for rates: when each began to move
-        moving: set[str] = set()
+        pending, watch, last_line = set(futures), Watch(), time.monotonic()
         while pending:
             time.sleep(0.5)
+            # a pool hands its jobs to free workers in the order they were submitted
+            for n in [n for n in jobs if n in pending][:workers]:
+                watch.running(n, _poll(jobs[n]))
             if not console.is_terminal and time.monotonic() - last_line >= LOG_EVERY_S:
-                console.print(progress_line(jobs, pending, started, workers, moving))  # a log file gets no live bars
+                console.print(progress_line(jobs, pending, watch, workers))  # a log file gets no live bars
                 last_line = time.monotonic()
             for n in sorted(pending):
-                done = _poll(jobs[n])
-                bar.update(tasks[n], completed=done)
-                _note_movement(n, done, started, moving)
+                bar.update(tasks[n], completed=_poll(jobs[n]))
                 if futures[n].done():
                     pending.discard(n)
+                    watch.finished(n)
                     try:
                         results[n] = futures[n].result()
                         bar.update(tasks[n], completed=jobs[n].total)
@@ -91,15 +90,24 @@ def run_jobs(jobs: dict[str, Job], workers: int, console: Console) -> dict[str, 
     return results
 
 
-def _note_movement(name: str, done: int, started: dict[str, tuple[float, int]], moving: set[str]) -> None:
-    """A queued job's clock starts when it moves, not with the stage; a job resumed behind its
-    last logged line (its metrics run past the checkpoint) restarts its clock where it resumed."""
-    if name in moving:
-        return
-    if done != started[name][1]:
-        moving.add(name)
-    if done <= started[name][1]:
-        started[name] = (time.monotonic(), done)
+@dataclass
+class Watch:
+    """What the runner has seen of a stage's jobs, for the log's progress line: when each job
+    began to run and its units done then (its rate counts from there, not from the stage's start),
+    and how long each finished job took (the pace of jobs that report no progress until done)."""
+
+    began: dict[str, tuple[float, int]] = field(default_factory=dict)
+    took: dict[str, float] = field(default_factory=dict)
+
+    def running(self, name: str, done: int) -> None:
+        now = time.monotonic()
+        _, done0 = self.began.setdefault(name, (now, done))
+        if done < done0:  # resumed from a checkpoint behind its last logged line: count from here
+            self.began[name] = (now, done)
+
+    def finished(self, name: str) -> None:
+        if name in self.began:
+            self.took[name] = time.monotonic() - self.began[name][0]
 
 
 def _raise_first(errors: list[BaseException]) -> None:
@@ -133,44 +141,54 @@ def _stop_workers_on_interrupt(pool):
             signal.signal(signal.SIGTERM, previous)
 
 
-def progress_line(jobs: dict[str, Job], pending: set[str], started: dict[str, tuple[float, int]] | None = None,
-                  workers: int = 1, moving: set[str] | None = None) -> str:
+def progress_line(jobs: dict[str, Job], pending: set[str], watch: Watch, workers: int = 1) -> str:
     """``  [12:03:04] 1/5 done, 2 started, 2 queued, stage ETA ~24m10s; exp1 65536/150000 (44%, 221/s,
-    ETA 6m20s, loss 0.0412), exp2 ...``: how far the stage is as a whole, then each started job's
-    progress, with rate and ETA once it has moved since ``started`` (``{name: (monotonic time,
-    units done then)}``). The stage's ETA is ``workers`` filled longest first with what every job
-    has left: a moving job's at its own rate, a queued job's from its ``cost`` at the seconds per
-    unit of cost the moving jobs show (none until one has moved). With ``moving`` (the jobs that have
-    moved in this stage) a job resumed from an earlier session counts as queued until it moves
-    again; without it, every job with units done counts as started."""
-    now, started = time.monotonic(), started or {}
-    parts, left, seconds_per_cost = [], {}, []
+    ETA 6m20s, loss 0.0412), exp2 ...``: how far the stage is as a whole, then each running job.
+    A job that reports progress gets its rate and ETA once it has moved since it began; the others
+    an ETA from their ``cost`` at the stage's pace (seconds per unit of cost, the median over the
+    moving jobs' rates and the finished jobs' times). The stage's ETA is ``workers`` filled longest
+    first with what every job has left (none while a job's cost is unknown, or nothing has moved)."""
+    now, running = time.monotonic(), [n for n in sorted(pending) if n in watch.began]
+    rates = {n: _rate(jobs[n], *watch.began[n], now) for n in running}
+    paces = [(jobs[n].total - watch.began[n][1]) / r / jobs[n].cost for n, r in rates.items() if r and jobs[n].cost > 0]
+    paces += [t / jobs[n].cost for n, t in watch.took.items() if jobs[n].cost > 0]
+    pace = statistics.median(paces) if paces else None
+    left, parts = {}, []
     for n in sorted(pending):
-        job = jobs[n]
-        done, total = _poll(job), job.total
-        t0, done0 = started.get(n, (now, done))
-        facts = [f"{done / max(total, 1):.0%}"]
-        if done > done0 and now > t0:
-            rate = (done - done0) / (now - t0)
-            left[n] = (total - done) / rate
-            facts += [f"{rate:.3g}/s", f"ETA {duration(left[n])}"]
-            if job.cost > 0:
-                seconds_per_cost.append((total - done0) / rate / job.cost)
-        if job.detail is not None:
-            try:
-                facts.append(job.detail())
-            except (OSError, ValueError, KeyError):
-                pass
-        running = n in moving if moving is not None else (done > 0 or n in left)
-        if running:
-            parts.append(f"{n} {done}/{total} ({', '.join(f for f in facts if f)})")
-    queued = len(pending) - len(parts)
-    head = f"{len(jobs) - len(pending)}/{len(jobs)} done, {len(parts)} started, {queued} queued"
-    if seconds_per_cost and all(n in left or jobs[n].cost > 0 for n in pending):
-        rate = statistics.median(seconds_per_cost)
-        eta = longest_first_makespan([left.get(n, rate * jobs[n].cost) for n in pending], workers)
-        head += f", stage ETA ~{duration(eta)}"
+        job, rate = jobs[n], rates.get(n)
+        if rate:
+            left[n] = (job.total - _poll(job)) / rate
+        elif pace is not None and job.cost > 0:
+            left[n] = max(0.0, pace * job.cost - (now - watch.began[n][0] if n in watch.began else 0.0))
+        if n in watch.began:
+            parts.append(_job_part(n, job, rate, left.get(n), now - watch.began[n][0]))
+    head = f"{len(jobs) - len(pending)}/{len(jobs)} done, {len(running)} started, {len(pending) - len(running)} queued"
+    if pace is not None and len(left) == len(pending):
+        head += f", stage ETA ~{duration(longest_first_makespan(list(left.values()), workers))}"
     return f"  [{time.strftime('%H:%M:%S')}] {head}; " + ", ".join(parts)
+
+
+def _rate(job: Job, t0: float, done0: int, now: float) -> float | None:
+    """Units per second since the job began to run (None until it has moved)."""
+    done = _poll(job)
+    return (done - done0) / (now - t0) if done > done0 and now > t0 else None
+
+
+def _job_part(name: str, job: Job, rate: float | None, left: float | None, elapsed: float) -> str:
+    """``exp1 65536/150000 (44%, 221/s, ETA 6m20s, loss 0.0412)``; a job that reports no progress:
+    ``exp2@s1 (running 1m10s, ETA ~2m05s)``."""
+    facts = [f"{_poll(job) / max(job.total, 1):.0%}"] if job.poll else [f"running {duration(elapsed)}"]
+    if rate:
+        facts.append(f"{rate:.3g}/s")
+    if left is not None:
+        facts.append(f"ETA {'' if rate else '~'}{duration(left)}")
+    if job.detail is not None:
+        try:
+            facts.append(job.detail())
+        except (OSError, ValueError, KeyError):
+            pass
+    progress = f" {_poll(job)}/{job.total}" if job.poll else ""
+    return f"{name}{progress} ({', '.join(f for f in facts if f)})"
 
 
 def longest_first_makespan(costs: list[float], workers: int) -> float:
