@@ -176,7 +176,9 @@ def test_sample_pixels_are_distinct_in_range_and_stratified():
 
 
 def test_figures_are_written(tmp_path):
-    from locodiff.locality import figures
+    from locodiff.locality import figures  # sets the Agg backend before pyplot loads
+
+    import matplotlib.pyplot as plt
 
     res = probe(LocalNet)
     glob = probe(GlobalNet)
@@ -188,3 +190,4 @@ def test_figures_are_written(tmp_path):
     }
     paths = [figures.save_figure(fig, tmp_path / name) for name, fig in figs.items()]
     assert all(p.exists() and p.stat().st_size > 1000 for p in paths)
+    assert not any(plt.fignum_exists(fig.number) for fig in figs.values())  # closed: a report draws dozens

@@ -180,7 +180,6 @@ def write_probe(result: dict, out_dir: str | Path) -> Path:
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, out / "token_concentration.png")
-    plt.close(fig)
     return out / "probe.json"
 
 

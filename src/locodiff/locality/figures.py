@@ -9,7 +9,7 @@ or plain tensors), so they can be redrawn without re-running a probe.
   with each model's chance level dashed.
 
 All functions return a matplotlib ``Figure`` (Agg backend, no display needed); ``save_figure``
-writes one atomically.
+writes one atomically and closes it.
 """
 
 from __future__ import annotations
@@ -36,10 +36,12 @@ ResultLike = LocalityResult | Mapping
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
-    """Save atomically; the format follows the file suffix (png, pdf, svg)."""
+    """Save atomically (the format follows the file suffix: png, pdf, svg) and close the figure:
+    pyplot keeps every open figure alive, and a report draws dozens."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png", bbox_inches="tight")
+    plt.close(fig)
     return path
 
 
