@@ -68,14 +68,15 @@ def run_jobs(jobs: dict[str, Job], workers: int, console: Console) -> dict[str, 
         pending, watch, last_line = set(futures), Watch(), time.monotonic()
         while pending:
             time.sleep(0.5)
+            done = {n: _poll(jobs[n]) for n in pending}
             # a pool hands its jobs to free workers in the order they were submitted
             for n in [n for n in jobs if n in pending][:workers]:
-                watch.running(n, _poll(jobs[n]))
+                watch.running(n, done[n])
             if not console.is_terminal and time.monotonic() - last_line >= LOG_EVERY_S:
                 console.print(progress_line(jobs, pending, watch, workers))  # a log file gets no live bars
                 last_line = time.monotonic()
             for n in sorted(pending):
-                bar.update(tasks[n], completed=_poll(jobs[n]))
+                bar.update(tasks[n], completed=done[n])
                 if futures[n].done():
                     pending.discard(n)
                     watch.finished(n)
@@ -149,7 +150,8 @@ def progress_line(jobs: dict[str, Job], pending: set[str], watch: Watch, workers
     moving jobs' rates and the finished jobs' times). The stage's ETA is ``workers`` filled longest
     first with what every job has left (none while a job's cost is unknown, or nothing has moved)."""
     now, running = time.monotonic(), [n for n in sorted(pending) if n in watch.began]
-    rates = {n: _rate(jobs[n], *watch.began[n], now) for n in running}
+    done = {n: _poll(jobs[n]) for n in pending}
+    rates = {n: _rate(done[n], *watch.began[n], now) for n in running}
     paces = [(jobs[n].total - watch.began[n][1]) / r / jobs[n].cost for n, r in rates.items() if r and jobs[n].cost > 0]
     paces += [t / jobs[n].cost for n, t in watch.took.items() if jobs[n].cost > 0]
     pace = statistics.median(paces) if paces else None
@@ -157,27 +159,26 @@ def progress_line(jobs: dict[str, Job], pending: set[str], watch: Watch, workers
     for n in sorted(pending):
         job, rate = jobs[n], rates.get(n)
         if rate:
-            left[n] = (job.total - _poll(job)) / rate
+            left[n] = (job.total - done[n]) / rate
         elif pace is not None and job.cost > 0:
             left[n] = max(0.0, pace * job.cost - (now - watch.began[n][0] if n in watch.began else 0.0))
         if n in watch.began:
-            parts.append(_job_part(n, job, rate, left.get(n), now - watch.began[n][0]))
+            parts.append(_job_part(n, job, done[n], rate, left.get(n), now - watch.began[n][0]))
     head = f"{len(jobs) - len(pending)}/{len(jobs)} done, {len(running)} started, {len(pending) - len(running)} queued"
     if pace is not None and len(left) == len(pending):
         head += f", stage ETA ~{duration(longest_first_makespan(list(left.values()), workers))}"
     return f"  [{time.strftime('%H:%M:%S')}] {head}; " + ", ".join(parts)
 
 
-def _rate(job: Job, t0: float, done0: int, now: float) -> float | None:
+def _rate(done: int, t0: float, done0: int, now: float) -> float | None:
     """Units per second since the job began to run (None until it has moved)."""
-    done = _poll(job)
     return (done - done0) / (now - t0) if done > done0 and now > t0 else None
 
 
-def _job_part(name: str, job: Job, rate: float | None, left: float | None, elapsed: float) -> str:
+def _job_part(name: str, job: Job, done: int, rate: float | None, left: float | None, elapsed: float) -> str:
     """``exp1 65536/150000 (44%, 221/s, ETA 6m20s, loss 0.0412)``; a job that reports no progress:
     ``exp2@s1 (running 1m10s, ETA ~2m05s)``."""
-    facts = [f"{_poll(job) / max(job.total, 1):.0%}"] if job.poll else [f"running {duration(elapsed)}"]
+    facts = [f"{done / max(job.total, 1):.0%}"] if job.poll else [f"running {duration(elapsed)}"]
     if rate:
         facts.append(f"{rate:.3g}/s")
     if left is not None:
@@ -187,7 +188,7 @@ def _job_part(name: str, job: Job, rate: float | None, left: float | None, elaps
             facts.append(job.detail())
         except (OSError, ValueError, KeyError):
             pass
-    progress = f" {_poll(job)}/{job.total}" if job.poll else ""
+    progress = f" {done}/{job.total}" if job.poll else ""
     return f"{name}{progress} ({', '.join(f for f in facts if f)})"
 
 
