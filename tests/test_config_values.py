@@ -18,7 +18,8 @@ from locodiff.study_config import ModelSpec, StudyConfig, load_study_config
 
 # The options that may be negative, each declared SIGNED where it is defined.
 SIGNED_OPTIONS = {"data.camera.azimuth_deg", "data.camera.target_x", "data.camera.target_y", "train.p_mean",
-                  "models.exp1.train.p_mean", "report.claim_rho", "report.weak_rho"}
+                  "models.exp1.train.p_mean", "report.claim_rho", "report.weak_rho",
+                  "models.exp1.model.cross_attention.sigmoid_bias"}
 
 
 def _leaf_types(tp) -> list:

@@ -17,7 +17,7 @@ from locodiff.errors import CheckpointError, InputError
 from locodiff.export import LocodiffModel, LocodiffPipeline, export_run
 from locodiff.export.pipeline import location_conditioning
 from locodiff.models import available_architectures, build_network
-from locodiff.models.config import LocalOptions, ModelConfig
+from locodiff.models.config import CrossAttentionOptions, LocalOptions, ModelConfig
 from locodiff.scenes.captions import captions
 from locodiff.scenes.dataset import DataConfig
 from locodiff.train.checkpoint import CheckpointState, load_denoiser, save_checkpoint
@@ -27,9 +27,9 @@ torch.set_num_threads(2)
 LOCATIONS = [[0.3, 0.6], [0.7, 0.4]]
 
 
-def trained_run(root: Path, arch: str) -> Path:
+def trained_run(root: Path, arch: str, **overrides) -> Path:
     """A run folder as training leaves it (config.json + a checkpoint), with random weights."""
-    model = dict(arch=arch, image_size=16, channels=(8, 16), norm_groups=4, head_dim=8, token_dim=16)
+    model = dict(arch=arch, image_size=16, channels=(8, 16), norm_groups=4, head_dim=8, token_dim=16, **overrides)
     if arch == "local":
         model["local"] = LocalOptions(radius=3, width=16)
     data = DataConfig(resolution=16, supersample=1, train_images=64, test_images_per_count=2)
@@ -44,9 +44,13 @@ def trained_run(root: Path, arch: str) -> Path:
     return run
 
 
-@pytest.mark.parametrize("arch", available_architectures())
-def test_every_network_exports_and_loads_bit_for_bit(tmp_path, arch):
-    run = trained_run(tmp_path, arch)
+COUPLING_FREE = dict(norm="pixel", cross_attention=CrossAttentionOptions(shared_position=True, weights="sigmoid"))
+
+
+@pytest.mark.parametrize("arch, overrides", [*((a, {}) for a in available_architectures()),
+                                             ("cross_attention", COUPLING_FREE)])
+def test_every_network_exports_and_loads_bit_for_bit(tmp_path, arch, overrides):
+    run = trained_run(tmp_path, arch, **overrides)
     out = export_run(run, tmp_path / "exported")
     assert (out / "model" / "diffusion_pytorch_model.safetensors").is_file() and (out / "model_index.json").is_file()
     reference, _ = load_denoiser(run)

@@ -304,10 +304,10 @@ def test_patch_stem_runs_the_unet_on_a_coarser_grid():
 def _position_only_attention(image_size: int = 1, **options):
     """A cross-attention block whose content terms are zero, so only position terms remain, and
     whose values are one-hot token indices, so its output reads off the attention weights."""
-    from locodiff.models.layers import CrossAttention
+    from locodiff.models.layers import CrossAttention, Norm
 
     torch.manual_seed(0)
-    block = CrossAttention(64, 16, 1, 8, 4, CrossAttentionOptions(**options), image_size)
+    block = CrossAttention(64, 16, 1, Norm(), 4, CrossAttentionOptions(**options), image_size)
     with torch.no_grad():
         for layer in (block.q, block.kv, block.proj):
             layer.weight.zero_()
@@ -343,10 +343,10 @@ def test_position_bias_sends_far_pixels_to_the_null_token_and_learns_its_width()
     w = _attention_weights(block, locations, [False, True, True])
     assert w[3, 3, 1] > 0.49 and w[3, 3, 2] < 1e-6  # on token 1: split with the null, token 2 is far
     assert w[8, 0, 0] > 0.99  # far from both tokens: the null token only
-    from locodiff.models.layers import CrossAttention
+    from locodiff.models.layers import CrossAttention, Norm
 
     torch.manual_seed(1)
-    block = CrossAttention(64, 16, 2, 8, 4, CrossAttentionOptions(position_bias_px=1.0), image_size=16)  # content terms on again
+    block = CrossAttention(64, 16, 2, Norm(), 4, CrossAttentionOptions(position_bias_px=1.0), image_size=16)  # content terms on again
     x = torch.randn(1, 64, 16, 16)
     out = block(x, torch.randn(1, 3, 16), torch.ones(1, 3, dtype=torch.bool), torch.tensor([locations]),
                 torch.tensor([[False, True, True]]))

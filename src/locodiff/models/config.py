@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from ..config import IDENTITY_UNLESS_DEFAULT
+from ..config import IDENTITY_UNLESS_DEFAULT, SIGNED
 from ..errors import ConfigError
 from ..scenes.encodings import MAX_FREQ_LOG2
 
@@ -27,6 +27,7 @@ UNET_ARCHITECTURES = ("cross_attention", "spatial", "global")
 DEFAULT_SELF_ATTENTION_MAX_RES = 8  # self-attention at 16x16 is slow on CPU
 DEFAULT_CROSS_ATTENTION_MAX_RES = 16  # cross-attention to <= 11 tokens is cheap
 DEFAULT_LOCAL_CUTOFF = 3.0
+DEFAULT_SIGMOID_BIAS = -1.4  # sigmoid(-1.4) ~ 0.2: a token starts at a fifth of full weight
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,17 @@ class CrossAttentionOptions:
     position_bias_px: float = 0.0  # learned distance bias on attention logits, initial width px; 0 = off
     # hard locality mask: a pixel attends only to tokens within this many px (and the null token); None = off
     attention_radius_px: float | None = field(default=None, metadata=IDENTITY_UNLESS_DEFAULT)
+    # How a pixel weighs the tokens. softmax: the weights sum to 1 over the tokens, so each of k
+    # tokens gets ~1/k of a pixel's attention and a conditioner's effect shrinks as others are added
+    # (a count coupling). sigmoid: each token's weight is sigmoid(q.k / sqrt(d) + sigmoid_bias) on
+    # its own, unnormalised, so a token's contribution does not depend on which others are present.
+    weights: Literal["softmax", "sigmoid"] = field(default="softmax", metadata=IDENTITY_UNLESS_DEFAULT)
+    sigmoid_bias: float = field(default=DEFAULT_SIGMOID_BIAS, metadata={**IDENTITY_UNLESS_DEFAULT, **SIGNED})
 
     def __post_init__(self) -> None:
+        if self.weights == "softmax" and self.sigmoid_bias != DEFAULT_SIGMOID_BIAS:
+            raise ConfigError(f"model.cross_attention.sigmoid_bias={self.sigmoid_bias} has no effect with "
+                              "weights='softmax'; set weights='sigmoid' or leave it unset")
         if self.shared_position and not self.query_position:
             raise ConfigError("model.cross_attention.shared_position=true needs query_position=true")
         if self.attention_radius_px is not None and not self.attention_radius_px > 0:
@@ -93,7 +103,12 @@ class ModelConfig:
     patch_size: int = 1  # pixel-unshuffle stem / pixel-shuffle head: the UNet runs on patch x patch blocks
     res_blocks: int = 1  # residual blocks per level, in the encoder and in the decoder
     attention_resolutions: tuple[int, ...] | None = None  # self-attention; None = levels <= 8 px
-    norm_groups: int = 8  # GroupNorm groups; must divide every width
+    # Normalisation in the UNet's blocks. group: GroupNorm, whose statistics pool the whole image, so
+    # every added object renormalises every pixel (a count coupling); pixel: LayerNorm over the
+    # channels of each pixel alone (a block's output at a pixel then depends only on the pixels its
+    # convolutions reach); none: no normalisation.
+    norm: Literal["group", "pixel", "none"] = field(default="group", metadata=IDENTITY_UNLESS_DEFAULT)
+    norm_groups: int = 8  # GroupNorm groups; must divide every width (norm = "group")
     head_dim: int = 32  # attention head width (heads = width // head_dim, at least 1)
     dropout: float = 0.0  # dropout inside residual blocks
     # --- conditioner encodings ---
@@ -130,6 +145,7 @@ class ModelConfig:
         flat.update({name: (ca or {}).get(name) for name in ("query_position", "shared_position", "position_bias_px")})
         if ca and ca.get("attention_radius_px") is not None:
             flat["attention_radius_px"] = ca["attention_radius_px"]
+        flat.update({name: ca[name] for name in ("weights", "sigmoid_bias") if name in (ca or {})})  # unless default
         flat.update(local_radius=(lo or {}).get("radius"), local_width=(lo or {}).get("width"))
         if cap:
             flat.update(caption_objects=cap["objects"], caption_count=cap["count_word"], text_layers=cap["text_layers"])
@@ -181,6 +197,11 @@ class ModelConfig:
                               "it applies to ['local', 'spatial'] only (leave it unset)")
         if self.bump_cutoff is not None and self.bump_cutoff <= 0:
             raise ConfigError(f"model.bump_cutoff={self.bump_cutoff}: expected > 0 (in units of bump_sigma_px)")
+        if self.norm != "group" and self.arch not in UNET_ARCHITECTURES:
+            why = ("keeps SDXL's layout (GroupNorm)" if self.arch == "diffusers_text"
+                   else "normalises each pixel by construction")
+            raise ConfigError(f"model.norm={self.norm!r} has no effect with model.arch={self.arch!r}, which {why}; "
+                              f"it applies to {list(UNET_ARCHITECTURES)} only (leave it unset)")
         if self.arch == "diffusers_text" and len(self.channels) < 2:
             raise ConfigError(f"model.channels={list(self.channels)}: a diffusers_text UNet needs >= 2 levels "
                               "(the finest has no attention, as in SDXL)")
@@ -209,7 +230,7 @@ class ModelConfig:
             raise ConfigError(f"model.channels={list(self.channels)}: widths must be >= 1")
         if self.res_blocks < 1:
             raise ConfigError(f"model.res_blocks={self.res_blocks}: expected >= 1")
-        if self.norm_groups < 1 or any(c % self.norm_groups for c in self.channels):
+        if self.norm == "group" and (self.norm_groups < 1 or any(c % self.norm_groups for c in self.channels)):
             raise ConfigError(
                 f"model.norm_groups={self.norm_groups} must divide every width in "
                 f"model.channels={list(self.channels)}"

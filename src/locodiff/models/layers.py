@@ -11,6 +11,7 @@ implemented by PyTorch's fused CPU attention kernels, so wrap such calls in
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +86,24 @@ class PixelNorm(nn.Module):
         return rearrange(y, "b h w c -> b c h w")
 
 
+@dataclass(frozen=True)
+class Norm:
+    """The normalisation a UNet's blocks use (``model.norm``), as a factory of layers.
+
+    ``group`` pools mean and variance over the whole image (per group of channels): adding an
+    object anywhere renormalises every pixel. ``pixel`` (``PixelNorm``) and ``none`` keep a
+    block's output at a pixel a function of the pixels its convolutions reach.
+    """
+
+    kind: str = "group"
+    groups: int = 8
+
+    def __call__(self, channels: int) -> nn.Module:
+        if self.kind == "group":
+            return nn.GroupNorm(self.groups, channels)
+        return PixelNorm(channels) if self.kind == "pixel" else nn.Identity()
+
+
 def modulate(h: Tensor, emb_proj: Tensor) -> Tensor:
     """Scale/shift ``h`` [B,C,H,W] by ``emb_proj`` [B,2C] (adaptive normalisation)."""
     scale, shift = rearrange(emb_proj, "b (two c) -> two b c 1 1", two=2).unbind(0)
@@ -93,14 +112,14 @@ def modulate(h: Tensor, emb_proj: Tensor) -> Tensor:
 
 # ----- UNet blocks -------------------------------------------------------------------------------
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice, the noise embedding as scale/shift in between, plus a skip."""
+    """Norm-SiLU-conv twice, the noise embedding as scale/shift in between, plus a skip."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int, dropout: float) -> None:
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, norm: Norm, dropout: float) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.norm1 = norm(in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * out_ch)
-        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.norm2 = norm(out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
@@ -116,7 +135,8 @@ def heads_for(channels: int, head_dim: int) -> int:
     return max(1, channels // head_dim)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, bias: Tensor | None = None,
+              sigmoid_bias: float | None = None) -> Tensor:
     """``softmax(q k^T / sqrt(d)) v`` over [B, heads, L, d] tensors; ``mask`` True = may attend.
 
     ``F.scaled_dot_product_attention`` (fused, memory-efficient: the right choice on GPUs and for
@@ -126,24 +146,31 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, bias:
     ``bias`` (broadcastable to [B, heads, L, K]) is added to the logits before the softmax; it
     always takes the plain formula, because in torch 2.13 the fused CPU kernel silently returns
     no gradient for a float mask once the queries require one (a learned bias would never learn).
+
+    With ``sigmoid_bias = b`` the weights are ``sigmoid(q k^T / sqrt(d) + bias + b)``, each key's
+    on its own (masked keys get 0): no normalisation over the keys, so what one key adds to a
+    query's output does not depend on which other keys are there. Always the plain formula.
     """
-    if bias is None and (q.device.type != "cpu" or q.dtype != torch.bfloat16):
+    if bias is None and sigmoid_bias is None and (q.device.type != "cpu" or q.dtype != torch.bfloat16):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     scores = torch.einsum("bnld,bnkd->bnlk", q, k).float() * q.shape[-1] ** -0.5
     if bias is not None:
         scores = scores + bias.float()
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.einsum("bnlk,bnkd->bnld", scores.softmax(dim=-1).to(v.dtype), v)
+    if sigmoid_bias is not None:
+        weights = torch.sigmoid(scores + sigmoid_bias)
+        weights = weights if mask is None else torch.where(mask, weights, 0.0)
+    else:
+        weights = scores.softmax(dim=-1) if mask is None else scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    return torch.einsum("bnlk,bnkd->bnld", weights.to(v.dtype), v)
 
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention over all pixels of a feature map (a global operation)."""
 
-    def __init__(self, channels: int, heads: int, groups: int) -> None:
+    def __init__(self, channels: int, heads: int, norm: Norm) -> None:
         super().__init__()
         self.heads = heads
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
 
@@ -183,9 +210,13 @@ class CrossAttention(nn.Module):
     the features only within that radius at each attention layer (the convolutions around it
     still spread its effect by their receptive field): locality enforced in training and kept at
     test time, an attention constraint rather than a penalty.
+
+    With ``weights = "sigmoid"`` each token is weighed on its own (``attention``'s ``sigmoid_bias``)
+    instead of by a softmax over the tokens, which would give each of k tokens ~1/k of a pixel's
+    attention: a conditioner's contribution then does not depend on how many others there are.
     """
 
-    def __init__(self, channels: int, token_dim: int, heads: int, groups: int, position_freqs: int,
+    def __init__(self, channels: int, token_dim: int, heads: int, norm: Norm, position_freqs: int,
                  options: CrossAttentionOptions = CrossAttentionOptions(), image_size: int = 1) -> None:
         super().__init__()
         shared_position, bias_px = options.shared_position, options.position_bias_px
@@ -195,7 +226,7 @@ class CrossAttention(nn.Module):
         self.heads = heads
         self.position_freqs = position_freqs
         self.shared_position = shared_position
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = norm(channels)
         self.q = nn.Linear(channels, channels)
         self.position = nn.Linear(4 * position_freqs, channels) if position_freqs else None
         self.kv = nn.Linear(token_dim, 2 * channels)
@@ -203,6 +234,7 @@ class CrossAttention(nn.Module):
         self.image_size = image_size
         self.log_width = nn.Parameter(torch.full((heads,), math.log(bias_px))) if bias_px > 0 else None
         self.radius_px = radius_px
+        self.sigmoid_bias = options.sigmoid_bias if options.weights == "sigmoid" else None
 
     def forward(
         self, x: Tensor, tokens: Tensor, token_mask: Tensor, token_locations: Tensor | None = None,
@@ -229,7 +261,7 @@ class CrossAttention(nn.Module):
             bias = -0.5 * d2[:, None] / torch.exp(2 * self.log_width.float())[None, :, None, None]
         if self.radius_px > 0:
             mask = mask & (d2 <= self.radius_px**2)[:, None]  # [B, 1, HW, L]
-        out = attention(q, k, v, mask, bias)
+        out = attention(q, k, v, mask, bias, self.sigmoid_bias)
         out = self.proj(rearrange(out, "b n l d -> b l (n d)"))
         return x + rearrange(out, "b (h w) c -> b c h w", h=height)
 

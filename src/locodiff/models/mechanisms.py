@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..conditioning import Conditioning
 from .config import ModelConfig
-from .layers import ConditionerMaps, CrossAttention, TokenEncoder, heads_for
+from .layers import ConditionerMaps, CrossAttention, Norm, TokenEncoder, heads_for
 
 
 class Mechanism(nn.Module):
@@ -98,7 +98,7 @@ class CrossAttentionConditioning(Mechanism):
             freqs = 0
         attention = CrossAttention(
             channels, self.cfg.token_dim, heads_for(channels, self.cfg.head_dim),
-            self.cfg.norm_groups, freqs, self.options, self.cfg.image_size,
+            Norm(self.cfg.norm, self.cfg.norm_groups), freqs, self.options, self.cfg.image_size,
         )
         return AttendToTokens(attention)
 

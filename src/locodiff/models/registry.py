@@ -162,16 +162,28 @@ def unet_conv_radius(cfg: ModelConfig) -> int:
 
 
 _NOTES = {
-    "cross_attention": "global: GroupNorm statistics, self-attention and softmax over all tokens "
-    "let every pixel depend on every pixel and conditioner",
-    "spatial": "global: GroupNorm statistics and self-attention mix all pixels; conditioners "
-    "enter locally (bumps) but the backbone spreads them everywhere",
     "global": "global: the pooled conditioner vector modulates every pixel (non-local baseline)",
     "local": "local by construction: per-pixel norms, no down-sampling or attention; "
     "exact receptive field; bumps cut off hard",
     "diffusers_text": "global: a diffusers UNet2DConditionModel (GroupNorm, self-attention) reading a caption "
     "through cross-attention at every level; no location enters except as coarse position words",
 }
+
+
+def locality_note(cfg: ModelConfig) -> str:
+    """What in the network lets a pixel depend on far pixels or conditioners (``cfg`` resolved)."""
+    if cfg.arch in _NOTES:
+        return _NOTES[cfg.arch]
+    mixers = ["GroupNorm statistics"] if cfg.norm == "group" else []
+    mixers += ["self-attention"] if cfg.attention_resolutions else []
+    if cfg.arch == "cross_attention":
+        mixers += ["a softmax over all tokens"] if cfg.cross_attention.weights == "softmax" else []
+        tail = "cross-attention reaches every token from every pixel"
+    else:
+        tail = "conditioners enter locally (bumps)"
+    verb = "mix" if len(mixers) > 1 else "mixes"
+    where = f"{', '.join(mixers)} {verb} the whole image" if mixers else "per-pixel norms"
+    return f"global: {where}; {tail}, and the down-sampled levels reach far"
 
 
 def describe(cfg: ModelConfig) -> ArchitectureInfo:
@@ -185,4 +197,4 @@ def describe(cfg: ModelConfig) -> ArchitectureInfo:
         rf, window, conv = net.radius, net.conditioner_window, net.radius
     else:
         rf, window, conv = None, None, unet_conv_radius(cfg)
-    return ArchitectureInfo(cfg.arch, param_count(net), rf, window, conv, _NOTES[cfg.arch])
+    return ArchitectureInfo(cfg.arch, param_count(net), rf, window, conv, locality_note(cfg))

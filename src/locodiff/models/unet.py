@@ -3,8 +3,9 @@
 Levels run from full resolution (level 0) to ``image_size / 2**(levels-1)``. Each level has
 ``res_blocks`` residual blocks in the encoder and as many in the decoder (each decoder block
 takes one encoder skip), optional self-attention, and the mechanism's injector after every block.
-GroupNorm pools statistics over the whole image and self-attention mixes all pixels, so these
-networks are global: any output pixel may depend on any input pixel.
+GroupNorm (``model.norm = "group"``, the default) pools statistics over the whole image and
+self-attention mixes all pixels, so these networks are global: any output pixel may depend on any
+input pixel. ``model.norm = "pixel"`` normalises each pixel alone, which removes the first.
 
 With ``patch_size = p > 1`` the image is cut into p x p blocks first (pixel unshuffle: 3 channels
 become 3 p^2) and the output is reassembled the same way (pixel shuffle), so the UNet's levels
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 
 from ..conditioning import Conditioning
 from .config import ModelConfig
-from .layers import Downsample, NoiseEmbedding, ResBlock, SelfAttention, Upsample, heads_for
+from .layers import Downsample, NoiseEmbedding, Norm, ResBlock, SelfAttention, Upsample, heads_for
 from .mechanisms import Mechanism
 from .network import Network
 
@@ -37,9 +38,10 @@ class UNetBlock(nn.Module):
         attention: bool, injector: nn.Module | None,
     ) -> None:
         super().__init__()
-        self.res = ResBlock(in_ch, out_ch, emb_dim, cfg.norm_groups, cfg.dropout)
+        norm = Norm(cfg.norm, cfg.norm_groups)
+        self.res = ResBlock(in_ch, out_ch, emb_dim, norm, cfg.dropout)
         heads = heads_for(out_ch, cfg.head_dim)
-        self.attention = SelfAttention(out_ch, heads, cfg.norm_groups) if attention else None
+        self.attention = SelfAttention(out_ch, heads, norm) if attention else None
         self.inject = injector
 
     def forward(self, h: Tensor, emb: Tensor, context: Any) -> Tensor:
@@ -103,7 +105,7 @@ class UNet(Network):
                 self.upsample.append(Upsample(ch, cfg.channels[level - 1]))
                 ch = cfg.channels[level - 1]
 
-        self.norm_out = nn.GroupNorm(cfg.norm_groups, ch)
+        self.norm_out = Norm(cfg.norm, cfg.norm_groups)(ch)
         self.conv_out = nn.Conv2d(ch, cfg.image_channels * self.patch**2, 3, padding=1)
 
     def forward(self, x_in: Tensor, c_noise: Tensor, cond: Conditioning) -> Tensor:
