@@ -52,14 +52,16 @@ def test_hash_is_sensitive():
 # Folder identities are a promise: a run trained by one version is found by the next. These are
 # the presets' folders as trained in the README's runs; a change here retrains every user's models.
 PINNED = {
-    "quick": {"exp1": "4cf0b0819b48", "exp2": "b0d3ea6695d9", "exp3_local": "82ab5c84dfe8",
-              "spatial": "152baf802097", "exp3_masked": "db92b603415b", "data": "3d2a507c791f",
+    # exp1 / exp2 (and exp3_masked on exp2) changed network on purpose (2026-12-07, issue 37: per-pixel
+    # norms and sigmoid attention weights); the earlier pair's folders are full's exp1_prior / exp2_prior
+    "quick": {"exp1": "150a237d0758", "exp2": "ae67d1b0abc1", "exp3_local": "82ab5c84dfe8",
+              "spatial": "152baf802097", "exp3_masked": "536d1f72a5c6", "data": "3d2a507c791f",
               # the evaluation's folders changed once on purpose (2026-12-06: Heun 12 steps instead of 18;
               # at 18 they were eval-05ab638d04bf and, before the counts left the identity, eval-25406c4c7003)
               "eval": "eval-930b3f5e5299", "legacy_eval": "eval-d3ae8d07757d", "locality": "locality-acd45ff20dec",
               "ceiling": "ceiling-02edd6bd670f.json"},
-    "micro": {"exp1": "37a69f6cc4fa", "exp2": "ae036167124a", "exp3_local": "e4548cdb4399",
-              "exp1_combo": "56c27457a86b", "exp3_masked": "8a88e70a943a", "data": "1d4d8ad39afc"},
+    "micro": {"exp1": "ff062ca11780", "exp2": "19b06a1b98ad", "exp3_local": "e4548cdb4399",
+              "exp1_combo": "56c27457a86b", "exp3_masked": "07cb38994777", "data": "1d4d8ad39afc"},
 }
 
 

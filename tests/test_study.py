@@ -427,8 +427,8 @@ def test_each_stage_starts_by_saying_where_the_study_stands():
 
 
 def test_claims_are_judged_from_recall_and_name_their_numbers(tmp_path):
-    from locodiff.report.build import claim_lines
     from locodiff.report.facts import ModelFacts
+    from locodiff.report.summary import claims_table
     from locodiff.study_config import load_study_config
 
     cfg = load_study_config("micro")
@@ -438,14 +438,15 @@ def test_claims_are_judged_from_recall_and_name_their_numbers(tmp_path):
         rows = {1: {"placed": placed_k1, "recall": placed_k1}, 4: {"recall": low}, 10: {"recall": 2 * mean - low}}
         return ModelFacts(name, role, "cross_attention", policy, "", 1, tmp_path, evaluation=evaluation(rows))
 
-    lines = claim_lines(cfg, [facts("a", "exp1", "all", 1.0, 0.85, 0.9), facts("b", "exp2", "one", 0.9, 0.2, 0.3),
-                              facts("c", "exp3", "one", 0.9, 0.7, 0.8), facts("d", "exp2", "one", 0.1, 0.0, 0.1)])
-    text = "\n".join(lines)
-    assert "— a: **supported** (recall at k = 4–10: lowest 0.85" in text
-    assert "— b: **supported** (mean recall at k = 4–10: 0.30" in text
-    assert "— c: **not supported**" in text
+    table = claims_table(cfg, [facts("a", "exp1", "all", 1.0, 0.85, 0.9), facts("b", "exp2", "one", 0.9, 0.2, 0.3),
+                               facts("c", "exp3", "one", 0.9, 0.7, 0.8), facts("d", "exp2", "one", 0.1, 0.0, 0.1)])
+    rows = {row[0].rsplit(" — ", 1)[1]: row[1:] for row in table.rows}
+    assert rows["a"][:2] == ["**supported**", "lowest recall at k = 4–10: 0.85 (mean 0.90)"]
+    assert rows["b"][:2] == ["**supported**", "mean recall at k = 4–10: 0.30; placed at k = 1: 0.90"]
+    assert rows["c"][0] == "**not supported**"
     # a model that never learned its label cannot support "Exp 2 fails"
-    assert "— d: **not supported**" in text and "has not learned its label" in text
+    assert rows["d"][0] == "**not supported**" and "placed at k = 1: 0.10" in rows["d"][1]
+    assert [row[0].split(" — ")[0][:5] for row in table.rows] == ["Exp 1", "Exp 2", "Exp 2", "Exp 3"]
 
 
 # full's dry run times each of its ~10 networks' training step and a miniature of its probe (about a
@@ -460,7 +461,10 @@ def test_every_preset_is_a_valid_study(preset):
 def test_the_gpu_preset_is_quick_at_twice_the_pixels():
     quick, gpu = load_study_config("quick"), load_study_config("gpu")
     assert gpu.data.resolution == 2 * quick.data.resolution
-    assert set(gpu.models) == set(quick.models) | {"exp1_noprior", "exp2_noprior"}  # plus the faithful pair
+    assert set(gpu.models) == set(quick.models)
+    for name in ("exp1", "exp2"):  # the same pair
+        pair = (gpu.models[name].model, quick.models[name].model)
+        assert pair[0].norm == pair[1].norm == "pixel" and pair[0].cross_attention == pair[1].cross_attention
     assert gpu.locality.radius_px == 2 * quick.locality.radius_px
     ex, ex_gpu = quick.locality.extrapolation, gpu.locality.extrapolation
     assert (ex_gpu.window_px, ex_gpu.far_px) == (2 * ex.window_px, 2 * ex.far_px)

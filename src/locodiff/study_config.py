@@ -33,7 +33,9 @@ PRESETS = ("micro", "quick", "full", "gpu", "paper")
 class ModelSpec:
     """One model of the study: an architecture trained on data labelled by one policy."""
 
-    role: Literal["exp1", "exp2", "exp3", "baseline"] = "exp1"  # which experiment it stands for
+    # which experiment it stands for; "ablation": a variant of Exp 1 or Exp 2 (by its labels) that
+    # explains a result, judged by no claim of the paper but counted in the locality separation
+    role: Literal["exp1", "exp2", "exp3", "baseline", "ablation"] = "exp1"
     label_policy: Literal["all", "one"] = "all"  # which objects' locations are conditioners
     model: ModelConfig = field(default_factory=ModelConfig)  # architecture (image_size = data's)
     train: TrainConfig = field(default_factory=TrainConfig)  # the study's [train] + overrides
