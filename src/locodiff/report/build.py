@@ -24,18 +24,19 @@ from ..locality.feature_space import pair_means
 from ..locality.figures import conditioner_sensitivity_figure, index_vs_sigma_figure, save_figure
 from ..locality.result import LocalityResult
 from ..scenes import vocab
-from .claims import (LengthVerdict, colour_by_block, colour_composition, length_verdicts, locality_correlation,
-                     verdict)
+from .claims import colour_by_block, locality_correlation
 from .document import Code, Figure, Html, Section, Table, Text, to_html, to_markdown
 from .facts import (
-    ModelFacts, accuracy_at, caption_models, gather, headline, learned_conditioner,
+    ModelFacts, accuracy_at, caption_models, gather, gather_seeds, headline, learned_conditioner,
     location_models, num, recall_beyond,
 )
+from .ablation import ablation_section
 from .explorer import explorer_html
-from .extrapolation import claim_line as extrapolation_claim, extrapolation_section
+from .extrapolation import extrapolation_section
 from .figures import cosine_matrices, locality_vs_generalization, recall_and_crowding, success_vs_k
 from .text_model import text_model_section
-from .training import emergence_section, seeds_section, trained_in_section, trained_in_statement
+from .summary import claim_lines, seed_verdicts, summary_section  # noqa: F401  (claim_lines: the report's API)
+from .training import emergence_section, seeds_section, trained_in_section
 
 
 def detector_ceiling(cfg) -> dict[int, dict]:
@@ -449,111 +450,6 @@ def held_out_findings(cfg, facts: list[ModelFacts]) -> list:
     return lines
 
 
-def claim_lines(cfg, facts: list[ModelFacts]) -> list[str]:
-    """One sentence per claim of the paper: does this run support it? Written from the numbers."""
-    lo, hi = cfg.evaluate.extrapolation_range
-    criteria = cfg.report
-    verdicts = length_verdicts(cfg, facts)
-    lines = [length_line(cfg, v) for role in ("exp1", "exp3", "exp2") for v in verdicts if v.role == role]
-    moves = locality_correlation(cfg, facts)
-    if moves is not None:
-        lines.append(f"The more local the score at training scenes (moves of one conditioner, 1–3 objects), the "
-                     f"further the model generalizes: {verdict(moves.supported(criteria))} "
-                     f"(Spearman {moves.rho:.2f} between locality index and mean recall at k = {lo}–{hi} over "
-                     f"{len(moves.models)} models; criterion > {criteria.claim_rho}).")
-    presence = locality_correlation(cfg, facts, "presence_index")
-    if presence is not None:
-        lines.append(f"The same with the presence index (removal instead of moves, 1–3 objects): "
-                     f"{verdict(presence.supported(criteria))} (Spearman {presence.rho:.2f} over "
-                     f"{len(presence.models)} models).")
-    for c in colour_composition(facts, criteria):
-        effect = "–" if c.effect_abs_cos is None else f"{c.effect_abs_cos:.2f}"
-        locality = "–" if c.feature_locality is None else f"{c.feature_locality:.2f}"
-        blocks = colour_by_block(next(f for f in facts if f.name == c.model), criteria)
-        both = sum(b.distinct and bool(b.local) for b in blocks)
-        lines.append(f"Colour composes with location in feature space — {c.model}: {c.word} (colour effects' mean "
-                     f"|cos| {effect}, criterion < {criteria.orthogonal:g}; feature locality {locality}, criterion ≥ "
-                     f"{criteria.spatial_local:g}; at {c.block}, the best of {len(blocks)} blocks measured, "
-                     f"{both} meeting both).")
-    extrapolation = extrapolation_claim(cfg, facts)
-    return lines + ([extrapolation] if extrapolation else [])
-
-
-LENGTH_CLAIMS = {"exp1": "Exp 1 (every object labelled) length-generalizes",
-                 "exp3": "Exp 3 (Exp 2's data, locality enforced) length-generalizes",
-                 "exp2": "Exp 2 (one object labelled) fails to length-generalize"}
-
-
-def length_line(cfg, v: LengthVerdict) -> str:
-    """One model's length-generalization verdict with the numbers and criterion it rests on."""
-    (lo, hi), thr, criteria = cfg.evaluate.extrapolation_range, cfg.evaluate.threshold, cfg.report
-    head = f"{LENGTH_CLAIMS[v.role]} — {v.model}: {verdict(v.supported)}"
-    if v.role != "exp2":
-        caveat = "" if v.learned is not False else "; it has not learned its conditioner"
-        return (f"{head} (recall at k = {lo}–{hi}: lowest {v.lowest:.2f}, mean {num(v.mean)}; criterion: lowest ≥ "
-                f"{criteria.generalizes}{caveat}).")
-    text = (f"{head} (mean recall at k = {lo}–{hi}: {v.mean:.2f}, criterion < {criteria.fails}; placed at k = 1: "
-            f"{num(v.placed_k1)}")
-    return text + (")." if v.learned else f", below {thr}: it has not learned its label, so its failure is not evidence).")
-
-
-def summary_section(cfg, facts: list[ModelFacts]) -> Section:
-    """The question and the answer in three sentences, written from the numbers."""
-    sec = Section("Summary")
-    sec.blocks.append(Text(
-        "**Question**: do the models that draw more objects than they were trained on (1–3) have local "
-        "conditional scores — each pixel's score depending only on nearby pixels and on the conditioners "
-        "acting near it — while the models that fail do not?"))
-    thr = cfg.evaluate.threshold
-    judged = [f for f in facts if f.evaluation]
-    if not judged:
-        sec.blocks.append(Text("**Answer**: nothing has been evaluated yet."))
-        return sec
-    learned = [f for f in judged if learned_conditioner(f, thr)]
-    auc = {f.name: recall_beyond(f)[1] or 0.0 for f in learned}
-    ranked = sorted(learned, key=lambda f: -auc[f.name])
-    parts = [f"{f.name} {auc[f.name]:.2f}" for f in ranked]
-    not_learned = [f.name for f in judged if f not in learned]
-    text = (f"**Answer (measured here)**: mean recall at k = {cfg.evaluate.extrapolation_range[0]}–"
-            f"{cfg.evaluate.extrapolation_range[1]} (never seen in training): "
-            + (", ".join(parts) if parts else "no model learned its conditioner") + ".")
-    if not_learned:
-        text += f" Not learned their conditioner (no evidence either way): {', '.join(not_learned)}."
-    probed = [f for f in learned if f.locality_dir]
-    if probed:
-        idx = {f.name: f.locality_index for f in probed}
-        text += " Mean normalised conditional-locality index: " + ", ".join(
-            f"{n} {v:.2f}" for n, v in sorted(idx.items(), key=lambda kv: -kv[1])) + "."
-        correlation = locality_correlation(cfg, facts)
-        if correlation is not None:
-            text += (f" Rank correlation between the index and mean recall beyond training: {correlation.rho:.2f} "
-                     f"over {len(correlation.models)} models — " + correlation.strength(cfg.report))
-        presence = {f.name: f.presence_index for f in probed if f.presence_index is not None}
-        if presence:
-            text += " Presence index (what removing a conditioner changes far from it): " + ", ".join(
-                f"{n} {v:.2f}" for n, v in sorted(presence.items(), key=lambda kv: -kv[1])) + "."
-    sec.blocks.append(Text(text + efficacy_sentence(learned)))
-    sec.blocks += [Text(line) for line in claim_lines(cfg, facts)]
-    trained_in = trained_in_statement(cfg, facts)
-    if trained_in:
-        sec.blocks.append(Text(trained_in))
-    return sec
-
-
-def efficacy_sentence(facts: list[ModelFacts]) -> str:
-    """The efficacy at the two largest probed k, per model, most local (closest to 1) first."""
-    probed = [f for f in facts if f.extrapolation is not None and f.extrapolation.per_k]
-    if not probed:
-        return ""
-    ks = sorted({k for f in probed for k in f.extrapolation.per_k})[-2:]
-    value = lambda f, k: f.extrapolation.departure("efficacy", k)  # noqa: E731
-    ranked = sorted(probed, key=lambda f: value(f, ks[-1]) if value(f, ks[-1]) is not None else float("inf"))
-    band = lambda f, k: f.extrapolation.band("efficacy", k).mean  # noqa: E731
-    return (f" Efficacy at k = {' / '.join(map(str, ks))} (each conditioner's effect among all the others over its "
-            "effect alone; 1 for a conditional projective composition; see 'Locality where generalization is "
-            "asked'): " + ", ".join(f"{f.name} {' / '.join(num(band(f, k)) for k in ks)}" for f in ranked) + ".")
-
-
 def scatter_block(cfg, facts: list[ModelFacts], figures: Path) -> list:
     points = {}
     for f in facts:
@@ -618,10 +514,14 @@ def write_report(cfg, out_dir: str | Path) -> Path:
     findings.blocks += scatter_block(cfg, facts, figures)
     sections += [generalization_section(cfg, facts, figures), crowding_section(cfg, facts, figures),
                  locality_section(cfg, facts, figures)]
-    sections += [s for s in (extrapolation_section(cfg, facts, figures),) if s is not None]
+    sections += [s for s in (extrapolation_section(cfg, facts, figures), ablation_section(cfg, facts, figures))
+                 if s is not None]
     sections += [s for s in (trained_in_section(cfg, facts), emergence_section(cfg, figures)) if s is not None]
     text_section = text_model_section(cfg, text_facts, facts)
-    sections += [seeds_section(cfg), diffusers_section(cfg, figures, text_section is not None)]
+    by_seed = {seed: location_models(f) for seed, f in gather_seeds(cfg).items()}
+    seeds = seeds_section(cfg, by_seed)
+    seeds.blocks += seed_verdicts(cfg, by_seed)
+    sections += [seeds, diffusers_section(cfg, figures, text_section is not None)]
     sections += [text_section] if text_section else []
     sections += [findings, explorer_section(gathered), reproducibility_section(cfg)]
     title = "locodiff study report"

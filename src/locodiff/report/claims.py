@@ -15,6 +15,7 @@ from ..evaluate.metrics import rank_correlation
 from ..rng import derived_seed
 from .config import ReportConfig
 from .facts import ModelFacts, accuracy_at, learned_conditioner, recall_beyond, recall_per_k
+from .separation import EXTRAPOLATION_STATISTICS, TRAINING_RANGE_STATISTICS, Separation, separation, separation_points
 
 HEADLINE = "efficacy"  # the extrapolation probe's statistic the central claim is judged by
 
@@ -154,6 +155,16 @@ def extrapolation_claim(cfg, facts: list[ModelFacts]) -> ExtrapolationClaim | No
     if stats is None:
         return None
     return ExtrapolationClaim(*stats, len({key.split("@")[0] for key in points}))
+
+
+def mechanism(cfg, facts: list[ModelFacts]) -> dict[str, Separation]:
+    """The paper's mechanism, judged by the headline statistic's separation of the (model, k)
+    points beyond training that generalize from those that fail; the other statistics of the
+    extrapolation probe and the training-range indices beside it. Empty without points."""
+    points = separation_points(cfg, facts)
+    if not points:
+        return {}
+    return {name: separation(cfg, points, name) for name in EXTRAPOLATION_STATISTICS + TRAINING_RANGE_STATISTICS}
 
 
 # ----- locality trained in ------------------------------------------------------------------------

@@ -23,6 +23,11 @@ class ReportConfig:
     claim_rho: float = field(default=0.5, metadata=SIGNED)
     # ... and below which the summary calls the support absent (between the two: weak)
     weak_rho: float = field(default=0.2, metadata=SIGNED)
+    # the mechanism as the paper states it: the AUROC with which the efficacy separates (model, k)
+    # points beyond training that generalize (recall >= generalizes) from those that fail
+    # (< fails) reaches this, and its 95% interval's lower end reaches separates_lo
+    separates: float = 0.9
+    separates_lo: float = 0.75
     # normalised locality index at which the emergence text calls a score local
     local_index: float = 0.8
     # caption model, the paper's SDXL statements: (1) Jacobian mass within the radius at least this
@@ -33,7 +38,7 @@ class ReportConfig:
     orthogonal: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("generalizes", "fails", "local_index", "spatial_local", "phrase_absent", "orthogonal"):
+        for name in ("generalizes", "fails", "separates", "separates_lo", "local_index", "spatial_local", "phrase_absent", "orthogonal"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise ConfigError(f"report.{name}={value!r}: expected a number in [0, 1]")

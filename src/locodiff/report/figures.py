@@ -152,3 +152,28 @@ def locality_and_recall_vs_k(curves: Mapping[str, tuple[Mapping, Mapping[int, fl
     right.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def ablation_curves(curves: Mapping[str, tuple[str, str, Mapping[int, float], Mapping[int, float]]],
+                    path: str | Path) -> Path:
+    """Recall and efficacy per k for the count-coupling ablation: ``curves[name] = (label policy,
+    network, recall per k, efficacy per k)``; one colour per network, solid for labels ``all``
+    (Exp 1), dashed for ``one`` (Exp 2)."""
+    colours = {net: f"C{i}" for i, net in enumerate(dict.fromkeys(c[1] for c in curves.values()))}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.6))
+    for name, (labels, net, recall, efficacy) in curves.items():
+        style = dict(color=colours[net], ls="-" if labels == "all" else "--", marker="o", ms=3, lw=1.2)
+        rk = sorted(k for k in recall if k >= 1)
+        left.plot(rk, [recall[k] for k in rk], label=f"{name} ({net})", **style)
+        ek = sorted(k for k in efficacy if np.isfinite(efficacy[k]))
+        right.plot(ek, [efficacy[k] for k in ek], **style)
+    left.set_ylabel("recall")
+    left.set_ylim(-0.03, 1.03)
+    right.set_ylabel("efficacy (1 = as alone)")
+    right.axhline(1.0, color="0.5", lw=0.8)
+    for ax in (left, right):
+        ax.set_xlabel("requested objects k")
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=6, loc="lower left")
+    fig.tight_layout()
+    return _save(fig, path)

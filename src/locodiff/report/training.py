@@ -21,7 +21,7 @@ from ..train.checkpoint import list_checkpoints, read_state
 from .document import Figure, Section, Table, Text
 from .claims import clustered_spearman, largest_counts, trained_in_groups, trained_in_verdict
 from .config import ReportConfig
-from .facts import ModelFacts, accuracy_at, gather_seeds, learned_conditioner, location_models, num
+from .facts import ModelFacts, accuracy_at, learned_conditioner, num
 from .figures import emergence_figure
 
 
@@ -204,10 +204,10 @@ def correlation_points(cfg, by_seed: dict[int, list[ModelFacts]]) -> dict[str, l
     return runs if ks else {}
 
 
-def seeds_section(cfg) -> Section:
+def seeds_section(cfg, by_seed: dict[int, list[ModelFacts]]) -> Section:
+    """Headline numbers over seeds; ``by_seed``: each seed's location models (``gather_seeds``)."""
     sec = Section("Seeds")
     seeds = cfg.seed_list()
-    by_seed = {s: location_models(facts) for s, facts in gather_seeds(cfg).items()}
     if len(seeds) >= 2:
         sec.blocks.append(Text(
             f"Models trained under seeds {', '.join(map(str, seeds))} (initialisation and data order; the "
