@@ -28,7 +28,10 @@ UNet channels (32, 64, 64), one residual block per level, self-attention at 8x8)
   inside its diffusers adapter), ``conditioned_on = "captions"``. Needs the diffusers package.
 
 The UNets are global: GroupNorm pools image-wide statistics and self-attention mixes all pixels
-(their conv path alone already spans ~55 px). ``describe(cfg)`` reports parameter counts,
+(their conv path alone already spans ~55 px). Two options remove a dependence on *how many*
+conditioners there are without making them local: ``model.norm = "pixel"`` (per-pixel LayerNorm
+instead of GroupNorm) and ``model.cross_attention.weights = "sigmoid"`` (each token weighed on its
+own instead of a softmax over the tokens); the quick preset's Exp 1 / Exp 2 use both. ``describe(cfg)`` reports parameter counts,
 receptive fields and conditioner windows.
 
 ``torch.func``: all networks work under ``jacrev``/``vjp``/``jvp``/``jacfwd``/``vmap``. Through
