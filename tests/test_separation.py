@@ -7,9 +7,11 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from helpers.evaluations import evaluation
 
+from locodiff.locality.config import ExtrapolationOptions
 from locodiff.locality.extrapolation import SUMS, ExtrapolationResult
 from locodiff.report.claims import mechanism
 from locodiff.report.facts import ModelFacts
@@ -29,9 +31,9 @@ def probe(efficacy: dict[int, float], scenes: int = 4, spread: float = 0.05) -> 
             row = dict.fromkeys(SUMS, 0.0)
             row.update(own2=1.0, effect_on_own=value + spread * (s - (scenes - 1) / 2), units=k)
             rows.append([[row[n] for n in SUMS] for _ in SIGMAS])
-        sums[k] = rows
-    options = {"band": [2.0, 20.0], "sigmas": SIGMAS}
-    return ExtrapolationResult(options, {k: {} for k in efficacy}, sums)
+        sums[k] = torch.tensor(rows, dtype=torch.float64)
+    options = ExtrapolationOptions(counts=tuple(efficacy), sigmas=tuple(SIGMAS))
+    return ExtrapolationResult.from_sums(options, sums, torch.Generator().manual_seed(0), {})
 
 
 def model(tmp_path, name: str, recall: dict[int, float], efficacy: dict[int, float], samples: int = 8) -> ModelFacts:
@@ -79,3 +81,23 @@ def test_the_interval_moves_points_across_the_recall_line(tmp_path):
     assert result.lo < result.auroc <= result.hi
     assert not result.supported(cfg.report)
     assert mechanism(cfg, [good])["efficacy"].auroc is None  # nothing fails: no separation to judge
+
+
+def test_the_ablation_section_sets_each_network_beside_the_others(tmp_path):
+    from locodiff.report.ablation import ablation_section
+
+    variant = ('models.exp1_group_softmax.model={arch="cross_attention", channels=[8, 16], norm_groups=4, '
+               'head_dim=8, token_dim=16}')
+    cfg = load_study_config("micro", sets=["evaluate.counts=[0,1,2,4,6]", variant,
+                                           "models.exp1_group_softmax.role=ablation"])
+    pair = [model(tmp_path, "exp1", dict.fromkeys((4, 6), 0.9), {4: 0.97, 6: 0.93}),
+            model(tmp_path, "exp2", {4: 0.25, 6: 0.125}, {4: 0.4, 6: 0.3})]
+    pair[1].role, pair[1].label_policy = "exp2", "one"
+    assert ablation_section(cfg, pair, tmp_path) is None  # no ablation model: no section
+    coupled = model(tmp_path, "exp1_group_softmax", {4: 0.5, 6: 0.3}, {4: 0.6, 6: 0.5})
+    coupled.role = "ablation"
+    section = ablation_section(cfg, pair + [coupled], tmp_path)
+    rows = {row[0]: row for row in section.blocks[1].rows}
+    assert rows["exp1"][1] == "PixelNorm + sigmoid" and rows["exp1_group_softmax"][1] == "GroupNorm + softmax"
+    assert rows["exp2"][2] == "one" and rows["exp1_group_softmax"][3].endswith("0.50 / 0.30")
+    assert (tmp_path / "coupling_ablation.png").stat().st_size > 10_000
