@@ -173,6 +173,7 @@ def ablation_curves(curves: Mapping[str, tuple[str, str, Mapping[int, float], Ma
     right.axhline(1.0, color="0.5", lw=0.8)
     for ax in (left, right):
         ax.set_xlabel("requested objects k")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     left.legend(fontsize=6, loc="lower left")
     fig.tight_layout()
