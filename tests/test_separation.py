@@ -101,3 +101,4 @@ def test_the_ablation_section_sets_each_network_beside_the_others(tmp_path):
     assert rows["exp1"][1] == "PixelNorm + sigmoid" and rows["exp1_group_softmax"][1] == "GroupNorm + softmax"
     assert rows["exp2"][2] == "one" and rows["exp1_group_softmax"][3].endswith("0.50 / 0.30")
     assert (tmp_path / "coupling_ablation.png").stat().st_size > 10_000
+    assert rows["exp1"][5] == "– / –"  # no GroupNorm to hold: said as not measured, never 'nan'

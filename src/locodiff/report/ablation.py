@@ -9,6 +9,7 @@ network (normalisation, attention weights, distance bias).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from .document import Figure, Section, Table, Text
@@ -24,6 +25,12 @@ def network(spec) -> str:
     if ca and ca.position_bias_px > 0:
         words.append(f"{ca.position_bias_px:g} px distance bias")
     return " + ".join(words)
+
+
+def band_mean(f: ModelFacts, statistic: str, k: int) -> float | None:
+    """The headline band value of a probe statistic at k; None where it was not measured."""
+    e = f.extrapolation.band(statistic, k) if f.extrapolation else None
+    return None if e is None or math.isnan(e.mean) else e.mean
 
 
 def ablated(cfg, facts: list[ModelFacts]) -> list[ModelFacts]:
@@ -42,14 +49,12 @@ def ablation_section(cfg, facts: list[ModelFacts], figures: Path) -> Section | N
     held = sorted(cfg.locality.extrapolation.held_norm_counts)
     rows = []
     for f in sorted(done, key=lambda f: (network(cfg.models[f.name]), f.label_policy)):
-        ex = f.extrapolation
-        efficacy = [num(ex.band("efficacy", k).mean) if ex and ex.band("efficacy", k) else None for k in ks[1:]]
-        held_cells = [num(ex.band("efficacy_held_norms", k).mean) if ex and ex.band("efficacy_held_norms", k) else None
-                      for k in held]
-        rows.append([f.name, network(cfg.models[f.name]), f.label_policy, " / ".join(num(recall_per_k(f).get(k)) for k in ks),
-                     " / ".join(c or "–" for c in efficacy), " / ".join(c or "–" for c in held_cells)])
+        rows.append([f.name, network(cfg.models[f.name]), f.label_policy,
+                     " / ".join(num(recall_per_k(f).get(k)) for k in ks),
+                     " / ".join(num(band_mean(f, "efficacy", k)) for k in ks[1:]),
+                     " / ".join(num(band_mean(f, "efficacy_held_norms", k)) for k in held)])
     curves = {f.name: (f.label_policy, network(cfg.models[f.name]), recall_per_k(f),
-                       {k: ex.band("efficacy", k).mean for k in ex.per_k} if (ex := f.extrapolation) else {})
+                       {k: band_mean(f, "efficacy", k) for k in (f.extrapolation.per_k if f.extrapolation else ())})
               for f in done}
     path = ablation_curves(curves, figures / "coupling_ablation.png")
     return Section("Count couplings: the ablation", [

@@ -165,7 +165,7 @@ def ablation_curves(curves: Mapping[str, tuple[str, str, Mapping[int, float], Ma
         style = dict(color=colours[net], ls="-" if labels == "all" else "--", marker="o", ms=3, lw=1.2)
         rk = sorted(k for k in recall if k >= 1)
         left.plot(rk, [recall[k] for k in rk], label=f"{name} ({net})", **style)
-        ek = sorted(k for k in efficacy if np.isfinite(efficacy[k]))
+        ek = sorted(k for k in efficacy if efficacy[k] is not None)
         right.plot(ek, [efficacy[k] for k in ek], **style)
     left.set_ylabel("recall")
     left.set_ylim(-0.03, 1.03)
