@@ -160,7 +160,7 @@ def ablation_curves(curves: Mapping[str, tuple[str, str, Mapping[int, float], Ma
     network, recall per k, efficacy per k)``; one colour per network, solid for labels ``all``
     (Exp 1), dashed for ``one`` (Exp 2)."""
     colours = {net: f"C{i}" for i, net in enumerate(dict.fromkeys(c[1] for c in curves.values()))}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.6))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 4.4))
     for name, (labels, net, recall, efficacy) in curves.items():
         style = dict(color=colours[net], ls="-" if labels == "all" else "--", marker="o", ms=3, lw=1.2)
         rk = sorted(k for k in recall if k >= 1)
@@ -175,6 +175,6 @@ def ablation_curves(curves: Mapping[str, tuple[str, str, Mapping[int, float], Ma
         ax.set_xlabel("requested objects k")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    left.legend(fontsize=6, loc="lower left")
-    fig.tight_layout()
+    fig.legend(*left.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=6, frameon=False)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     return _save(fig, path)
