@@ -12,7 +12,8 @@ import pytest
 from helpers.evaluations import evaluation
 
 from locodiff.errors import ConfigError
-from locodiff.report.build import claim_lines, findings_section, summary_section
+from locodiff.report.build import findings_section
+from locodiff.report.summary import claim_lines, summary_section
 from locodiff.report.claims import colour_by_block, colour_composition, locality_correlation
 from locodiff.report.config import ReportConfig
 from locodiff.report.facts import ModelFacts

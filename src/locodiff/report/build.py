@@ -34,8 +34,8 @@ from .ablation import ablation_section
 from .explorer import explorer_html
 from .extrapolation import extrapolation_section
 from .figures import cosine_matrices, locality_vs_generalization, recall_and_crowding, success_vs_k
+from .summary import seed_verdicts, summary_section
 from .text_model import text_model_section
-from .summary import claim_lines, seed_verdicts, summary_section  # noqa: F401  (claim_lines: the report's API)
 from .training import emergence_section, seeds_section, trained_in_section
 
 
