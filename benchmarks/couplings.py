@@ -26,7 +26,7 @@ from train import OP_GROUPS, images_per_second, make_step, op_group  # noqa: E40
 
 from locodiff.hardware import matmul_gflops  # noqa: E402
 from locodiff.models import build_network  # noqa: E402
-from locodiff.study_config import load_study_config  # noqa: E402
+from locodiff.stages.config import load_study_config  # noqa: E402
 
 VARIANTS = ("exp1", "exp1_pixel_softmax", "exp1_group_sigmoid", "exp1_group_softmax", "exp1_prior")
 BASELINE = "exp1_prior"  # quick's Exp 1 before the count couplings were removed

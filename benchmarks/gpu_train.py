@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from locodiff.conditioning import Conditioning  # noqa: E402
 from locodiff.diffusion import EDMLoss, EDMPrecond  # noqa: E402
 from locodiff.models import build_network, param_count  # noqa: E402
-from locodiff.study_config import load_study_config  # noqa: E402
+from locodiff.stages.config import load_study_config  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Dense (no sparsity) tensor-core peaks in TFLOP/s from the vendors' data sheets, by name fragment.

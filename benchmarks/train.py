@@ -58,7 +58,7 @@ from locodiff.models import (  # noqa: E402
     build_network,
     param_count,
 )
-from locodiff.study_config import load_study_config  # noqa: E402
+from locodiff.stages.config import load_study_config  # noqa: E402
 
 SIGMA_DATA = 0.5
 P_MEAN, P_STD = -1.2, 1.2  # EDM's log-normal training noise distribution

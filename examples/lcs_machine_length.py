@@ -22,7 +22,7 @@ from locodiff.evaluate.runner import EvalConfig, evaluate_model
 from locodiff.analytic.lcs_machine import LCSMachine
 from locodiff.layout import dataset_root, detector_cache
 from locodiff.scenes.dataset import SceneDataset
-from locodiff.study_config import load_study_config
+from locodiff.stages.config import load_study_config
 
 
 def main() -> None:

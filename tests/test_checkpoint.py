@@ -3,10 +3,7 @@ import torch
 from torch import nn
 
 from locodiff.errors import CheckpointError
-from locodiff.train.checkpoint import (
-    CheckpointState, checkpoint_problem, latest_checkpoint, list_checkpoints, load_checkpoint, load_extra,
-    save_checkpoint,
-)
+from locodiff.checkpoints import CheckpointState, checkpoint_problem, latest_checkpoint, list_checkpoints, load_checkpoint, load_extra, save_checkpoint
 from locodiff.train.ema import EMA
 
 

@@ -16,7 +16,7 @@ from locodiff.errors import ConfigError, DataError
 from locodiff.scenes.clevr_format import read_scene
 from locodiff.scenes.dataset import DataConfig, SceneDataset, build_dataset
 from locodiff.scenes.figures import stored_contact_sheet
-from locodiff.study_config import load_study_config
+from locodiff.stages.config import load_study_config
 
 torch.set_num_threads(1)
 

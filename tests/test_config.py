@@ -7,7 +7,7 @@ import pytest
 
 from locodiff.config import ConfigError, config_hash, from_dict, merge, parse_set_option
 from locodiff.layout import ceiling_path, dataset_root, eval_dir, legacy_eval_dir, probe_dir, run_identity, subject_dirs
-from locodiff.study_config import load_study_config
+from locodiff.stages.config import load_study_config
 
 
 @dataclass(frozen=True)

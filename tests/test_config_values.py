@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from locodiff.cli import app
 from locodiff.config import ConfigError
-from locodiff.study_config import ModelSpec, StudyConfig, load_study_config
+from locodiff.stages.config import ModelSpec, StudyConfig, load_study_config
 
 # The options that may be negative, each declared SIGNED where it is defined.
 SIGNED_OPTIONS = {"data.camera.azimuth_deg", "data.camera.target_x", "data.camera.target_y", "train.p_mean",

@@ -26,7 +26,7 @@ from locodiff.scenes import (
     make_conditioning,
 )
 from locodiff.scenes.encodings import fourier_features, gaussian_bumps
-from locodiff.study_config import load_study_config
+from locodiff.stages.config import load_study_config
 
 
 def tiny(**kw) -> DataConfig:

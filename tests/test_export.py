@@ -20,7 +20,8 @@ from locodiff.models import available_architectures, build_network
 from locodiff.models.config import CrossAttentionOptions, LocalOptions, ModelConfig
 from locodiff.scenes.captions import captions
 from locodiff.scenes.dataset import DataConfig
-from locodiff.train.checkpoint import CheckpointState, load_denoiser, save_checkpoint
+from locodiff.checkpoints import CheckpointState, save_checkpoint
+from locodiff.train.run_folder import load_denoiser
 from locodiff.train.config import RunConfig, TrainConfig
 
 torch.set_num_threads(2)

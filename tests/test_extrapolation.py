@@ -11,10 +11,10 @@ from locodiff.intervene.masked import masked_composition
 from locodiff.analytic.toys import CountCoupledToy, measure_locality
 from locodiff.locality.config import ExtrapolationOptions, SceneDraw
 from locodiff.locality.extrapolation import ExtrapolationResult, plan_scene, probe_extrapolation
-from locodiff.locality.run import extrapolation_scenes
+from locodiff.stages.probe import extrapolation_scenes
 from locodiff.models import ModelConfig, build_network
 from locodiff.models.config import LocalOptions
-from locodiff.study_config import load_study_config
+from locodiff.stages.config import load_study_config
 
 torch.set_num_threads(2)
 

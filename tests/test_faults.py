@@ -25,11 +25,11 @@ from typer.testing import CliRunner
 from locodiff.cli import app
 from locodiff.errors import CheckpointError
 from locodiff.io import atomic_path, read_jsonl, write_json_atomic
-from locodiff.jobs import last_record
+from locodiff.stages.jobs import last_record
 from locodiff.layout import run_dir
-from locodiff.study import run_study
-from locodiff.study_config import load_study_config
-from locodiff.train.checkpoint import read_run_config
+from locodiff.stages.study import run_study
+from locodiff.stages.config import load_study_config
+from locodiff.train.run_folder import read_run_config
 
 # The micro study cut to what exercises every stage: one model and the detector training in two
 # worker processes, an intervention on the model, evaluation, locality, report.

@@ -48,9 +48,9 @@ def test_a_block_that_does_not_run_is_a_clear_error():
 def test_colour_concepts_follow_the_data_palette_for_attribute_models_only():
     from dataclasses import replace
 
-    from locodiff.locality.run import colour_concepts
+    from locodiff.stages.probe import colour_concepts
     from locodiff.scenes import vocab
-    from locodiff.study_config import load_study_config
+    from locodiff.stages.config import load_study_config
 
     cfg = load_study_config("full")
     plain = cfg.run_config("exp1")
@@ -65,7 +65,7 @@ def test_report_shows_colour_cosines_and_accuracy(tmp_path):
     from locodiff.report.build import colour_blocks
     from locodiff.report.facts import ModelFacts
     from locodiff.report.document import Figure, Table
-    from locodiff.study_config import load_study_config
+    from locodiff.stages.config import load_study_config
 
     cfg = load_study_config("full")
     eye = torch.eye(3).tolist()
@@ -182,7 +182,7 @@ def test_report_shows_a_diffusers_probe_when_one_was_run(tmp_path):
     from locodiff.locality.diffusers_probe import write_probe
     from locodiff.report.build import diffusers_section
     from locodiff.report.document import Figure, Table
-    from locodiff.study_config import load_study_config
+    from locodiff.stages.config import load_study_config
 
     cfg = load_study_config("micro", sets=[f"out_dir={str(tmp_path)!r}"])
     figures = tmp_path / "figures"

@@ -125,15 +125,40 @@ def test_no_cycle_between_subpackages():
     assert cycle is None, "cycle between subpackages: " + " -> ".join(cycle)
 
 
-def test_layers_the_design_promises():
-    """The seams named in the design: adapters sit below models and the probes; the analytic
-    references (the local score machine, the exact toys) are for tests, benchmarks and examples,
-    so no stage imports them; models and the probes never read the stages above them."""
-    graph = package_graph()
-    assert not graph["adapters"] & {"models", "locality", "analytic", "intervene", "train", "evaluate"}
-    assert not graph["models"] & {"locality", "train", "evaluate", "intervene", "analytic", "report"}
-    assert not graph["locality"] & {"evaluate", "report", "analytic", "study"}
-    assert not any("analytic" in edges for edges in graph.values())
+# What each library never imports: the libraries take Denoisers, tensors and typed options, and
+# the stage layer above them (with the command line) is the only place that knows run folders
+# and the study's config. "stages" and "cli" are the stage layer.
+NEVER_IMPORTS = {
+    "scenes": {"models", "train", "stages", "cli"},
+    "diffusion": {"models", "train", "stages", "cli"},
+    "models": {"train", "adapters", "stages", "cli"},
+    "locality": {"train", "models", "intervene", "adapters", "evaluate", "report", "stages", "cli"},
+    "evaluate": {"train", "stages", "cli"},
+    "intervene": {"locality", "train", "stages", "cli"},
+    "adapters": {"train", "evaluate", "intervene", "stages", "cli"},
+    "report": {"train", "models", "adapters", "stages", "cli"},
+    "train": {"stages", "cli"},
+}
+
+
+@pytest.mark.parametrize("library,forbidden", sorted(NEVER_IMPORTS.items()))
+def test_layering_rules(library, forbidden):
+    """A library never reads the layers above it, so it can be read, tested and replaced alone."""
+    broken = package_graph()[library] & forbidden
+    assert not broken, f"{library} imports {sorted(broken)}"
+
+
+def test_analytic_references_are_not_a_stage():
+    """The local score machine and the exact toys are for tests, benchmarks and examples."""
+    assert not any("analytic" in edges for edges in package_graph().values())
+
+
+def test_one_module_turns_folders_into_denoisers():
+    """Only the stage layer's subjects module loads a run or intervention folder's denoiser (the
+    export verb reads its own folder format)."""
+    users = {m for m, targets in import_graph()[0].items()
+             if "locodiff.train.run_folder" in targets and not m.startswith("locodiff.train")}
+    assert users <= {"locodiff.stages.subjects", "locodiff.cli", "locodiff.export.folder"}, sorted(users)
 
 
 def test_imports_at_module_top():

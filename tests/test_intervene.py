@@ -8,7 +8,7 @@ import torch
 from locodiff.conditioning import Conditioning
 from locodiff.errors import ConfigError
 from locodiff.intervene import location_windows, masked_composition
-from locodiff.study_config import load_study_config
+from locodiff.stages.config import load_study_config
 
 
 class GlobalToy:

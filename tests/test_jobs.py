@@ -8,9 +8,9 @@ import time
 import pytest
 from rich.console import Console
 
-import locodiff.jobs as jobs_module
+import locodiff.stages.jobs as jobs_module
 from helpers.timed_jobs import sleep_and_time
-from locodiff.jobs import Job, Watch, progress_line, run_jobs
+from locodiff.stages.jobs import Job, Watch, progress_line, run_jobs
 
 
 def quiet() -> Console:

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from locodiff.conditioning import Conditioning
 from locodiff.diffusion.loss import EDMLoss, Rows
 from locodiff.io import read_jsonl
-from locodiff.train.checkpoint import latest_checkpoint
+from locodiff.checkpoints import latest_checkpoint
 from locodiff.train.penalty import CompositionLoss, LocalityPenaltyLoss
 
 HELPER = Path(__file__).parent / "helpers" / "train_tiny.py"

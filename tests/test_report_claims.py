@@ -17,7 +17,7 @@ from locodiff.report.summary import claim_lines, summary_section
 from locodiff.report.claims import colour_by_block, colour_composition, locality_correlation
 from locodiff.report.config import ReportConfig
 from locodiff.report.facts import ModelFacts
-from locodiff.study_config import load_study_config
+from locodiff.stages.config import load_study_config
 
 
 def facts(tmp_path, name: str, index: float | None, mean_recall: float | None, placed: float = 1.0) -> ModelFacts:

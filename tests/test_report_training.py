@@ -13,7 +13,7 @@ from locodiff.report.config import ReportConfig
 from locodiff.report.facts import ModelFacts
 from locodiff.report.claims import clustered_spearman
 from locodiff.report.training import emergence_line, mean_interval, trained_in_form, trained_in_statement
-from locodiff.study_config import load_study_config
+from locodiff.stages.config import load_study_config
 
 PENALISED = ["models.exp3_local.train.locality.weight=1.0", 'models.exp3_local.train.locality.form="composition"']
 

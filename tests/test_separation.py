@@ -17,7 +17,7 @@ from locodiff.report.claims import mechanism
 from locodiff.report.facts import ModelFacts
 from locodiff.report.separation import auroc
 from locodiff.report.summary import claims_table
-from locodiff.study_config import load_study_config
+from locodiff.stages.config import load_study_config
 
 SIGMAS = [0.5, 2.0, 5.0]
 

@@ -24,13 +24,13 @@ from locodiff import layout
 from locodiff.cli import app
 from locodiff.errors import ConfigError, LocodiffError
 from locodiff.evaluate.runner import evaluation_dir
-from locodiff.intervene.subject import base_run_folder, subject_checkpoint, training_run
+from locodiff.stages.subjects import base_run_folder, subject_checkpoint, training_run
 from locodiff.layout import intervention_dir, run_dir, subject_dirs
 from locodiff.locality.result import mean_normalised_index
 from locodiff.report.explorer import quantized_map
-from locodiff.predict import predict
-from locodiff.study import run_study
-from locodiff.study_config import PRESETS, load_study_config
+from locodiff.stages.predict import predict
+from locodiff.stages.study import run_study
+from locodiff.stages.config import PRESETS, load_study_config
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -382,7 +382,7 @@ def test_a_probe_missing_its_feature_results_is_completed(finished):
 
 
 def test_progress_line_for_logs_names_each_running_job():
-    from locodiff.jobs import Job, Watch, progress_line
+    from locodiff.stages.jobs import Job, Watch, progress_line
 
     jobs = {"exp1": Job(print, (), total=200, poll=lambda: 50), "exp2": Job(print, (), total=10, poll=lambda: 10),
             "queued": Job(print, (), total=4, poll=lambda: 0), "broken": Job(print, (), total=4, poll=lambda: int("x"))}
@@ -405,7 +405,7 @@ def test_the_stage_eta_counts_queued_jobs_at_the_moving_jobs_pace():
     """exp1 moves at 0.5/s: its 180 units from the start take 360 s for a cost of 36, 10 s per unit
     of cost; the queued jobs of cost 12 and 30 then take 120 s and 300 s. On two workers: exp1's
     300 s left, then the 300 s job beside it and the 120 s job after the shorter: 420 s."""
-    from locodiff.jobs import Job, Watch, progress_line
+    from locodiff.stages.jobs import Job, Watch, progress_line
 
     jobs = {"exp1": Job(print, (), total=200, poll=lambda: 50, cost=36.0),
             "small": Job(print, (), total=8, poll=lambda: 0, cost=12.0),
@@ -418,7 +418,7 @@ def test_the_stage_eta_counts_queued_jobs_at_the_moving_jobs_pace():
 
 
 def test_each_stage_starts_by_saying_where_the_study_stands():
-    from locodiff.study import outlook
+    from locodiff.stages.study import outlook
 
     stages, predicted = ["data", "train", "evaluate", "locality", "report"], {"data": 15, "train": 1800, "evaluate": 180}
     assert outlook("train", stages, predicted, 20.0) == (
@@ -429,7 +429,7 @@ def test_each_stage_starts_by_saying_where_the_study_stands():
 def test_claims_are_judged_from_recall_and_name_their_numbers(tmp_path):
     from locodiff.report.facts import ModelFacts
     from locodiff.report.summary import claims_table
-    from locodiff.study_config import load_study_config
+    from locodiff.stages.config import load_study_config
 
     cfg = load_study_config("micro")
 
@@ -498,8 +498,8 @@ def test_results_over_training_from_every_kept_checkpoint(finished):
 
 def test_seeds_and_emergence_are_trained_cached_and_reported(tmp_path):
     from locodiff.layout import seeded_subject_dirs
-    from locodiff.study_config import EmergenceOptions
-    from locodiff.train.checkpoint import list_checkpoints, read_state
+    from locodiff.stages.config import EmergenceOptions
+    from locodiff.checkpoints import list_checkpoints, read_state
 
     cfg = micro(tmp_path, "seeds=[0, 1]", 'emergence.models=["exp2"]', "emergence.counts=[1, 2]",
                 "emergence.per_count=2", "models.exp1.enabled=false", "models.exp1_combo.enabled=false",
@@ -541,7 +541,7 @@ def test_seeds_and_emergence_are_trained_cached_and_reported(tmp_path):
 
 def test_a_model_limited_to_some_seeds_takes_its_interventions_with_it(tmp_path):
     from locodiff.layout import seeded_subject_dirs
-    from locodiff.study import seeded_models
+    from locodiff.stages.study import seeded_models
 
     cfg = micro(tmp_path, "seeds=[0, 1]", "models.exp2.seeds=[1]", "models.exp1_combo.seeds=[0]")
     assert set(seeded_models(cfg)) == {"exp1@s0", "exp1@s1", "exp2@s1", "exp3_local@s0", "exp3_local@s1",
@@ -553,7 +553,7 @@ def test_training_costs_are_measured_step_times_times_images_and_penalty(tmp_pat
     """Each job's cost is its images left x a training image's seconds measured on this machine x
     the locality penalty's extra passes: exp3_penalty has exp2's network and images, so it costs
     exactly its penalty factor more; a half-trained run costs what it has left."""
-    from locodiff.study import training_costs
+    from locodiff.stages.study import training_costs
 
     cfg = load_study_config("quick", ROOT / "examples" / "trained_in.toml", [f"out_dir={tmp_path}", "seeds=[0, 1]"])
     costs = training_costs(cfg)
@@ -566,7 +566,7 @@ def test_training_costs_are_measured_step_times_times_images_and_penalty(tmp_pat
 def test_a_partly_trained_model_costs_what_it_has_left(finished):
     """Extending a finished run (total_images is not part of its identity) costs the images added."""
     from locodiff.models.registry import training_seconds_per_image
-    from locodiff.study import training_costs
+    from locodiff.stages.study import training_costs
 
     assert training_costs(finished) == {}
     cfg = micro(finished.out_dir, "models.exp1.train.total_images=256")
@@ -578,7 +578,7 @@ def test_a_partly_trained_model_costs_what_it_has_left(finished):
 def test_the_train_stage_hands_its_jobs_their_measured_costs(tmp_path, monkeypatch):
     """With two jobs at a time the train stage gives every model and the detector its measured
     cost, which run_jobs starts longest first (tests/test_jobs.py)."""
-    import locodiff.study as study
+    import locodiff.stages.study as study
 
     seen = {}
     monkeypatch.setattr(study, "run_jobs", lambda jobs, workers, console: seen.update(jobs) or {})
@@ -594,7 +594,7 @@ def test_every_preset_can_be_scheduled(preset, tmp_path):
     """Every model of a preset (the caption and attribute models included) and the detector get a
     measured cost, so the train stage can order its jobs (the paper preset's networks are timed on
     a batch small enough for a laptop: study.TIMED_FLOPS)."""
-    from locodiff.study import seeded_models, training_costs
+    from locodiff.stages.study import seeded_models, training_costs
 
     costs = training_costs(load_study_config(preset, sets=[f"out_dir={tmp_path}"]))
     assert sorted(costs) == sorted([*seeded_models(load_study_config(preset)), "detector"])
@@ -687,7 +687,7 @@ def test_a_finished_study_predicts_no_more_work(finished):
 def test_an_interrupted_stage_keeps_its_time(tmp_path, monkeypatch):
     """A long study is stopped and resumed: the time a stage ran before the interruption is in
     timings.json, and the resumed run adds to it."""
-    import locodiff.study as study
+    import locodiff.stages.study as study
 
     def slow_then_interrupted(*args, **kwargs):
         time.sleep(0.3)
@@ -711,7 +711,7 @@ def test_a_stage_records_its_time_while_it_runs(tmp_path):
     """A study killed outright (kill -9: no chance to write on the way out) keeps all but the last
     beat of a stage's time: timings.json grows while the stage runs."""
     from locodiff.hardware import machine
-    from locodiff.study import StageClock
+    from locodiff.stages.study import StageClock
 
     path = tmp_path / "timings.json"
     with StageClock(tmp_path, "train", "abc", every_s=0.05) as clock:

@@ -13,7 +13,8 @@ from locodiff.adapters import DiffusersDenoiser, Prompt, load_diffusers_unet  # 
 from locodiff.conditioning import Conditioning  # noqa: E402
 from locodiff.config import config_hash, identity_dict  # noqa: E402
 from locodiff.errors import InputError  # noqa: E402
-from locodiff.models import ModelConfig, SavedTextModel, as_denoiser, build_network, save_text_model  # noqa: E402
+from locodiff.adapters import SavedTextModel  # noqa: E402
+from locodiff.models import ModelConfig, as_denoiser, build_network, save_text_model  # noqa: E402
 from locodiff.models.config import CaptionOptions  # noqa: E402
 from locodiff.models.text import CaptionEncoder, text_scheduler  # noqa: E402
 from locodiff.report.config import ReportConfig  # noqa: E402
@@ -193,8 +194,8 @@ def test_a_caption_model_runs_through_the_study_and_its_report(tmp_path):
     from rich.console import Console
 
     from locodiff.layout import run_dir
-    from locodiff.study import run_study
-    from locodiff.study_config import load_study_config
+    from locodiff.stages.study import run_study
+    from locodiff.stages.config import load_study_config
 
     off = [f"models.{m}.enabled=false" for m in ("exp1", "exp2", "exp3_local", "exp1_combo")]
     model = ('models.text={role="exp1", label_policy="all", model={arch="diffusers_text", channels=[8, 16], '

@@ -12,11 +12,11 @@ from locodiff.errors import CheckpointError, TrainingDiverged
 from locodiff.io import read_jsonl
 from locodiff.models import ModelConfig
 from locodiff.scenes.dataset import DataConfig
-from locodiff.train.checkpoint import latest_checkpoint
+from locodiff.checkpoints import latest_checkpoint
 from locodiff.config import from_dict
 from locodiff.train.config import LocalityPenalty, TrainConfig
 from locodiff.train.data import StreamBatches
-from locodiff.train.checkpoint import load_denoiser
+from locodiff.train.run_folder import load_denoiser
 from locodiff.train.config import RunConfig
 from locodiff.layout import run_identity
 from locodiff.train.run import train_run

@@ -23,23 +23,23 @@ from .adapters.diffusers_unet import load_diffusers_unet
 from .locality.diffusers_probe import DiffusersProbeSpec, load_prompt_file, probe_diffusers, summary_lines, write_probe
 from .config import to_dict
 from .errors import LocodiffError
-from .evaluate.runner import evaluate_run
+from .stages.evaluation import evaluate_run
 from .intervene.config import InterventionSpec
 from .hardware import fastest_dtype
-from .intervene.subject import subject_checkpoints, training_run, write_intervention
+from .stages.subjects import subject_checkpoints, training_run, write_intervention
 from .io import atomic_path
 from .locality.extrapolation import ExtrapolationResult
 from .locality.result import LocalityResult, mean_normalised_index, mean_presence_index
-from .locality.run import probe_run
-from .models.text import SavedTextModel, is_text_model
-from .report import write_report
+from .stages.probe import probe_run
+from .adapters.text_model import SavedTextModel, is_text_model
 from .scenes.clevr_export import export_split
 from .scenes.dataset import build_dataset
 from .scenes.figures import data_contact_sheet
-from .predict import predict
-from .study import run_study
-from .study_config import PRESETS, StudyConfig, load_study_config
-from .train.checkpoint import no_checkpoint, read_run_config, read_state
+from .stages.predict import predict
+from .stages.study import report_study, run_study
+from .stages.config import PRESETS, StudyConfig, load_study_config
+from .checkpoints import no_checkpoint, read_state
+from .train.run_folder import read_run_config
 from .train.run import is_main_process, train_run
 from .train.sampling import sample_run
 from .tracking import resolved_report_to
@@ -478,7 +478,7 @@ def report(
     else:
         cfg = resolve_config(preset, config, set_, dry_run)
     with fail_cleanly():
-        path = write_report(cfg, layout.report_dir(cfg))
+        path = report_study(cfg)
     typer.echo(f"report: {path} and {path.with_suffix('.html')}")
 
 
@@ -499,7 +499,7 @@ def study(
     with fail_cleanly():
         check_trackers(cfg, list(cfg.models))
         prediction = predict(cfg)
-    typer.echo("\n".join(["predicted cost on this machine (locodiff.predict):", *prediction.lines()]), err=dry_run)
+    typer.echo("\n".join(["predicted cost on this machine (locodiff.stages.predict):", *prediction.lines()]), err=dry_run)
     if dry_run:
         typer.echo(json.dumps(to_dict(cfg), indent=2))
         raise typer.Exit(0)

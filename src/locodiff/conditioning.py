@@ -13,7 +13,7 @@ the unconditional background in score composition.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -208,3 +208,50 @@ def location_windows(cond: Conditioning, height: int, width: int, radius_px: flo
         win = torch.sigmoid((radius_px - dist) / softness_px)
     return win * cond.mask[..., None, None].float()
 
+
+@dataclass
+class Prompt:
+    """What a text-conditioned (diffusers) UNet is conditioned on: token embeddings, not locations. A batch of 1 broadcasts to any batch."""
+
+    encoder_hidden_states: Tensor  # [B, T, D] token embeddings read by cross-attention
+    text_embeds: Tensor | None = None  # [B, D_pool] pooled text embedding (SDXL)
+    time_ids: Tensor | None = None  # [B, 6] original size, crop corner, target size (SDXL)
+
+    @property
+    def batch_size(self) -> int:
+        return self.encoder_hidden_states.shape[0]
+
+    @property
+    def tokens(self) -> int:
+        return self.encoder_hidden_states.shape[1]
+
+    def with_tokens(self, encoder_hidden_states: Tensor) -> "Prompt":
+        """The same prompt with new token embeddings (the variable token Jacobians vary)."""
+        return replace(self, encoder_hidden_states=encoder_hidden_states)
+
+    def expand(self, batch: int) -> "Prompt":
+        """Broadcast every field to ``batch`` rows (each row its own copy, so that per-image
+        derivatives stay separate); a batch other than 1 or ``batch`` is an error."""
+
+        def grow(t: Tensor | None, name: str) -> Tensor | None:
+            if t is None or t.shape[0] == batch:
+                return t
+            if t.shape[0] != 1:
+                raise InputError(
+                    f"prompt {name} has batch {t.shape[0]} but the latents have batch {batch}; "
+                    "expected 1 (shared) or equal"
+                )
+            return t.expand(batch, *t.shape[1:]).contiguous()
+
+        return Prompt(
+            grow(self.encoder_hidden_states, "encoder_hidden_states"),  # type: ignore[arg-type]
+            grow(self.text_embeds, "text_embeds"),
+            grow(self.time_ids, "time_ids"),
+        )
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device=device, dtype=dtype)
+
+        return Prompt(move(self.encoder_hidden_states), move(self.text_embeds),  # type: ignore
+                      move(self.time_ids))

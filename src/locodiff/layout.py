@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # types only: importing the stages here would make every stag
     from .evaluate.config import EvalConfig
     from .intervene.config import InterventionSpec
     from .locality.config import LocalityOptions
-    from .study_config import StudyConfig
+    from .stages.config import StudyConfig
     from .train.config import RunConfig
 
 DETECTOR_VERSION = 2  # bump when the detector's network, targets or decoding change meaning
@@ -42,6 +42,7 @@ DETECTOR_VERSION = 2  # bump when the detector's network, targets or decoding ch
 
 RUN_CONFIG = "config.json"  # a training run's RunConfig (run_folder)
 TRAIN_METRICS = "metrics.jsonl"  # its losses and rate, one line per logging interval
+MODEL_RECORD = "model.json"  # what its network is: parameter count, what it reads (run_record)
 CHECKPOINT_STATE = "state.json"  # a checkpoint's step, images seen and checksums
 INTERVENTION = "intervention.json"  # an intervention's spec and its base run (intervention_folder)
 EVAL_SUMMARY = "eval.json"  # an evaluation's per-k metrics and summary (eval_dir)

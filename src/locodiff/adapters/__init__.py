@@ -1,21 +1,18 @@
-"""Adapters that make other people's models locodiff ``Denoiser``\\ s.
+"""The diffusers side of locodiff: other people's UNets (and locodiff's own text UNet, saved as a
+diffusers folder) loaded from a local folder as locodiff ``Denoiser``\\ s.
 
-- ``diffusers_unet``: a diffusers ``UNet2DConditionModel`` (SD 1.x/2.x, SDXL) plus its
-  scheduler as a locodiff ``Denoiser``; prompts as ``Prompt``; ``load_diffusers_unet`` from a
-  local folder. diffusers itself is imported only when loading from disk, so ``import locodiff``
-  works without it.
+- ``diffusers_unet``: ``load_diffusers_unet`` reads a pipeline or UNet folder (SD 1.x/2.x, SDXL)
+  and its scheduler into a ``DiffusersDenoiser`` (the wrapper itself is
+  ``models.diffusers_unet``; the ``Prompt`` it reads is ``conditioning.Prompt``);
+- ``text_model``: ``SavedTextModel``, a saved caption-conditioned model with its encoder.
 
-Adapters sit below the models and the probes: they import neither. What is measured on an
-adapted model (per-token sensitivity, ``probe-diffusers``) lives in ``locality.diffusers_probe``;
-the feature-space engine in ``locality.feature_capture``.
+Adapters sit above the models and the probes and below the stages: the probes take any
+Denoiser and a prompt, and this package hands them diffusers models in that form.
 """
 
-from .diffusers_unet import (
-    DiffusersDenoiser,
-    Prompt,
-    VPSchedule,
-    load_diffusers_unet,
-    load_scheduler,
-)
+from ..conditioning import Prompt
+from ..models.diffusers_unet import DiffusersDenoiser, VPSchedule
+from .diffusers_unet import load_diffusers_unet, load_scheduler
+from .text_model import SavedTextModel
 
-__all__ = ["DiffusersDenoiser", "Prompt", "VPSchedule", "load_diffusers_unet", "load_scheduler"]
+__all__ = ["DiffusersDenoiser", "Prompt", "SavedTextModel", "VPSchedule", "load_diffusers_unet", "load_scheduler"]

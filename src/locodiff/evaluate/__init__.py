@@ -21,7 +21,7 @@ from .metrics import (
 from .oracle import FixedImageDenoiser, OracleDenoiser
 from .runner import (
     EvalResult, build_detector, dataset_conditionings, evaluate_denoiser,
-    evaluate_model, evaluate_run,
+    evaluate_model,
     scene_conditionings,
 )
 from .validation import PERTURBATIONS, ValidationSpec, validate_detector, validation_markdown
@@ -29,7 +29,7 @@ from .validation import PERTURBATIONS, ValidationSpec, validate_detector, valida
 __all__ = [
     "DETECTORS",
     "ColorDetector", "ColorDetectorConfig", "CountMetrics", "Detections", "Detector", "EvalConfig", "EvalResult", "build_detector", "evaluate_model",
-    "evaluate_run", "FixedImageDenoiser", "HeatmapConfig", "HeatmapDetector",
+    "FixedImageDenoiser", "HeatmapConfig", "HeatmapDetector",
     "ImageMatch", "OracleDenoiser", "PERTURBATIONS", "SummaryOptions", "count_metrics",
     "dataset_conditionings", "default_tolerance_px", "evaluate_denoiser", "largest_k_above",
     "load_detector", "load_or_train_detector", "match_locations", "normalized_auc",

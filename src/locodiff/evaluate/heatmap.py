@@ -52,7 +52,7 @@ from ..scenes import SceneBatch, SceneSampler, vocab
 from ..scenes.renderers import renderer_for
 from .config import HeatmapConfig
 from .detector import Detections, InputError, to_unit_images
-from ..train.checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, load_extra, save_checkpoint
+from ..checkpoints import CheckpointState, latest_checkpoint, load_checkpoint, load_extra, save_checkpoint
 
 # ----- the network -------------------------------------------------------------------------------
 

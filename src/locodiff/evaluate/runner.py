@@ -37,7 +37,6 @@ from ..diffusion import get_sampler
 from ..diffusion.samplers import sample_in_batches
 from ..errors import InputError
 from ..imaging import to_uint8
-from ..intervene.subject import load_subject, subject_checkpoint
 from ..io import append_jsonl, atomic_path, notice, read_jsonl, write_json_atomic, write_text_atomic
 from ..layout import EVAL_EXTENSIBLE, EVAL_RECORDS, EVAL_SUMMARY, eval_dir, legacy_eval_dir
 from ..progress import progress_bar
@@ -46,7 +45,6 @@ from ..scenes import SceneSampler, batch_conditioning
 from ..scenes.renderers import renderer_for
 from ..scenes.draw import TestDraw
 from ..tracking import Tracker
-from ..train.checkpoint import no_checkpoint, read_state
 from .config import EvalConfig
 from .detector import ColorDetector, Detections, Detector
 from .figures import accuracy_plot, detection_grid
@@ -316,26 +314,7 @@ def evaluate_model(
                              holdout)
 
 
-def evaluate_run(run_dir: str | Path, config: EvalConfig, cache_dir: str | Path,
-                 device: str | torch.device = "cpu", progress: bool = False,
-                 checkpoint: Path | None = None) -> EvalResult:
-    """Evaluate the EMA weights of a training run's latest checkpoint, or of ``checkpoint`` (the
-    study's and ``locodiff evaluate``'s entry point); results go to ``run_dir/eval-<hash>/``
-    (keyed by the checkpoint) and resume like ``evaluate_denoiser``."""
-    ckpt = Path(checkpoint) if checkpoint is not None else subject_checkpoint(run_dir)
-    if ckpt is None:
-        raise InputError(no_checkpoint(run_dir, "train it before evaluating"))
-    denoiser, run_cfg = load_subject(run_dir, ckpt)
-    out = evaluation_dir(run_dir, config, ckpt.name)
-    before = _evaluated_counts(out)
-    result = evaluate_model(denoiser.to(device), run_cfg.data, out, config, cache_dir, device, progress,
-                            run_cfg.holdout_indices())
-    if set(result.per_k) != before:  # something new was measured: show it in the run's tracker
-        track_evaluation(result, Tracker(run_cfg.train.report_to, run_dir), read_state(ckpt)["images_seen"])
-    return result
-
-
-def _evaluated_counts(out: Path) -> set[int]:
+def evaluated_counts(out: Path) -> set[int]:
     try:
         return {int(row["k"]) for row in json.loads((out / EVAL_SUMMARY).read_text())["per_k"]}
     except (OSError, ValueError, KeyError, TypeError):

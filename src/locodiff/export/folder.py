@@ -22,7 +22,8 @@ from .. import __version__
 from ..config import to_dict
 from ..errors import CheckpointError
 from ..io import write_json_atomic, write_text_atomic
-from ..train.checkpoint import latest_checkpoint, load_weights, no_checkpoint, read_run_config, read_state
+from ..checkpoints import latest_checkpoint, load_weights, no_checkpoint, read_state
+from ..train.run_folder import read_run_config
 from .model import LocodiffModel
 from .pipeline import LocodiffPipeline
 

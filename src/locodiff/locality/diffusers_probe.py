@@ -17,14 +17,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..adapters.diffusers_unet import DiffusersDenoiser, Prompt
-from ..conditioning import Conditioning
+from ..conditioning import Conditioning, Prompt
 from ..errors import LocodiffError
 from ..io import atomic_path, write_json_atomic
 from ..progress import track
@@ -32,6 +31,9 @@ from .feature_capture import Sensitivity, input_sensitivity
 from .figures import save_figure
 from .jacobian import Target, as_image_batch, cond_target_fn
 from .probe import ProbeSpec, probe_locality, sample_pixels
+
+if TYPE_CHECKING:  # the probe reads any Denoiser that holds a prompt; this is the one it was written for
+    from ..models.diffusers_unet import DiffusersDenoiser
 
 
 def token_fn(

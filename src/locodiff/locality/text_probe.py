@@ -24,16 +24,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor
 
-from ..adapters.diffusers_unet import DiffusersDenoiser, Prompt
-from ..conditioning import Conditioning
+from ..conditioning import Conditioning, Prompt
 from ..io import write_json_atomic
 from ..layout import TEXT_PROBE
-from ..models.text import TextUNet
 from ..scenes.captions import COUNT_TOKENS, PHRASE_TOKENS, VOCABULARY, WORD_CLASSES, caption_ids
 from .diffusers_probe import DiffusersProbeSpec, probe_diffusers, token_fn
 from .feature_capture import (
@@ -43,9 +41,15 @@ from .feature_space import share_within
 from .jacobian import transform_context
 from .probe import ProbeSpec, probe_locality
 
+if TYPE_CHECKING:  # types only: the probe takes the model and its UNet's Denoiser as arguments
+    from ..models.diffusers_unet import DiffusersDenoiser
+    from ..models.text import TextUNet
+
 # Every block the prompt reaches (the finest down block has no attention: the prompt cannot move it).
 BLOCKS = ("down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1")
 _CLASS_OF = {VOCABULARY.index(w): c for c, words in WORD_CLASSES.items() for w in words}
+
+TEXT_PROBE_PROBES = 4  # random tangents per phrase for the text model's influence maps
 
 
 def phrase_groups(net: TextUNet, slots: int) -> list[list[int]]:

@@ -62,7 +62,7 @@ from .registry import (
     describe,
     param_count,
 )
-from .text import CaptionEncoder, SavedTextModel, TextUNet, save_text_model
+from .text import CaptionEncoder, TextUNet, save_text_model
 from .unet import UNet
 
 __all__ = [
@@ -78,7 +78,6 @@ __all__ = [
     "SpatialConditioning",
     "TokenEncoder",
     "CaptionEncoder",
-    "SavedTextModel",
     "TextUNet",
     "UNet",
     "save_text_model",

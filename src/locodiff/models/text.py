@@ -15,28 +15,27 @@ position embeddings, so a caption longer than any seen in training needs no posi
 never learned. Padding tokens attend to the caption in the later layers and so carry information,
 as CLIP's do in Stable Diffusion.
 
-``save_text_model`` writes a diffusers folder (``unet/``, ``scheduler/``) that ``load_diffusers_unet``
-reads like SDXL's, plus ``text_encoder/`` and ``tokenizer/``; ``SavedTextModel`` reads all of it.
+``save_text_model`` writes a diffusers folder (``unet/``, ``scheduler/``) that ``adapters.load_diffusers_unet``
+reads like SDXL's, plus ``text_encoder/`` and ``tokenizer/``; ``adapters.SavedTextModel`` reads all of it.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ..adapters.diffusers_unet import DiffusersDenoiser, Prompt, load_diffusers_unet
-from ..conditioning import Conditioning
-from ..errors import CheckpointError, InputError
+from ..conditioning import Conditioning, Prompt
+from ..errors import InputError
 from ..io import write_json_atomic
 from ..scenes.captions import VOCABULARY, WordTokenizer, caption_ids, caption_length, phrase_index_of
-from .network import Network
 from .config import ModelConfig
+from .diffusers_unet import DiffusersDenoiser
+from .network import Network
 
 # The VP noise table: diffusers' "linear" betas, started low enough that EDM's sigma_min = 0.002
 # is inside it (sigma_0 = 0.00197); sigma_999 = 148 covers EDM's sigma_max = 80.
@@ -182,35 +181,3 @@ def save_text_model(net: TextUNet, folder: str | Path) -> Path:
         shutil.rmtree(folder)
     tmp.rename(folder)
     return folder
-
-
-class SavedTextModel:
-    """A saved ``diffusers_text`` model: the UNet as a ``DiffusersDenoiser``, its caption encoder
-    and tokenizer. ``prompt(["large red metal cube top left"])`` gives the ``Prompt`` of captions."""
-
-    def __init__(self, folder: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> None:
-        folder = Path(folder)
-        try:
-            meta = json.loads((folder / "text_encoder" / "config.json").read_text())
-            vocab = json.loads((folder / "tokenizer" / "vocab.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{folder} is not a locodiff text model (text_encoder/ and tokenizer/): {e}") from None
-        if tuple(vocab["words"]) != VOCABULARY:
-            raise CheckpointError(f"{folder / 'tokenizer' / 'vocab.json'} has another vocabulary than this locodiff's")
-        self.tokenizer = WordTokenizer(int(vocab["length"]))
-        self.encoder = CaptionEncoder(int(meta["dim"]), int(meta["layers"]), int(meta["heads"]))
-        try:
-            self.encoder.load_state_dict(load_file(str(folder / "text_encoder" / TEXT_ENCODER_FILE)))
-        except Exception as e:  # noqa: BLE001 - safetensors and load_state_dict raise several types
-            raise CheckpointError(f"cannot read the text encoder in {folder / 'text_encoder'}: {e}") from None
-        self.encoder.eval().requires_grad_(False).to(device)
-        self.adapter = load_diffusers_unet(folder, dtype, device)
-
-    def prompt(self, texts: list[str]) -> Prompt:
-        ids = self.tokenizer.encode(texts)
-        with torch.no_grad():
-            return Prompt(self.encoder(ids, phrase_index_of(ids)))
-
-
-def is_text_model(folder: str | Path) -> bool:
-    return (Path(folder) / "text_encoder" / "config.json").is_file()

@@ -74,7 +74,7 @@ def setup_section(cfg, facts: list[ModelFacts], timings: dict) -> Section:
         f"with {min(d.test_counts)}–{max(d.test_counts)} objects. Conditioners: the image-plane location of "
         "each labelled object. Label policy `all` labels every object of a training image; `one` labels "
         f"a single random object (the others are unlabelled background). {rendered_by(d)}")])
-    rows = [[f.name, f.role, f.arch, f.label_policy, f"{f.params / 1e6:.2f}M", f.images_seen,
+    rows = [[f.name, f.role, f.arch, f.label_policy, "–" if f.params is None else f"{f.params / 1e6:.2f}M", f.images_seen,
              None if f.images_per_s is None else round(f.images_per_s),
              None if f.train_seconds is None else _duration(f.train_seconds), f.final_loss]
             for f in facts]

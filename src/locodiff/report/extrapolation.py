@@ -14,7 +14,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from ..locality.extrapolation import EXACT
-from ..train.checkpoint import latest_checkpoint
+from ..checkpoints import latest_checkpoint
 from .claims import HEADLINE, extrapolation_claim, verdict
 from .document import Figure, Section, Table, Text
 from .facts import ModelFacts, num, recall_per_k

@@ -16,9 +16,8 @@ from ..io import read_jsonl
 from ..locality.extrapolation import ExtrapolationResult
 from ..locality.feature_space import load_features
 from ..locality.result import mean_normalised_index, mean_presence_index
-from ..models import conditioned_on, describe
-from ..train.checkpoint import latest_checkpoint, read_state
-from ..train.loop import training_time
+from ..checkpoints import latest_checkpoint, read_state
+from ..run_record import read_model_record, training_time
 
 
 @dataclass
@@ -30,9 +29,11 @@ class ModelFacts:
     arch: str
     label_policy: str
     description: str
-    params: int
     folder: Path
-    conditioned_on: str = "locations"  # what the model reads (an intervention: what its base reads)
+    params: int | None = None  # from the training run's model.json (None: not trained yet)
+    # what the model reads (an intervention: what its base reads); a model not trained yet has no
+    # model.json and is listed with the location models until it is
+    conditioned_on: str = "locations"
     images_seen: int = 0
     images_per_s: float | None = None
     train_seconds: float | None = None
@@ -63,21 +64,21 @@ def gather(cfg, seed: int | None = None) -> list[ModelFacts]:
     cfg = cfg.per_seed()[cfg.seed_list()[0] if seed is None else seed]
     facts = []
     for name, spec in cfg.enabled_models().items():
-        f = ModelFacts(name, spec.role, spec.model.arch, spec.label_policy, spec.description,
-                       describe(spec.model).param_count, layout.run_dir(cfg, name), conditioned_on(spec.model.arch))
+        f = ModelFacts(name, spec.role, spec.model.arch, spec.label_policy, spec.description, layout.run_dir(cfg, name))
         facts.append(_read_results(cfg, f, f.folder))
     for name, spec in cfg.enabled_interventions().items():
         base = cfg.models[spec.base]
         f = ModelFacts(name, spec.role, f"{spec.form}({spec.base}, r={spec.radius_px:g} px)", base.label_policy,
-                       spec.description, describe(base.model).param_count, layout.intervention_dir(cfg, name),
-                       conditioned_on(base.model.arch))
+                       spec.description, layout.intervention_dir(cfg, name))
         facts.append(_read_results(cfg, f, layout.run_dir(cfg, spec.base)))
     return facts
 
 
 def _read_results(cfg, f: ModelFacts, train_dir: Path) -> ModelFacts:
     """Training facts from ``train_dir``, evaluation and locality results from ``f.folder``."""
-
+    record = read_model_record(train_dir)
+    if record is not None:
+        f.params, f.conditioned_on = record.params, record.conditioned_on
     ckpt = latest_checkpoint(train_dir) if train_dir.exists() else None
     if ckpt is None:
         return f

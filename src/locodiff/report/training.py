@@ -17,7 +17,7 @@ from .. import layout
 from ..evaluate.runner import EvalResult, evaluation_dir
 from ..locality.extrapolation import ExtrapolationResult
 from ..locality.result import mean_normalised_index, mean_presence_index
-from ..train.checkpoint import list_checkpoints, read_state
+from ..checkpoints import list_checkpoints, read_state
 from .document import Figure, Section, Table, Text
 from .claims import clustered_spearman, largest_counts, trained_in_groups, trained_in_verdict
 from .config import ReportConfig

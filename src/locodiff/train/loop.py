@@ -27,7 +27,8 @@ from ..models import as_denoiser
 from ..progress import progress_bar
 from ..rng import step_generator
 from ..tracking import Tracker
-from .checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..run_record import training_time
+from ..checkpoints import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig, TrainConfig
 from .ema import EMA
 
@@ -278,18 +279,3 @@ class _Ticks:
         if self.accel.num_processes > 1:
             totals = self.accel.reduce(totals.to(self.accel.device), reduction="sum").cpu()
         return {name: float(total / n) for name, total, n in zip(SIGMA_BINS, totals[0], totals[1]) if n > 0}
-
-
-def training_time(records: list[dict]) -> tuple[float | None, float | None, float | None]:
-    """(seconds spent training, mean images/s, last loss) from metrics.jsonl, summed over every
-    tick so that a resumed run counts all its sessions (``wall_s`` restarts at each resume)."""
-    seconds, images, previous = 0.0, 0, 0
-    for r in records:
-        done = r["images_seen"] - previous
-        if done > 0 and r.get("images_per_s"):
-            seconds += done / r["images_per_s"]
-            images += done
-        previous = r["images_seen"]
-    if not images:
-        return None, None, None
-    return seconds, images / seconds, records[-1].get("loss")

@@ -25,10 +25,12 @@ from ..config import to_dict
 from ..errors import CheckpointError
 from ..io import write_json_atomic
 from ..layout import RUN_CONFIG, run_identity
-from ..models import build_network
+from ..models import build_network, conditioned_on, describe
+from ..run_record import ModelRecord, write_model_record
 from ..scenes.dataset import SceneDataset
 from ..tracking import Tracker
-from .checkpoint import latest_checkpoint, read_run_config, read_state
+from ..checkpoints import latest_checkpoint, read_state
+from .run_folder import read_run_config
 from .config import RunConfig
 from .data import CachedBatches, StreamBatches
 from .loop import BatchSource, TrainResult, train_loop
@@ -100,6 +102,11 @@ def _with_sample_grids(cfg: RunConfig, run_dir: Path, tracker: Tracker, then=Non
     return on_checkpoint
 
 
+def model_record(cfg: RunConfig) -> ModelRecord:
+    """What the report reads of a run's network (``run_record``), from its config."""
+    return ModelRecord(describe(cfg.model).param_count, conditioned_on(cfg.model.arch))
+
+
 def train_run(
     cfg: RunConfig, run_dir: Path, source: BatchSource | None = None, data_root: Path | None = None,
     on_checkpoint=None, progress: bool = True,
@@ -108,6 +115,7 @@ def train_run(
     run_dir = Path(run_dir)
     source = source if source is not None else default_source(cfg, data_root)
     prepare_run_dir(cfg, run_dir)
+    write_model_record(run_dir, model_record(cfg))
     net = build_model(cfg)
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None:

@@ -16,7 +16,7 @@ from ..io import atomic_path
 from ..scenes.conditioners import make_conditioning
 from ..scenes.dataset import DataConfig, SceneSource
 from ..scenes.scene import SceneBatch
-from .checkpoint import load_denoiser
+from .run_folder import load_denoiser
 from ..diffusion.samplers import sample_in_batches
 
 

@@ -16,15 +16,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import from_dict, load_config_file, merge, parse_set_option
-from .errors import ConfigError
-from .evaluate.config import EvalConfig
-from .intervene.config import InterventionSpec
-from .locality.config import LocalityOptions
-from .models.config import ModelConfig
-from .report.config import ReportConfig
-from .scenes.dataset import DataConfig
-from .train.config import RunConfig, TrainConfig
+from ..config import from_dict, load_config_file, merge, parse_set_option
+from ..errors import ConfigError
+from ..evaluate.config import EvalConfig
+from ..intervene.config import InterventionSpec
+from ..locality.config import LocalityOptions
+from ..models.config import ModelConfig
+from ..report.config import ReportConfig
+from ..scenes.dataset import DataConfig
+from ..train.config import RunConfig, TrainConfig
 
 PRESETS = ("micro", "quick", "full", "gpu", "paper")
 

@@ -18,7 +18,7 @@ from ..adapters.diffusers_unet import load_diffusers_unet
 from ..conditioning import Conditioning
 from ..denoiser import conditioned_on
 from ..errors import LocodiffError
-from ..intervene.subject import load_subject, subject_checkpoint
+from .subjects import load_subject, subject_checkpoint
 from ..io import notice, write_json_atomic
 from ..layout import EXTRAPOLATION, PROBE_SUMMARY, probe_dir
 from ..models import TextUNet, build_network, save_text_model
@@ -28,14 +28,14 @@ from ..scenes import SceneDataset, batch_conditioning, vocab
 from ..scenes.dataset import to_model_batch
 from ..scenes.draw import TestDraw
 from ..tracking import Tracker
-from ..train.checkpoint import no_checkpoint, read_state
-from .config import ExtrapolationOptions, SceneDraw
-from .extrapolation import ExtrapolationResult, Scenes, probe_extrapolation
-from .feature_space import FEATURES_FILE, FeatureSpec, feature_run
-from .jacobian import InputError
-from .probe import ProbeSpec, probe_locality
-from .result import has_presence, maps_intact, mean_normalised_index, mean_presence_index
-from .text_probe import TextProbeSpec, probe_text_model, write_text_probe
+from ..checkpoints import no_checkpoint, read_state
+from ..locality.config import ExtrapolationOptions, SceneDraw
+from ..locality.extrapolation import ExtrapolationResult, Scenes, probe_extrapolation
+from ..locality.feature_space import FEATURES_FILE, FeatureSpec, feature_run
+from ..locality.jacobian import InputError
+from ..locality.probe import ProbeSpec, probe_locality
+from ..locality.result import has_presence, maps_intact, mean_normalised_index, mean_presence_index
+from ..locality.text_probe import TEXT_PROBE_PROBES, TextProbeSpec, probe_text_model, write_text_probe
 
 
 def probe_scenes(data_root: str | Path, counts: Sequence[int], n: int):
@@ -104,9 +104,6 @@ def track_locality(folder: Path, tracker: Tracker, images_seen: int) -> None:
         values[f"locality/normalised index sigma={sigma:.3g}"] = s["index"]["normalised"]["mean"]
     with tracker:
         tracker.log(values, images_seen)
-
-
-TEXT_PROBE_PROBES = 4  # random tangents per phrase for the text model's influence maps
 
 
 def text_probe_run(folder: Path, net: TextUNet, run_cfg, images, cond, options, seed: int) -> Path:

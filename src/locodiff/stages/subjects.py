@@ -16,10 +16,14 @@ from pathlib import Path
 from ..config import from_dict, to_dict
 from ..errors import LocodiffError
 from ..io import write_json_atomic
-from ..layout import INTERVENTION
-from ..train.checkpoint import latest_checkpoint, list_checkpoints, load_denoiser
-from .config import InterventionSpec
-from .masked import masked_composition
+from .. import layout
+from ..layout import INTERVENTION, RUN_CONFIG
+from ..run_record import read_model_record, write_model_record
+from ..checkpoints import latest_checkpoint, list_checkpoints
+from ..train.run import model_record
+from ..train.run_folder import load_denoiser, read_run_config
+from ..intervene.config import InterventionSpec
+from ..intervene.masked import masked_composition
 
 INTERVENTION_FILE = INTERVENTION
 
@@ -80,3 +84,13 @@ def load_subject(folder: str | Path, checkpoint: Path | None = None):
     spec, base_run = read_intervention(folder)
     denoiser, run_cfg = load_denoiser(base_run, checkpoint=checkpoint)
     return masked_composition(denoiser, spec.radius_px, "null", spec.softness_px), run_cfg
+
+
+def record_models(cfg) -> None:
+    """Write ``model.json`` (``run_record``) into every trained run of the study ``cfg`` that lacks
+    it (runs trained before training wrote one), so that the report reads it there."""
+    for seed_cfg in cfg.per_seed().values():
+        for name in seed_cfg.enabled_models():
+            run = layout.run_dir(seed_cfg, name)
+            if (run / RUN_CONFIG).is_file() and read_model_record(run) is None:
+                write_model_record(run, model_record(read_run_config(run)))

@@ -17,30 +17,31 @@ from typing import Callable, Sequence
 import torch
 from rich.console import Console
 
-from . import layout
-from .conditioning import Conditioning
-from .config import config_hash, to_dict
-from .errors import ConfigError
-from .evaluate.config import EvalConfig
-from .evaluate.crowding import study_crowding
-from .evaluate.heatmap import detector_key, training_seconds_per_image as detector_seconds_per_image
-from .evaluate.runner import build_detector, evaluate_run
-from .evaluate.validation import ValidationSpec, validate_detector
-from .intervene.subject import subject_checkpoint, subject_checkpoints, write_intervention
-from .hardware import busy_core_seconds, cores, machine
-from .io import atomic_path, read_jsonl, write_json_atomic
+from .. import layout
+from ..conditioning import Conditioning
+from ..config import config_hash, to_dict
+from ..errors import ConfigError
+from ..evaluate.config import EvalConfig
+from ..evaluate.crowding import study_crowding
+from ..evaluate.heatmap import detector_key, training_seconds_per_image as detector_seconds_per_image
+from ..evaluate.runner import build_detector
+from .evaluation import evaluate_run
+from ..evaluate.validation import ValidationSpec, validate_detector
+from .subjects import record_models, subject_checkpoint, subject_checkpoints, write_intervention
+from ..hardware import busy_core_seconds, cores, machine
+from ..io import atomic_path, read_jsonl, write_json_atomic
 from .jobs import Job, last_record, run_jobs, torch_threads
-from .locality.config import LocalityOptions
-from .locality.run import probe_complete, probe_run
-from .models.registry import forward_flops, training_seconds_per_image
-from .progress import LOG_EVERY_S, duration
-from .report import write_report
-from .scenes.dataset import SceneDataset, build_dataset
-from .scenes.figures import data_contact_sheet
-from .study_config import StudyConfig
-from .train.checkpoint import latest_checkpoint, read_state
-from .train.config import RunConfig
-from .train.run import train_run
+from ..locality.config import LocalityOptions
+from .probe import probe_complete, probe_run
+from ..models.registry import forward_flops, training_seconds_per_image
+from ..progress import LOG_EVERY_S, duration
+from ..report import write_report
+from ..scenes.dataset import SceneDataset, build_dataset
+from ..scenes.figures import data_contact_sheet
+from .config import StudyConfig
+from ..checkpoints import latest_checkpoint, read_state
+from ..train.config import RunConfig
+from ..train.run import train_run
 
 STAGES = ("data", "train", "evaluate", "locality", "emergence", "report")
 # Timing a network for the schedule: at most this many images per step, and at most this many
@@ -283,8 +284,15 @@ def stage_emergence(cfg: StudyConfig, data_root: Path, console: Console) -> None
     run_jobs(jobs, cfg.jobs, console)
 
 
+def report_study(cfg: StudyConfig) -> Path:
+    """The report from the saved results (runs trained by an older locodiff get their
+    ``model.json`` first)."""
+    record_models(cfg)
+    return write_report(cfg, layout.report_dir(cfg))
+
+
 def stage_report(cfg: StudyConfig, console: Console) -> Path:
-    path = write_report(cfg, layout.report_dir(cfg))
+    path = report_study(cfg)
     console.print(f"  report: {path}")
     return path
 
@@ -408,7 +416,7 @@ def run_study(
     predicted: dict[str, float] | None = None,
 ) -> StudyResult:
     """Run the stages in order (or just ``only``), skipping whatever is already done; with
-    ``predicted`` (seconds per stage, ``locodiff.predict``) each stage starts by saying where the
+    ``predicted`` (seconds per stage, ``locodiff.stages.predict``) each stage starts by saying where the
     study stands."""
     console = console or Console()
     only = list(only or STAGES)

@@ -27,14 +27,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .. import __version__
-from ..config import from_dict
-from ..denoiser import Denoiser
-from ..errors import CheckpointError, ConfigError
-from ..io import notice, sha256_file
-from ..layout import CHECKPOINT_STATE, RUN_CONFIG
-from ..models import as_denoiser, build_network
-from .config import RunConfig
+from .errors import CheckpointError
+from .io import notice, sha256_file
+from .layout import CHECKPOINT_STATE
 
 CKPT_PREFIX = "ckpt-"
 
@@ -218,40 +213,9 @@ def load_checkpoint(
     return meta
 
 
-# ----- a run folder's config and trained denoiser ----------------------------------------------
-
-def read_run_config(run_dir: Path) -> RunConfig:
-    path = Path(run_dir) / RUN_CONFIG
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a locodiff run folder (no config.json)")
-    try:
-        return from_dict(RunConfig, json.loads(path.read_text()))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
-    except ConfigError as e:
-        raise CheckpointError(
-            f"{path} does not describe a run this locodiff ({__version__}) can read, so it was probably made by "
-            f"another version or edited by hand ({e}); train into a new folder, or use the version that made it"
-        ) from None
-
-
 def no_checkpoint(run_dir: str | Path, then: str = "train it first") -> str:
     """Why ``run_dir`` has no weights to load: not a folder at all (e.g. a model's name given where
     its run folder was asked for), or not trained yet."""
     if not Path(run_dir).is_dir():
         return f"{run_dir} is not a folder; expected a training run folder (<out_dir>/models/<name>-<hash>)"
     return f"run {run_dir} has no checkpoint yet; {then}"
-
-
-def load_denoiser(run_dir: Path, ema: bool = True, checkpoint: Path | None = None) -> tuple[Denoiser, RunConfig]:
-    """The trained Denoiser of a run (EMA weights by default, of the latest checkpoint unless
-    ``checkpoint`` names another) and its config."""
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    ckpt = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise CheckpointError(no_checkpoint(run_dir))
-    net = build_network(cfg.model)
-    load_weights(net, ckpt / ("ema.safetensors" if ema else "model.safetensors"))
-    return as_denoiser(net).eval().requires_grad_(False), cfg
-

@@ -22,11 +22,10 @@ from ..denoiser import Denoiser, conditioned_on
 from ..hardware import best_seconds
 from ..rng import generator
 from ..scenes.draw import TestDraw
-from .config import ExtrapolationOptions, LocalityOptions
-from .extrapolation import probe_count
-from .probe import ProbeSpec, probe_locality
-from .run import TEXT_PROBE_PROBES
-from .text_probe import TextProbeSpec, probe_text_model
+from ..locality.config import ExtrapolationOptions, LocalityOptions
+from ..locality.extrapolation import probe_count
+from ..locality.probe import ProbeSpec, probe_locality
+from ..locality.text_probe import TEXT_PROBE_PROBES, TextProbeSpec, probe_text_model
 
 
 def probe_seconds(denoiser: Denoiser, data_cfg, options: LocalityOptions) -> float:

@@ -26,9 +26,9 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .errors import StudyError
-from .io import read_jsonl
-from .progress import LOG_EVERY_S, duration
+from ..errors import StudyError
+from ..io import read_jsonl
+from ..progress import LOG_EVERY_S, duration
 
 
 @dataclass

@@ -15,7 +15,7 @@ wall time of each stage (``--dry-run`` prints it and stops). The model is simple
 - data are rendered at the rate measured now on a small batch (torch renderer; Blender is not
   predicted);
 - a locality probe costs what a miniature of it takes on one core now, run on a network built
-  afresh from the subject's config (``locality.cost``: a few seconds per network; the feature-space
+  afresh from the subject's config (``stages.probe_cost``: a few seconds per network; the feature-space
   part is not counted), its jobs placed like training's;
 - an emergence checkpoint costs its evaluation (as above, at the emergence counts) and its probe;
   a run not trained yet will keep ``min(keep_checkpoints, total / checkpoint_every)`` checkpoints,
@@ -33,18 +33,18 @@ from functools import lru_cache
 
 import torch
 
-from . import layout
-from .hardware import cores, matmul_gflops
-from .intervene.masked import masked_composition
-from .intervene.subject import subject_checkpoint, subject_checkpoints
+from .. import layout
+from ..hardware import cores, matmul_gflops
+from ..intervene.masked import masked_composition
+from .subjects import subject_checkpoint, subject_checkpoints
 from .jobs import longest_first_makespan
-from .locality.cost import probe_seconds
-from .locality.run import probe_complete
-from .models import build_network
-from .models.registry import as_denoiser, forward_flops
-from .scenes.dataset import SceneSource
+from .probe_cost import probe_seconds
+from .probe import probe_complete
+from ..models import build_network
+from ..models.registry import as_denoiser, forward_flops
+from ..scenes.dataset import SceneSource
 from .study import images_trained, sampling_costs, study_device, training_costs
-from .study_config import StudyConfig
+from .config import StudyConfig
 
 # Share of the one-core matmul rate a sampler pass reaches: quick's evaluation predicted 107 s and
 # took 117 s on an AVX2 Zen 3 (a training step reaches 49-51% there: benchmarks/train.py).
@@ -119,7 +119,7 @@ def evaluated(folder, ev) -> bool:
     return ckpt is not None and (layout.eval_dir(folder, ev, ckpt.name) / layout.EVAL_SUMMARY).is_file()
 
 
-# A miniature probe (``locality.cost``) does about a thousand one-image forward passes' worth of work
+# A miniature probe (``stages.probe_cost``) does about a thousand one-image forward passes' worth of work
 # (~2 s for quick's exp1, 0.09 GFLOP a pass, on an AVX2 Zen 3 core); where one of a study's networks
 # would take longer than the budget to time that way (the paper preset's), the probes are not predicted.
 MINIATURE_PASSES, TIMING_BUDGET_S = 1000, 30.0
