@@ -61,6 +61,7 @@ from .registry import (
     build_network,
     describe,
     param_count,
+    register_mechanism,
 )
 from .text import CaptionEncoder, TextUNet, save_text_model
 from .unet import UNet
@@ -85,6 +86,7 @@ __all__ = [
     "conditioned_on",
     "available_architectures",
     "build_network",
+    "register_mechanism",
     "describe",
     "param_count",
 ]

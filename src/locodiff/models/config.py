@@ -19,9 +19,10 @@ from ..config import IDENTITY_UNLESS_DEFAULT, SIGNED
 from ..errors import ConfigError
 from ..scenes.encodings import MAX_FREQ_LOG2
 
-# Names of the architectures (the registry in ``registry.py`` maps each to a builder).
-ARCHITECTURES = ("cross_attention", "spatial", "global", "local", "diffusers_text")
-UNET_ARCHITECTURES = ("cross_attention", "spatial", "global")
+# Names of the architectures (the registry in ``registry.py`` maps each to a builder; a
+# mechanism registered there with ``register_mechanism`` is added to both lists).
+ARCHITECTURES = ["cross_attention", "spatial", "global", "local", "diffusers_text"]
+UNET_ARCHITECTURES = ["cross_attention", "spatial", "global"]
 
 # Arch-specific defaults, applied by ``ModelConfig.resolved``.
 DEFAULT_SELF_ATTENTION_MAX_RES = 8  # self-attention at 16x16 is slow on CPU
@@ -220,7 +221,7 @@ class ModelConfig:
             raise ConfigError(f"model.dropout={self.dropout}: expected in [0, 1)")
         if self.head_dim < 1:
             raise ConfigError(f"model.head_dim={self.head_dim}: expected >= 1")
-        if self.arch not in UNET_ARCHITECTURES + ("diffusers_text",):
+        if self.arch not in UNET_ARCHITECTURES + ["diffusers_text"]:
             return
         if not self.channels:
             raise ConfigError(

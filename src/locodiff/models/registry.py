@@ -18,11 +18,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..conditioning import Conditioning
 from ..denoiser import ConditionedOn, Denoiser
+from ..errors import ConfigError
 from ..hardware import best_seconds
-from .config import ARCHITECTURES, ModelConfig
+from .config import ARCHITECTURES, UNET_ARCHITECTURES, ModelConfig
 from .local import LocalNet
 from .network import Network
-from .mechanisms import CrossAttentionConditioning, GlobalConditioning, SpatialConditioning
+from .mechanisms import CrossAttentionConditioning, GlobalConditioning, Mechanism, SpatialConditioning
 from .text import TextUNet
 from .unet import UNet
 
@@ -54,14 +55,27 @@ _BUILDERS: dict[str, Callable[[ModelConfig], Network]] = {
     "local": _local,
     "diffusers_text": TextUNet,
 }
-assert tuple(_BUILDERS) == ARCHITECTURES
+assert list(_BUILDERS) == ARCHITECTURES
 _CLASSES: dict[str, type[Network]] = {
     "cross_attention": UNet, "spatial": UNet, "global": UNet, "local": LocalNet, "diffusers_text": TextUNet,
 }
 
 
+def register_mechanism(name: str, make: Callable[[ModelConfig, int], Mechanism]) -> None:
+    """Make ``model.arch = name`` build locodiff's UNet backbone with the conditioning mechanism
+    ``make(cfg, emb_dim)`` returns (a ``Mechanism``; ``emb_dim`` is the noise embedding's width, for
+    a mechanism that adds to it). Training, evaluation, the probes and the study then take the new
+    architecture like the built-in ones; the README's "Extending locodiff" walks through it."""
+    if name in _BUILDERS:
+        raise ConfigError(f"architecture {name!r} is already registered")
+    _BUILDERS[name] = lambda cfg: UNet(cfg, make(cfg, _emb_dim(cfg)), _emb_dim(cfg))
+    _CLASSES[name] = UNet
+    ARCHITECTURES.append(name)
+    UNET_ARCHITECTURES.append(name)
+
+
 def available_architectures() -> tuple[str, ...]:
-    return ARCHITECTURES
+    return tuple(ARCHITECTURES)
 
 
 def build_network(cfg: ModelConfig) -> Network:
@@ -179,8 +193,10 @@ def locality_note(cfg: ModelConfig) -> str:
     if cfg.arch == "cross_attention":
         mixers += ["a softmax over all tokens"] if cfg.cross_attention.weights == "softmax" else []
         tail = "cross-attention reaches every token from every pixel"
-    else:
+    elif cfg.arch == "spatial":
         tail = "conditioners enter locally (bumps)"
+    else:  # a registered mechanism
+        tail = f"conditioners enter through the {cfg.arch!r} mechanism"
     verb = "mix" if len(mixers) > 1 else "mixes"
     where = f"{', '.join(mixers)} {verb} the whole image" if mixers else "per-pixel norms"
     return f"global: {where}; {tail}, and the down-sampled levels reach far"

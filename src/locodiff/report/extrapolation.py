@@ -106,12 +106,12 @@ def extrapolation_section(cfg, facts: list[ModelFacts], figures: Path) -> Sectio
 def attention_widths(f: ModelFacts) -> list[float]:
     """The learned widths (px) of the distance bias on the attention logits, from the EMA weights
     of the model's latest checkpoint (none for networks without the bias, or interventions)."""
-    ckpt = latest_checkpoint(f.folder) if f.folder.is_dir() else None
+    ckpt = latest_checkpoint(f.folder) if f.folder.is_dir() and f.arch == "cross_attention" else None
     if ckpt is None or not (ckpt / "ema.safetensors").is_file():
         return []
     with safe_open(str(ckpt / "ema.safetensors"), "pt") as weights:
         keys = [key for key in weights.keys() if key.endswith("log_width")]
-        return [float(w) for key in sorted(keys) for w in weights.get_tensor(key).exp()]
+        return [float(w) for key in sorted(keys) for w in weights.get_tensor(key).exp().reshape(-1)]
 
 
 def coupling_blocks(cfg, done: list[ModelFacts]) -> list:
