@@ -93,13 +93,18 @@ def test_a_study_trains_evaluates_probes_and_reports_the_toy(toy_study):
 
 
 def test_a_new_metric_reads_the_saved_records(toy_study):
-    """A metric over the evaluation's per-image records (eval.jsonl): here the share of images
-    with every requested object found, per k, against eval.json's own count accuracy."""
+    """A metric over the evaluation's per-image records (eval.jsonl), here the mean of detected
+    over requested objects per k; its by-product, the share of images with the right count,
+    must agree with eval.json's own count accuracy."""
     evaluation = next(layout.run_dir(toy_study, "toy").glob("eval-*"))
-    records = read_jsonl(evaluation / layout.EVAL_RECORDS)
-    assert records and {"k", "index"} <= set(records[0])
-    summary = json.loads((evaluation / layout.EVAL_SUMMARY).read_text())
-    assert {int(r["k"]) for r in summary["per_k"]} == {int(r["k"]) for r in records}
+    by_k: dict[int, list[dict]] = {}
+    for r in read_jsonl(evaluation / layout.EVAL_RECORDS):
+        by_k.setdefault(int(r["k"]), []).append(r)
+    overshoot = {k: sum(r["n_detected"] - r["n_requested"] for r in rs) / len(rs) for k, rs in by_k.items()}
+    assert set(overshoot) == set(toy_study.evaluate.counts)
+    summary = {int(row["k"]): row for row in json.loads((evaluation / layout.EVAL_SUMMARY).read_text())["per_k"]}
+    for k, rs in by_k.items():
+        assert sum(r["count_correct"] for r in rs) / len(rs) == pytest.approx(summary[k]["count"])
 
 
 def test_probing_your_own_denoiser():
