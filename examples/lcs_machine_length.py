@@ -20,7 +20,7 @@ import torch
 
 from locodiff.evaluate.runner import EvalConfig, evaluate_model
 from locodiff.analytic.lcs_machine import LCSMachine
-from locodiff.layout import dataset_root, detector_cache
+from locodiff.layout import dataset_root
 from locodiff.scenes.dataset import SceneDataset
 from locodiff.stages.config import load_study_config
 
@@ -51,7 +51,7 @@ def main() -> None:
                     min_separation=cfg.evaluate.min_separation, heatmap=cfg.evaluate.heatmap,
                     grid_per_count=min(8, args.per_count))
     out = args.out or args.study / f"lcs_machine-{args.policy}"
-    result = evaluate_model(machine, cfg.data, out, ev, detector_cache(cfg), progress=True)
+    result = evaluate_model(machine, cfg.data, out, ev, cfg.detector_cache(), progress=True)
     print(result.markdown())
     print(f"fallback pixels (no compatible training patch): {machine.fallback_rate:.1%}; results in {out}")
 

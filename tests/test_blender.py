@@ -13,7 +13,8 @@ from locodiff.errors import DataError
 from locodiff.evaluate.heatmap import HeatmapConfig, detector_key
 from locodiff.scenes.blender import BlenderRenderer, agreement, blender_python
 from locodiff.scenes.camera import CameraConfig
-from locodiff.scenes.dataset import DataConfig, SceneDataset, build_dataset
+from locodiff.scenes.config import DataConfig
+from locodiff.scenes.dataset import SceneDataset, build_dataset
 from locodiff.scenes.render import Renderer
 from locodiff.scenes.renderers import renderer_for
 from locodiff.scenes.sampler import SceneConfig, SceneSampler

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from locodiff.cli import app
 from locodiff.errors import ConfigError, DataError
 from locodiff.scenes.clevr_format import read_scene
-from locodiff.scenes.dataset import DataConfig, SceneDataset, build_dataset
+from locodiff.scenes.config import DataConfig
+from locodiff.scenes.dataset import SceneDataset, build_dataset
 from locodiff.scenes.figures import stored_contact_sheet
 from locodiff.stages.config import load_study_config
 

@@ -6,7 +6,7 @@ from typing import Literal
 import pytest
 
 from locodiff.config import ConfigError, config_hash, from_dict, merge, parse_set_option
-from locodiff.layout import ceiling_path, dataset_root, eval_dir, legacy_eval_dir, probe_dir, run_identity, subject_dirs
+from locodiff.layout import dataset_root, eval_dir, legacy_eval_dir, probe_dir, run_identity
 from locodiff.stages.config import load_study_config
 
 
@@ -76,7 +76,7 @@ def test_every_preset_and_example_keeps_its_run_folders(source):
     preset, _, example = source.partition(" + ")
     cfg = load_study_config(preset, ROOT / example if example else None)
     found = {f"{name}@{seed}": folder.name.rsplit("-", 1)[1]
-             for seed, sub in cfg.per_seed().items() for name, folder in subject_dirs(sub).items()}
+             for seed, sub in cfg.per_seed().items() for name, folder in sub.subject_dirs().items()}
     assert found == EVERY_RUN[source]
 
 
@@ -84,7 +84,7 @@ def test_every_preset_and_example_keeps_its_run_folders(source):
 def test_the_presets_folders_keep_their_names(preset):
     cfg = load_study_config(preset)
     pinned = PINNED[preset]
-    folders = {name: folder.name.rsplit("-", 1)[1] for name, folder in subject_dirs(cfg).items()}
+    folders = {name: folder.name.rsplit("-", 1)[1] for name, folder in cfg.subject_dirs().items()}
     assert folders == {k: v for k, v in pinned.items() if k not in ("data", "eval", "legacy_eval", "locality", "ceiling")}
     assert dataset_root(cfg.data, cfg.out_dir).name == pinned["data"]
     if "eval" in pinned:
@@ -93,7 +93,7 @@ def test_the_presets_folders_keep_their_names(preset):
         assert legacy_eval_dir("run", cfg.evaluate, "ckpt-0000150016").name == pinned["legacy_eval"]
         assert probe_dir("run", cfg.locality, "ckpt-0000150016").name == pinned["locality"]
         # the detector's ceiling, keyed by the whole data config: options added later leave it alone
-        assert ceiling_path(cfg).name == pinned["ceiling"]
+        assert cfg.ceiling_path().name == pinned["ceiling"]
 
 
 def test_set_option_and_merge():

@@ -19,7 +19,7 @@ from locodiff.export.pipeline import location_conditioning
 from locodiff.models import available_architectures, build_network
 from locodiff.models.config import CrossAttentionOptions, LocalOptions, ModelConfig
 from locodiff.scenes.captions import captions
-from locodiff.scenes.dataset import DataConfig
+from locodiff.scenes.config import DataConfig
 from locodiff.checkpoints import CheckpointState, save_checkpoint
 from locodiff.train.run_folder import load_denoiser
 from locodiff.train.config import RunConfig, TrainConfig

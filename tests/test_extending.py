@@ -79,7 +79,7 @@ model = {{ arch = "{TOY}", channels = [8, 16], norm_groups = 4, head_dim = 8 }}
 
 
 def test_a_study_trains_evaluates_probes_and_reports_the_toy(toy_study):
-    run = layout.run_dir(toy_study, "toy")
+    run = toy_study.run_dir("toy")
     denoiser, run_cfg = load_subject(run)
     assert run_cfg.model.arch == TOY
     x = torch.zeros(1, 3, 16, 16)
@@ -88,7 +88,7 @@ def test_a_study_trains_evaluates_probes_and_reports_the_toy(toy_study):
     evaluation = next(run.glob("eval-*"))
     assert json.loads((evaluation / layout.EVAL_SUMMARY).read_text())["per_k"]
     assert (next(run.glob("locality-*")) / layout.PROBE_SUMMARY).is_file()
-    report = (layout.report_dir(toy_study) / "report.md").read_text()
+    report = (toy_study.report_dir() / "report.md").read_text()
     assert TOY in report
 
 
@@ -96,7 +96,7 @@ def test_a_new_metric_reads_the_saved_records(toy_study):
     """A metric over the evaluation's per-image records (eval.jsonl), here the mean of detected
     over requested objects per k; its by-product, the share of images with the right count,
     must agree with eval.json's own count accuracy."""
-    evaluation = next(layout.run_dir(toy_study, "toy").glob("eval-*"))
+    evaluation = next(toy_study.run_dir("toy").glob("eval-*"))
     by_k: dict[int, list[dict]] = {}
     for r in read_jsonl(evaluation / layout.EVAL_RECORDS):
         by_k.setdefault(int(r["k"]), []).append(r)

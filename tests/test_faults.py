@@ -26,7 +26,6 @@ from locodiff.cli import app
 from locodiff.errors import CheckpointError
 from locodiff.io import atomic_path, read_jsonl, write_json_atomic
 from locodiff.stages.jobs import last_record
-from locodiff.layout import run_dir
 from locodiff.stages.study import run_study
 from locodiff.stages.config import load_study_config
 from locodiff.train.run_folder import read_run_config
@@ -145,7 +144,7 @@ def test_a_damaged_eval_line_is_skipped_and_its_count_redone(tmp_path, capsys):
     cfg = load_study_config("micro", sets=[f"out_dir={str(tmp_path)!r}", "evaluate.counts=[1,2]",
                                            "evaluate.per_count=2", *ONLY_EXP1])
     run_study(cfg, only=["data", "train", "evaluate"])
-    (log,) = run_dir(cfg, "exp1").glob("eval-*/eval.jsonl")
+    (log,) = cfg.run_dir("exp1").glob("eval-*/eval.jsonl")
     before = json.loads((log.parent / "eval.json").read_text())
     lines = log.read_text().splitlines()
     lines[0] = lines[0][:20]  # a torn line in the middle of the log (k = 1)
@@ -166,7 +165,7 @@ def test_a_damaged_eval_line_is_skipped_and_its_count_redone(tmp_path, capsys):
 def test_a_damaged_probe_map_is_probed_again(tmp_path, capsys):
     cfg = load_study_config("micro", sets=[f"out_dir={str(tmp_path)!r}", *ONLY_EXP1])
     run_study(cfg, only=["data", "train", "locality"])
-    (maps,) = run_dir(cfg, "exp1").glob("locality-*/maps.safetensors")
+    (maps,) = cfg.run_dir("exp1").glob("locality-*/maps.safetensors")
     summary = json.loads((maps.parent / "summary.json").read_text())
     maps.write_bytes(maps.read_bytes()[:-7])
     run_study(cfg, only=["locality"])
@@ -178,7 +177,7 @@ def test_a_damaged_probe_map_is_probed_again(tmp_path, capsys):
 def test_a_damaged_extrapolation_result_is_measured_again(tmp_path, capsys):
     cfg = load_study_config("micro", sets=[f"out_dir={str(tmp_path)!r}", *ONLY_EXP1])
     run_study(cfg, only=["data", "train", "locality"])
-    (saved,) = run_dir(cfg, "exp1").glob("locality-*/extrapolation.json")
+    (saved,) = cfg.run_dir("exp1").glob("locality-*/extrapolation.json")
     before = json.loads(saved.read_text())
     saved.write_text(saved.read_text()[:-9])
     run_study(cfg, only=["locality"])
@@ -188,7 +187,7 @@ def test_a_damaged_extrapolation_result_is_measured_again(tmp_path, capsys):
 
 def test_a_run_folder_from_another_version_is_a_clear_error(tmp_path):
     cfg = load_study_config("micro", sets=[f"out_dir={str(tmp_path)!r}"])
-    folder = run_dir(cfg, "exp1")
+    folder = cfg.run_dir("exp1")
     folder.mkdir(parents=True)
     saved = {"name": "exp1", "seed": 0, "future_option": 1}
     (folder / "config.json").write_text(json.dumps(saved))

@@ -49,7 +49,8 @@ def test_a_terminal_gets_a_bar_and_disabled_progress_writes_nothing():
 
 
 def test_rendering_a_data_set_logs_its_progress(tmp_path, capsys):
-    from locodiff.scenes.dataset import DataConfig, build_dataset
+    from locodiff.scenes.config import DataConfig
+    from locodiff.scenes.dataset import build_dataset
 
     cfg = DataConfig(resolution=16, supersample=1, train_images=10, test_images_per_count=2, test_counts=(0, 1),
                      shard_size=4)

@@ -25,7 +25,6 @@ from locodiff.cli import app
 from locodiff.errors import ConfigError, LocodiffError
 from locodiff.evaluate.runner import evaluation_dir
 from locodiff.stages.subjects import base_run_folder, subject_checkpoint, training_run
-from locodiff.layout import intervention_dir, run_dir, subject_dirs
 from locodiff.locality.result import mean_normalised_index
 from locodiff.report.explorer import quantized_map
 from locodiff.stages.predict import predict
@@ -55,8 +54,8 @@ def finished(tmp_path_factory):
 
 def test_every_stage_writes_its_results(finished):
     cfg = finished
-    assert set(subject_dirs(cfg)) == {"exp1", "exp2", "exp3_local", "exp3_masked", "exp1_combo"}
-    for name, folder in subject_dirs(cfg).items():
+    assert set(cfg.subject_dirs()) == {"exp1", "exp2", "exp3_local", "exp3_masked", "exp1_combo"}
+    for name, folder in cfg.subject_dirs().items():
         (eval_dir,) = folder.glob("eval-*")
         summary = json.loads((eval_dir / "eval.json").read_text())
         assert [r["k"] for r in summary["per_k"]] == list(cfg.evaluate.counts)
@@ -69,7 +68,7 @@ def test_every_stage_writes_its_results(finished):
     md = (report / "report.md").read_text()
     for heading in ("## Setup", "## Length generalization", "## Locality of the learned score", "## Findings"):
         assert heading in md
-    for name in subject_dirs(cfg):
+    for name in cfg.subject_dirs():
         assert f"| {name} |" in md
     for link in re.findall(r"\]\((figures/[^)]+)\)", md):
         assert (report / link).is_file(), link
@@ -80,7 +79,7 @@ def test_every_stage_writes_its_results(finished):
 def test_the_local_model_is_more_local_than_the_attention_model(finished):
     """Even untrained, a score local by construction must score far higher on the index."""
     index = {}
-    for name, folder in subject_dirs(finished).items():
+    for name, folder in finished.subject_dirs().items():
         (probe,) = folder.glob("locality-*")
         summaries = json.loads((probe / "summary.json").read_text())["summaries"]
         index[name] = sum(s["index"]["normalised"]["mean"] for s in summaries) / len(summaries)
@@ -89,13 +88,13 @@ def test_the_local_model_is_more_local_than_the_attention_model(finished):
     # Feature space: a local network's concept directions for different grid cells barely overlap.
     cos = {}
     for name in ("exp1", "exp3_local"):
-        (probe,) = subject_dirs(finished)[name].glob("locality-*")
+        (probe,) = finished.subject_dirs()[name].glob("locality-*")
         cos[name] = json.loads((probe / "features.json").read_text())["offdiag_abs_mean"]
     assert cos["exp3_local"] < 0.2 < cos["exp1"]
 
 
 def test_held_out_combinations_run_through_every_stage(finished):
-    folder = subject_dirs(finished)["exp1_combo"]
+    folder = finished.subject_dirs()["exp1_combo"]
     assert len(json.loads((folder / "config.json").read_text())["holdout_combos"]) == 6
     (eval_dir,) = folder.glob("eval-*")
     lines = [json.loads(line) for line in (eval_dir / "eval.jsonl").read_text().splitlines()]
@@ -125,9 +124,9 @@ def test_rerun_skips_finished_work(finished):
 def test_changing_one_model_retrains_only_that_model(tmp_path):
     cfg = micro(tmp_path, "evaluate.counts=[1]", "evaluate.per_count=1")
     run_study(cfg, only=["data", "train", "evaluate"], console=quiet())
-    before = {n: run_dir(cfg, n) for n in cfg.enabled_models()}
+    before = {n: cfg.run_dir(n) for n in cfg.enabled_models()}
     changed = micro(tmp_path, "evaluate.counts=[1]", "evaluate.per_count=1", "models.exp2.train.lr=1e-3")
-    after = {n: run_dir(changed, n) for n in changed.enabled_models()}
+    after = {n: changed.run_dir(n) for n in changed.enabled_models()}
     assert after["exp1"] == before["exp1"] and after["exp3_local"] == before["exp3_local"]
     assert after["exp2"] != before["exp2"]
     run_study(changed, only=["train", "evaluate"], console=quiet())
@@ -166,7 +165,7 @@ def test_bad_locality_options_are_rejected(tmp_path):
 def test_cli_verbs_on_a_finished_study(finished):
     runner = CliRunner()
     base = ["-p", "micro", "-s", f"out_dir={finished.out_dir}"]
-    folder = run_dir(finished, "exp1")
+    folder = finished.run_dir("exp1")
     res = runner.invoke(app, ["evaluate", str(folder), *base, "--counts", "1", "--per-count", "1"])
     assert res.exit_code == 0, res.output
     assert "| 1 | 1 |" in res.output
@@ -176,7 +175,7 @@ def test_cli_verbs_on_a_finished_study(finished):
     res = runner.invoke(app, ["locality", str(folder), *base])
     assert res.exit_code == 0, res.output
     assert "normalised" in res.output and "where generalization is asked" in res.output and "efficacy" in res.output
-    exp2 = run_dir(finished, "exp2")
+    exp2 = finished.run_dir("exp2")
     res = runner.invoke(app, ["intervene", str(exp2), *base, "--radius", "2", "--no-locality",
                               "-s", "evaluate.counts=[2]", "-s", "evaluate.per_count=1"])
     assert res.exit_code == 0, res.output
@@ -197,9 +196,9 @@ def test_the_intervene_verb_and_the_study_write_one_folder(finished):
     """One intervention, one folder: ``locodiff intervene`` on the study's base run with the
     study's options reuses the study's results instead of making a second folder."""
     spec = finished.interventions["exp3_masked"]
-    study_folder = intervention_dir(finished, "exp3_masked")
+    study_folder = finished.intervention_dir("exp3_masked")
     before = sorted(p.name for p in study_folder.iterdir())
-    res = CliRunner().invoke(app, ["intervene", str(run_dir(finished, spec.base)), "--name", "exp3_masked",
+    res = CliRunner().invoke(app, ["intervene", str(finished.run_dir(spec.base)), "--name", "exp3_masked",
                                    "--radius", str(spec.radius_px), "--softness", str(spec.softness_px),
                                    "--no-locality", "-p", "micro", "-s", f"out_dir={finished.out_dir}"])
     assert res.exit_code == 0, res.output
@@ -212,8 +211,8 @@ def test_a_moved_run_tree_still_evaluates_its_intervention(finished, tmp_path):
     ``locodiff evaluate`` on the intervention there finds its evaluation (nothing redone)."""
     moved = tmp_path / "elsewhere"
     shutil.copytree(finished.out_dir, moved)
-    folder = moved / intervention_dir(finished, "exp3_masked").relative_to(finished.out_dir)
-    base = moved / run_dir(finished, finished.interventions["exp3_masked"].base).relative_to(finished.out_dir)
+    folder = moved / finished.intervention_dir("exp3_masked").relative_to(finished.out_dir)
+    base = moved / finished.run_dir(finished.interventions["exp3_masked"].base).relative_to(finished.out_dir)
     assert training_run(folder) == base.resolve()
     before = sorted(p.name for p in folder.rglob("*"))
     res = CliRunner().invoke(app, ["evaluate", str(folder), "-p", "micro", "-s", f"out_dir={moved}"])
@@ -226,7 +225,7 @@ def test_more_counts_later_extend_the_same_evaluation(finished, tmp_path):
     those, beside the finished ones, and eval.json then covers all of them."""
     tree = tmp_path / "tree"
     shutil.copytree(finished.out_dir, tree)
-    run = tree / run_dir(finished, "exp1").relative_to(finished.out_dir)
+    run = tree / finished.run_dir("exp1").relative_to(finished.out_dir)
     ckpt = subject_checkpoint(run).name
     folder = layout.eval_dir(run, finished.evaluate, ckpt)
     before = (folder / "eval.jsonl").read_text()
@@ -241,7 +240,7 @@ def test_more_counts_later_extend_the_same_evaluation(finished, tmp_path):
 def test_an_evaluation_folder_named_by_an_older_version_is_adopted(finished, tmp_path):
     tree = tmp_path / "tree"
     shutil.copytree(finished.out_dir, tree)
-    run = tree / run_dir(finished, "exp1").relative_to(finished.out_dir)
+    run = tree / finished.run_dir("exp1").relative_to(finished.out_dir)
     ckpt = subject_checkpoint(run).name
     current, legacy = layout.eval_dir(run, finished.evaluate, ckpt), layout.legacy_eval_dir(run, finished.evaluate, ckpt)
     assert current != legacy
@@ -309,8 +308,8 @@ def test_a_stopped_training_resumes_from_its_checkpoint(tmp_path):
     short = micro(tmp_path, "models.exp1.train.total_images=32")
     run_study(short, only=["data", "train"], console=quiet())
     full = micro(tmp_path)
-    folder = run_dir(full, "exp1")
-    assert folder == run_dir(short, "exp1")  # schedule is not identity
+    folder = full.run_dir("exp1")
+    assert folder == short.run_dir("exp1")  # schedule is not identity
     steps_before = len((folder / "metrics.jsonl").read_text().splitlines())
     run_study(full, only=["train"], console=quiet())
     log = (folder / "log.txt").read_text()
@@ -371,7 +370,7 @@ def _cmdline(pid: int) -> str:
 
 def test_a_probe_missing_its_feature_results_is_completed(finished):
     """An interrupted locality probe (summary written, features not yet) is finished on the next run."""
-    folders = subject_dirs(finished)
+    folders = finished.subject_dirs()
     (masked,) = folders["exp3_masked"].glob("locality-*")
     assert "skipped" in json.loads((masked / "features.json").read_text())  # no .net: a note, not a gap
     (probe,) = folders["exp1"].glob("locality-*")
@@ -478,7 +477,7 @@ def test_results_over_training_from_every_kept_checkpoint(finished):
     """``--checkpoints all`` measures every kept checkpoint (each in its own folder, keyed by the
     checkpoint) and prints one row per checkpoint, oldest first."""
     runner = CliRunner()
-    folder = run_dir(finished, "exp2")
+    folder = finished.run_dir("exp2")
     base = [str(folder), "-p", "micro", "-s", f"out_dir={finished.out_dir}", "--checkpoints", "all"]
     res = runner.invoke(app, ["locality", *base])
     assert res.exit_code == 0, res.output
@@ -491,13 +490,12 @@ def test_results_over_training_from_every_kept_checkpoint(finished):
     assert [r[0] for r in rows] == ["32", "64"] and len({r[-1] for r in rows}) == 2
     res = runner.invoke(app, ["locality", *base[:-1], "some"])
     assert res.exit_code == 2 and "expected latest or all" in res.output
-    masked = intervention_dir(finished, "exp3_masked")  # an intervention is measured like a run
+    masked = finished.intervention_dir("exp3_masked")  # an intervention is measured like a run
     res = runner.invoke(app, ["locality", str(masked), "-p", "micro", "-s", f"out_dir={finished.out_dir}"])
     assert res.exit_code == 0 and f"results in {masked}" in res.output, res.output
 
 
 def test_seeds_and_emergence_are_trained_cached_and_reported(tmp_path):
-    from locodiff.layout import seeded_subject_dirs
     from locodiff.stages.config import EmergenceOptions
     from locodiff.checkpoints import list_checkpoints, read_state
 
@@ -505,7 +503,7 @@ def test_seeds_and_emergence_are_trained_cached_and_reported(tmp_path):
                 "emergence.per_count=2", "models.exp1.enabled=false", "models.exp1_combo.enabled=false",
                 "models.exp3_local.seeds=[1]")
     run_study(cfg, console=quiet())
-    assert set(seeded_subject_dirs(cfg)) == {"exp2@s0", "exp2@s1", "exp3_masked@s0", "exp3_masked@s1", "exp3_local@s1"}
+    assert set(cfg.seeded_subject_dirs()) == {"exp2@s0", "exp2@s1", "exp3_masked@s0", "exp3_masked@s1", "exp3_local@s1"}
     folders = [run_dir(cfg.per_seed()[s], "exp2") for s in (0, 1)]
     assert folders[0] != folders[1]
     weights = [(list_checkpoints(f)[-1] / "model.safetensors").read_bytes() for f in folders]
@@ -540,13 +538,12 @@ def test_seeds_and_emergence_are_trained_cached_and_reported(tmp_path):
 
 
 def test_a_model_limited_to_some_seeds_takes_its_interventions_with_it(tmp_path):
-    from locodiff.layout import seeded_subject_dirs
     from locodiff.stages.study import seeded_models
 
     cfg = micro(tmp_path, "seeds=[0, 1]", "models.exp2.seeds=[1]", "models.exp1_combo.seeds=[0]")
     assert set(seeded_models(cfg)) == {"exp1@s0", "exp1@s1", "exp2@s1", "exp3_local@s0", "exp3_local@s1",
                                        "exp1_combo@s0"}
-    assert {k for k in seeded_subject_dirs(cfg) if k.startswith("exp3_masked")} == {"exp3_masked@s1"}
+    assert {k for k in cfg.seeded_subject_dirs() if k.startswith("exp3_masked")} == {"exp3_masked@s1"}
 
 
 def test_training_costs_are_measured_step_times_times_images_and_penalty(tmp_path):
@@ -610,7 +607,7 @@ def _tensorboard(folder: Path) -> EventAccumulator:
 def test_the_trackers_show_what_the_result_files_hold(finished):
     """TensorBoard (the default when installed) gets training's, evaluation's and the probe's
     numbers at the images seen; read back, they equal metrics.jsonl, eval.json and summary.json."""
-    folder = subject_dirs(finished)["exp1"]
+    folder = finished.subject_dirs()["exp1"]
     acc = _tensorboard(folder / "tracking")
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     losses = {e.step: e.value for e in acc.Scalars("train/loss")}
@@ -643,7 +640,7 @@ def test_the_explorer_shows_the_saved_jacobian_of_what_is_clicked(finished):
     map shown to exactly the saved Jacobian map; hovering a sample names what was found; every
     image decodes and the console stays free of errors."""
     html_path = Path(finished.out_dir) / "report" / "report.html"
-    folder = subject_dirs(finished)["exp1"]
+    folder = finished.subject_dirs()["exp1"]
     probe = layout.probe_dir(folder, finished.locality, subject_checkpoint(folder).name)
     arrays = load_file(str(probe / "maps.safetensors"))
     pixel_maps, _ = quantized_map(arrays["pixel_energy"])  # [S, B, M, H, W]: sigma 0, scene 0 below

@@ -193,8 +193,7 @@ def test_the_statements_follow_their_criteria():
 def test_a_caption_model_runs_through_the_study_and_its_report(tmp_path):
     from rich.console import Console
 
-    from locodiff.layout import run_dir
-    from locodiff.stages.study import run_study
+        from locodiff.stages.study import run_study
     from locodiff.stages.config import load_study_config
 
     off = [f"models.{m}.enabled=false" for m in ("exp1", "exp2", "exp3_local", "exp1_combo")]
@@ -205,7 +204,7 @@ def test_a_caption_model_runs_through_the_study_and_its_report(tmp_path):
                                            "locality.scenes=10",
                                            *off, model])
     run_study(cfg, console=Console(quiet=True))
-    probes = list(run_dir(cfg, "text").glob("locality-*/text_probe.json"))
+    probes = list(cfg.run_dir("text").glob("locality-*/text_probe.json"))
     assert len(probes) == 1
     result = json.loads(probes[0].read_text())
     assert set(result) == {"trained", "random"}

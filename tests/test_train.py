@@ -11,7 +11,7 @@ from locodiff.conditioning import Conditioning
 from locodiff.errors import CheckpointError, TrainingDiverged
 from locodiff.io import read_jsonl
 from locodiff.models import ModelConfig
-from locodiff.scenes.dataset import DataConfig
+from locodiff.scenes.config import DataConfig
 from locodiff.checkpoints import latest_checkpoint
 from locodiff.config import from_dict
 from locodiff.train.config import LocalityPenalty, TrainConfig

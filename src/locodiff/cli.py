@@ -178,7 +178,7 @@ def train(
         if dry_run:
             typer.echo(json.dumps(to_dict(rcfg), indent=2))
             raise typer.Exit(0)
-        folder = run_dir or layout.run_dir(cfg, model)
+        folder = run_dir or cfg.run_dir(model)
         data_root = None if on_the_fly else build_dataset(cfg.data, cfg.out_dir, ("train",), progress=True)
         result = train_run(rcfg, folder, data_root=data_root)
     if is_main_process() and result.already_finished:  # under a launcher every process gets here
@@ -303,7 +303,7 @@ def evaluate(
             raise typer.Exit(0)
         rows = []
         for ckpt in chosen_checkpoints(run, checkpoints):
-            result = evaluate_run(run, ev, layout.detector_cache(cfg), device, progress=True, checkpoint=ckpt)
+            result = evaluate_run(run, ev, cfg.detector_cache(), device, progress=True, checkpoint=ckpt)
             rows.append((ckpt, result))
     if checkpoints == "latest":
         typer.echo(result.markdown())
@@ -394,7 +394,7 @@ def intervene(
                                 description=f"masked composition of {run_cfg.name}, r = {radius:g} px")
         folder = layout.intervention_folder(run.parent, name or f"{run_cfg.name}-masked", spec, run_cfg)
         write_intervention(folder, spec, run)
-        result = evaluate_run(folder, cfg.evaluate, layout.detector_cache(cfg), device, progress=True)
+        result = evaluate_run(folder, cfg.evaluate, cfg.detector_cache(), device, progress=True)
         typer.echo(result.markdown())
         if locality_too:
             data_root = build_dataset(run_cfg.data, cfg.out_dir, ("test",), progress=True)

@@ -32,7 +32,6 @@ if TYPE_CHECKING:  # types only: importing the stages here would make every stag
     from .evaluate.config import EvalConfig
     from .intervene.config import InterventionSpec
     from .locality.config import LocalityOptions
-    from .stages.config import StudyConfig
     from .train.config import RunConfig
 
 DETECTOR_VERSION = 2  # bump when the detector's network, targets or decoding change meaning
@@ -120,53 +119,11 @@ def probe_dir(subject: str | Path, options: LocalityOptions, checkpoint: str) ->
     return Path(subject) / f"locality-{config_hash({'options': to_dict(options), 'checkpoint': checkpoint})}"
 
 
-# ----- the study's folders ----------------------------------------------------------------------
-
-def run_dir(cfg: StudyConfig, name: str) -> Path:
-    return run_folder(models_dir(cfg.out_dir), cfg.run_config(name))
-
-
-def intervention_dir(cfg: StudyConfig, name: str) -> Path:
-    spec = cfg.interventions[name]
-    return intervention_folder(models_dir(cfg.out_dir), name, spec, cfg.run_config(spec.base))
-
-
-def subject_dirs(cfg: StudyConfig) -> dict[str, Path]:
-    """Folders of everything the study evaluates: enabled models, then interventions."""
-    dirs = {name: run_dir(cfg, name) for name in cfg.enabled_models()}
-    dirs.update({name: intervention_dir(cfg, name) for name in cfg.enabled_interventions()})
-    return dirs
-
-
-def seeded_name(name: str, seed: int, cfg: StudyConfig) -> str:
-    """A subject's name in a study of several seeds (``exp2@s1``); the plain name with one seed."""
-    return name if len(cfg.seed_list()) == 1 else f"{name}@s{seed}"
-
-
-def seeded_subjects(cfg: StudyConfig) -> dict[str, tuple[int, Path]]:
-    """``subject_dirs`` under every seed of the study: ``seeded_name`` -> (seed, folder)."""
-    return {seeded_name(name, seed, cfg): (seed, folder) for seed, sub in cfg.per_seed().items()
-            for name, folder in subject_dirs(sub).items()}
-
-
-def seeded_subject_dirs(cfg: StudyConfig) -> dict[str, Path]:
-    return {key: folder for key, (_, folder) in seeded_subjects(cfg).items()}
-
-
-def emergence_runs(cfg: StudyConfig) -> dict[str, tuple[int, Path]]:
-    """The runs whose checkpoints the emergence stage follows (its enabled models): ``seeded_name``
-    -> (seed, folder)."""
-    return {seeded_name(name, seed, cfg): (seed, run_dir(sub, name)) for seed, sub in cfg.per_seed().items()
-            for name in cfg.emergence.models if sub.models[name].enabled}
-
+# ----- shared folders ------------------------------------------------------------------------
 
 def dataset_root(data: Any, out_dir: str | Path) -> Path:
     """The folder of a data config's rendered splits (``data`` is a ``scenes.DataConfig``)."""
     return Path(out_dir) / "data" / data.cache_key()
-
-
-def detector_cache(cfg: StudyConfig) -> Path:
-    return Path(cfg.out_dir) / "detectors"
 
 
 def detector_dir(cache: str | Path, key: str) -> Path:
@@ -182,25 +139,6 @@ def data_dict(data) -> dict:
         if f.metadata.get("identity") == "unless_default" and getattr(data, f.name) == f.default:
             out.pop(f.name)
     return out
-
-
-def ceiling_path(cfg: StudyConfig) -> Path:
-    ev = cfg.evaluate
-    key = config_hash({"data": data_dict(cfg.data), "detector": ev.detector, "heatmap": to_dict(ev.heatmap),
-                       "counts": ev.counts, "per_count": ev.per_count, "min_separation": ev.min_separation,
-                       "tolerance_px": ev.tolerance_px, "seed": ev.seed})
-    return detector_cache(cfg) / f"ceiling-{key}.json"
-
-
-def crowding_path(cfg: StudyConfig) -> Path:
-    ev = cfg.evaluate
-    key = config_hash({"data": cfg.data.cache_key(), "counts": ev.counts, "per_count": ev.per_count,
-                       "min_separation": ev.min_separation, "seed": ev.seed, "radii": cfg.crowding_radii()})
-    return Path(cfg.out_dir) / "crowding" / f"crowding-{key}.json"
-
-
-def report_dir(cfg: StudyConfig) -> Path:
-    return Path(cfg.out_dir) / "report"
 
 
 def study_config_path(out_dir: str | Path) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 from accelerate import PartialState
 
 from locodiff.models.config import ModelConfig
-from locodiff.scenes.dataset import DataConfig
+from locodiff.scenes.config import DataConfig
 from locodiff.train.config import RunConfig, TrainConfig
 from locodiff.train.data import StreamBatches
 from locodiff.train.run import train_run

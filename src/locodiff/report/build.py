@@ -42,7 +42,7 @@ from .training import emergence_section, seeds_section, trained_in_section
 def detector_ceiling(cfg) -> dict[int, dict]:
     """Per-k accuracies of the detector on ground-truth renders, if the evaluate stage saved them."""
 
-    path = layout.ceiling_path(cfg)
+    path = cfg.ceiling_path()
     if not path.is_file():
         return {}
     table = json.loads(path.read_text())
@@ -147,7 +147,7 @@ def crowding_section(cfg, facts: list[ModelFacts], figures: Path) -> Section:
     """How crowded the test windows are compared with training, beside each model's recall."""
 
     sec = Section("Crowding: do test windows look like training?")
-    path = layout.crowding_path(cfg)
+    path = cfg.crowding_path()
     if not path.is_file():
         sec.blocks.append(Text("Not computed yet (the evaluate stage writes it)."))
         return sec

@@ -64,13 +64,13 @@ def gather(cfg, seed: int | None = None) -> list[ModelFacts]:
     cfg = cfg.per_seed()[cfg.seed_list()[0] if seed is None else seed]
     facts = []
     for name, spec in cfg.enabled_models().items():
-        f = ModelFacts(name, spec.role, spec.model.arch, spec.label_policy, spec.description, layout.run_dir(cfg, name))
+        f = ModelFacts(name, spec.role, spec.model.arch, spec.label_policy, spec.description, cfg.run_dir(name))
         facts.append(_read_results(cfg, f, f.folder))
     for name, spec in cfg.enabled_interventions().items():
         base = cfg.models[spec.base]
         f = ModelFacts(name, spec.role, f"{spec.form}({spec.base}, r={spec.radius_px:g} px)", base.label_policy,
-                       spec.description, layout.intervention_dir(cfg, name))
-        facts.append(_read_results(cfg, f, layout.run_dir(cfg, spec.base)))
+                       spec.description, cfg.intervention_dir(name))
+        facts.append(_read_results(cfg, f, cfg.run_dir(spec.base)))
     return facts
 
 

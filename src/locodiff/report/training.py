@@ -102,7 +102,7 @@ def emergence_curves(cfg) -> dict[str, list[dict]]:
     """Per followed run, one point per checkpoint measured by the emergence stage, oldest first."""
     ev, options = cfg.emergence.eval_config(cfg.evaluate), cfg.emergence.locality_options(cfg.locality)
     curves = {}
-    for key, (_, folder) in layout.emergence_runs(cfg).items():
+    for key, (_, folder) in cfg.emergence_runs().items():
         points = []
         for ckpt in list_checkpoints(folder) if folder.exists() else []:
             evaluation, probe = evaluation_dir(folder, ev, ckpt.name) / layout.EVAL_SUMMARY, \
@@ -143,7 +143,7 @@ def emergence_line(name: str, points: list[dict], k: int, criteria: ReportConfig
 
 
 def emergence_section(cfg, figures: Path) -> Section | None:
-    if not layout.emergence_runs(cfg):
+    if not cfg.emergence_runs():
         return None
     sec = Section("Locality over training")
     curves = emergence_curves(cfg)
@@ -194,7 +194,7 @@ def correlation_points(cfg, by_seed: dict[int, list[ModelFacts]]) -> dict[str, l
     for seed, facts in by_seed.items():
         for f in facts:
             if f.evaluation and f.locality_dir and f.presence_index is not None and learned_conditioner(f, thr):
-                runs.setdefault(layout.seeded_name(f.name, seed, cfg), []).append(
+                runs.setdefault(f.cfg.seeded_name(name, seed), []).append(
                     (f.locality_index, f.presence_index, mean_recall(f.evaluation)))
     for key, points in emergence_curves(cfg).items():
         for p in points:

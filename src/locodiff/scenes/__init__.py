@@ -8,8 +8,8 @@ on disk and ``SceneDataset`` / ``SceneStream`` feed training from the cache or o
 
 from .camera import Camera, CameraConfig
 from .conditioners import LABEL_POLICIES, batch_conditioning, make_conditioning, object_attributes
+from .config import DataConfig
 from .dataset import (
-    DataConfig,
     SceneDataset,
     SceneSource,
     SceneStream,

@@ -8,7 +8,8 @@ from .. import __version__
 from ..config import to_dict
 from .camera import Camera
 from .clevr_format import clevr_scenes, write_clevr_folder
-from .dataset import DataConfig, SceneDataset, build_dataset
+from .config import DataConfig
+from .dataset import SceneDataset, build_dataset
 from .scene import SceneBatch
 
 

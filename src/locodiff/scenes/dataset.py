@@ -23,10 +23,8 @@ Train images hold 1..3 objects (``train_counts``, drawn uniformly per image); th
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -34,91 +32,19 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..config import IDENTITY_UNLESS_DEFAULT, config_hash, identity_dict, to_dict
-from ..errors import ConfigError, DataError, LocodiffError
+from ..config import to_dict
+from ..errors import ConfigError, DataError
 from ..io import atomic_path, notice, sha256_file, write_json_atomic
 from ..layout import dataset_root
 from ..progress import progress_bar
 from .renderers import renderer_for
-from .camera import CameraConfig
-from .render import check_resolution
-from .sampler import SceneConfig, SceneSampler, as_generator
+from .config import FORMAT_VERSION, SPLITS, DataConfig, Split, check_split
+from .sampler import SceneSampler, as_generator
 from .scene import SceneBatch
 from ..rng import derived_seed
 from . import clevr_format
 
-FORMAT_VERSION = 1  # bump when the renderer's look or the shard layout changes
-SPLITS: tuple[str, ...] = ("train", "test")
-Split = Literal["train", "test"]
 RENDER_BATCH = 256  # scenes sampled and rendered per step while building a shard
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    resolution: int = 32  # image side in pixels (16..256)
-    supersample: int = 2  # rays per pixel side (anti-aliasing); 1 = off
-    scene: SceneConfig = field(default_factory=SceneConfig)  # vocabulary and placement rules
-    camera: CameraConfig = field(default_factory=CameraConfig)  # view shared by all images
-    train_counts: tuple[int, ...] = (1, 2, 3)  # objects per training image, drawn uniformly
-    test_counts: tuple[int, ...] = tuple(range(11))  # object counts of the test split
-    train_images: int = 20000  # size of the training split
-    test_images_per_count: int = 100  # test images for each count
-    shard_size: int = 2000  # images per shard file
-    save_masks: bool = False  # also store per-object masks [N, H, W] in the shards
-    seed: int = 0  # every shard's generator derives from (seed, split, shard index)
-    # "render": locodiff's renderer draws the splits; "clevr_folder": they are read from the CLEVR
-    # generator's output in clevr_folder (images/ + a scenes JSON; scenes.clevr_format)
-    source: Literal["render", "clevr_folder"] = field(default="render", metadata=IDENTITY_UNLESS_DEFAULT)
-    clevr_folder: str = field(default="", metadata=IDENTITY_UNLESS_DEFAULT)
-    # who renders: "torch" (the batched ray caster, ~2,000 img/s) or "blender" (Cycles on the CPU,
-    # physically based; scenes.blender), with blender_samples rays per pixel
-    renderer: Literal["torch", "blender"] = field(default="torch", metadata=IDENTITY_UNLESS_DEFAULT)
-    blender_samples: int = field(default=16, metadata=IDENTITY_UNLESS_DEFAULT)
-
-    def __post_init__(self) -> None:
-        try:
-            check_resolution(self.resolution, self.supersample)
-        except LocodiffError as e:
-            raise ConfigError(f"data: {e}") from None
-        for name in ("train_counts", "test_counts"):
-            counts = getattr(self, name)
-            if not counts or min(counts) < 0 or max(counts) > self.scene.max_objects:
-                raise ConfigError(
-                    f"data.{name}={list(counts)}: expected a non-empty list of counts in "
-                    f"0..scene.max_objects={self.scene.max_objects}"
-                )
-        if self.blender_samples < 1:
-            raise ConfigError(f"data.blender_samples={self.blender_samples}: expected >= 1")
-        if (self.source == "clevr_folder") != bool(self.clevr_folder):
-            raise ConfigError(f"data.source={self.source!r} with data.clevr_folder={self.clevr_folder!r}: a CLEVR "
-                              "folder is read exactly when data.source is \"clevr_folder\"")
-        for name, lowest in (("train_images", 0), ("test_images_per_count", 0), ("shard_size", 1)):
-            if getattr(self, name) < lowest:
-                raise ConfigError(f"data.{name}={getattr(self, name)}: expected an integer >= {lowest}")
-
-    # ----- split geometry -------------------------------------------------------------------
-    def split_size(self, split: Split) -> int:
-        _check_split(split)
-        return self.train_images if split == "train" else self.test_images_per_count * len(self.test_counts)
-
-    def num_shards(self, split: Split) -> int:
-        return math.ceil(self.split_size(split) / self.shard_size)
-
-    def slots(self, split: Split) -> int:
-        """Object slots stored per image: the split's largest count (at least one)."""
-        counts = self.train_counts if split == "train" else self.test_counts
-        return max(max(counts), 1)
-
-    def identity(self) -> dict:
-        return identity_dict(self)
-
-    def cache_key(self) -> str:
-        return config_hash({"format": FORMAT_VERSION, "data": self.identity()})
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
 
 
 def shard_seed(seed: int, split: str, index: int) -> int:
@@ -188,7 +114,7 @@ class SceneStream:
         self, cfg: DataConfig, batch_size: int, seed: int | torch.Generator = 0,
         split: Split = "train", device: torch.device | str = "cpu",
     ) -> None:
-        _check_split(split)
+        check_split(split)
         if batch_size < 1:
             raise ConfigError(f"batch_size {batch_size}: expected a positive integer")
         self.source = SceneSource(cfg, device)
@@ -315,7 +241,7 @@ def build_dataset(
         return _import_clevr(cfg, root, manifest, splits, progress)
     todo = []
     for split in splits:
-        _check_split(split)
+        check_split(split)
         entries = manifest["splits"][split]
         for i in range(cfg.num_shards(split)):
             entry = entries.get(shard_name(i))
@@ -348,7 +274,7 @@ def _import_clevr(cfg: DataConfig, root: Path, manifest: dict, splits: tuple[str
     if manifest.get("source") != source:
         manifest = {**manifest, "source": source, "splits": {s: {} for s in SPLITS}}
     for split in splits:
-        _check_split(split)
+        check_split(split)
         entries = manifest["splits"][split]
         if entries and all(_shard_ok(root, split, name, entry) for name, entry in entries.items()):
             continue
@@ -383,7 +309,7 @@ class SceneDataset(Dataset):
     """
 
     def __init__(self, root: str | Path, split: Split = "train", counts: tuple[int, ...] | None = None, verify: bool = True):
-        _check_split(split)
+        check_split(split)
         self.root, self.split = Path(root), split
         self.tensors = self._load(verify)
         keep = torch.ones(len(self.tensors["images"]), dtype=torch.bool)

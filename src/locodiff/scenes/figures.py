@@ -14,7 +14,8 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from ..errors import DataError
-from .dataset import DataConfig, SceneDataset, SceneSource, shard_seed
+from .config import DataConfig
+from .dataset import SceneDataset, SceneSource, shard_seed
 
 LABEL_WIDTH = 44
 GAP = 2

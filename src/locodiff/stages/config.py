@@ -23,8 +23,9 @@ from ..intervene.config import InterventionSpec
 from ..locality.config import LocalityOptions
 from ..models.config import ModelConfig
 from ..report.config import ReportConfig
-from ..scenes.dataset import DataConfig
+from ..scenes.config import DataConfig
 from ..train.config import RunConfig, TrainConfig
+from .folders import StudyFolders
 
 PRESETS = ("micro", "quick", "full", "gpu", "paper")
 
@@ -76,7 +77,7 @@ class EmergenceOptions:
 
 
 @dataclass(frozen=True)
-class StudyConfig:
+class StudyConfig(StudyFolders):
     seed: int = 0  # master seed; every stage derives its generators from it
     # train (and evaluate, probe) every model under each of these seeds; empty: just ``seed``.
     # Sections that show one model show the first seed; the seeds section, means with CIs.

@@ -106,7 +106,7 @@ def evaluate_stage(cfg: StudyConfig, p: Prediction, rate: float) -> None:
     ev = cfg.evaluate
     passes = len(ev.counts) * ev.per_count * (2 * ev.steps - 1)
     costs = sampling_costs(cfg, ev.counts)
-    flops = sum(costs[key] for key, (_, folder) in layout.seeded_subjects(cfg).items() if not evaluated(folder, ev))
+    flops = sum(costs[key] for key, (_, folder) in cfg.seeded_subjects().items() if not evaluated(folder, ev))
     p.seconds["evaluate"] = passes * flops / (rate * cores())
     p.notes["evaluate"] = (f"{passes} forward passes per model ({len(ev.counts)} counts x {ev.per_count} x "
                            f"{2 * ev.steps - 1}) at {rate / 1e9:.0f} GFLOP/s ({EFFICIENCY:.0%} of one core's matmul); "
@@ -149,7 +149,7 @@ def locality_stage(cfg: StudyConfig, p: Prediction) -> None:
     """Every subject not yet probed at its final checkpoint, its jobs placed like training's."""
     costs = []
     for sub in cfg.per_seed().values():
-        for name, folder in layout.subject_dirs(sub).items():
+        for name, folder in sub.subject_dirs().items():
             ckpt = subject_checkpoint(folder)
             if ckpt is not None and probe_complete(layout.probe_dir(folder, cfg.locality, ckpt.name)):
                 continue
@@ -171,7 +171,7 @@ def emergence_stage(cfg: StudyConfig, p: Prediction, rate: float) -> None:
             if not sub.models[name].enabled:
                 continue
             model, train = sub.models[name].model, sub.models[name].train
-            folder = layout.run_dir(sub, name)
+            folder = sub.run_dir(name)
             kept = subject_checkpoints(folder)
             done = sum((layout.eval_dir(folder, ev, c.name) / layout.EVAL_SUMMARY).is_file()
                        and probe_complete(layout.probe_dir(folder, options, c.name)) for c in kept)

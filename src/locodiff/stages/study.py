@@ -55,12 +55,12 @@ def images_trained(folder: Path) -> int:
 
 
 def is_trained(cfg: StudyConfig, name: str) -> bool:
-    return images_trained(layout.run_dir(cfg, name)) >= cfg.models[name].train.total_images
+    return images_trained(cfg.run_dir(name)) >= cfg.models[name].train.total_images
 
 
 def seeded_models(cfg: StudyConfig) -> dict[str, tuple[StudyConfig, str]]:
     """Every model the study trains, under every seed: ``seeded_name`` -> (that seed's config, name)."""
-    return {layout.seeded_name(name, seed, cfg): (sub, name)
+    return {cfg.seeded_name(name, seed): (sub, name)
             for seed, sub in cfg.per_seed().items() for name in sub.enabled_models()}
 
 
@@ -128,13 +128,13 @@ def stage_data(cfg: StudyConfig, console: Console) -> Path:
 def needs_detector_training(cfg: StudyConfig) -> bool:
     if cfg.evaluate.detector != "heatmap":
         return False
-    folder = layout.detector_dir(layout.detector_cache(cfg), detector_key(cfg.data, cfg.evaluate.heatmap))
+    folder = layout.detector_dir(cfg.detector_cache(), detector_key(cfg.data, cfg.evaluate.heatmap))
     return not (folder / "detector.safetensors").is_file()
 
 
 def _detector_job(cfg: StudyConfig, threads: int, cost: float = 0.0) -> Job:
-    folder = layout.detector_dir(layout.detector_cache(cfg), detector_key(cfg.data, cfg.evaluate.heatmap))
-    return Job(_detector_worker, (cfg.data, cfg.evaluate, str(layout.detector_cache(cfg)), study_device(cfg), threads),
+    folder = layout.detector_dir(cfg.detector_cache(), detector_key(cfg.data, cfg.evaluate.heatmap))
+    return Job(_detector_worker, (cfg.data, cfg.evaluate, str(cfg.detector_cache()), study_device(cfg), threads),
                cfg.evaluate.heatmap.train_images, lambda: last_record(folder / "training_log.jsonl", "images_seen"),
                cost=cost)
 
@@ -148,7 +148,7 @@ def stage_train(cfg: StudyConfig, data_root: Path, console: Console, with_detect
     costs = training_costs(cfg) if cfg.jobs > 1 else {}  # one at a time, the order changes nothing
     jobs: dict[str, Job] = {}
     for key, (sub, name) in models.items():
-        folder = layout.run_dir(sub, name)
+        folder = sub.run_dir(name)
         if is_trained(sub, name):
             console.print(f"  {key}: trained already ({folder.name})")
             continue
@@ -173,7 +173,7 @@ def training_costs(cfg: StudyConfig) -> dict[str, float]:
     costs = {}
     for key, (sub, name) in seeded_models(cfg).items():
         train = sub.models[name].train
-        done = images_trained(layout.run_dir(sub, name))
+        done = images_trained(sub.run_dir(name))
         if done < train.total_images:
             model = sub.models[name].model
             batch = max(1, min(train.batch_size, TIMED_BATCH, int(TIMED_FLOPS // (3 * forward_flops(model)))))
@@ -192,9 +192,9 @@ def sampling_costs(cfg: StudyConfig, counts: Sequence[int]) -> dict[str, float]:
     costs = {}
     for seed, sub in cfg.per_seed().items():
         for name in sub.enabled_models():
-            costs[layout.seeded_name(name, seed, cfg)] = forward_flops(sub.models[name].model)
+            costs[cfg.seeded_name(name, seed)] = forward_flops(sub.models[name].model)
         for name, spec in sub.enabled_interventions().items():
-            costs[layout.seeded_name(name, seed, cfg)] = per_k * forward_flops(sub.models[spec.base].model)
+            costs[cfg.seeded_name(name, seed)] = per_k * forward_flops(sub.models[spec.base].model)
     return costs
 
 
@@ -218,7 +218,7 @@ def stage_evaluate(cfg: StudyConfig, console: Console) -> None:
         if (out / layout.EVAL_SUMMARY).is_file():
             console.print(f"  {name}: evaluated already ({out.name})")
             continue
-        jobs[name] = Job(_eval_worker, (str(folder), ev, str(layout.detector_cache(cfg)), study_device(cfg),
+        jobs[name] = Job(_eval_worker, (str(folder), ev, str(cfg.detector_cache()), study_device(cfg),
                                         worker_threads(cfg)),
                          ev.per_count * len(ev.counts), lambda o=out: _lines(o / layout.EVAL_RECORDS),
                          cost=costs.get(name, 0.0))
@@ -232,10 +232,10 @@ def _lines(path: Path) -> int:
 def write_detector_ceiling(cfg: StudyConfig) -> Path:
     """The detector's accuracy on ground-truth renders of the test scenes: the ceiling that every
     model score must be read against (cached)."""
-    path = layout.ceiling_path(cfg)
+    path = cfg.ceiling_path()
     if not path.is_file():
         ev = cfg.evaluate
-        detector = build_detector(cfg.data, ev, cfg.data.resolution, layout.detector_cache(cfg))
+        detector = build_detector(cfg.data, ev, cfg.data.resolution, cfg.detector_cache())
         table = validate_detector(detector, cfg.data, ValidationSpec.ceiling(ev, cfg.data.resolution))
         write_json_atomic(path, table)
     return path
@@ -243,7 +243,7 @@ def write_detector_ceiling(cfg: StudyConfig) -> Path:
 
 def write_crowding(cfg: StudyConfig) -> Path:
     """How crowded training and test windows are (``evaluate.crowding``), cached; seconds to compute."""
-    path = layout.crowding_path(cfg)
+    path = cfg.crowding_path()
     if not path.is_file():
         train = SceneDataset(layout.dataset_root(cfg.data, cfg.out_dir), "train").tensors
         tables = study_crowding(cfg.data, Conditioning(train["centers"], train["mask"]), cfg.evaluate,
@@ -271,7 +271,7 @@ def stage_emergence(cfg: StudyConfig, data_root: Path, console: Console) -> None
     (cached per checkpoint like the final ones): how both grew over training."""
     ev, options = cfg.emergence.eval_config(cfg.evaluate), cfg.emergence.locality_options(cfg.locality)
     jobs = {}
-    for key, (seed, folder) in layout.emergence_runs(cfg).items():
+    for key, (seed, folder) in cfg.emergence_runs().items():
         checkpoints = subject_checkpoints(folder)
         todo = [c for c in checkpoints if not ((layout.eval_dir(folder, ev, c.name) / layout.EVAL_SUMMARY).is_file()
                                                and probe_complete(layout.probe_dir(folder, options, c.name)))]
@@ -279,7 +279,7 @@ def stage_emergence(cfg: StudyConfig, data_root: Path, console: Console) -> None
         for ckpt in todo:
             jobs[f"{key}@{read_state(ckpt)['images_seen']}"] = Job(
                 _emergence_worker, (CheckpointWork(str(folder), str(ckpt), str(data_root), ev, options, seed,
-                                                   str(layout.detector_cache(cfg)), study_device(cfg)),
+                                                   str(cfg.detector_cache()), study_device(cfg)),
                                     worker_threads(cfg)))
     run_jobs(jobs, cfg.jobs, console)
 
@@ -288,7 +288,7 @@ def report_study(cfg: StudyConfig) -> Path:
     """The report from the saved results (runs trained by an older locodiff get their
     ``model.json`` first)."""
     record_models(cfg)
-    return write_report(cfg, layout.report_dir(cfg))
+    return write_report(cfg, cfg.report_dir())
 
 
 def stage_report(cfg: StudyConfig, console: Console) -> Path:
@@ -300,15 +300,15 @@ def stage_report(cfg: StudyConfig, console: Console) -> Path:
 def prepare_subjects(cfg: StudyConfig) -> dict[str, tuple[int, Path]]:
     """Check that every model is trained (under every seed) and write each intervention's folder
     (it only names its base run); returns everything the study evaluates as
-    ``layout.seeded_subjects`` does: ``seeded_name`` -> (seed, folder)."""
+    ``StudyConfig.seeded_subjects`` does: ``seeded_name`` -> (seed, folder)."""
     for key, (sub, name) in seeded_models(cfg).items():
-        folder = layout.run_dir(sub, name)
+        folder = sub.run_dir(name)
         if latest_checkpoint(folder) is None:
             raise ConfigError(f"model {key!r} is not trained yet ({folder}); run the train stage first")
     for sub in cfg.per_seed().values():
         for name, spec in sub.enabled_interventions().items():
-            write_intervention(layout.intervention_dir(sub, name), spec, layout.run_dir(sub, spec.base))
-    return layout.seeded_subjects(cfg)
+            write_intervention(sub.intervention_dir(name), spec, sub.run_dir(spec.base))
+    return cfg.seeded_subjects()
 
 
 def study_device(cfg: StudyConfig) -> str:
@@ -449,4 +449,4 @@ def run_study(
             stage_fns[stage]()
         seconds[stage] = clock.seconds
         console.print(f"  {stage} done in {clock.seconds:.1f} s{core_use(clock.busy, clock.seconds)}")
-    return StudyResult(out, seconds, layout.seeded_subject_dirs(cfg))
+    return StudyResult(out, seconds, cfg.seeded_subject_dirs())

@@ -91,6 +91,6 @@ def record_models(cfg) -> None:
     it (runs trained before training wrote one), so that the report reads it there."""
     for seed_cfg in cfg.per_seed().values():
         for name in seed_cfg.enabled_models():
-            run = layout.run_dir(seed_cfg, name)
+            run = seed_cfg.run_dir(name)
             if (run / RUN_CONFIG).is_file() and read_model_record(run) is None:
                 write_model_record(run, model_record(read_run_config(run)))

@@ -14,7 +14,7 @@ from ..config import IDENTITY_UNLESS_DEFAULT, NOT_IDENTITY, SIGNED
 from ..errors import ConfigError, LocodiffError
 from ..models.config import ModelConfig
 from ..scenes import vocab
-from ..scenes.dataset import DataConfig
+from ..scenes.config import DataConfig
 
 @dataclass(frozen=True)
 class LocalityPenalty:

@@ -10,7 +10,8 @@ from torch import Tensor
 from ..conditioning import Conditioning
 from ..scenes import vocab
 from ..scenes.conditioners import LabelPolicy, batch_conditioning
-from ..scenes.dataset import DataConfig, SceneDataset, SceneSource, to_model_batch
+from ..scenes.config import DataConfig
+from ..scenes.dataset import SceneDataset, SceneSource, to_model_batch
 from ..rng import epoch_generator, step_generator
 from ..errors import ConfigError
 

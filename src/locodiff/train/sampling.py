@@ -14,7 +14,8 @@ from ..models import as_denoiser
 from ..imaging import image_grid, save_png
 from ..io import atomic_path
 from ..scenes.conditioners import make_conditioning
-from ..scenes.dataset import DataConfig, SceneSource
+from ..scenes.config import DataConfig
+from ..scenes.dataset import SceneSource
 from ..scenes.scene import SceneBatch
 from .run_folder import load_denoiser
 from ..diffusion.samplers import sample_in_batches
