@@ -193,7 +193,7 @@ def test_the_statements_follow_their_criteria():
 def test_a_caption_model_runs_through_the_study_and_its_report(tmp_path):
     from rich.console import Console
 
-        from locodiff.stages.study import run_study
+    from locodiff.stages.study import run_study
     from locodiff.stages.config import load_study_config
 
     off = [f"models.{m}.enabled=false" for m in ("exp1", "exp2", "exp3_local", "exp1_combo")]
