@@ -37,7 +37,8 @@ class NearestBump(Mechanism):
         xs = (torch.arange(width, dtype=torch.float32) + 0.5) / width
         dy = ys[None, None, :, None] - cond.locations[..., 1, None, None]  # [B, N, H, 1]
         dx = xs[None, None, None, :] - cond.locations[..., 0, None, None]  # [B, N, 1, W]
-        bumps = torch.exp(-(dx**2 + dy**2) / (2 * self.log_width.exp() ** 2)) * cond.mask[..., None, None]
+        bumps = torch.exp(-(dx**2 + dy**2) / (2 * self.log_width.exp() ** 2))
+        bumps = torch.where(cond.mask[..., None, None], bumps, 0.0)  # padded slots may hold anything, NaN too
         return bumps.amax(1, keepdim=True) if bumps.shape[1] else bumps.new_zeros(bumps.shape[0], 1, height, width)
 
     def input_maps(self, context: Tensor) -> Tensor:

@@ -3,7 +3,7 @@ predicted stage (a finished one predicts none: tests/test_study.py)."""
 
 from locodiff.stages.jobs import longest_first_makespan
 from locodiff.stages.predict import predict
-from locodiff.stages.study import STAGES
+from locodiff.stages.plan import STAGES
 from locodiff.stages.config import load_study_config
 
 
@@ -33,7 +33,7 @@ def test_emergence_counts_the_checkpoints_a_run_will_keep(tmp_path):
 
 
 def test_networks_too_large_to_time_leave_the_probes_unpredicted(tmp_path):
-    from locodiff.stages.predict import too_large_to_time
+    from locodiff.stages.plan import too_large_to_time
 
     cfg = load_study_config("micro", sets=[f"out_dir={tmp_path}"])
     assert too_large_to_time(cfg, rate=1e15) is None

@@ -504,7 +504,7 @@ def test_seeds_and_emergence_are_trained_cached_and_reported(tmp_path):
                 "models.exp3_local.seeds=[1]")
     run_study(cfg, console=quiet())
     assert set(cfg.seeded_subject_dirs()) == {"exp2@s0", "exp2@s1", "exp3_masked@s0", "exp3_masked@s1", "exp3_local@s1"}
-    folders = [run_dir(cfg.per_seed()[s], "exp2") for s in (0, 1)]
+    folders = [cfg.per_seed()[s].run_dir("exp2") for s in (0, 1)]
     assert folders[0] != folders[1]
     weights = [(list_checkpoints(f)[-1] / "model.safetensors").read_bytes() for f in folders]
     assert weights[0] != weights[1]  # the seed reaches the weights
@@ -538,7 +538,7 @@ def test_seeds_and_emergence_are_trained_cached_and_reported(tmp_path):
 
 
 def test_a_model_limited_to_some_seeds_takes_its_interventions_with_it(tmp_path):
-    from locodiff.stages.study import seeded_models
+    from locodiff.stages.plan import seeded_models
 
     cfg = micro(tmp_path, "seeds=[0, 1]", "models.exp2.seeds=[1]", "models.exp1_combo.seeds=[0]")
     assert set(seeded_models(cfg)) == {"exp1@s0", "exp1@s1", "exp2@s1", "exp3_local@s0", "exp3_local@s1",
@@ -546,11 +546,17 @@ def test_a_model_limited_to_some_seeds_takes_its_interventions_with_it(tmp_path)
     assert {k for k in cfg.seeded_subject_dirs() if k.startswith("exp3_masked")} == {"exp3_masked@s1"}
 
 
+def training_costs(cfg) -> dict[str, float]:
+    """The train stage's plan: the cost of every job not done yet."""
+    from locodiff.stages.plan import plan_stage
+
+    return {j.key: j.cost for j in plan_stage(cfg, "train").todo()}
+
+
 def test_training_costs_are_measured_step_times_times_images_and_penalty(tmp_path):
     """Each job's cost is its images left x a training image's seconds measured on this machine x
     the locality penalty's extra passes: exp3_penalty has exp2's network and images, so it costs
     exactly its penalty factor more; a half-trained run costs what it has left."""
-    from locodiff.stages.study import training_costs
 
     cfg = load_study_config("quick", ROOT / "examples" / "trained_in.toml", [f"out_dir={tmp_path}", "seeds=[0, 1]"])
     costs = training_costs(cfg)
@@ -563,7 +569,6 @@ def test_training_costs_are_measured_step_times_times_images_and_penalty(tmp_pat
 def test_a_partly_trained_model_costs_what_it_has_left(finished):
     """Extending a finished run (total_images is not part of its identity) costs the images added."""
     from locodiff.models.registry import training_seconds_per_image
-    from locodiff.stages.study import training_costs
 
     assert training_costs(finished) == {}
     cfg = micro(finished.out_dir, "models.exp1.train.total_images=256")
@@ -580,8 +585,8 @@ def test_the_train_stage_hands_its_jobs_their_measured_costs(tmp_path, monkeypat
     seen = {}
     monkeypatch.setattr(study, "run_jobs", lambda jobs, workers, console: seen.update(jobs) or {})
     cfg = micro(tmp_path, "jobs=2")
-    study.stage_train(cfg, Path(tmp_path) / "data", quiet(), with_detector=True)
-    costs = study.training_costs(cfg)
+    study.stage_train(cfg, quiet(), with_detector=True)
+    costs = training_costs(cfg)
     assert set(seen) == set(costs) == {"exp1", "exp2", "exp3_local", "exp1_combo", "detector"}
     assert all(seen[k].cost == costs[k] > 0 for k in seen)
 
@@ -590,8 +595,8 @@ def test_the_train_stage_hands_its_jobs_their_measured_costs(tmp_path, monkeypat
 def test_every_preset_can_be_scheduled(preset, tmp_path):
     """Every model of a preset (the caption and attribute models included) and the detector get a
     measured cost, so the train stage can order its jobs (the paper preset's networks are timed on
-    a batch small enough for a laptop: study.TIMED_FLOPS)."""
-    from locodiff.stages.study import seeded_models, training_costs
+    a batch small enough for a laptop: plan.TIMED_FLOPS)."""
+    from locodiff.stages.plan import seeded_models
 
     costs = training_costs(load_study_config(preset, sets=[f"out_dir={tmp_path}"]))
     assert sorted(costs) == sorted([*seeded_models(load_study_config(preset)), "detector"])

@@ -8,10 +8,11 @@ and per-unit statistics), both written atomically; ``LocalityResult.load`` reads
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch

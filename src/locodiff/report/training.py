@@ -194,7 +194,7 @@ def correlation_points(cfg, by_seed: dict[int, list[ModelFacts]]) -> dict[str, l
     for seed, facts in by_seed.items():
         for f in facts:
             if f.evaluation and f.locality_dir and f.presence_index is not None and learned_conditioner(f, thr):
-                runs.setdefault(f.cfg.seeded_name(name, seed), []).append(
+                runs.setdefault(cfg.seeded_name(f.name, seed), []).append(
                     (f.locality_index, f.presence_index, mean_recall(f.evaluation)))
     for key, points in emergence_curves(cfg).items():
         for p in points:

@@ -18,99 +18,23 @@ import torch
 from rich.console import Console
 
 from .. import layout
+from ..checkpoints import latest_checkpoint
 from ..conditioning import Conditioning
 from ..config import config_hash, to_dict
 from ..errors import ConfigError
-from ..evaluate.config import EvalConfig
 from ..evaluate.crowding import study_crowding
-from ..evaluate.heatmap import detector_key, training_seconds_per_image as detector_seconds_per_image
 from ..evaluate.runner import build_detector
-from .evaluation import evaluate_run
 from ..evaluate.validation import ValidationSpec, validate_detector
-from .subjects import record_models, subject_checkpoint, subject_checkpoints, write_intervention
 from ..hardware import busy_core_seconds, cores, machine
-from ..io import atomic_path, read_jsonl, write_json_atomic
-from .jobs import Job, last_record, run_jobs, torch_threads
-from ..locality.config import LocalityOptions
-from .probe import probe_complete, probe_run
-from ..models.registry import forward_flops, training_seconds_per_image
+from ..io import atomic_path, write_json_atomic
 from ..progress import LOG_EVERY_S, duration
 from ..report import write_report
 from ..scenes.dataset import SceneDataset, build_dataset
 from ..scenes.figures import data_contact_sheet
 from .config import StudyConfig
-from ..checkpoints import latest_checkpoint, read_state
-from ..train.config import RunConfig
-from ..train.run import train_run
-
-STAGES = ("data", "train", "evaluate", "locality", "emergence", "report")
-# Timing a network for the schedule: at most this many images per step, and at most this many
-# FLOPs (a GPU preset's batch would take minutes on a laptop, and may not fit its memory).
-TIMED_BATCH, TIMED_FLOPS = 32, 20e9
-
-
-def images_trained(folder: Path) -> int:
-    ckpt = latest_checkpoint(folder)
-    return read_state(ckpt)["images_seen"] if ckpt is not None else 0
-
-
-def is_trained(cfg: StudyConfig, name: str) -> bool:
-    return images_trained(cfg.run_dir(name)) >= cfg.models[name].train.total_images
-
-
-def seeded_models(cfg: StudyConfig) -> dict[str, tuple[StudyConfig, str]]:
-    """Every model the study trains, under every seed: ``seeded_name`` -> (that seed's config, name)."""
-    return {cfg.seeded_name(name, seed): (sub, name)
-            for seed, sub in cfg.per_seed().items() for name in sub.enabled_models()}
-
-
-def worker_threads(cfg: StudyConfig) -> int:
-    return torch.get_num_threads() if cfg.jobs == 1 else 1
-
-
-# ----- workers (top level so that spawned processes can import them) -----------------------------
-
-def _train_worker(run_cfg: RunConfig, folder: str, data_root: str, threads: int) -> dict:
-    with torch_threads(threads):
-        result = train_run(run_cfg, Path(folder), data_root=Path(data_root), progress=False)
-    return {"images_seen": result.images_seen, "wall_s": result.wall_s,
-            "images_per_s": result.images_per_s, "final_loss": result.final_loss}
-
-
-def _detector_worker(data_cfg, eval_cfg: EvalConfig, cache: str, device: str, threads: int) -> str:
-    with torch_threads(threads):
-        return build_detector(data_cfg, eval_cfg, data_cfg.resolution, cache, device=device).name
-
-
-def _eval_worker(folder: str, eval_cfg: EvalConfig, cache: str, device: str, threads: int) -> dict:
-    with torch_threads(threads):
-        return evaluate_run(folder, eval_cfg, cache, device).summary
-
-
-def _locality_worker(folder: str, data_root: str, options: LocalityOptions, seed: int, threads: int) -> str:
-    with torch_threads(threads):
-        return str(probe_run(folder, data_root, options, seed))
-
-
-@dataclass(frozen=True)
-class CheckpointWork:
-    """One kept checkpoint of the emergence stage: evaluate it, then probe its locality."""
-
-    folder: str
-    checkpoint: str
-    data_root: str
-    eval_cfg: EvalConfig
-    options: LocalityOptions
-    seed: int
-    detector_cache: str
-    device: str
-
-
-def _emergence_worker(work: CheckpointWork, threads: int) -> str:
-    with torch_threads(threads):
-        ckpt = Path(work.checkpoint)
-        evaluate_run(work.folder, work.eval_cfg, work.detector_cache, work.device, checkpoint=ckpt)
-        return str(probe_run(work.folder, work.data_root, work.options, work.seed, checkpoint=ckpt))
+from .jobs import run_jobs
+from .plan import STAGES, detector_job, plan_stage, seeded_models, study_device
+from .subjects import record_models, write_intervention
 
 
 # ----- stages ---------------------------------------------------------------------------------
@@ -125,108 +49,39 @@ def stage_data(cfg: StudyConfig, console: Console) -> Path:
     return root
 
 
-def needs_detector_training(cfg: StudyConfig) -> bool:
-    if cfg.evaluate.detector != "heatmap":
-        return False
-    folder = layout.detector_dir(cfg.detector_cache(), detector_key(cfg.data, cfg.evaluate.heatmap))
-    return not (folder / "detector.safetensors").is_file()
-
-
-def _detector_job(cfg: StudyConfig, threads: int, cost: float = 0.0) -> Job:
-    folder = layout.detector_dir(cfg.detector_cache(), detector_key(cfg.data, cfg.evaluate.heatmap))
-    return Job(_detector_worker, (cfg.data, cfg.evaluate, str(cfg.detector_cache()), study_device(cfg), threads),
-               cfg.evaluate.heatmap.train_images, lambda: last_record(folder / "training_log.jsonl", "images_seen"),
-               cost=cost)
-
-
-def stage_train(cfg: StudyConfig, data_root: Path, console: Console, with_detector: bool = False) -> None:
+def stage_train(cfg: StudyConfig, console: Console, with_detector: bool = False) -> None:
     """Train every enabled model not yet finished, ``cfg.jobs`` at a time and longest first, with
     live progress. With ``with_detector`` the evaluation's learned detector trains alongside when
     not cached."""
-    models = seeded_models(cfg)
-    threads = worker_threads(cfg)
-    costs = training_costs(cfg) if cfg.jobs > 1 else {}  # one at a time, the order changes nothing
-    jobs: dict[str, Job] = {}
-    for key, (sub, name) in models.items():
-        folder = sub.run_dir(name)
-        if is_trained(sub, name):
-            console.print(f"  {key}: trained already ({folder.name})")
-            continue
-        jobs[key] = Job(_train_worker, (sub.run_config(name), str(folder), str(data_root), threads),
-                        cfg.models[name].train.total_images,
-                        lambda f=folder: last_record(f / layout.TRAIN_METRICS, "images_seen"),
-                        lambda f=folder: _loss_detail(f / layout.TRAIN_METRICS), cost=costs.get(key, 0.0))
-    if with_detector and needs_detector_training(cfg):
-        jobs["detector"] = _detector_job(cfg, threads, cost=costs.get("detector", 0.0))
+    plan = plan_stage(cfg, "train", timed=cfg.jobs > 1)  # one at a time, the order changes nothing
+    for j in plan.jobs:
+        if j.done and j.key != "detector":
+            console.print(f"  {j.key}: {j.note}")
+    jobs = {key: job for key, job in plan.runnable().items() if with_detector or key != "detector"}
     for name, info in run_jobs(jobs, cfg.jobs, console).items():
-        if name in models:
+        if name != "detector":
             console.print(f"  {name}: {info['images_seen']} images in {info['wall_s']:.0f} s "
                           f"({info['images_per_s']:.0f} img/s), final loss {info['final_loss']:.4f}")
 
 
-def training_costs(cfg: StudyConfig) -> dict[str, float]:
-    """Core-seconds each unfinished training job needs on this machine: the images it has left
-    times a training image's seconds measured now on one thread, the locality penalty's extra
-    passes counted from where it starts; the detector's too when it is not trained yet. What the
-    train stage orders its jobs by (longest first, so the last to finish does not start late) and
-    ``predict`` sums."""
-    costs = {}
-    for key, (sub, name) in seeded_models(cfg).items():
-        train = sub.models[name].train
-        done = images_trained(sub.run_dir(name))
-        if done < train.total_images:
-            model = sub.models[name].model
-            batch = max(1, min(train.batch_size, TIMED_BATCH, int(TIMED_FLOPS // (3 * forward_flops(model)))))
-            costs[key] = training_seconds_per_image(model, batch) * train.locality.images_cost(done, train.total_images)
-    if needs_detector_training(cfg):
-        heat = cfg.evaluate.heatmap
-        costs["detector"] = heat.train_images * detector_seconds_per_image(heat)
-    return costs
-
-
-def sampling_costs(cfg: StudyConfig, counts: Sequence[int]) -> dict[str, float]:
-    """Forward FLOPs of one sampler pass of every subject at the object ``counts`` (a masked
-    composition runs its base model k + 1 times at k objects): what orders the evaluation and
-    probe jobs, whose number of passes is the same for every subject."""
-    per_k = sum(k + 1 for k in counts) / max(1, len(counts))
-    costs = {}
-    for seed, sub in cfg.per_seed().items():
-        for name in sub.enabled_models():
-            costs[cfg.seeded_name(name, seed)] = forward_flops(sub.models[name].model)
-        for name, spec in sub.enabled_interventions().items():
-            costs[cfg.seeded_name(name, seed)] = per_k * forward_flops(sub.models[spec.base].model)
-    return costs
-
-
-def _loss_detail(metrics: Path) -> str:
-    records = read_jsonl(metrics, quiet=True) if metrics.exists() else []
-    return f"loss {records[-1]['loss']:.4f}" if records else ""
+def run_planned(cfg: StudyConfig, stage: str, console: Console) -> None:
+    """Run a stage's unfinished jobs from its plan, saying which were done already."""
+    plan = plan_stage(cfg, stage, timed=cfg.jobs > 1)
+    for j in plan.jobs:
+        if j.done:
+            console.print(f"  {j.key}: {j.note}")
+    run_jobs(plan.runnable(), cfg.jobs, console)
 
 
 def stage_evaluate(cfg: StudyConfig, console: Console) -> None:
     """Length generalization of every trained model (cached per checkpoint and eval config)."""
-    if needs_detector_training(cfg):
-        run_jobs({"detector": _detector_job(cfg, torch.get_num_threads())}, 1, console)
-    ev = cfg.evaluate
-    runs = prepare_subjects(cfg)
+    detector = detector_job(cfg, torch.get_num_threads(), timed=False)
+    if not detector.done:
+        run_jobs({"detector": detector.job}, 1, console)
+    prepare_subjects(cfg)
     write_detector_ceiling(cfg)
     write_crowding(cfg)
-    costs = sampling_costs(cfg, ev.counts)
-    jobs = {}
-    for name, (_, folder) in runs.items():
-        out = layout.eval_dir(folder, ev, subject_checkpoint(folder).name)
-        if (out / layout.EVAL_SUMMARY).is_file():
-            console.print(f"  {name}: evaluated already ({out.name})")
-            continue
-        jobs[name] = Job(_eval_worker, (str(folder), ev, str(cfg.detector_cache()), study_device(cfg),
-                                        worker_threads(cfg)),
-                         ev.per_count * len(ev.counts), lambda o=out: _lines(o / layout.EVAL_RECORDS),
-                         cost=costs.get(name, 0.0))
-    run_jobs(jobs, cfg.jobs, console)
-
-
-def _lines(path: Path) -> int:
-    return sum(1 for _ in open(path)) if path.exists() else 0
+    run_planned(cfg, "evaluate", console)
 
 
 def write_detector_ceiling(cfg: StudyConfig) -> Path:
@@ -252,36 +107,20 @@ def write_crowding(cfg: StudyConfig) -> Path:
     return path
 
 
-def stage_locality(cfg: StudyConfig, data_root: Path, console: Console) -> None:
+def stage_locality(cfg: StudyConfig, console: Console) -> None:
     """Jacobian locality probe of every trained model (cached per checkpoint and options)."""
-    costs = sampling_costs(cfg, cfg.locality.extrapolation.counts or cfg.locality.counts)
-    jobs = {}
-    for name, (seed, folder) in prepare_subjects(cfg).items():
-        out = layout.probe_dir(folder, cfg.locality, subject_checkpoint(folder).name)
-        if probe_complete(out):
-            console.print(f"  {name}: probed already ({out.name})")
-            continue
-        jobs[name] = Job(_locality_worker, (str(folder), str(data_root), cfg.locality, seed, worker_threads(cfg)),
-                         cost=costs.get(name, 0.0))
-    run_jobs(jobs, cfg.jobs, console)
+    prepare_subjects(cfg)
+    run_planned(cfg, "locality", console)
 
 
-def stage_emergence(cfg: StudyConfig, data_root: Path, console: Console) -> None:
+def stage_emergence(cfg: StudyConfig, console: Console) -> None:
     """Recall at a few k and the locality probe at every kept checkpoint of ``emergence.models``
     (cached per checkpoint like the final ones): how both grew over training."""
-    ev, options = cfg.emergence.eval_config(cfg.evaluate), cfg.emergence.locality_options(cfg.locality)
-    jobs = {}
-    for key, (seed, folder) in cfg.emergence_runs().items():
-        checkpoints = subject_checkpoints(folder)
-        todo = [c for c in checkpoints if not ((layout.eval_dir(folder, ev, c.name) / layout.EVAL_SUMMARY).is_file()
-                                               and probe_complete(layout.probe_dir(folder, options, c.name)))]
-        console.print(f"  {key}: {len(checkpoints)} checkpoints kept, {len(todo)} to measure")
-        for ckpt in todo:
-            jobs[f"{key}@{read_state(ckpt)['images_seen']}"] = Job(
-                _emergence_worker, (CheckpointWork(str(folder), str(ckpt), str(data_root), ev, options, seed,
-                                                   str(cfg.detector_cache()), study_device(cfg)),
-                                    worker_threads(cfg)))
-    run_jobs(jobs, cfg.jobs, console)
+    plan = plan_stage(cfg, "emergence", timed=cfg.jobs > 1)
+    for key, (_, folder) in cfg.emergence_runs().items():
+        kept = [j for j in plan.jobs if j.folder == folder]
+        console.print(f"  {key}: {len(kept)} checkpoints kept, {sum(not j.done for j in kept)} to measure")
+    run_jobs(plan.runnable(), cfg.jobs, console)
 
 
 def report_study(cfg: StudyConfig) -> Path:
@@ -309,12 +148,6 @@ def prepare_subjects(cfg: StudyConfig) -> dict[str, tuple[int, Path]]:
         for name, spec in sub.enabled_interventions().items():
             write_intervention(sub.intervention_dir(name), spec, sub.run_dir(spec.base))
     return cfg.seeded_subjects()
-
-
-def study_device(cfg: StudyConfig) -> str:
-    if cfg.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return cfg.device
 
 
 # ----- the driver -----------------------------------------------------------------------------
@@ -429,13 +262,12 @@ def run_study(
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(layout.study_config_path(out), to_dict(cfg), sort_keys=False)  # models in preset order
     seconds: dict[str, float] = {}
-    data_root = layout.dataset_root(cfg.data, cfg.out_dir)
     stage_fns: dict[str, Callable[[], object]] = {
         "data": lambda: stage_data(cfg, console),
-        "train": lambda: stage_train(cfg, data_root, console, with_detector="evaluate" in only),
+        "train": lambda: stage_train(cfg, console, with_detector="evaluate" in only),
         "evaluate": lambda: stage_evaluate(cfg, console),
-        "locality": lambda: stage_locality(cfg, data_root, console),
-        "emergence": lambda: stage_emergence(cfg, data_root, console),
+        "locality": lambda: stage_locality(cfg, console),
+        "emergence": lambda: stage_emergence(cfg, console),
         "report": lambda: stage_report(cfg, console),
     }
     for i, stage in enumerate(STAGES):

@@ -16,7 +16,6 @@ from pathlib import Path
 from ..config import from_dict, to_dict
 from ..errors import LocodiffError
 from ..io import write_json_atomic
-from .. import layout
 from ..layout import INTERVENTION, RUN_CONFIG
 from ..run_record import read_model_record, write_model_record
 from ..checkpoints import latest_checkpoint, list_checkpoints
