@@ -8,11 +8,14 @@ lives in the stage subpackages so that it can be called from Python just the sam
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import typer
@@ -57,6 +60,48 @@ SetOpt = typer.Option(None, "--set", "-s", help=(
     "Override one option, e.g. --set train.lr=2e-4 (repeatable). Precedence: preset < config file < a "
     "model's own table < command line; train.KEY reaches every model unless models.NAME.train.KEY is given."))
 DryRunOpt = typer.Option(False, "--dry-run", help="Print the resolved config as JSON and exit.")
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """The option block of every verb that works on a study: --preset, --config, --set, --dry-run."""
+
+    preset: str | None
+    config: Optional[Path]
+    sets: list[str]
+    dry_run: bool
+
+    def load(self, *more_sets: str, print_and_exit: bool = True) -> StudyConfig:
+        """The resolved config (``more_sets`` after the user's); with --dry-run and
+        ``print_and_exit`` it is printed and the command exits."""
+        return resolve_config(self.preset, self.config, [*self.sets, *more_sets], self.dry_run and print_and_exit)
+
+
+STUDY = StudyOptions("quick", None, [], False)  # the marker a verb's ``study`` parameter defaults to
+_OPTION_BLOCK = [inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=PresetOpt, annotation=str),
+                 inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=ConfigOpt,
+                                   annotation=Optional[Path]),
+                 inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, default=SetOpt,
+                                   annotation=Optional[list[str]]),
+                 inspect.Parameter("dry_run", inspect.Parameter.KEYWORD_ONLY, default=DryRunOpt, annotation=bool)]
+
+
+def study_verb(verb: Callable) -> Callable:
+    """Give ``verb`` (which declares ``study: StudyOptions = STUDY``) the shared option block: typer
+    sees the four options in its place, and the verb gets them as one ``StudyOptions``."""
+    signature = inspect.signature(verb, eval_str=True)
+    kept = [p for p in signature.parameters.values() if p.name != "study"]
+
+    @functools.wraps(verb)
+    def with_block(*args, preset, config, set_, dry_run, **kwargs):
+        return verb(*args, study=StudyOptions(preset, config, list(set_ or []), dry_run), **kwargs)
+
+    with_block.__signature__ = signature.replace(parameters=kept + _OPTION_BLOCK)
+    with_block.__annotations__ = {p.name: p.annotation for p in with_block.__signature__.parameters.values()}
+    del with_block.__wrapped__  # typer reads the new signature, not the verb's
+    return with_block
+
+
 ReportToOpt = typer.Option(None, "--report-to", help="Trackers that also get training's and evaluation's numbers: "
                            "auto (TensorBoard when installed), tensorboard, mlflow, wandb (offline) or none; "
                            "the same as --set train.report_to=... (files in each run folder's tracking/).")
@@ -131,16 +176,14 @@ def version() -> None:
 
 
 @app.command()
+@study_verb
 def render(
-    preset: str = PresetOpt,
-    config: Optional[Path] = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
-    dry_run: bool = DryRunOpt,
+    study: StudyOptions = STUDY,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: the config's out_dir)."),
     device: str = typer.Option("cpu", "--device", help="Torch device to render on, e.g. cpu or cuda."),
 ) -> None:
     """Render the train and test scene data sets (cached, resumable) and a contact sheet."""
-    cfg = resolve_config(preset, config, set_, dry_run)
+    cfg = study.load()
     out_dir = out if out is not None else Path(cfg.out_dir)
     start = time.perf_counter()
     with fail_cleanly():
@@ -157,25 +200,23 @@ def render(
 
 
 @app.command()
+@study_verb
 def train(
     model: str = typer.Argument(..., help="Name of a model of the study config: a models.NAME table of the preset or "
                                 "--config file (e.g. exp1; `locodiff study --dry-run` lists them)."),
-    preset: str = PresetOpt,
-    config: Optional[Path] = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
-    dry_run: bool = DryRunOpt,
+    study: StudyOptions = STUDY,
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder (default: <out_dir>/models/<name>-<hash>)."),
     on_the_fly: bool = typer.Option(False, "--on-the-fly", help="Render batches during training instead of using the cached data set."),
     report_to: Optional[str] = ReportToOpt,
 ) -> None:
     """Train one model of the study (renders the data set first if needed). Re-running resumes."""
-    cfg = resolve_config(preset, config, with_report_to(set_, report_to), False)
+    cfg = study.load(*with_report_to([], report_to), print_and_exit=False)
     with fail_cleanly():
         if model not in cfg.models:
             raise LocodiffError(f"no model named {model!r} in the config; models: {sorted(cfg.models)}")
         rcfg = cfg.run_config(model)
         check_trackers(cfg, [model])
-        if dry_run:
+        if study.dry_run:
             typer.echo(json.dumps(to_dict(rcfg), indent=2))
             raise typer.Exit(0)
         folder = run_dir or cfg.run_dir(model)
@@ -190,17 +231,16 @@ def train(
 
 
 @app.command("export-scenes")
+@study_verb
 def export_scenes(
     out: Path = typer.Argument(..., help="The folder to write: images/ and scenes.json, as the CLEVR generator lays them out."),
-    preset: str = PresetOpt,
-    config: Optional[Path] = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
+    study: StudyOptions = STUDY,
     split: str = typer.Option("test", "--split", help="train or test."),
     counts: Optional[str] = typer.Option(None, "--counts", help="Only images with these object counts, e.g. 0-10."),
 ) -> None:
     """Write a split of the study's data set in the CLEVR generator's scene format (read back with
     data.source = "clevr_folder")."""
-    cfg = resolve_config(preset, config, set_, False)
+    cfg = study.load()
     with fail_cleanly():
         if split not in ("train", "test"):
             raise LocodiffError(f"--split {split!r}: expected train or test")
@@ -272,12 +312,10 @@ DeviceOpt = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda
 
 
 @app.command()
+@study_verb
 def evaluate(
     run: Path = RunArg,
-    preset: str = PresetOpt,
-    config: Optional[Path] = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
-    dry_run: bool = DryRunOpt,
+    study: StudyOptions = STUDY,
     counts: Optional[str] = typer.Option(None, "--counts", help="Object counts to evaluate, e.g. 0-10 (default: the config's)."),
     per_count: Optional[int] = typer.Option(None, "--per-count", min=1, help="Samples per count (default: the config's)."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Seed of the test conditionings and noise (default: the config's)."),
@@ -289,7 +327,7 @@ def evaluate(
     Options come from the config's [evaluate] section; results go to RUN/eval-<hash>/ (resumable),
     the detector is cached under <out_dir>/detectors.
     """
-    cfg = resolve_config(preset, config, set_, False)
+    cfg = study.load(print_and_exit=False)
     with fail_cleanly():
         ev = cfg.evaluate
         if counts is not None:
@@ -298,7 +336,7 @@ def evaluate(
             ev = dataclasses.replace(ev, per_count=per_count)
         if seed is not None:
             ev = dataclasses.replace(ev, seed=seed)
-        if dry_run:
+        if study.dry_run:
             typer.echo(json.dumps(to_dict(ev), indent=2))
             raise typer.Exit(0)
         rows = []
@@ -316,12 +354,10 @@ def evaluate(
 
 
 @app.command()
+@study_verb
 def locality(
     run: Path = RunArg,
-    preset: str = PresetOpt,
-    config: Optional[Path] = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
-    dry_run: bool = DryRunOpt,
+    study: StudyOptions = STUDY,
     sigmas: Optional[str] = typer.Option(None, "--sigmas", help="Comma-separated noise levels, e.g. 0.05,0.5,5 (default: the config's)."),
     scenes: Optional[int] = typer.Option(None, "--scenes", min=1, help="Test scenes to probe (default: the config's)."),
     pixels: Optional[int] = typer.Option(None, "--pixels", min=1, help="Probed output pixels per scene (default: the config's)."),
@@ -332,12 +368,12 @@ def locality(
     Options come from the config's [locality] section (or the flags); results go to
     RUN/locality-<hash>/ (a repeated call with the same options reuses them).
     """
-    extra = list(set_ or [])
+    extra = []
     if sigmas is not None:
         extra.append(f"locality.sigmas=[{sigmas}]")
     extra += [f"locality.{k}={v}" for k, v in (("scenes", scenes), ("pixels", pixels)) if v is not None]
-    cfg = resolve_config(preset, config, extra, False)
-    if dry_run:
+    cfg = study.load(*extra, print_and_exit=False)
+    if study.dry_run:
         typer.echo(json.dumps(to_dict(cfg.locality), indent=2))
         raise typer.Exit(0)
     with fail_cleanly():
@@ -370,14 +406,13 @@ def locality(
 
 
 @app.command()
+@study_verb
 def intervene(
     run: Path = RunArg,
     radius: float = typer.Option(3.0, "--radius", min=0.0, help="Window radius around each location, in pixels."),
     softness: float = typer.Option(0.5, "--softness", min=0.0, help="Width of the window's soft edge, in pixels."),
     name: Optional[str] = typer.Option(None, "--name", help="Name of the intervention folder (default: <run>-masked)."),
-    preset: str = PresetOpt,
-    config: Optional[Path] = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
+    study: StudyOptions = STUDY,
     locality_too: bool = typer.Option(True, "--locality/--no-locality", help="Also probe the intervention's locality."),
     device: str = DeviceOpt,
 ) -> None:
@@ -387,7 +422,7 @@ def intervene(
     is a folder beside the run (intervention.json, eval-*/, locality-*/) that every verb accepts;
     the study's [interventions.NAME] with the same base, radius and softness uses the same folder.
     """
-    cfg = resolve_config(preset, config, set_, False)
+    cfg = study.load()
     with fail_cleanly():
         run_cfg = read_run_config(run)
         spec = InterventionSpec(base=run_cfg.name, radius_px=radius, softness_px=softness,
@@ -458,12 +493,10 @@ def probe_diffusers_cmd(
 
 
 @app.command()
+@study_verb
 def report(
     study_dir: Optional[Path] = typer.Argument(None, help="A study's out_dir: redraw its report from its study_config.json."),
-    preset: str = PresetOpt,
-    config: Optional[Path] = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
-    dry_run: bool = DryRunOpt,
+    study: StudyOptions = STUDY,
 ) -> None:
     """(Re)write the study report from whatever the other stages have finished so far.
 
@@ -474,20 +507,17 @@ def report(
         if not saved.is_file():
             typer.secho(f"error: {saved} not found; is {study_dir} a study's out_dir?", fg=typer.colors.RED, err=True)
             raise typer.Exit(2)
-        cfg = resolve_config(None, saved, [f"out_dir={str(study_dir)!r}"] + list(set_ or []), dry_run)
-    else:
-        cfg = resolve_config(preset, config, set_, dry_run)
+        study = dataclasses.replace(study, preset=None, config=saved, sets=[f"out_dir={str(study_dir)!r}", *study.sets])
+    cfg = study.load()
     with fail_cleanly():
         path = report_study(cfg)
     typer.echo(f"report: {path} and {path.with_suffix('.html')}")
 
 
 @app.command()
+@study_verb
 def study(
-    preset: str = PresetOpt,
-    config: Optional[Path] = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
-    dry_run: bool = DryRunOpt,
+    study: StudyOptions = STUDY,
     only: Optional[str] = typer.Option(None, "--only", help="Comma-separated stages to run (data,train,evaluate,locality,emergence,report)."),
     report_to: Optional[str] = ReportToOpt,
 ) -> None:
@@ -495,12 +525,12 @@ def study(
 
     Finished work is cached by config hash: re-running skips it, an interrupted study resumes.
     """
-    cfg = resolve_config(preset, config, with_report_to(set_, report_to), False)
+    cfg = study.load(*with_report_to([], report_to), print_and_exit=False)
     with fail_cleanly():
         check_trackers(cfg, list(cfg.models))
         prediction = predict(cfg)
-    typer.echo("\n".join(["predicted cost on this machine (locodiff.stages.predict):", *prediction.lines()]), err=dry_run)
-    if dry_run:
+    typer.echo("\n".join(["predicted cost on this machine (locodiff.stages.predict):", *prediction.lines()]), err=study.dry_run)
+    if study.dry_run:
         typer.echo(json.dumps(to_dict(cfg), indent=2))
         raise typer.Exit(0)
     with fail_cleanly():
