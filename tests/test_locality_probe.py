@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from locodiff.conditioning import Conditioning
-from locodiff.locality.probe import ProbeSpec, probe_locality, sample_pixels, sampling_error
+from locodiff.locality.probe import ProbeSpec, SamplingErrorOptions, probe_locality, sample_pixels, sampling_error
 from locodiff.locality.result import LocalityResult, merge_results
 from locodiff.locality.stats import distance_maps, locations_to_pixels
 
@@ -139,7 +139,7 @@ def test_sampling_error_is_zero_with_every_pixel_and_small_with_a_sample():
     everything = sampling_error(net, images[:2], 0.5, cond[:2], 16 * 16, torch.Generator())
     assert everything.max_relative_error < 1e-5
     some = sampling_error(net, images[:2], 0.5, cond[:2], 24, torch.Generator().manual_seed(0),
-                          radii=(1.0, 2.0), quantiles=(0.5, 0.9))
+                          SamplingErrorOptions(radii=(1.0, 2.0), quantiles=(0.5, 0.9)))
     assert some.max_relative_error < 0.2
     assert all(se >= 0 for se in some.sampled_fraction_se)
 

@@ -12,6 +12,7 @@ from locodiff.diffusion import ScoreComposition
 from locodiff.errors import ConfigError
 from locodiff.analytic.toys import (
     RegionMixtureToy,
+    ToyOptions,
     compose_single_scores,
     measure_locality,
     squares_dataset,
@@ -35,7 +36,7 @@ def _x(seed: int = 0, scale: float = 0.7) -> torch.Tensor:
 @pytest.mark.parametrize("name", list(TOYS))
 @pytest.mark.parametrize("sigma", [0.05, 0.5])
 def test_closed_form_score_is_the_gradient_of_the_exact_log_density(name, sigma):
-    toy = RegionMixtureToy(**TOYS[name])
+    toy = RegionMixtureToy(ToyOptions(**TOYS[name]))
     x = _x().requires_grad_(True)
     cond = Conditioning(COND.locations.double(), COND.mask)
     (grad,) = torch.autograd.grad(toy.log_prob(x, sigma, cond).sum(), x)
@@ -58,7 +59,7 @@ def test_cpc_toy_has_a_local_conditional_score(sigma):
 
 @pytest.mark.parametrize("name", ["global_shift", "shared_sign"])
 def test_toys_that_break_cpc_have_no_local_conditional_score(name):
-    toy = RegionMixtureToy(**TOYS[name])
+    toy = RegionMixtureToy(ToyOptions(**TOYS[name]))
     assert not toy.is_cpc
     x = _x(1)
     check = measure_locality(toy, x, 0.3, COND, toy.regions(COND), toy.blocks(COND))
@@ -72,7 +73,7 @@ def test_toys_that_break_cpc_have_no_local_conditional_score(name):
 
 @pytest.mark.parametrize("name", list(TOYS))
 def test_composing_single_conditioner_scores_is_exact_only_for_cpc(name):
-    toy = RegionMixtureToy(**TOYS[name])
+    toy = RegionMixtureToy(ToyOptions(**TOYS[name]))
     x, sigma = _x(2), 0.3
     exact = toy.score(x, sigma, COND)
     composed = compose_single_scores(toy, x, sigma, COND)
@@ -94,7 +95,7 @@ def test_overlapping_regions_and_bad_shapes_are_rejected():
     with pytest.raises(InputError, match=r"\[B, 1, 8, 8\]"):
         toy.score(torch.zeros(1, 3, 8, 8), 0.5, COND[:1])
     with pytest.raises(ConfigError, match="radius_px"):
-        RegionMixtureToy(radius_px=0.0)
+        RegionMixtureToy(ToyOptions(radius_px=0.0))
 
 
 def test_squares_dataset_puts_each_square_on_its_conditioner():

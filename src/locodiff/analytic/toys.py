@@ -33,7 +33,7 @@ distributions where both sides can be computed exactly and compared:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +44,29 @@ from ..errors import ConfigError, InputError
 from ..locality.jacobian import conditioner_jacobian, full_pixel_jacobian
 
 
+@dataclass(frozen=True)
+class ToyOptions:
+    """The shape of a ``RegionMixtureToy``'s distribution."""
+
+    height: int = 8
+    width: int = 8
+    radius_px: float = 1.0  # region of a conditioner: pixels within this Chebyshev distance
+    amp: float = 0.8  # object amplitude at the location
+    bump_px: float = 1.0  # width of the object's Gaussian profile
+    object_var: float = 0.05  # per-pixel variance of each object component
+    background: float = 0.3  # background pixels are +-background ...
+    background_var: float = 0.05  # ... with this variance
+    global_shift: float = 0.0  # != 0 breaks CPC: conditioners shift every pixel
+    shared_sign: bool = False  # True breaks CPC: all objects share one mixture component
+
+    def __post_init__(self) -> None:
+        if self.height < 1 or self.width < 1:
+            raise ConfigError(f"image size {self.height}x{self.width}: expected positive sides")
+        for name in ("radius_px", "bump_px", "object_var", "background_var"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)}: expected > 0")
+
+
 class RegionMixtureToy(nn.Module):
     """An exact conditional distribution over ``[B, 1, H, W]`` images (see the module doc).
 
@@ -51,31 +74,11 @@ class RegionMixtureToy(nn.Module):
     samplers, composition wrappers and the locality probe run on it unchanged.
     """
 
-    def __init__(
-        self,
-        height: int = 8,
-        width: int = 8,
-        radius_px: float = 1.0,  # region of a conditioner: pixels within this Chebyshev distance
-        amp: float = 0.8,  # object amplitude at the location
-        bump_px: float = 1.0,  # width of the object's Gaussian profile
-        object_var: float = 0.05,  # per-pixel variance of each object component
-        background: float = 0.3,  # background pixels are +-background ...
-        background_var: float = 0.05,  # ... with this variance
-        global_shift: float = 0.0,  # != 0 breaks CPC: conditioners shift every pixel
-        shared_sign: bool = False,  # True breaks CPC: all objects share one mixture component
-    ) -> None:
+    def __init__(self, options: ToyOptions = ToyOptions()) -> None:
         super().__init__()
-        if height < 1 or width < 1:
-            raise ConfigError(f"image size {height}x{width}: expected positive sides")
-        for name, value in (("radius_px", radius_px), ("bump_px", bump_px),
-                            ("object_var", object_var), ("background_var", background_var)):
-            if not value > 0:
-                raise ConfigError(f"{name}={value}: expected > 0")
-        self.height, self.width = height, width
-        self.radius_px, self.amp, self.bump_px = radius_px, amp, bump_px
-        self.object_var, self.background_var = object_var, background_var
-        self.background = background
-        self.global_shift, self.shared_sign = global_shift, shared_sign
+        self.options = options
+        for f in fields(options):  # the distribution's numbers, read as the toy's own attributes
+            setattr(self, f.name, getattr(options, f.name))
 
     @property
     def is_cpc(self) -> bool:
@@ -202,7 +205,7 @@ class CountCoupledToy(nn.Module):
         super().__init__()
         if not var > 0 or (count_limit is not None and count_limit < 1):
             raise ConfigError(f"var={var} / count_limit={count_limit}: expected var > 0 and a limit >= 1")
-        self.geometry = RegionMixtureToy(height, width, radius_px, amp, bump_px)
+        self.geometry = RegionMixtureToy(ToyOptions(height, width, radius_px, amp, bump_px))
         self.var, self.count_limit = var, count_limit
 
     def amplitude(self, n: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from .jacobian import (
     parameter_jacobian,
     pixel_jacobian,
 )
-from .probe import ProbeSpec, SamplingError, probe_locality, sample_pixels, sampling_error
+from .probe import ProbeSpec, SamplingError, SamplingErrorOptions, probe_locality, sample_pixels, sampling_error
 from .result import LocalityResult, SigmaSummary, merge_results, summarize
 from .stats import (
     ConditionalLocality,
@@ -43,5 +43,5 @@ __all__ = [
     "conditioner_jacobian", "conditioner_sensitivity", "effective_radius", "full_pixel_jacobian",
     "hutchinson_mass", "mass_within", "merge_results", "naive_pixel_jacobian", "normal_mean",
     "parameter_jacobian", "pixel_jacobian", "pixel_locality", "probe_locality", "row_energy",
-    "sample_pixels", "sampling_error", "summarize",
+    "sample_pixels", "sampling_error", "SamplingErrorOptions", "summarize",
 ]

@@ -269,6 +269,19 @@ def row_statistics(energy: Tensor, pixels: Tensor, radii, quantiles) -> tuple[Te
     return f.mean(0), se(f), q.mean(0), se(q)
 
 
+@dataclass(frozen=True)
+class SamplingErrorOptions:
+    """What ``sampling_error`` compares: the statistics at these radii and quantiles, of this
+    target, in batches of these sizes (the full Jacobian's may differ)."""
+
+    radii: Sequence[float] = (1.0, 2.0, 4.0)
+    quantiles: Sequence[float] = DEFAULT_QUANTILES
+    target: Target = "score"
+    channels: Channels = "each"
+    chunk_size: int = 64
+    full_chunk_size: int | None = 64
+
+
 def sampling_error(
     denoiser: Denoiser,
     x: Tensor,
@@ -276,19 +289,15 @@ def sampling_error(
     cond: Conditioning,
     n_pixels: int,
     generator: torch.Generator,
-    *,
-    radii: Sequence[float] = (1.0, 2.0, 4.0),
-    quantiles: Sequence[float] = DEFAULT_QUANTILES,
-    target: Target = "score",
-    channels: Channels = "each",
-    chunk_size: int = 64,
-    full_chunk_size: int | None = 64,
+    options: SamplingErrorOptions = SamplingErrorOptions(),
 ) -> SamplingError:
     """How far the sampled-probe statistics are from the exact ones on the same input ``x``.
 
     Computes the full pixel Jacobian (expensive: H*W*C backward passes) — a validation tool for
     choosing ``n_pixels``, not part of a normal probe.
     """
+    radii, quantiles, target, channels = options.radii, options.quantiles, options.target, options.channels
+    chunk_size, full_chunk_size = options.chunk_size, options.full_chunk_size
     x = as_image_batch(x)
     b, _, h, w = x.shape
     pix = sample_pixels(h, w, n_pixels, generator, batch=b).to(x.device)
