@@ -262,3 +262,19 @@ def test_render_dry_run_prints_the_data_section():
     result = CliRunner().invoke(app, ["render", "--preset", "micro", "--dry-run"])
     assert result.exit_code == 0
     assert json.loads(result.output)["data"]["resolution"] == 16
+
+
+def test_processes_sharing_a_data_folder_never_race_on_the_write_probe(tmp_path):
+    """Two ``locodiff train`` of one study start together on one data folder: each proves the
+    folder writable with a probe file of its own name (a shared name made one of them fail)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from locodiff.scenes.dataset import ensure_writable
+
+    def prove(_):
+        for _ in range(200):
+            ensure_writable(tmp_path / "data")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(prove, range(8)))  # raises the first DataError, if any
+    assert list((tmp_path / "data").iterdir()) == []  # and leaves nothing behind

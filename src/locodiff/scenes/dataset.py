@@ -23,6 +23,7 @@ Train images hold 1..3 objects (``train_counts``, drawn uniformly per image); th
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -158,9 +159,8 @@ def ensure_writable(folder: Path) -> None:
     """Create ``folder`` and prove it accepts files, or raise a ``DataError`` naming it."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".locodiff-write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".locodiff-write-test-"):
+            pass  # a name of its own, so that processes sharing the folder never race on one file
     except OSError as e:
         raise DataError(
             f"cannot write to {str(folder)!r} ({e.strerror or e}); choose another output folder"
