@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from .errors import CheckpointError
-from .io import notice, sha256_file
+from .io import notice, save_tensors, sha256_file
 from .layout import CHECKPOINT_STATE
 
 CKPT_PREFIX = "ckpt-"
@@ -78,13 +78,13 @@ def save_checkpoint(
     final = ckpt_root / f"{CKPT_PREFIX}{state.images_seen:010d}"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=ckpt_root))
     try:
-        save_file(_state_dict_cpu(model), tmp / "model.safetensors")
+        save_tensors(_state_dict_cpu(model), tmp / "model.safetensors")
         if ema is not None:
-            save_file(_state_dict_cpu(ema), tmp / "ema.safetensors")
+            save_tensors(_state_dict_cpu(ema), tmp / "ema.safetensors")
         opt_tensors, opt_meta = _flatten_optimizer(opt)
-        save_file(opt_tensors, tmp / "optimizer.safetensors")
+        save_tensors(opt_tensors, tmp / "optimizer.safetensors")
         if extra:
-            save_file({k: v.detach().cpu().contiguous() for k, v in extra.items()}, tmp / "extra.safetensors")
+            save_tensors({k: v.detach().cpu().contiguous() for k, v in extra.items()}, tmp / "extra.safetensors")
         files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in sorted(tmp.iterdir())}
         meta = {"images_seen": state.images_seen, "step": state.step,
                 "config_hash": state.config_hash, "optimizer": opt_meta, "files": files}

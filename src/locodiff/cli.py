@@ -8,6 +8,7 @@ lives in the stage subpackages so that it can be called from Python just the sam
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import inspect
 import json
@@ -30,7 +31,7 @@ from .stages.evaluation import evaluate_run
 from .intervene.config import InterventionSpec
 from .hardware import fastest_dtype
 from .stages.subjects import subject_checkpoints, training_run, write_intervention
-from .io import atomic_path
+from .io import atomic_path, disk_full_message
 from .locality.extrapolation import ExtrapolationResult
 from .locality.result import LocalityResult, mean_normalised_index, mean_presence_index
 from .stages.probe import probe_run
@@ -139,7 +140,10 @@ def fail_cleanly():
     except (LocodiffError, OSError) as e:
         if _debug["on"]:
             raise
-        message = str(e) if isinstance(e, LocodiffError) else f"cannot read or write {e.filename!r}: {e.strerror or e}"
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            message = disk_full_message(e)
+        else:
+            message = str(e) if isinstance(e, LocodiffError) else f"cannot read or write {e.filename!r}: {e.strerror or e}"
         typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from safetensors import SafetensorError
+from safetensors.torch import save_file
 
 
 @contextmanager
@@ -86,3 +91,41 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def save_tensors(tensors: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' ``save_file``, with a full disk raised as the ``OSError`` it is, naming the file
+    (safetensors raises an error of its own that names neither)."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        if "No space left on device" in str(e) or "os error 28" in str(e):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise
+
+
+def final_name(path: str | os.PathLike | None) -> str:
+    """The file a temporary one stands for: ``.name.<random>.tmp`` (``atomic_path``) is ``name``;
+    a file in a checkpoint being written (``.tmp-ckpt-*``) is named as in the new checkpoint."""
+    if path is None:
+        return "a result file"
+    p = Path(path)
+    if p.parent.name.startswith(".tmp-ckpt-"):
+        return f"{p.name} of a new checkpoint in {p.parent.parent}"
+    parts = p.name.split(".")
+    if p.name.startswith(".") and p.name.endswith(".tmp") and len(parts) >= 4:
+        return str(p.parent / ".".join(parts[1:-2]))
+    return str(p)
+
+
+def disk_full_message(e: OSError) -> str:
+    """One line for a full disk: what was being written, how much space is free there, and that
+    nothing finished is lost (every stage writes atomically and resumes)."""
+    folder = Path(e.filename or ".").parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free / 2**20
+    return (f"the disk is full: writing {final_name(e.filename)} failed with {free:.1f} MiB free in {folder}; "
+            "nothing finished "
+            "is lost: free some space (or choose another out_dir) and run the same command again, it resumes "
+            "from the last complete checkpoint, shard or result")

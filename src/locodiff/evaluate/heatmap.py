@@ -39,13 +39,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..conditioning import pixel_centers
 from ..config import config_hash, to_dict
 from ..hardware import best_seconds
-from ..io import append_jsonl, atomic_path, notice, write_json_atomic
+from ..io import append_jsonl, atomic_path, notice, save_tensors, write_json_atomic
 from ..layout import DETECTOR_VERSION
 from ..progress import progress_bar
 from ..scenes import SceneBatch, SceneSampler, vocab
@@ -374,7 +374,7 @@ def save_detector(detector: HeatmapDetector, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "detector.safetensors") as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in detector.net.state_dict().items()}, str(tmp))
+        save_tensors({k: v.detach().cpu().contiguous() for k, v in detector.net.state_dict().items()}, str(tmp))
     write_json_atomic(folder / "detector.json", {"version": DETECTOR_VERSION, "config": asdict(detector.config)})
     return folder / "detector.safetensors"
 

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from ..conditioning import Conditioning, Prompt
 from ..errors import LocodiffError
-from ..io import atomic_path, write_json_atomic
+from ..io import atomic_path, save_tensors, write_json_atomic
 from ..progress import track
 from .feature_capture import Sensitivity, input_sensitivity
 from .figures import save_figure
@@ -168,7 +168,7 @@ def write_probe(result: dict, out_dir: str | Path) -> Path:
     if maps is not None:
 
         with atomic_path(out / "token_maps.safetensors") as tmp:
-            save_file({"maps": maps.contiguous()}, str(tmp))
+            save_tensors({"maps": maps.contiguous()}, str(tmp))
         save_figure(_token_map_figure(maps, result), out / "token_maps.png")
 
     fig, ax = plt.subplots(figsize=(5.0, 3.2))

@@ -16,11 +16,11 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from ..errors import InputError
-from ..io import atomic_path, notice, sha256_file, write_json_atomic
+from ..io import atomic_path, notice, save_tensors, sha256_file, write_json_atomic
 from ..layout import PROBE_SUMMARY
 from . import stats
 from .stats import CIMethod, Estimate, IndexSummary
@@ -125,7 +125,7 @@ class LocalityResult:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(directory / MAPS_FILE) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.arrays.items()}, str(tmp))
+            save_tensors({k: v.detach().cpu().contiguous() for k, v in self.arrays.items()}, str(tmp))
         maps = directory / MAPS_FILE
         record = {MAPS_FILE: {"bytes": maps.stat().st_size, "sha256": sha256_file(maps)}}
         write_json_atomic(directory / SUMMARY_FILE, {**self.to_dict(), "files": record})  # written last

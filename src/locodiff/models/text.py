@@ -26,12 +26,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..conditioning import Conditioning, Prompt
 from ..errors import InputError
-from ..io import write_json_atomic
+from ..io import save_tensors, write_json_atomic
 from ..scenes.captions import VOCABULARY, WordTokenizer, caption_ids, caption_length, phrase_index_of
 from .config import ModelConfig
 from .diffusers_unet import DiffusersDenoiser
@@ -170,7 +169,7 @@ def save_text_model(net: TextUNet, folder: str | Path) -> Path:
     DDPMScheduler.from_config(SCHEDULER_CONFIG).save_pretrained(tmp / "scheduler")
     (tmp / "text_encoder").mkdir()
     text = net.text
-    save_file({k: v.detach().contiguous().cpu() for k, v in text.state_dict().items()},
+    save_tensors({k: v.detach().contiguous().cpu() for k, v in text.state_dict().items()},
               str(tmp / "text_encoder" / TEXT_ENCODER_FILE))
     write_json_atomic(tmp / "text_encoder" / "config.json", {
         "dim": text.embed.embedding_dim, "layers": len(text.layers), "heads": text.heads,

@@ -29,13 +29,13 @@ from typing import Iterator
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..config import to_dict
 from ..errors import ConfigError, DataError
-from ..io import atomic_path, notice, sha256_file, write_json_atomic
+from ..io import atomic_path, notice, save_tensors, sha256_file, write_json_atomic
 from ..layout import dataset_root
 from ..progress import progress_bar
 from .renderers import renderer_for
@@ -208,7 +208,7 @@ def _write_shard(root: Path, split: str, name: str, tensors: dict[str, Tensor], 
     tensor_path, json_path = folder / f"{name}.safetensors", folder / f"{name}.json"
     with atomic_path(tensor_path) as tmp:
         # one metadata key: safetensors stores a map whose key order is not stable across runs
-        save_file(tensors, str(tmp), metadata={"locodiff": json.dumps(meta, sort_keys=True)})
+        save_tensors(tensors, str(tmp), metadata={"locodiff": json.dumps(meta, sort_keys=True)})
     write_json_atomic(json_path, {"scenes": scenes, **meta})
     for key, path in (("safetensors", tensor_path), ("json", json_path)):
         entry[key] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}

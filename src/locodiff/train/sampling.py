@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import save_file
 
 from ..conditioning import Conditioning
 from ..diffusion import ClassifierFreeGuidance
 from ..models import as_denoiser
 from ..imaging import image_grid, save_png
-from ..io import atomic_path
+from ..io import atomic_path, save_tensors
 from ..scenes.conditioners import make_conditioning
 from ..scenes.config import DataConfig
 from ..scenes.dataset import SceneSource
@@ -83,6 +82,6 @@ def sample_run(
                    out / "samples.png")
     tensors = out / "samples.safetensors"
     with atomic_path(tensors) as tmp:
-        save_file({"images": images.contiguous(), "locations": cond.locations.contiguous(),
+        save_tensors({"images": images.contiguous(), "locations": cond.locations.contiguous(),
                    "mask": cond.mask.contiguous()}, str(tmp))
     return [png, tensors]
