@@ -74,7 +74,8 @@ def test_the_pipeline_samples_what_locodiff_sample_gives(tmp_path, arch):
             "--seed", "5", "-o", str(tmp_path / "samples")]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    sampled = load_file(str(tmp_path / "samples" / "samples.safetensors"))["images"]
+    (tensors,) = [line for line in res.output.splitlines() if line.endswith(".safetensors")]
+    sampled = load_file(tensors)["images"]
     res = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "exported")])
     assert res.exit_code == 0 and "exported" in res.output, res.output
     pipe = LocodiffPipeline.from_pretrained(tmp_path / "exported")
@@ -134,3 +135,50 @@ def test_attributes_are_given_by_name_or_index():
         location_conditioning([[(0.2, 0.3)]], [[("pink", "cube", "large", "metal")]])
     with pytest.raises(InputError, match="one .* per location"):
         location_conditioning([[(0.2, 0.3)]], [[]])
+
+
+def test_sample_names_its_files_by_what_was_asked(tmp_path):
+    """Two requests never overwrite each other's files; the same request writes the same names."""
+    run = trained_run(tmp_path, "cross_attention")
+    common = ["--per-count", "2", "--steps", "2", "-o", str(tmp_path / "s")]
+    outputs = []
+    for extra in (["--counts", "1-2"], ["--counts", "1-2", "--seed", "1"], ["--locations", "[[0.3,0.6]]"],
+                  ["--counts", "1-2"]):
+        res = CliRunner().invoke(app, ["sample", str(run), *extra, *common])
+        assert res.exit_code == 0, res.output
+        outputs.append(res.output.split())
+    assert outputs[0] == outputs[3] and len({tuple(o) for o in outputs}) == 3
+    assert Path(outputs[0][0]).name.startswith("samples-k1-2-") and Path(outputs[2][0]).name.startswith("samples-locations-")
+    assert len(list((tmp_path / "s").glob("*.png"))) == 3
+
+
+@pytest.mark.parametrize("locations", ["[0.3,0.6]", "[[0.3,0.6],[0.7]]", "[[0.3,\"a\"]]", "[[0.3,0.6,0.1]]", "{}"])
+def test_a_malformed_location_list_is_one_line(tmp_path, locations):
+    run = trained_run(tmp_path, "cross_attention")
+    res = CliRunner().invoke(app, ["sample", str(run), "--locations", locations, "--steps", "2"])
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and "Traceback" not in res.output, res.output
+    assert "expected" in errors[0] and "--locations" in errors[0]
+
+
+def test_the_pipeline_says_what_shape_its_locations_take(tmp_path):
+    pipe = LocodiffPipeline.from_pretrained(export_run(trained_run(tmp_path, "cross_attention"), tmp_path / "e"))
+    for bad in ([[(0.5,)]], [(0.3, 0.6)], "0.3,0.6"):
+        with pytest.raises(ValueError, match=r"expected"):
+            pipe(locations=bad, num_inference_steps=1)
+
+
+def test_an_intervention_folder_samples_from_the_command_line(tmp_path):
+    from locodiff.intervene.config import InterventionSpec
+    from locodiff.stages.subjects import write_intervention
+
+    run = trained_run(tmp_path, "cross_attention")
+    masked = tmp_path / "exp3_masked"
+    write_intervention(masked, InterventionSpec(base="cross_attention", radius_px=2.0), run)
+    args = ["--locations", "[[0.3,0.6],[0.7,0.4]]", "--per-count", "2", "--steps", "2", "--seed", "3"]
+    outs = {}
+    for name, folder in (("base", run), ("masked", masked)):
+        res = CliRunner().invoke(app, ["sample", str(folder), *args, "-o", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+        outs[name] = load_file([line for line in res.output.split() if line.endswith(".safetensors")][0])["images"]
+    assert outs["masked"].shape == outs["base"].shape and not torch.equal(outs["masked"], outs["base"])

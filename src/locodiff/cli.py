@@ -26,11 +26,12 @@ from . import __version__, layout
 from .adapters.diffusers_unet import load_diffusers_unet
 from .locality.diffusers_probe import DiffusersProbeSpec, load_prompt_file, probe_diffusers, summary_lines, write_probe
 from .config import to_dict
+from .conditioning import check_points
 from .errors import LocodiffError
 from .stages.evaluation import evaluate_run
 from .intervene.config import InterventionSpec
 from .hardware import fastest_dtype
-from .stages.subjects import subject_checkpoints, training_run, write_intervention
+from .stages.subjects import load_subject, subject_checkpoints, training_run, write_intervention
 from .io import atomic_path, disk_full_message
 from .locality.extrapolation import ExtrapolationResult
 from .locality.result import LocalityResult, mean_normalised_index, mean_presence_index
@@ -45,7 +46,7 @@ from .stages.config import PRESETS, StudyConfig, load_study_config
 from .checkpoints import no_checkpoint, read_state
 from .train.run_folder import read_run_config
 from .train.run import is_main_process, train_run
-from .train.sampling import sample_run
+from .train.sampling import SampleRequest, sample_run
 from .tracking import resolved_report_to
 
 app = typer.Typer(
@@ -255,7 +256,7 @@ def export_scenes(
 
 @app.command()
 def sample(
-    run: Path = typer.Argument(..., help="A training run folder."),
+    run: Path = typer.Argument(..., help="A training run or intervention folder (<out_dir>/models/<name>-<hash>)."),
     locations: Optional[str] = typer.Option(None, "--locations", help='JSON list of (x, y) in [0, 1], e.g. "[[0.3,0.6],[0.7,0.4]]".'),
     counts: str = typer.Option("1-3", "--counts", help="Object counts to sample when no --locations are given, e.g. 0-10."),
     per_count: int = typer.Option(8, "--per-count", min=1, help="Images per count (or per location set)."),
@@ -264,16 +265,18 @@ def sample(
     seed: int = typer.Option(0, "--seed", min=0, help="Seed for noise and test scenes."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: RUN/samples)."),
 ) -> None:
-    """Sample images from a trained run: a PNG grid (one row per count) and a .safetensors file."""
+    """Sample images from a trained run or an intervention: a PNG grid (one row per count) and a
+    .safetensors file, named by what was asked (samples-k1-3-<hash>, samples-locations-<hash>)."""
     with fail_cleanly():
-        loc_list = None
+        points = None
         if locations is not None:
             try:
-                loc_list = json.loads(locations)
+                points = tuple(check_points(json.loads(locations), "--locations"))
             except json.JSONDecodeError as e:
                 raise LocodiffError(f"--locations is not valid JSON: {e}") from None
-        paths = sample_run(run, out or run / "samples", loc_list, parse_counts(counts), per_count,
-                           steps, guidance, seed)
+        request = SampleRequest(points, tuple(parse_counts(counts)), per_count, steps, guidance, seed)
+        denoiser, run_cfg = load_subject(run)
+        paths = sample_run(denoiser, run_cfg.data, out or run / "samples", request)
     for p in paths:
         typer.echo(str(p))
 

@@ -13,6 +13,7 @@ the unconditional background in score composition.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -22,6 +23,30 @@ from .errors import ConfigError, InputError
 
 # Order of the attribute columns in ``Conditioning.attributes``.
 ATTRIBUTE_NAMES = ("color", "shape", "size", "material")
+
+
+SHAPE_HINT = "a list with one list of [x, y] pairs per image, e.g. [[[0.3, 0.6], [0.7, 0.4]]]"
+
+
+def check_list(value, what: str) -> list:
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__") or not hasattr(value, "__iter__"):
+        raise InputError(f"{what} is {value!r}: expected {SHAPE_HINT}")
+    return list(value)
+
+
+def check_points(points, where: str) -> list[tuple[float, float]]:
+    """One image's locations as (x, y) floats, or an ``InputError`` naming the bad one."""
+    out = []
+    for j, p in enumerate(check_list(points, f"the locations of {where}")):
+        try:
+            pair = tuple(float(v) for v in check_list(p, "a location"))
+        except (TypeError, ValueError, InputError):
+            pair = ()
+        if len(pair) != 2 or not all(math.isfinite(v) for v in pair):
+            raise InputError(f"location {j} of {where} is {p!r}: expected [x, y] (x = column, y = row from "
+                             "the top, both in [0, 1])")
+        out.append(pair)
+    return out
 
 
 @dataclass
@@ -57,7 +82,10 @@ class Conditioning:
     def from_lists(
         cls, locations: list[list[tuple[float, float]]], max_conditioners: int | None = None
     ) -> "Conditioning":
-        """Build from per-image lists of (x, y) locations; pads to the longest list."""
+        """Build from per-image lists of (x, y) locations; pads to the longest list. Anything else
+        (a flat pair, a point without two coordinates, a number that is not one) is an
+        ``InputError`` (a ``ValueError``) naming where and what shape was expected."""
+        locations = [check_points(pts, f"image {b}") for b, pts in enumerate(check_list(locations, "locations"))]
         n = max([len(l) for l in locations] + [max_conditioners or 0, 1])
         loc = torch.zeros(len(locations), n, 2)
         mask = torch.zeros(len(locations), n, dtype=torch.bool)

@@ -40,7 +40,7 @@ def attribute_indices(obj: Sequence[str | int]) -> list[int]:
 
 
 def location_conditioning(locations: list[list[Location]], attributes: list[list] | None) -> Conditioning:
-    cond = Conditioning.from_lists([[tuple(map(float, p)) for p in image] for image in locations])
+    cond = Conditioning.from_lists(locations)  # checks the shape: a ValueError naming what it expected
     if attributes is not None:
         if [len(a) for a in attributes] != [len(image) for image in locations]:
             raise InputError("attributes: give one (colour, shape, size, material) per location")

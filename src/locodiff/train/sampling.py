@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from ..conditioning import Conditioning
+from ..config import config_hash
 from ..diffusion import ClassifierFreeGuidance
 from ..models import as_denoiser
 from ..imaging import image_grid, save_png
@@ -16,7 +18,6 @@ from ..scenes.conditioners import make_conditioning
 from ..scenes.config import DataConfig
 from ..scenes.dataset import SceneSource
 from ..scenes.scene import SceneBatch
-from .run_folder import load_denoiser
 from ..diffusion.samplers import sample_in_batches
 
 
@@ -62,26 +63,42 @@ def training_grid(net, data: DataConfig, images_seen: int, out_dir: Path, steps:
     return save_png(image_grid(images, nrow=per_count, scale=scale), Path(out_dir) / f"grid-{images_seen:010d}.png")
 
 
-def sample_run(
-    run: Path, out: Path, locations: list | None, counts: Sequence[int], per_count: int,
-    steps: int = 18, guidance: float = 1.0, seed: int = 0,
-) -> list[Path]:
-    """Sample a run for explicit ``locations`` or for test scenes with each of ``counts`` objects."""
-    denoiser, cfg = load_denoiser(Path(run))
-    res = cfg.data.resolution
-    if locations is not None:
-        cond = Conditioning.from_lists([[tuple(p) for p in locations]] * per_count)
+@dataclass(frozen=True)
+class SampleRequest:
+    """What ``locodiff sample`` was asked: explicit ``locations`` (one image's (x, y) list, drawn
+    ``per_count`` times) or test scenes with each of ``counts`` objects."""
+
+    locations: tuple[tuple[float, float], ...] | None
+    counts: tuple[int, ...] = (1, 2, 3)
+    per_count: int = 8
+    steps: int = 18
+    guidance: float = 1.0
+    seed: int = 0
+
+    def name(self) -> str:
+        """A file name stem that says what was asked: ``samples-k1-3-<hash>`` or
+        ``samples-locations-<hash>``, the hash over every option, so two requests never share one."""
+        what = "locations" if self.locations is not None else "k" + "-".join(map(str, self.counts))
+        return f"samples-{what}-{config_hash(asdict(self))[:8]}"
+
+
+def sample_run(denoiser, data: DataConfig, out: Path, request: SampleRequest) -> list[Path]:
+    """Sample ``denoiser`` (a run's or an intervention's) as ``request`` asks: a PNG grid (one row
+    per count) and the images, locations and mask in a .safetensors file, named by the request."""
+    res = data.resolution
+    if request.locations is not None:
+        cond = Conditioning.from_lists([list(request.locations)] * request.per_count)
         rows = 1
     else:
-        _, cond = requested_scenes(cfg.data, counts, per_count, seed)
-        rows = len(counts)
-    images = generate(denoiser, cond, res, steps, guidance, seed)
+        _, cond = requested_scenes(data, request.counts, request.per_count, request.seed)
+        rows = len(request.counts)
+    images = generate(denoiser, cond, res, request.steps, request.guidance, request.seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     png = save_png(image_grid(images, nrow=len(images) // rows, scale=max(1, 128 // res)),
-                   out / "samples.png")
-    tensors = out / "samples.safetensors"
+                   out / f"{request.name()}.png")
+    tensors = out / f"{request.name()}.safetensors"
     with atomic_path(tensors) as tmp:
         save_tensors({"images": images.contiguous(), "locations": cond.locations.contiguous(),
-                   "mask": cond.mask.contiguous()}, str(tmp))
+                      "mask": cond.mask.contiguous()}, str(tmp))
     return [png, tensors]
