@@ -182,3 +182,36 @@ def test_an_intervention_folder_samples_from_the_command_line(tmp_path):
         assert res.exit_code == 0, res.output
         outs[name] = load_file([line for line in res.output.split() if line.endswith(".safetensors")][0])["images"]
     assert outs["masked"].shape == outs["base"].shape and not torch.equal(outs["masked"], outs["base"])
+
+
+def test_the_export_is_a_model_card_a_hub_would_show(tmp_path):
+    """Metadata header, the coordinate convention, the training range, recall per k from the run's
+    evaluation of that checkpoint, the paper; files readable by others; the source path relative."""
+    from locodiff.evaluate.config import EvalConfig
+    from locodiff.evaluate.oracle import FixedImageDenoiser
+    from locodiff.evaluate.runner import build_detector, evaluate_denoiser
+    from locodiff.layout import eval_dir
+
+    run = trained_run(tmp_path, "cross_attention")
+    ev = EvalConfig(counts=(1, 2), per_count=2, steps=2, detector="color", grid_per_count=0)
+    out = eval_dir(run, ev, "ckpt-0000000064")
+    detector = build_detector(DataConfig(resolution=16, supersample=1), ev, 16, tmp_path / "det")
+    evaluate_denoiser(FixedImageDenoiser(torch.zeros(3, 16, 16)), detector,
+                      lambda k, n, g: Conditioning.from_lists([[(0.2, 0.2), (0.8, 0.8)][:k]] * n), 16, out, ev, progress=False)
+    folder = export_run(run, tmp_path / "exported")
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: diffusers\n") and "x the column and y the row from the top" in card
+    assert "with 1–3 objects each" in card and "| recall | 0.00 | 0.00 |" in card and "2509.16447" in card
+    source = json.loads((folder / "locodiff.json").read_text())
+    assert not Path(source["run"]).is_absolute() and (folder / source["run"]).resolve() == run.resolve()
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in folder.rglob("*") if p.is_file())
+
+
+def test_exporting_an_intervention_says_what_to_do(tmp_path):
+    from locodiff.intervene.config import InterventionSpec
+    from locodiff.stages.subjects import write_intervention
+
+    run = trained_run(tmp_path, "cross_attention")
+    write_intervention(tmp_path / "masked", InterventionSpec(base="cross_attention", radius_px=2.0), run)
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "masked"), str(tmp_path / "out")])
+    assert res.exit_code == 2 and "is an intervention" in res.output and "locodiff sample" in res.output

@@ -294,6 +294,9 @@ def export(
             from .export import export_run  # needs the optional diffusers dependency
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise LocodiffError(f"locodiff export needs diffusers ({e}): pip install 'locodiff[diffusers]'") from None
+        if (run / layout.INTERVENTION).is_file():
+            raise LocodiffError(f"{run} is an intervention (a masked composition of {training_run(run)}): export "
+                                "writes training runs for now; sample it with `locodiff sample`, or export its base run")
         start = time.perf_counter()
         folder = export_run(run, out, checkpoint, ema=not raw)
     typer.echo(f"exported {run} to {folder} in {time.perf_counter() - start:.1f} s; "

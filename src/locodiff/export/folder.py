@@ -3,8 +3,8 @@
     OUT/model_index.json                         the pipeline (LocodiffPipeline) and its parts
     OUT/model/config.json                        the network's ModelConfig and resolution
     OUT/model/diffusion_pytorch_model.safetensors the weights (EMA by default)
-    OUT/locodiff.json                            where it came from: run, checkpoint, images seen
-    OUT/README.md                                how to load and sample it
+    OUT/locodiff.json                            where it came from: run (relative to OUT), checkpoint, images seen
+    OUT/README.md                                a model card: what it is, its conditioning, data, recall per k
 
 A diffusers user loads it with ``LocodiffPipeline.from_pretrained(OUT)`` without knowing the run
 layout. The folder appears whole or not at all; an existing folder is replaced only when it is an
@@ -14,13 +14,19 @@ earlier export (nothing else is ever overwritten).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from .. import __version__
-from ..config import to_dict
-from ..errors import CheckpointError
+from ..config import from_dict, to_dict
+from ..errors import CheckpointError, LocodiffError
+from ..evaluate.config import EvalConfig
+from ..evaluate.metrics import default_tolerance_px
+from ..evaluate.runner import EvalResult
+from ..layout import eval_dir
+from ..models import describe
 from ..io import write_json_atomic, write_text_atomic
 from ..checkpoints import latest_checkpoint, load_weights, no_checkpoint, read_state
 from ..train.run_folder import read_run_config
@@ -29,10 +35,26 @@ from .pipeline import LocodiffPipeline
 
 SOURCE = "locodiff.json"
 
-CARD = """# {name}: a locodiff model
+CARD = """---
+library_name: diffusers
+tags:
+- locodiff
+- compositional-generalization
+- clevr
+- location-conditioned
+---
 
-A `{arch}` network trained by locodiff {version} on {resolution}x{resolution} CLEVR-like scenes
-(label policy `{label_policy}`, {images_seen} training images, {weights} weights).
+# {name}: a locodiff model
+
+A `{arch}` network trained by locodiff {version} on
+{resolution}x{resolution} CLEVR-like scenes. It draws objects where it is asked to:
+{conditioning}.
+
+- **Training data**: {train_images} rendered scenes with {train_counts} objects each (label
+  policy `{label_policy}`: {policy_words}); {images_seen} training images seen; {weights} weights.
+- **Network**: {note}.
+{evaluation}
+## Load and sample
 
 ```python
 import torch
@@ -44,7 +66,17 @@ images = pipe({example}, num_inference_steps=18,
 ```
 
 `pipe.model(x, sigma, cond)` is the Denoiser itself (images in [-1, 1]), for locodiff's probes.
+
+## Why it exists
+
+Bradley, *Local Mechanisms of Compositional Generalization in Conditional Diffusion*
+(arXiv 2509.16447): a model trained on a few objects draws more than it ever saw exactly when its
+score is local (each pixel depends on nearby pixels and on the conditioners near it). locodiff
+trains, evaluates and probes such models; this one comes from a locodiff study.
 """
+
+POLICY_WORDS = {"all": "every object in an image is a conditioner",
+                "one": "one random object per image is a conditioner, the others are unlabelled clutter"}
 
 
 def export_run(run: str | Path, out: str | Path, checkpoint: str | Path | None = None, ema: bool = True) -> Path:
@@ -58,14 +90,15 @@ def export_run(run: str | Path, out: str | Path, checkpoint: str | Path | None =
         raise CheckpointError(f"{out} exists and is not an earlier locodiff export; choose a new folder")
     model = LocodiffModel(network_config=to_dict(cfg.model), resolution=cfg.data.resolution)
     load_weights(model.network, ckpt / ("ema.safetensors" if ema else "model.safetensors"))
-    source = {"run": str(run.resolve()), "checkpoint": ckpt.name, "images_seen": read_state(ckpt)["images_seen"],
+    source = {"run": Path(os.path.relpath(run.resolve(), out.resolve())).as_posix(), "checkpoint": ckpt.name, "images_seen": read_state(ckpt)["images_seen"],
               "weights": "ema" if ema else "raw", "label_policy": cfg.label_policy, "locodiff_version": __version__}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         LocodiffPipeline(model.eval()).save_pretrained(tmp, safe_serialization=True)
         write_json_atomic(tmp / SOURCE, source)
-        write_text_atomic(tmp / "README.md", model_card(cfg, source, out))
+        write_text_atomic(tmp / "README.md", model_card(cfg, source, out, evaluation_of(run, ckpt.name)))
+        readable_by_all(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -74,12 +107,55 @@ def export_run(run: str | Path, out: str | Path, checkpoint: str | Path | None =
     return out
 
 
-def model_card(cfg, source: dict, out: Path) -> str:
+def readable_by_all(folder: Path) -> None:
+    """Give an export the modes any other folder gets (its temporary folder was owner-only)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def evaluation_of(run: Path, checkpoint: str) -> EvalResult | None:
+    """The run's evaluation of this checkpoint, if one was made (the one with the most counts)."""
+    found = []
+    for folder in run.glob("eval-*"):
+        try:
+            settings = json.loads((folder / "eval_config.json").read_text())
+            config = from_dict(EvalConfig, settings["config"])
+        except (OSError, ValueError, KeyError, LocodiffError):
+            continue
+        result = EvalResult.load(folder) if eval_dir(run, config, checkpoint) == folder else None
+        if result is not None:
+            found.append(result)
+    return max(found, key=lambda r: len(r.per_k), default=None)
+
+
+def evaluation_lines(result: EvalResult | None) -> str:
+    if result is None:
+        return "- **Evaluation**: none yet (`locodiff evaluate RUN` measures recall per requested count).\n"
+    ks = sorted(k for k in result.per_k if k >= 1)
+    cells = " | ".join(f"{result.per_k[k].recall:.2f}" if result.per_k[k].recall is not None else "–" for k in ks)
+    return ("- **Evaluation** (recall: the share of requested objects drawn within "
+            f"{result.config.tolerance_px or default_tolerance_px(result.resolution):g} px, "
+            f"{result.config.per_count} samples per k, "
+            f"{result.detector} detector):\n\n| k | {' | '.join(map(str, ks))} |\n"
+            f"|---|{'---|' * len(ks)}\n| recall | {cells} |\n")
+
+
+def model_card(cfg, source: dict, out: Path, evaluation: EvalResult | None = None) -> str:
     captions = cfg.model.arch == "diffusers_text"
     example = ('captions=["large red metal cube top left"]' if captions
                else "locations=[[(0.3, 0.6), (0.7, 0.4)]]")
+    conditioning = ("a caption names each object and its coarse place (e.g. \"large red metal cube top left\")"
+                    if captions else "one (x, y) per object, x the column and y the row from the top, both in "
+                    "[0, 1]; an image may ask for any number of objects, 0 included")
+    counts = cfg.data.train_counts
     return CARD.format(name=cfg.name, arch=cfg.model.arch, version=__version__, resolution=cfg.data.resolution,
-                       label_policy=cfg.label_policy, images_seen=source["images_seen"], weights=source["weights"],
+                       conditioning=conditioning, train_images=cfg.data.train_images,
+                       train_counts=f"{min(counts)}–{max(counts)}" if len(counts) > 1 else str(counts[0]),
+                       label_policy=cfg.label_policy, policy_words=POLICY_WORDS.get(cfg.label_policy, ""),
+                       images_seen=source["images_seen"], weights=source["weights"],
+                       note=describe(cfg.model).note, evaluation=evaluation_lines(evaluation),
                        folder=out.name, example=example)
 
 
