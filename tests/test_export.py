@@ -215,3 +215,28 @@ def test_exporting_an_intervention_says_what_to_do(tmp_path):
     write_intervention(tmp_path / "masked", InterventionSpec(base="cross_attention", radius_px=2.0), run)
     res = CliRunner().invoke(app, ["export", str(tmp_path / "masked"), str(tmp_path / "out")])
     assert res.exit_code == 2 and "is an intervention" in res.output and "locodiff sample" in res.output
+
+
+def test_the_pipeline_in_half_precision_and_as_diffusers_users_call_it(tmp_path, caplog):
+    """bf16 by ``.to`` or ``torch_dtype`` samples (close to fp32) without diffusers' float32 warning;
+    ``num_images_per_prompt`` repeats each request; no generator means fresh noise."""
+    folder = export_run(trained_run(tmp_path, "cross_attention"), tmp_path / "e")
+    pipe = LocodiffPipeline.from_pretrained(folder)
+    call = dict(locations=[[(0.3, 0.6)], [(0.5, 0.5)]], num_inference_steps=3, output_type="pt")
+    ref = pipe(**call, generator=torch.Generator().manual_seed(1)).images
+    with caplog.at_level("WARNING"):
+        pipe.to(torch.bfloat16)
+    assert "float32" not in caplog.text
+    for half in (pipe, LocodiffPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16)):
+        out = half(**call, generator=torch.Generator().manual_seed(1)).images
+        assert half.model.dtype == torch.bfloat16 and out.dtype == torch.float32
+        assert (out - ref).abs().max() < 0.1
+    pipe.to(torch.float32)
+    twice = pipe(**call, num_images_per_prompt=2, generator=torch.Generator().manual_seed(1)).images
+    assert twice.shape[0] == 4
+    fresh = [pipe(**call).images for _ in range(2)]
+    assert not torch.equal(fresh[0], fresh[1])
+    torch.manual_seed(3)
+    again = pipe(**call).images
+    torch.manual_seed(3)
+    assert torch.equal(again, pipe(**call).images)

@@ -8,8 +8,10 @@ preconditioning included, as ``load_denoiser`` gives it), so every locodiff tool
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import Tensor
@@ -53,8 +55,23 @@ class LocodiffModel(ModelMixin, ConfigMixin):
         return self.network.conditioned_on
 
     def forward(self, x: Tensor, sigma: Tensor | float, cond: Conditioning) -> Tensor:
-        """The denoised image ``x0`` (images in [-1, 1]), as ``load_denoiser``'s Denoiser gives it."""
-        return as_denoiser(self.network)(x, sigma, cond)
+        """The denoised image ``x0`` (images in [-1, 1]), as ``load_denoiser``'s Denoiser gives it.
+        With weights in bf16 or fp16 (``pipe.to(torch.bfloat16)``, ``torch_dtype=``) the network runs
+        under autocast in that dtype, the preconditioning's skip terms and the result in ``x``'s."""
+        low = self.dtype in (torch.bfloat16, torch.float16)
+        with torch.autocast(x.device.type, dtype=self.dtype, enabled=low):
+            return as_denoiser(self.network)(x, sigma, cond)
+
+    def to(self, *args, **kwargs):
+        """``nn.Module.to``, without diffusers' warning about modules to keep in float32 (it warns
+        on every dtype change, and this model has none)."""
+        log = logging.getLogger("diffusers.models.modeling_utils")
+        level = log.level
+        log.setLevel(logging.ERROR)
+        try:
+            return super().to(*args, **kwargs)
+        finally:
+            log.setLevel(level)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> "LocodiffModel":

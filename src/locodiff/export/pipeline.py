@@ -20,7 +20,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from torch import Tensor
 
-from ..conditioning import Conditioning
+from ..conditioning import Conditioning, check_list
 from ..diffusion import ClassifierFreeGuidance
 from ..diffusion.samplers import sample_heun, sample_in_batches
 from ..errors import CheckpointError, InputError
@@ -76,13 +76,24 @@ class LocodiffPipeline(DiffusionPipeline):
         self, locations: list[list[Location]] | None = None, captions: list[str] | None = None,
         attributes: list[list] | None = None, num_inference_steps: int = 18, guidance_scale: float = 1.0,
         generator: torch.Generator | None = None, output_type: str = "pil", return_dict: bool = True,
+        num_images_per_prompt: int = 1,
     ):
-        """One image per entry of ``locations`` (a list of (x, y) in [0, 1] per image, optional
-        ``attributes`` per object) or of ``captions``. ``output_type``: "pil", "np" (HWC in [0, 1])
-        or "pt" (BCHW in [0, 1]). Noise comes from ``generator`` (a CPU generator) in order."""
+        """``num_images_per_prompt`` images per entry of ``locations`` (a list of (x, y) in [0, 1] per
+        image, x the column and y the row from the top; optional ``attributes`` per object) or of
+        ``captions``. ``output_type``: "pil", "np" (HWC in [0, 1]) or "pt" (BCHW in [0, 1]). Noise
+        comes from ``generator`` (a CPU generator) in order; without one, fresh noise drawn from
+        torch's global generator (``torch.manual_seed`` repeats it)."""
         if (locations is None) == (captions is None):
             raise InputError("give locations (a list of (x, y) lists, one per image) or captions, not both")
-        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise InputError(f"num_images_per_prompt={num_images_per_prompt!r}: expected an integer >= 1")
+        repeat = num_images_per_prompt
+        locations = None if locations is None else [im for im in check_list(locations, 'locations')
+                                                    for _ in range(repeat)]
+        attributes = None if attributes is None else [a for a in attributes for _ in range(repeat)]
+        captions = None if captions is None else [c for c in captions for _ in range(repeat)]
+        if generator is None:
+            generator = torch.Generator().manual_seed(int(torch.randint(2**62, ()).item()))
         if captions is not None:
             images = self._sample_captions(list(captions), num_inference_steps, guidance_scale, generator)
         else:
