@@ -5,6 +5,7 @@ an evaluation's saved records; your own Denoiser is probed without a run folder.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,3 +122,24 @@ def test_probing_your_own_denoiser():
     # a 3x3 blur: all of the score's Jacobian mass within the 3x3 window (its corners are 1.41 px
     # away, radii are Euclidean), some of it beyond 1 px
     assert fraction[1.5] == pytest.approx(1.0, abs=1e-6) and fraction[1.0] < 1 - 1e-3
+
+
+def test_the_readme_python_example_runs(toy_study):
+    """The README's Python API block, on a run of the toy study (16 px images)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    run = toy_study.run_dir("toy")
+    code = code.replace("runs/quick/models/exp1-<hash>", str(run)).replace("(1, 3, 32, 32)", "(1, 3, 16, 16)")
+    code = code.replace("print(", "found = (")
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert {"index", "normalised", "chance"} <= set(scope["found"])
+
+
+def test_the_entry_points_import_from_the_package():
+    import locodiff
+
+    assert set(locodiff.__all__) >= {"load_subject", "probe_locality", "probe_extrapolation", "evaluate_model"}
+    assert all(callable(getattr(locodiff, name)) for name in locodiff.__all__[1:])
+    with pytest.raises(AttributeError):
+        locodiff.not_an_entry_point

@@ -27,6 +27,7 @@ from locodiff.evaluate.runner import evaluation_dir
 from locodiff.stages.subjects import base_run_folder, subject_checkpoint, training_run
 from locodiff.locality.result import mean_normalised_index
 from locodiff.report.explorer import quantized_map
+from locodiff.locality.extrapolation import ExtrapolationResult
 from locodiff.stages.predict import predict
 from locodiff.stages.study import run_study
 from locodiff.stages.config import PRESETS, load_study_config
@@ -628,6 +629,10 @@ def test_the_trackers_show_what_the_result_files_hold(finished):
     probe = layout.probe_dir(folder, finished.locality, checkpoint)
     at = {e.step: e.value for e in acc.Scalars("locality/normalised index")}
     assert at[images_seen] == pytest.approx(mean_normalised_index(json.loads((probe / "summary.json").read_text())), rel=1e-6)
+    extrapolation = ExtrapolationResult.load(probe)  # the headline: efficacy per k where generalization is asked
+    logged = [k for k in extrapolation.per_k if f"locality/efficacy k={k:02d}" in acc.Tags()["scalars"]]
+    assert logged and all({e.step: e.value for e in acc.Scalars(f"locality/efficacy k={k:02d}")}[images_seen]
+                          == pytest.approx(extrapolation.band("efficacy", k).mean, rel=1e-6) for k in logged)
     grid = acc.Images("samples/grid (rows: 1, 2, 3, 5, 8 objects)")[-1]
     assert Image.open(io.BytesIO(grid.encoded_image_string)).size == Image.open(max((folder / "samples").glob("grid-*.png"))).size
 

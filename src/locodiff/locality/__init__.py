@@ -5,9 +5,13 @@ locality) and only on nearby conditioners (conditional locality)?
 - ``stats``: mass fractions, effective radii, the conditional-locality index, confidence intervals;
 - ``probe``: ``probe_locality(denoiser, images, conds, ProbeSpec(...), generator)`` -> a
   ``LocalityResult`` (``result``: save/load/summaries/merge);
+- ``extrapolation``: ``probe_extrapolation(denoiser, scenes, ExtrapolationOptions(...), generator)``
+  where generalization is asked: each conditioner's efficacy and far residual at k = 1..10;
 - ``figures``: heat maps and curves from saved results (imported on demand: needs matplotlib).
 """
 
+from .config import ExtrapolationOptions, SceneDraw
+from .extrapolation import ExtrapolationResult, probe_extrapolation
 from .jacobian import (
     MassEstimate,
     colored_pixel_jacobian,
@@ -37,7 +41,8 @@ from .stats import (
 )
 
 __all__ = [
-    "ConditionalLocality", "Estimate", "IndexSummary", "LocalityResult", "ProbeSpec",
+    "ConditionalLocality", "Estimate", "ExtrapolationOptions", "ExtrapolationResult", "SceneDraw",
+    "probe_extrapolation", "IndexSummary", "LocalityResult", "ProbeSpec",
     "MassEstimate", "PixelLocality", "SamplingError", "SigmaSummary", "bootstrap_mean",
     "colored_pixel_jacobian", "conditional_locality", "conditional_locality_index",
     "conditioner_jacobian", "conditioner_sensitivity", "effective_radius", "full_pixel_jacobian",

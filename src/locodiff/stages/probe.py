@@ -9,6 +9,7 @@ uses each conditioner it is given at test time.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -95,13 +96,19 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
 
 
 def track_locality(folder: Path, tracker: Tracker, images_seen: int) -> None:
-    """The probe's headline indices (and the normalised index per noise level) at the checkpoint's
-    images seen."""
+    """The probe's headline indices (the normalised index per noise level, and the efficacy and far
+    residual per k where generalization is asked) at the checkpoint's images seen."""
     summary = json.loads((folder / PROBE_SUMMARY).read_text())
     values = {"locality/normalised index": mean_normalised_index(summary),
               "locality/presence index": mean_presence_index(summary)}
     for sigma, s in zip(summary["sigmas"], summary["summaries"]):
         values[f"locality/normalised index sigma={sigma:.3g}"] = s["index"]["normalised"]["mean"]
+    extrapolation = ExtrapolationResult.load(folder)
+    for k in sorted(extrapolation.per_k) if extrapolation is not None else ():
+        for statistic in ("efficacy", "far_residual"):  # where generalization is asked: the headline
+            estimate = extrapolation.band(statistic, k)
+            if estimate is not None and not math.isnan(estimate.mean):
+                values[f"locality/{statistic} k={k:02d}"] = estimate.mean
     with tracker:
         tracker.log(values, images_seen)
 
