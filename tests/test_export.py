@@ -240,3 +240,24 @@ def test_the_pipeline_in_half_precision_and_as_diffusers_users_call_it(tmp_path,
     again = pipe(**call).images
     torch.manual_seed(3)
     assert torch.equal(again, pipe(**call).images)
+
+
+def test_diffusers_own_loader_reads_an_export(tmp_path):
+    """``diffusers.DiffusionPipeline.from_pretrained`` (with trust_remote_code for the folder's
+    one-line pipeline.py) gives the same pipeline, sampling bit for bit as LocodiffPipeline's;
+    locodiff's own loader runs no code from the folder."""
+    import diffusers
+
+    folder = export_run(trained_run(tmp_path, "cross_attention"), tmp_path / "e")
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        diffusers.DiffusionPipeline.from_pretrained(folder)
+    theirs = diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    ours = LocodiffPipeline.from_pretrained(folder)
+    (folder / "pipeline.py").write_text("raise RuntimeError('locodiff ran code from the folder')\n")
+    assert isinstance(LocodiffPipeline.from_pretrained(folder), LocodiffPipeline)
+    call = dict(locations=[[(0.3, 0.6), (0.7, 0.4)]], num_inference_steps=3, output_type="pt")
+    assert type(theirs).__name__ == "LocodiffPipeline"
+    assert torch.equal(theirs(**call, generator=torch.Generator().manual_seed(2)).images,
+                       ours(**call, generator=torch.Generator().manual_seed(2)).images)
+    with pytest.raises(CheckpointError, match="local_files_only=False"):
+        LocodiffPipeline.from_pretrained(tmp_path / "nowhere")

@@ -1,6 +1,7 @@
 """``locodiff export RUN OUT``: a trained run as a diffusers pipeline folder.
 
     OUT/model_index.json                         the pipeline (LocodiffPipeline) and its parts
+    OUT/pipeline.py                              one import, for diffusers.DiffusionPipeline.from_pretrained
     OUT/model/config.json                        the network's ModelConfig and resolution
     OUT/model/diffusion_pytorch_model.safetensors the weights (EMA by default)
     OUT/locodiff.json                            where it came from: run (relative to OUT), checkpoint, images seen
@@ -96,6 +97,7 @@ def export_run(run: str | Path, out: str | Path, checkpoint: str | Path | None =
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         LocodiffPipeline(model.eval()).save_pretrained(tmp, safe_serialization=True)
+        for_diffusers_loader(tmp)
         write_json_atomic(tmp / SOURCE, source)
         write_text_atomic(tmp / "README.md", model_card(cfg, source, out, evaluation_of(run, ckpt.name)))
         readable_by_all(tmp)
@@ -105,6 +107,23 @@ def export_run(run: str | Path, out: str | Path, checkpoint: str | Path | None =
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+SHIM = '''"""The pipeline of a locodiff export, for diffusers' own loader:
+``diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` (locodiff installed)."""
+
+from locodiff.export.pipeline import LocodiffPipeline  # noqa: F401
+'''
+
+
+def for_diffusers_loader(folder: Path) -> None:
+    """Name the pipeline class where diffusers' loader finds it: ``model_index.json`` points to the
+    folder's ``pipeline.py``, which imports locodiff's (``LocodiffPipeline.from_pretrained`` runs no
+    code from the folder; diffusers asks for ``trust_remote_code=True`` to run that one import)."""
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_class_name"] = ["pipeline", "LocodiffPipeline"]
+    write_json_atomic(folder / "model_index.json", index)
+    write_text_atomic(folder / "pipeline.py", SHIM)
 
 
 def readable_by_all(folder: Path) -> None:

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
+from huggingface_hub import snapshot_download  # comes with diffusers
 from torch import Tensor
 
 from ..conditioning import Conditioning, check_list
@@ -52,6 +53,21 @@ def location_conditioning(locations: list[list[Location]], attributes: list[list
     return cond
 
 
+def resolve_export(name_or_path: str | Path, local_files_only: bool = True) -> Path:
+    """The local folder of an export: ``name_or_path`` itself, or (downloads allowed) the snapshot of
+    the hub repository it names, its JSON, Markdown and safetensors files only."""
+    folder = Path(name_or_path)
+    if not (folder / "model_index.json").is_file() and not local_files_only and not folder.exists():
+        folder = Path(snapshot_download(str(name_or_path), allow_patterns=["*.json", "*.md", "*.safetensors",
+                                                                          "pipeline.py"]))
+    if not (folder / "model_index.json").is_file():
+        hint = "" if local_files_only else " (and no hub repository of that name could be read)"
+        raise CheckpointError(f"{name_or_path} is not an exported locodiff pipeline (no model_index.json){hint}; "
+                              "a hub id loads with local_files_only=False")
+    check_weights_folder(folder / "model")
+    return folder
+
+
 class LocodiffPipeline(DiffusionPipeline):
     """Images from requested object locations (or captions, for a caption model)."""
 
@@ -64,12 +80,14 @@ class LocodiffPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> "LocodiffPipeline":
-        """diffusers' loader for a folder ``locodiff export`` wrote (local, safetensors only)."""
-        folder = Path(pretrained_model_name_or_path)
-        if not (folder / "model_index.json").is_file():
-            raise CheckpointError(f"{folder} is not an exported locodiff pipeline (no model_index.json)")
-        check_weights_folder(folder / "model")
-        return super().from_pretrained(folder, **{"local_files_only": True, **kwargs, "use_safetensors": True})
+        """A folder ``locodiff export`` wrote, or a hub id of one where downloads are allowed
+        (``local_files_only=False``); safetensors only, and no code from the folder is run (its
+        ``pipeline.py`` is for ``diffusers.DiffusionPipeline.from_pretrained``). ``torch_dtype``
+        (or ``dtype``) loads the weights in that precision."""
+        folder = resolve_export(pretrained_model_name_or_path, kwargs.pop("local_files_only", True))
+        dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
+        model = LocodiffModel.from_pretrained(folder / "model", **({"torch_dtype": dtype} if dtype else {}))
+        return cls(model)
 
     @torch.no_grad()
     def __call__(
