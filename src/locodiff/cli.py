@@ -12,6 +12,7 @@ import errno
 import functools
 import inspect
 import json
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from .intervene.config import InterventionSpec
 from .hardware import fastest_dtype
 from .stages.subjects import load_subject, subject_checkpoints, training_run, write_intervention
 from .io import atomic_path, disk_full_message
+from .locks import NO_WAIT
 from .locality.extrapolation import ExtrapolationResult
 from .locality.result import LocalityResult, mean_normalised_index, mean_presence_index
 from .stages.probe import probe_run
@@ -169,9 +171,16 @@ def parse_counts(text: str) -> list[int]:
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors.")) -> None:
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="When another process is writing a folder this command "
+                                 "needs (a run, the data, an evaluation), stop with one line instead of waiting "
+                                 "(a study finishes its other jobs first)."),
+) -> None:
     """locodiff: compositional generalization in conditional diffusion through locality."""
     _debug["on"] = debug
+    if no_wait:
+        os.environ[NO_WAIT] = "1"  # worker processes inherit it
 
 
 @app.command()

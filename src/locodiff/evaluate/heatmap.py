@@ -47,6 +47,7 @@ from ..config import config_hash, to_dict
 from ..hardware import best_seconds
 from ..io import append_jsonl, atomic_path, notice, save_tensors, write_json_atomic
 from ..layout import DETECTOR_VERSION
+from ..locks import folder_lock
 from ..progress import progress_bar
 from ..scenes import SceneBatch, SceneSampler, vocab
 from ..scenes.renderers import renderer_for
@@ -399,6 +400,14 @@ def load_detector(folder: str | Path) -> HeatmapDetector:
     return HeatmapDetector(net, cfg)
 
 
+def _train_into(folder: Path, data_cfg, cfg: HeatmapConfig, progress: bool, device) -> None:
+    if (folder / "training_state.pt").exists():  # made by locodiff <= 0.1 with torch.save
+        notice(f"{folder / 'training_state.pt'} is a pickle from an older locodiff; it is never loaded "
+               "(loading pickles can run code): training the detector from the start")
+    save_detector(train_heatmap_detector(data_cfg, cfg, folder, progress=progress, device=device), folder)
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # only needed to resume
+
+
 def load_or_train_detector(data_cfg, cache_dir: str | Path, cfg: HeatmapConfig | None = None,
                            progress: bool = False, device: str | torch.device = "cpu") -> HeatmapDetector:
     """The cached detector for ``data_cfg``'s look, training (or finishing training) it if needed."""
@@ -406,12 +415,9 @@ def load_or_train_detector(data_cfg, cache_dir: str | Path, cfg: HeatmapConfig |
     name = f"heatmap-{detector_key(data_cfg, cfg)}"
     folder = Path(cache_dir) / name
     if not (folder / "detector.safetensors").is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        if (folder / "training_state.pt").exists():  # made by locodiff <= 0.1 with torch.save
-            notice(f"{folder / 'training_state.pt'} is a pickle from an older locodiff; it is never loaded "
-                   "(loading pickles can run code): training the detector from the start")
-        save_detector(train_heatmap_detector(data_cfg, cfg, folder, progress=progress, device=device), folder)
-        shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # only needed to resume
+        with folder_lock(folder, f"the detector {name} is being trained"):
+            if not (folder / "detector.safetensors").is_file():  # another process may have finished it
+                _train_into(folder, data_cfg, cfg, progress, device)
     detector = load_detector(folder)
     detector.name = name  # names the exact weights in eval.json and on resume
     return detector

@@ -38,6 +38,7 @@ from ..diffusion.samplers import sample_in_batches
 from ..errors import InputError
 from ..imaging import to_uint8
 from ..io import append_jsonl, atomic_path, notice, read_jsonl, write_json_atomic, write_text_atomic
+from ..locks import folder_lock
 from ..layout import EVAL_EXTENSIBLE, EVAL_RECORDS, EVAL_SUMMARY, eval_dir, legacy_eval_dir
 from ..progress import progress_bar
 from ..rng import generator
@@ -232,28 +233,29 @@ def evaluate_denoiser(
     cfg = config or EvalConfig()
     _check_detector(detector, resolution, cfg)
     out = Path(out_dir)
-    records = _start_or_resume(out, cfg, resolution, detector.name)
-    todo = [k for k in cfg.counts if k not in records]
-    bar = progress_bar(len(todo) * cfg.per_count, "evaluate", "img", enabled=progress)
-    for k in todo:
-        bar.set_postfix(k=k)
-        gen = k_generator(cfg.seed, k)
-        cond = make_test_conditionings(k, cfg.per_count, gen)
-        check_conditioning(cond, k, cfg.per_count, detector.min_separation)
-        lines, strip = [], []
-        batches = sample_in_batches(_ShapeChecked(denoiser, k), cond, resolution, cfg.steps, gen, cfg.batch_size,
-                                    get_sampler(cfg.sampler), device)
-        for start, part, x in batches:
-            _check_images(x, part.batch_size, resolution, k)
-            images = x.detach().float().cpu().clamp(-1, 1)
-            tolerance = cfg.tolerance_px or default_tolerance_px(resolution)
-            lines += [_record(k, start + i, part[i], d, resolution, tolerance, holdout)
-                      for i, d in enumerate(detector(images, value_range=(-1.0, 1.0)))]
-            strip += list(to_uint8(images[: max(0, cfg.grid_per_count - len(strip))]))
-            bar.update(part.batch_size)
-        records[k] = _keep_count(out, k, lines, strip)
-    bar.close()
-    return finalize(out, cfg, resolution, detector.name, records)
+    with folder_lock(out, f"the evaluation {out.name} is being sampled"):  # resumes what another finished
+        records = _start_or_resume(out, cfg, resolution, detector.name)
+        todo = [k for k in cfg.counts if k not in records]
+        bar = progress_bar(len(todo) * cfg.per_count, "evaluate", "img", enabled=progress)
+        for k in todo:
+            bar.set_postfix(k=k)
+            gen = k_generator(cfg.seed, k)
+            cond = make_test_conditionings(k, cfg.per_count, gen)
+            check_conditioning(cond, k, cfg.per_count, detector.min_separation)
+            lines, strip = [], []
+            batches = sample_in_batches(_ShapeChecked(denoiser, k), cond, resolution, cfg.steps, gen, cfg.batch_size,
+                                        get_sampler(cfg.sampler), device)
+            for start, part, x in batches:
+                _check_images(x, part.batch_size, resolution, k)
+                images = x.detach().float().cpu().clamp(-1, 1)
+                tolerance = cfg.tolerance_px or default_tolerance_px(resolution)
+                lines += [_record(k, start + i, part[i], d, resolution, tolerance, holdout)
+                          for i, d in enumerate(detector(images, value_range=(-1.0, 1.0)))]
+                strip += list(to_uint8(images[: max(0, cfg.grid_per_count - len(strip))]))
+                bar.update(part.batch_size)
+            records[k] = _keep_count(out, k, lines, strip)
+        bar.close()
+        return finalize(out, cfg, resolution, detector.name, records)
 
 
 def _check_detector(detector: Detector, resolution: int, cfg: EvalConfig) -> None:

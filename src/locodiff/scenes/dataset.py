@@ -37,6 +37,7 @@ from ..config import to_dict
 from ..errors import ConfigError, DataError
 from ..io import atomic_path, notice, save_tensors, sha256_file, write_json_atomic
 from ..layout import dataset_root
+from ..locks import folder_lock
 from ..progress import progress_bar
 from .renderers import renderer_for
 from .config import FORMAT_VERSION, SPLITS, DataConfig, Split, check_split
@@ -229,6 +230,11 @@ def build_dataset(
     device = resolve_device(device)
     root = dataset_root(cfg, out_dir)
     ensure_writable(root)
+    with folder_lock(root, f"data set {root.name} is being rendered"):
+        return _build(cfg, root, splits, device, progress)
+
+
+def _build(cfg: DataConfig, root: Path, splits: tuple[str, ...], device: torch.device, progress: bool) -> Path:
     stamp = {"format": FORMAT_VERSION, "data": to_dict(cfg)}
     try:
         same = json.loads((root / "config.json").read_text()) == json.loads(json.dumps(stamp))

@@ -22,6 +22,7 @@ from ..errors import LocodiffError
 from .subjects import load_subject, subject_checkpoint
 from ..io import notice, write_json_atomic
 from ..layout import EXTRAPOLATION, PROBE_SUMMARY, probe_dir
+from ..locks import folder_lock
 from ..models import TextUNet, build_network, save_text_model
 from ..progress import progress_bar
 from ..rng import generator
@@ -73,8 +74,15 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
     if ckpt is None:
         raise LocodiffError(no_checkpoint(run_dir, "train it before probing locality"))
     folder = probe_dir(run_dir, options, ckpt.name)
-    if probe_complete(folder):
-        return folder
+    if not probe_complete(folder):
+        with folder_lock(folder, f"the probe {folder.name} of {run_dir.name} is being measured"):
+            if not probe_complete(folder):  # another process may have finished it meanwhile
+                _measure(folder, run_dir, ckpt, data_root, options, seed, progress)
+    return folder
+
+
+def _measure(folder: Path, run_dir: Path, ckpt: Path, data_root, options, seed: int, progress: bool) -> None:
+    """Every part of the probe not yet saved in ``folder``, then the tracker's numbers."""
     denoiser, run_cfg = load_subject(run_dir, ckpt)
     images, cond = probe_scenes(data_root, options.counts, options.scenes)
     if not (maps_intact(folder) and has_presence(folder)):
@@ -92,7 +100,6 @@ def probe_run(run_dir: str | Path, data_root: str | Path, options, seed: int = 0
                            tuple(shape_concepts(run_cfg)), tuple(run_cfg.holdout_indices()), options.radius_px)
         feature_run(folder, denoiser, images, spec, cond=cond)
     track_locality(folder, Tracker(run_cfg.train.report_to, run_dir), read_state(ckpt)["images_seen"])
-    return folder
 
 
 def track_locality(folder: Path, tracker: Tracker, images_seen: int) -> None:

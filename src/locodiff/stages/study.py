@@ -27,6 +27,7 @@ from ..evaluate.runner import build_detector
 from ..evaluate.validation import ValidationSpec, validate_detector
 from ..hardware import busy_core_seconds, cores, machine
 from ..io import atomic_path, write_json_atomic
+from ..locks import folder_lock
 from ..progress import LOG_EVERY_S, duration
 from ..report import write_report
 from ..scenes.dataset import SceneDataset, build_dataset
@@ -127,7 +128,8 @@ def report_study(cfg: StudyConfig) -> Path:
     """The report from the saved results (runs trained by an older locodiff get their
     ``model.json`` first)."""
     record_models(cfg)
-    return write_report(cfg, cfg.report_dir())
+    with folder_lock(cfg.report_dir(), "the report is being written"):
+        return write_report(cfg, cfg.report_dir())
 
 
 def stage_report(cfg: StudyConfig, console: Console) -> Path:

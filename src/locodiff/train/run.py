@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from contextlib import nullcontext
 import os
 import platform
 import time
@@ -25,6 +26,7 @@ from ..config import to_dict
 from ..errors import CheckpointError
 from ..io import write_json_atomic
 from ..layout import RUN_CONFIG, run_identity
+from ..locks import folder_lock
 from ..models import build_network, conditioned_on, describe
 from ..run_record import ModelRecord, write_model_record
 from ..scenes.dataset import SceneDataset
@@ -111,8 +113,16 @@ def train_run(
     cfg: RunConfig, run_dir: Path, source: BatchSource | None = None, data_root: Path | None = None,
     on_checkpoint=None, progress: bool = True,
 ) -> TrainResult:
-    """Train (or resume) the run in ``run_dir``; see ``default_source`` for the data."""
+    """Train (or resume) the run in ``run_dir``; see ``default_source`` for the data. One process
+    (of a launch: its first) holds the folder's lock; a second one waits, then finds it trained."""
     run_dir = Path(run_dir)
+    lock = folder_lock(run_dir, f"run {run_dir.name} is being trained") if is_main_process() else nullcontext()
+    with lock:
+        return _train(cfg, run_dir, source, data_root, on_checkpoint, progress)
+
+
+def _train(cfg: RunConfig, run_dir: Path, source: BatchSource | None, data_root: Path | None, on_checkpoint,
+           progress: bool) -> TrainResult:
     source = source if source is not None else default_source(cfg, data_root)
     prepare_run_dir(cfg, run_dir)
     write_model_record(run_dir, model_record(cfg))
