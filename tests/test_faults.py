@@ -111,6 +111,31 @@ def test_kill_9_at_random_points_of_every_stage(tmp_path, uninterrupted, stage):
         kill_and_rerun(tmp_path, stage, delay_s, uninterrupted)
 
 
+def _crash_script():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import crash_anywhere  # noqa: E402 - a script, importable from its folder
+
+    return crash_anywhere
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_crash_anywhere_ends_in_the_same_results_byte_for_byte(tmp_path, sig):
+    """``scripts/crash_anywhere.py`` on the small study with the emergence stage: killed at seeded
+    random moments inside every stage, two rounds, relaunched after each kill, then finished;
+    every result file equals an uninterrupted study's byte for byte."""
+    crash = _crash_script()
+    sets = [a for a in STUDY[STUDY.index("study") + 1:] if a not in ("-s", "-p", "micro")]
+    sets.append('emergence.models=["exp1"]')
+    alone, crashed = (crash.study_command("micro", tmp_path / name, sets) for name in ("alone", "crashed"))
+    subprocess.run(alone, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    landed = crash.crash_anywhere(crashed, 2, sig, random.Random(f"crash-{sig.name}"))
+    print(f"kills inside each stage ({sig.name}):", dict(landed))
+    assert all(landed[stage] >= 1 for stage in ("train", "evaluate", "locality")), landed
+    expected = crash.result_files(tmp_path / "alone")
+    assert len(expected) > 15 and not crash.differences(expected, crash.result_files(tmp_path / "crashed"))
+
+
 def test_a_write_that_fails_midway_leaves_no_file(tmp_path):
     target = tmp_path / "result.json"
     with pytest.raises(OSError):
