@@ -293,11 +293,14 @@ def test_report_renders_in_a_real_browser(finished, tmp_path):
     n_images = int(re.search(r'data-images="(\d+)"', body.group(1)).group(1))
     n_ok = int(re.search(r'data-images-ok="(\d+)"', body.group(1)).group(1))
     assert n_images >= 8 and n_ok == n_images
-    sections = re.split(r"<h2>", dom.split("</h1>", 1)[1])[1:]
+    sections = re.split(r"<h2 id=\"[^\"]+\">", dom.split("</h1>", 1)[1])[1:]
     assert len(sections) >= 5
     for sec in sections:
         title, content = sec.split("</h2>", 1)
         assert re.search(r"<(p|table|figure|pre)\b", content), f"section {title!r} is empty"
+    ids = re.findall(r'<h2 id="([^"]+)"', dom)  # every section has an anchor, and the contents link them all
+    assert len(set(ids)) == len(sections) and re.findall(r'<a href="#([^"]+)"', dom)[:len(ids)] == ids
+    assert re.search(r"<details><summary>show \(\d+ lines\)</summary><pre>\{", dom)  # the config starts folded
     shot = tmp_path / "shot.png"
     subprocess.run(cmd + [f"--screenshot={shot}", "--window-size=1000,1400", html_path.as_uri()],
                    capture_output=True, timeout=120)

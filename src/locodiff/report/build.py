@@ -354,9 +354,12 @@ def combination_blocks(cfg, done: list[ModelFacts], feats: dict[str, dict]) -> l
     ]
 
 
-def diffusers_section(cfg, figures: Path, trained_here: bool = False) -> Section:
-    """What the paper reports for SDXL and what ``locodiff probe-diffusers`` measured, if it ran."""
+def diffusers_section(cfg, figures: Path, trained_here: bool = False) -> Section | None:
+    """What the paper reports for SDXL and what ``locodiff probe-diffusers`` measured; none when
+    nothing was (no probe of a diffusers model, no caption model in the study)."""
     folder = Path(cfg.out_dir) / "probe-diffusers"
+    if not trained_here and not (folder / "probe.json").is_file():
+        return None
     sec = Section("Large text-to-image models (SDXL-class UNets)")
     sec.blocks.append(Text(
         "The paper states three findings for SDXL: (1) its score is *spatially* local in pixel (latent) "
@@ -521,7 +524,7 @@ def write_report(cfg, out_dir: str | Path) -> Path:
     by_seed = {seed: location_models(f) for seed, f in gather_seeds(cfg).items()}
     seeds = seeds_section(cfg, by_seed)
     seeds.blocks += seed_verdicts(cfg, by_seed)
-    sections += [seeds, diffusers_section(cfg, figures, text_section is not None)]
+    sections += [s for s in (seeds, diffusers_section(cfg, figures, text_section is not None)) if s is not None]
     sections += [text_section] if text_section else []
     sections += [findings, explorer_section(gathered), reproducibility_section(cfg)]
     title = "locodiff study report"

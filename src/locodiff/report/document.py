@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, Union
@@ -88,15 +89,30 @@ def _inline(text: str) -> str:
     return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
 
 
+def anchor(title: str) -> str:
+    """A section's id in the HTML report, as Markdown renderers make it from the heading."""
+    return re.sub(r"[^a-z0-9 -]", "", title.lower()).strip().replace(" ", "-")
+
+
+FOLDED_LINES = 30  # preformatted blocks longer than this (the config) start folded
+
+
+def _code(text: str) -> str:
+    pre = f"<pre>{html.escape(text)}</pre>"
+    lines = text.count("\n") + 1
+    return pre if lines <= FOLDED_LINES else f"<details><summary>show ({lines} lines)</summary>{pre}</details>"
+
+
 def to_html(title: str, sections: Sequence[Section]) -> str:
-    body = [f"<h1>{html.escape(title)}</h1>"]
+    contents = "".join(f"<li><a href='#{anchor(s.title)}'>{html.escape(s.title)}</a></li>" for s in sections)
+    body = [f"<h1>{html.escape(title)}</h1>", f"<nav><ol class='toc'>{contents}</ol></nav>"]
     for sec in sections:
-        body.append(f"<h2>{html.escape(sec.title)}</h2>")
+        body.append(f"<h2 id='{anchor(sec.title)}'>{html.escape(sec.title)}</h2>")
         for b in sec.blocks:
             if isinstance(b, Text):
                 body.append(f"<p>{_inline(b.text)}</p>")
             elif isinstance(b, Code):
-                body.append(f"<pre>{html.escape(b.text)}</pre>")
+                body.append(_code(b.text))
             elif isinstance(b, Html):
                 body.append(b.html)
             elif isinstance(b, Table):
@@ -113,7 +129,8 @@ def to_html(title: str, sections: Sequence[Section]) -> str:
              "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding:2px 6px;"
              "text-align:right}th{background:#eee}img{max-width:100%;image-rendering:pixelated}"
              "figcaption,.cap{color:#555;font-size:90%}code{background:#f3f3f3}"
-             "pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:85%}")
+             "pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:85%}"
+             ".toc{columns:2;font-size:90%}summary{cursor:pointer;color:#555}")
     # Marks on <body> how many images decoded, so a headless browser can check the page.
     check = ("<script>addEventListener('load',()=>{const i=[...document.images];"
              "document.body.dataset.images=i.length;"
