@@ -256,15 +256,14 @@ def main(argv=None) -> None:
     with measure(t, "jacrev_bounded"):
         jb = full_pixel_jacobian(bounded, x, sigma, cond, target=tgt, chunk_size=args.chunk)
     with measure(t, "colour"):
-        jc = colored_pixel_jacobian(bounded, x, sigma, cond, args.radius, target=tgt,
-                                    chunk_size=args.chunk)
+        jc = colored_pixel_jacobian(bounded, x, sigma, cond, args.radius, target=tgt)
     colour_err = (jc - jb).abs().max().item()
     n_colour = (2 * args.radius + 1) ** 2 * c
 
     # 5. Hutchinson row mass vs exact
     k_probes = 32
     with measure(t, "hutch"):
-        est = hutchinson_mass(model, x, sigma, cond, k_probes, g, target=tgt, chunk_size=16)
+        est = hutchinson_mass(model, x, sigma, cond, k_probes, g, target=tgt)
     exact_mass = full.pow(2).sum((4, 5, 6))[0]
     hutch_err = ((est.mass[0] - exact_mass).abs() / exact_mass).mean().item()
 

@@ -307,6 +307,9 @@ def naive_pixel_jacobian(
     return stacked
 
 
+COLOUR_CHUNK = 64  # colour VJPs per batched pass of colored_pixel_jacobian
+
+
 def colored_pixel_jacobian(
     denoiser: Denoiser,
     x: Tensor,
@@ -316,9 +319,7 @@ def colored_pixel_jacobian(
     *,
     target: Target = "score",
     channels: Channels = "each",
-    chunk_size: int = 64,
-    check: bool = True,
-    check_tol: float = 1e-4,
+    check_tol: float | None = 1e-4,
 ) -> Tensor:
     """Exact full pixel Jacobian of a model whose output pixel depends only on inputs within
     Chebyshev distance ``radius`` (e.g. a stack of convolutions without down-sampling).
@@ -328,7 +329,7 @@ def colored_pixel_jacobian(
     side by side; cutting it along the windows un-mixes them. ``s^2`` VJPs (per output channel
     with ``channels="each"``) replace ``H * W``.
 
-    With ``check=True`` the centre pixel's row is recomputed with its own VJP and compared: a
+    Unless ``check_tol`` is None the centre pixel's row is recomputed with its own VJP and compared: a
     model whose receptive field is larger than ``radius`` raises ``InputError`` instead of
     returning a silently wrong Jacobian. Returns ``[B, C_out, H, W, C_in, H, W]`` (``"each"``) or
     ``[B, H, W, C_in, H, W]`` (``"sum"``).
@@ -344,12 +345,12 @@ def colored_pixel_jacobian(
         out, vjp_fn = vjp(target_fn(denoiser, sigma, cond, target), x)
         c_out = out.shape[1] if channels == "each" else 1
         make = _colour_cotangent_maker(colour, n_colours, out.shape, channels, out.dtype)
-        mixed = batched_vjp(vjp_fn, n_colours * c_out, make, chunk_size)  # [K*Co, B, C, H, W]
+        mixed = batched_vjp(vjp_fn, n_colours * c_out, make, COLOUR_CHUNK)  # [K*Co, B, C, H, W]
     mixed = mixed.reshape(n_colours, c_out, b, c_in, h, w)
     window = _chebyshev_windows(h, w, radius, x.device).to(mixed.dtype)  # [HW, H, W]
     full = mixed[colour] * window[:, None, None, None]  # [HW, Co, B, C, H, W]
     full = full.permute(2, 1, 0, 3, 4, 5).reshape(b, c_out, h, w, c_in, h, w)
-    if check:
+    if check_tol is not None:
         r, c = x.shape[-2] // 2, x.shape[-1] // 2
         exact = pixel_jacobian(denoiser, x, sigma, cond, [[r, c]], target=target, channels=channels)
         exact = exact[:, 0] if channels == "each" else exact[:, 0, None]  # [B, Co, C, H, W]
@@ -561,6 +562,9 @@ class MassEstimate:
     n_probes: int
 
 
+HUTCHINSON_CHUNK = 16  # probes per batched pass of hutchinson_mass
+
+
 def hutchinson_mass(
     denoiser: Denoiser,
     x: Tensor,
@@ -571,7 +575,6 @@ def hutchinson_mass(
     *,
     target: Target = "score",
     axis: Literal["output", "input"] = "output",
-    chunk_size: int = 16,
 ) -> MassEstimate:
     """Estimate ``sum_j J_ij^2`` for every output entry ``i`` (``axis="output"``, via JVPs) or
     ``sum_i J_ij^2`` for every input entry ``j`` (``axis="input"``, via VJPs).
@@ -580,7 +583,9 @@ def hutchinson_mass(
     probe costs one forward-mode pass and gives an unbiased sample for *all* pixels at once, with
     relative error about ``sqrt(2 (1 - sum_j J_ij^4 / (sum_j J_ij^2)^2) / n_probes)`` — small when
     a row's mass is spread, zero when it sits on one entry. Use it where rows are too expensive.
+    Probes run ``HUTCHINSON_CHUNK`` at a time.
     """
+    chunk_size = HUTCHINSON_CHUNK
     if n_probes < 1:
         raise InputError(f"n_probes={n_probes}: expected >= 1")
     x = as_image_batch(x)
