@@ -115,7 +115,7 @@ def test_rerun_skips_finished_work(finished):
     cfg = finished
     stamps = {p: p.stat().st_mtime_ns for p in Path(cfg.out_dir).rglob("*")
               if p.is_file() and p.parent.name != "figures" and "report" not in p.parts and p.name != "timings.json"
-              and p.name != "study_config.json"}
+              and p.name not in ("study_config.json", ".lock")}  # a lock names its last holder
     result = run_study(cfg, console=quiet())
     assert result.stage_seconds["train"] < 5 and result.stage_seconds["evaluate"] < 5
     changed = [p for p, t in stamps.items() if p.stat().st_mtime_ns != t]
