@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import random
 import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -68,22 +66,16 @@ def uninterrupted(tmp_path_factory) -> dict[str, object]:
 
 
 def kill_inside(out: Path, stage: str, delay_s: float) -> bool:
-    """Start the study, kill -9 its whole process group ``delay_s`` after ``stage`` begins.
-    Returns whether the kill landed inside the stage: before the stage reported itself done."""
-    proc = subprocess.Popen(study_command(out), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            start_new_session=True, env={**os.environ, "COLUMNS": "200"})
-    try:
-        for line in proc.stdout:
-            if re.search(rf"stage \d/\d+: {stage}\b", line):
-                time.sleep(delay_s)
-                break
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        after = proc.stdout.read()  # what the study printed before the kill
-        return not re.search(rf"^\s*{stage} done in", after, re.MULTILINE)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    """kill -9 the study (its whole process group) ``delay_s`` after ``stage`` begins; whether the
+    kill landed inside the stage (``scripts/crash_anywhere.py``)."""
+    return _crash_script().kill_inside(study_command(out), stage, delay_s, signal.SIGKILL)
+
+
+def _crash_script():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import crash_anywhere  # noqa: E402 - a script, importable from its folder
+
+    return crash_anywhere
 
 
 def kill_and_rerun(tmp_path: Path, stage: str, delay_s: float, uninterrupted: dict) -> bool:
@@ -109,13 +101,6 @@ def test_kill_9_at_random_points_of_every_stage(tmp_path, uninterrupted, stage):
     rng = random.Random(f"faults-{stage}")  # random points, the same ones every run
     for delay_s in sorted(rng.uniform(0.0, 4.0) for _ in range(3)):
         kill_and_rerun(tmp_path, stage, delay_s, uninterrupted)
-
-
-def _crash_script():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import crash_anywhere  # noqa: E402 - a script, importable from its folder
-
-    return crash_anywhere
 
 
 @pytest.mark.slow
