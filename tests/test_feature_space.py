@@ -187,8 +187,7 @@ def test_report_shows_a_diffusers_probe_when_one_was_run(tmp_path):
     cfg = load_study_config("micro", sets=[f"out_dir={str(tmp_path)!r}"])
     figures = tmp_path / "figures"
     figures.mkdir()
-    empty = diffusers_section(cfg, figures)
-    assert not any(isinstance(b, Table) for b in empty.blocks)
+    assert diffusers_section(cfg, figures) is None  # nothing measured: no section
     result = {"latent_shape": [1, 4, 8, 8], "sigmas": [0.5, 2.0], "n_pixels": 4, "radius_px": 2.0,
               "top_share": 0.1, "chance_concentration": 0.1,
               "per_sigma": [{"sigma": s, "mass_within_radius": 0.8, "effective_radius_90": 1.5,

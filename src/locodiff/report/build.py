@@ -376,10 +376,7 @@ def diffusers_section(cfg, figures: Path, trained_here: bool = False) -> Section
     if trained_here:
         sec.blocks.append(Text("A diffusers UNet with learned weights was trained and probed in this study: see "
                                "the next section for the three statements measured on it."))
-    if not path.is_file():
-        if not trained_here:
-            sec.blocks.append(Text("No diffusers model has been probed for this study (no real weights are "
-                                   "downloaded; none ship with locodiff)."))
+    if not path.is_file():  # the study's own text model only
         return sec
     result = json.loads(path.read_text())
     rows = [[r["sigma"], r["mass_within_radius"], r["effective_radius_90"], r["token_concentration_mean"]]
