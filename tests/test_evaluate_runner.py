@@ -7,7 +7,7 @@ import torch
 
 from locodiff.conditioning import Conditioning
 from locodiff.evaluate import (
-    ColorDetector, EvalConfig, FixedImageDenoiser, OracleDenoiser, evaluate_denoiser,
+    ColorDetector, EvalConfig, FixedImageDenoiser, OracleDenoiser, TestScenes, evaluate_denoiser,
     scene_conditionings,
 )
 from locodiff.scenes import DataConfig, Renderer, SceneConfig, SceneSampler
@@ -37,7 +37,7 @@ def config(**kw):
 
 
 def test_perfect_model_scores_100_percent(renderer, detector, tmp_path):
-    res = evaluate_denoiser(OracleDenoiser(renderer), detector, scene_conditionings(DATA), RES, tmp_path,
+    res = evaluate_denoiser(OracleDenoiser(renderer), detector, TestScenes(scene_conditionings(DATA), RES), tmp_path,
                             config(), progress=False)
     for k in COUNTS:
         m = res.per_k[k]
@@ -63,7 +63,7 @@ def copy3_image(renderer):
 
 
 def test_copy_three_model_scores_exactly_as_expected(renderer, detector, tmp_path):
-    res = evaluate_denoiser(FixedImageDenoiser(copy3_image(renderer)), detector, scene_conditionings(DATA), RES,
+    res = evaluate_denoiser(FixedImageDenoiser(copy3_image(renderer)), detector, TestScenes(scene_conditionings(DATA), RES),
                             tmp_path, config(), progress=False)
     for k in COUNTS:
         m = res.per_k[k]
@@ -93,13 +93,13 @@ class Recording:
 
 def test_resume_skips_finished_counts_and_redoes_partial_ones(renderer, detector, tmp_path):
     oracle = OracleDenoiser(renderer)
-    first = evaluate_denoiser(Recording(oracle), detector, scene_conditionings(DATA), RES, tmp_path,
+    first = evaluate_denoiser(Recording(oracle), detector, TestScenes(scene_conditionings(DATA), RES), tmp_path,
                               config(counts=(0, 1)), progress=False)
     # Simulate a run killed half-way through k=2: some of its lines already in the log.
     with open(tmp_path / "eval.jsonl", "a") as f:
         f.write(json.dumps({"k": 2, "index": 0, "n_requested": 2, "n_detected": 0, "pairs": [], "distances_px": []}) + "\n")
     again = Recording(oracle, refuse={0, 1})
-    res = evaluate_denoiser(again, detector, scene_conditionings(DATA), RES, tmp_path, config(counts=(0, 1, 2)),
+    res = evaluate_denoiser(again, detector, TestScenes(scene_conditionings(DATA), RES), tmp_path, config(counts=(0, 1, 2)),
                             progress=False)
     assert again.seen == {2}
     assert res.per_k[0] == first.per_k[0] and res.per_k[1] == first.per_k[1]
@@ -110,9 +110,9 @@ def test_resume_skips_finished_counts_and_redoes_partial_ones(renderer, detector
 
 def test_resume_refuses_different_settings(renderer, detector, tmp_path):
     oracle = OracleDenoiser(renderer)
-    evaluate_denoiser(oracle, detector, scene_conditionings(DATA), RES, tmp_path, config(counts=(0,)), progress=False)
+    evaluate_denoiser(oracle, detector, TestScenes(scene_conditionings(DATA), RES), tmp_path, config(counts=(0,)), progress=False)
     with pytest.raises(InputError, match="different settings"):
-        evaluate_denoiser(oracle, detector, scene_conditionings(DATA), RES, tmp_path, config(counts=(0,), steps=3),
+        evaluate_denoiser(oracle, detector, TestScenes(scene_conditionings(DATA), RES), tmp_path, config(counts=(0,), steps=3),
                           progress=False)
 
 
@@ -120,7 +120,7 @@ def test_bad_inputs_raise_clear_errors(renderer, detector, tmp_path):
     oracle = OracleDenoiser(renderer)
     conds = scene_conditionings(DATA)
     with pytest.raises(InputError, match="from 0 to max_count=4"):
-        evaluate_denoiser(oracle, detector, conds, RES, tmp_path / "a", config(counts=(0, 5)), progress=False)
+        evaluate_denoiser(oracle, detector, TestScenes(conds, RES), tmp_path / "a", config(counts=(0, 5)), progress=False)
     with pytest.raises(InputError, match="max_count=10"):
         EvalConfig(counts=(11,))
     with pytest.raises(InputError, match="per_count"):
@@ -130,27 +130,27 @@ def test_bad_inputs_raise_clear_errors(renderer, detector, tmp_path):
         return Conditioning.from_lists([[(0.5, 0.5), (0.52, 0.5)]] * n)
 
     with pytest.raises(InputError, match="apart"):
-        evaluate_denoiser(oracle, detector, too_close, RES, tmp_path / "b", config(counts=(2,)), progress=False)
+        evaluate_denoiser(oracle, detector, TestScenes(too_close, RES), tmp_path / "b", config(counts=(2,)), progress=False)
 
     def wrong_count(k, n, gen):
         return Conditioning.from_lists([[(0.5, 0.5)]] * n)
 
     with pytest.raises(InputError, match="holds 1 locations"):
-        evaluate_denoiser(oracle, detector, wrong_count, RES, tmp_path / "c", config(counts=(2,)), progress=False)
+        evaluate_denoiser(oracle, detector, TestScenes(wrong_count, RES), tmp_path / "c", config(counts=(2,)), progress=False)
 
     def small(x, sigma, cond):
         return torch.zeros(x.shape[0], 3, RES // 2, RES // 2)
 
     with pytest.raises(InputError, match="shape"):
-        evaluate_denoiser(small, detector, conds, RES, tmp_path / "d", config(counts=(1,), steps=1), progress=False)
+        evaluate_denoiser(small, detector, TestScenes(conds, RES), tmp_path / "d", config(counts=(1,), steps=1), progress=False)
 
     def nan(x, sigma, cond):
         return torch.full_like(x, float("nan"))
 
     with pytest.raises(InputError, match="NaN"):
-        evaluate_denoiser(nan, detector, conds, RES, tmp_path / "e", config(counts=(1,), steps=1), progress=False)
+        evaluate_denoiser(nan, detector, TestScenes(conds, RES), tmp_path / "e", config(counts=(1,), steps=1), progress=False)
     with pytest.raises(InputError, match="detector works at 32x32"):
-        evaluate_denoiser(oracle, detector, conds, 64, tmp_path / "f", config(counts=(1,)), progress=False)
+        evaluate_denoiser(oracle, detector, TestScenes(conds, 64), tmp_path / "f", config(counts=(1,)), progress=False)
 
 
 def test_conditionings_from_the_test_split(tmp_path):
@@ -184,8 +184,8 @@ def test_combinations_are_scored_as_seen_or_held_out(renderer, detector, tmp_pat
             return dets
 
     holdout = vocab.combo_indices([("cube", "red"), ("sphere", "blue"), ("cylinder", "gray")])
-    res = evaluate_denoiser(OracleDenoiser(renderer), CubesOnly(), scene_conditionings(DATA), RES, tmp_path,
-                            config(counts=(2, 3), per_count=12), progress=False, holdout=holdout)
+    res = evaluate_denoiser(OracleDenoiser(renderer), CubesOnly(), TestScenes(scene_conditionings(DATA), RES, holdout),
+                            tmp_path, config(counts=(2, 3), per_count=12), progress=False)
     records = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
     for k in (2, 3):
         objects = [(r["requested_shapes"][i], r["requested_colors"][i]) for r in records if r["k"] == k

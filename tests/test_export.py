@@ -189,15 +189,15 @@ def test_the_export_is_a_model_card_a_hub_would_show(tmp_path):
     evaluation of that checkpoint, the paper; files readable by others; the source path relative."""
     from locodiff.evaluate.config import EvalConfig
     from locodiff.evaluate.oracle import FixedImageDenoiser
-    from locodiff.evaluate.runner import build_detector, evaluate_denoiser
+    from locodiff.evaluate.runner import TestScenes, build_detector, evaluate_denoiser
     from locodiff.layout import eval_dir
 
     run = trained_run(tmp_path, "cross_attention")
     ev = EvalConfig(counts=(1, 2), per_count=2, steps=2, detector="color", grid_per_count=0)
     out = eval_dir(run, ev, "ckpt-0000000064")
     detector = build_detector(DataConfig(resolution=16, supersample=1), ev, 16, tmp_path / "det")
-    evaluate_denoiser(FixedImageDenoiser(torch.zeros(3, 16, 16)), detector,
-                      lambda k, n, g: Conditioning.from_lists([[(0.2, 0.2), (0.8, 0.8)][:k]] * n), 16, out, ev, progress=False)
+    scenes = TestScenes(lambda k, n, g: Conditioning.from_lists([[(0.2, 0.2), (0.8, 0.8)][:k]] * n), 16)
+    evaluate_denoiser(FixedImageDenoiser(torch.zeros(3, 16, 16)), detector, scenes, out, ev, progress=False)
     folder = export_run(run, tmp_path / "exported")
     card = (folder / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: diffusers\n") and "x the column and y the row from the top" in card

@@ -20,7 +20,7 @@ from .metrics import (
 )
 from .oracle import FixedImageDenoiser, OracleDenoiser
 from .runner import (
-    EvalResult, build_detector, dataset_conditionings, evaluate_denoiser,
+    EvalResult, TestScenes, build_detector, dataset_conditionings, evaluate_denoiser,
     evaluate_model,
     scene_conditionings,
 )
@@ -28,7 +28,7 @@ from .validation import PERTURBATIONS, ValidationSpec, validate_detector, valida
 
 __all__ = [
     "DETECTORS",
-    "ColorDetector", "ColorDetectorConfig", "CountMetrics", "Detections", "Detector", "EvalConfig", "EvalResult", "build_detector", "evaluate_model",
+    "ColorDetector", "ColorDetectorConfig", "TestScenes", "CountMetrics", "Detections", "Detector", "EvalConfig", "EvalResult", "build_detector", "evaluate_model",
     "FixedImageDenoiser", "HeatmapConfig", "HeatmapDetector",
     "ImageMatch", "OracleDenoiser", "PERTURBATIONS", "SummaryOptions", "count_metrics",
     "dataset_conditionings", "default_tolerance_px", "evaluate_denoiser", "largest_k_above",

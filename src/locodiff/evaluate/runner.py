@@ -65,6 +65,19 @@ from .metrics import (
 ConditioningFactory = Callable[[int, int, torch.Generator], Conditioning]
 
 
+@dataclass(frozen=True)
+class TestScenes:
+    """What an evaluation asks for: ``conditionings(k, n, generator)`` gives n conditionings with k
+    objects, at this image ``resolution``; ``holdout`` names (shape, colour) index pairs the model
+    never saw in training, so that combination accuracy splits into seen and held-out pairs."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    conditionings: ConditioningFactory
+    resolution: int
+    holdout: tuple[tuple[int, int], ...] = ()
+
+
 @dataclass
 class EvalResult:
     """An evaluation: per-k metrics and their summary, as saved in ``eval.json``; ``load`` is the
@@ -213,22 +226,20 @@ def k_generator(seed: int, k: int) -> torch.Generator:
 def evaluate_denoiser(
     denoiser: Denoiser,
     detector: Detector,
-    make_test_conditionings: ConditioningFactory,
-    resolution: int,
+    scenes: TestScenes,
     out_dir: str | Path,
     config: EvalConfig | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
-    holdout: tuple[tuple[int, int], ...] = (),
 ) -> EvalResult:
     """Sample ``per_count`` images for every k, detect and score them; resumable (see module doc).
 
     ``denoiser`` is any ``Denoiser`` producing [B, 3, resolution, resolution] images in [-1, 1];
-    ``detector`` e.g. ``load_or_train_detector(data_cfg, cache)``; ``make_test_conditionings``
-    e.g. ``scene_conditionings(data_cfg)``. When the conditionings carry attributes, matched
-    objects are also scored for colour and shape, and ``holdout`` ((shape, colour) index pairs the
-    model never saw in training) splits the combination accuracy into seen and held-out pairs.
+    ``detector`` e.g. ``load_or_train_detector(data_cfg, cache)``; ``scenes`` e.g.
+    ``TestScenes(scene_conditionings(data_cfg), data_cfg.resolution)``. When the conditionings
+    carry attributes, matched objects are also scored for colour and shape.
     """
+    make_test_conditionings, resolution, holdout = scenes.conditionings, scenes.resolution, scenes.holdout
 
     cfg = config or EvalConfig()
     _check_detector(detector, resolution, cfg)
@@ -312,8 +323,8 @@ def evaluate_model(
     cache = Path(cache_dir) if cache_dir is not None else Path(out_dir).parent / "detectors"
     detector = build_detector(data_cfg, cfg, data_cfg.resolution, cache, progress, device)
     factory = scene_conditionings(data_cfg, cfg.min_separation)
-    return evaluate_denoiser(denoiser, detector, factory, data_cfg.resolution, out_dir, cfg, device, progress,
-                             holdout)
+    return evaluate_denoiser(denoiser, detector, TestScenes(factory, data_cfg.resolution, holdout), out_dir, cfg,
+                             device, progress)
 
 
 def evaluated_counts(out: Path) -> set[int]:
