@@ -40,7 +40,7 @@ def check_points(points, where: str) -> list[tuple[float, float]]:
     for j, p in enumerate(check_list(points, f"the locations of {where}")):
         try:
             pair = tuple(float(v) for v in check_list(p, "a location"))
-        except (TypeError, ValueError, InputError):
+        except (TypeError, ValueError):  # InputError is a ValueError
             pair = ()
         if len(pair) != 2 or not all(math.isfinite(v) for v in pair):
             raise InputError(f"location {j} of {where} is {p!r}: expected [x, y] (x = column, y = row from "
