@@ -207,18 +207,52 @@ def test_the_export_is_a_model_card_a_hub_would_show(tmp_path):
     assert all(p.stat().st_mode & 0o044 == 0o044 for p in folder.rglob("*") if p.is_file())
 
 
-def test_exporting_an_intervention_says_what_to_do(tmp_path):
+def test_the_card_shows_the_efficacy_probed_on_that_checkpoint(tmp_path):
+    """The card's locality line comes from the probe of the exported checkpoint, not another one."""
+    from locodiff.locality.extrapolation import ExtrapolationResult
+    from locodiff.locality.stats import Estimate
+
+    run = trained_run(tmp_path, "cross_attention")
+    for name, checkpoint, value in (("locality-a", "ckpt-0000000064", 0.93), ("locality-b", "ckpt-0000000032", 0.41)):
+        (run / name).mkdir()
+        (run / name / "summary.json").write_text(json.dumps({"meta": {"checkpoint": checkpoint}}))
+        band = {k: {"band": {"efficacy": Estimate(value - k / 100, 0.0, 1.0, 4, 2).to_dict()}} for k in (1, 4, 8)}
+        ExtrapolationResult({}, band).save(run / name)
+    card = (export_run(run, tmp_path / "e") / "README.md").read_text()
+    assert "| k | 4 | 8 |\n|---|---|---|\n| efficacy | 0.89 | 0.85 |" in card
+    assert "0.37" not in card
+
+
+def test_an_intervention_exports_as_a_composing_pipeline(tmp_path):
+    """An intervention folder exports with its base run's weights and its composition; the pipeline
+    samples what ``locodiff sample`` samples from the intervention folder, bit for bit."""
     from locodiff.intervene.config import InterventionSpec
     from locodiff.stages.subjects import write_intervention
 
     run = trained_run(tmp_path, "cross_attention")
-    write_intervention(tmp_path / "masked", InterventionSpec(base="cross_attention", radius_px=2.0), run)
-    res = CliRunner().invoke(app, ["export", str(tmp_path / "masked"), str(tmp_path / "out")])
-    assert res.exit_code == 2 and "is an intervention" in res.output and "locodiff sample" in res.output
+    masked = tmp_path / "exp3_masked-0123"
+    write_intervention(masked, InterventionSpec(base="cross_attention", radius_px=2.0), run)
+    args = ["sample", str(masked), "--locations", json.dumps(LOCATIONS), "--per-count", "2", "--steps", "3",
+            "--seed", "5", "-o", str(tmp_path / "samples")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    (tensors,) = [line for line in res.output.splitlines() if line.endswith(".safetensors")]
+    res = CliRunner().invoke(app, ["export", str(masked), str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    pipe = LocodiffPipeline.from_pretrained(tmp_path / "out")
+    assert pipe.model.intervention.radius_px == 2.0
+    got = pipe(locations=[LOCATIONS] * 2, num_inference_steps=3, generator=torch.Generator().manual_seed(5),
+               output_type="pt").images
+    assert torch.equal(got, ((load_file(tensors)["images"] + 1) / 2).clamp(0, 1))
+    plain = LocodiffPipeline.from_pretrained(export_run(run, tmp_path / "plain"))
+    assert not torch.equal(plain(locations=[LOCATIONS] * 2, num_inference_steps=3, output_type="pt",
+                                 generator=torch.Generator().manual_seed(5)).images, got)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert card.startswith("---") and "# exp3_masked:" in card and "within 2 px of its location" in card
 
 
 def test_the_pipeline_in_half_precision_and_as_diffusers_users_call_it(tmp_path, caplog):
-    """bf16 by ``.to`` or ``torch_dtype`` samples (close to fp32) without diffusers' float32 warning;
+    """bf16 by ``.to`` or ``torch_dtype``, and fp16 (CPU autocast has it), sample (close to fp32) without diffusers' float32 warning;
     ``num_images_per_prompt`` repeats each request; no generator means fresh noise."""
     folder = export_run(trained_run(tmp_path, "cross_attention"), tmp_path / "e")
     pipe = LocodiffPipeline.from_pretrained(folder)
@@ -227,9 +261,10 @@ def test_the_pipeline_in_half_precision_and_as_diffusers_users_call_it(tmp_path,
     with caplog.at_level("WARNING"):
         pipe.to(torch.bfloat16)
     assert "float32" not in caplog.text
-    for half in (pipe, LocodiffPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16)):
+    halves = [pipe, *(LocodiffPipeline.from_pretrained(folder, torch_dtype=t) for t in (torch.bfloat16, torch.float16))]
+    for half, dtype in zip(halves, (torch.bfloat16, torch.bfloat16, torch.float16)):
         out = half(**call, generator=torch.Generator().manual_seed(1)).images
-        assert half.model.dtype == torch.bfloat16 and out.dtype == torch.float32
+        assert half.model.dtype == dtype and out.dtype == torch.float32
         assert (out - ref).abs().max() < 0.1
     pipe.to(torch.float32)
     twice = pipe(**call, num_images_per_prompt=2, generator=torch.Generator().manual_seed(1)).images
@@ -261,3 +296,55 @@ def test_diffusers_own_loader_reads_an_export(tmp_path):
                        ours(**call, generator=torch.Generator().manual_seed(2)).images)
     with pytest.raises(CheckpointError, match="local_files_only=False"):
         LocodiffPipeline.from_pretrained(tmp_path / "nowhere")
+
+
+def test_diffusers_edm_schedulers_drive_the_pipeline(tmp_path):
+    """A scheduler swapped in the diffusers way samples, survives save and load, and diffusers' EDM
+    Euler lands where locodiff's Euler sampler does from the same noise (up to its starting level,
+    sqrt(sigma_max^2 + 1) instead of sigma_max, and the float rounding of the epsilon round trip)."""
+    from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler, DDPMScheduler
+
+    from locodiff.diffusion.samplers import sample_euler
+
+    pipe = LocodiffPipeline.from_pretrained(export_run(trained_run(tmp_path, "cross_attention"), tmp_path / "e"))
+    latents = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    call = dict(locations=[[(0.3, 0.6)], [(0.5, 0.5), (0.2, 0.8)]], num_inference_steps=6, output_type="pt",
+                latents=latents)
+    pipe.scheduler = EDMEulerScheduler.from_config(pipe.scheduler.config)
+    euler = pipe(**call).images
+    cond = location_conditioning(call["locations"], None)
+    want = sample_euler(pipe.model, latents * (80.0**2 + 1) ** 0.5 / 80.0, cond, 6)
+    assert (euler - ((want + 1) / 2).clamp(0, 1)).abs().max() < 1e-3
+    pipe.scheduler = EDMDPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.save_pretrained(tmp_path / "dpm", safe_serialization=True)
+    again = LocodiffPipeline.from_pretrained(tmp_path / "dpm")
+    assert type(again.scheduler).__name__ == "EDMDPMSolverMultistepScheduler"
+    assert torch.equal(again(**call).images, pipe(**call).images)
+    pipe.scheduler = DDPMScheduler()
+    with pytest.raises(InputError, match="EDM's noise levels"):
+        pipe(**call)
+
+
+def test_latents_callbacks_and_a_progress_bar_per_step(tmp_path, capsys):
+    """``latents`` are the noise a generator would draw; the callback sees every step's latents and
+    may replace them; the bar counts scheduler steps (2 x steps - 1 calls for Heun)."""
+    pipe = LocodiffPipeline.from_pretrained(export_run(trained_run(tmp_path, "cross_attention"), tmp_path / "e"))
+    call = dict(locations=[[(0.3, 0.6)], [(0.7, 0.4)]], num_inference_steps=3, output_type="pt")
+    drawn = pipe(**call, generator=torch.Generator().manual_seed(7)).images
+    latents = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(pipe(**call, latents=latents).images, drawn)
+    assert "5/5" in capsys.readouterr().err
+    seen = []
+
+    def keep(pipe, i, t, tensors):
+        seen.append((i, tensors["latents"].shape))
+        return {}
+
+    assert torch.equal(pipe(**call, latents=latents, callback_on_step_end=keep).images, drawn)
+    assert seen == [(i, (2, 3, 16, 16)) for i in range(5)]
+    flat = pipe(**call, latents=latents, callback_on_step_end=lambda p, i, t, d: {"latents": d["latents"] * 0}).images
+    assert not torch.equal(flat, drawn)
+    with pytest.raises(InputError, match="expected \\(2, 3, 16, 16\\)"):
+        pipe(**call, latents=latents[:1])
+    with pytest.raises(InputError, match="only 'latents'"):
+        pipe(**call, callback_on_step_end_tensor_inputs=["prompt_embeds"])

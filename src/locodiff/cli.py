@@ -292,20 +292,18 @@ def sample(
 
 @app.command()
 def export(
-    run: Path = typer.Argument(..., help="A training run folder."),
+    run: Path = typer.Argument(..., help="A training run or intervention folder (<out_dir>/models/<name>-<hash>)."),
     out: Path = typer.Argument(..., help="The folder to write (replaced only if it is an earlier export)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint folder of RUN (default: the latest)."),
     raw: bool = typer.Option(False, "--raw", help="Export the raw weights instead of the EMA ones."),
 ) -> None:
-    """Write a trained run as a diffusers pipeline folder: LocodiffPipeline.from_pretrained(OUT)."""
+    """Write a trained run (or an intervention on one) as a diffusers pipeline folder:
+    LocodiffPipeline.from_pretrained(OUT)."""
     with fail_cleanly():
         try:
             from .export import export_run  # needs the optional diffusers dependency
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise LocodiffError(f"locodiff export needs diffusers ({e}): pip install 'locodiff[diffusers]'") from None
-        if (run / layout.INTERVENTION).is_file():
-            raise LocodiffError(f"{run} is an intervention (a masked composition of {training_run(run)}): export "
-                                "writes training runs for now; sample it with `locodiff sample`, or export its base run")
         start = time.perf_counter()
         folder = export_run(run, out, checkpoint, ema=not raw)
     typer.echo(f"exported {run} to {folder} in {time.perf_counter() - start:.1f} s; "

@@ -15,9 +15,11 @@ earlier export (nothing else is ever overwritten).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
@@ -26,10 +28,13 @@ from ..errors import CheckpointError, LocodiffError
 from ..evaluate.config import EvalConfig
 from ..evaluate.metrics import default_tolerance_px
 from ..evaluate.runner import EvalResult
-from ..layout import eval_dir
+from ..layout import PROBE_SUMMARY, eval_dir
+from ..locality.extrapolation import ExtrapolationResult
 from ..models import describe
 from ..io import write_json_atomic, write_text_atomic
 from ..checkpoints import latest_checkpoint, load_weights, no_checkpoint, read_state
+from ..intervene.config import InterventionSpec
+from ..stages.subjects import read_intervention, training_run
 from ..train.run_folder import read_run_config
 from .model import LocodiffModel
 from .pipeline import LocodiffPipeline
@@ -80,33 +85,50 @@ POLICY_WORDS = {"all": "every object in an image is a conditioner",
                 "one": "one random object per image is a conditioner, the others are unlabelled clutter"}
 
 
-def export_run(run: str | Path, out: str | Path, checkpoint: str | Path | None = None, ema: bool = True) -> Path:
-    """Write run ``run`` (its latest checkpoint unless ``checkpoint`` names one) to ``out``."""
-    run, out = Path(run), Path(out)
+def export_run(subject: str | Path, out: str | Path, checkpoint: str | Path | None = None, ema: bool = True) -> Path:
+    """Write a training run or an intervention folder (its base run's weights and the composition
+    that makes it local) to ``out``, at its latest checkpoint unless ``checkpoint`` names one."""
+    subject, out = Path(subject), Path(out)
+    run = training_run(subject)
+    spec = read_intervention(subject)[0] if run != subject else None
     cfg = read_run_config(run)
     ckpt = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run)
     if ckpt is None:
         raise CheckpointError(no_checkpoint(run))
     if out.exists() and not (out / SOURCE).is_file():
         raise CheckpointError(f"{out} exists and is not an earlier locodiff export; choose a new folder")
-    model = LocodiffModel(network_config=to_dict(cfg.model), resolution=cfg.data.resolution)
+    model = LocodiffModel(network_config=to_dict(cfg.model), resolution=cfg.data.resolution,
+                          composition=None if spec is None else to_dict(spec))
     load_weights(model.network, ckpt / ("ema.safetensors" if ema else "model.safetensors"))
-    source = {"run": Path(os.path.relpath(run.resolve(), out.resolve())).as_posix(), "checkpoint": ckpt.name, "images_seen": read_state(ckpt)["images_seen"],
+    source = {"run": relative(run, out), "checkpoint": ckpt.name, "images_seen": read_state(ckpt)["images_seen"],
               "weights": "ema" if ema else "raw", "label_policy": cfg.label_policy, "locodiff_version": __version__}
+    if spec is not None:
+        source["intervention"] = relative(subject, out)
+    card = model_card(cfg, source, out, Measured(evaluation_of(subject, ckpt.name), efficacy_of(subject, ckpt.name)),
+                      spec)
+    write_export(out, LocodiffPipeline(model.eval(), None), source, card)
+    return out
+
+
+def relative(folder: Path, out: Path) -> str:
+    return Path(os.path.relpath(folder.resolve(), out.resolve())).as_posix()
+
+
+def write_export(out: Path, pipe: LocodiffPipeline, source: dict, card: str) -> None:
+    """The folder whole or not at all: written beside ``out``, then renamed into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        LocodiffPipeline(model.eval()).save_pretrained(tmp, safe_serialization=True)
+        pipe.save_pretrained(tmp, safe_serialization=True)
         for_diffusers_loader(tmp)
         write_json_atomic(tmp / SOURCE, source)
-        write_text_atomic(tmp / "README.md", model_card(cfg, source, out, evaluation_of(run, ckpt.name)))
+        write_text_atomic(tmp / "README.md", card)
         readable_by_all(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 SHIM = '''"""The pipeline of a locodiff export, for diffusers' own loader:
@@ -149,6 +171,31 @@ def evaluation_of(run: Path, checkpoint: str) -> EvalResult | None:
     return max(found, key=lambda r: len(r.per_k), default=None)
 
 
+def efficacy_of(subject: Path, checkpoint: str) -> ExtrapolationResult | None:
+    """The subject's extrapolation probe of this checkpoint, if one was made (the most counts)."""
+    found = []
+    for folder in subject.glob("locality-*"):
+        try:
+            meta = json.loads((folder / PROBE_SUMMARY).read_text())["meta"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        result = ExtrapolationResult.load(folder) if meta.get("checkpoint") == checkpoint else None
+        if result is not None and "efficacy" in next(iter(result.per_k.values()), {}).get("band", {}):
+            found.append(result)
+    return max(found, key=lambda r: len(r.per_k), default=None)
+
+
+def efficacy_lines(result: ExtrapolationResult | None) -> str:
+    if result is None:
+        return ""
+    ks = sorted(k for k in result.per_k if k >= 2)
+    cells = " | ".join("–" if e is None or math.isnan(e.mean) else f"{e.mean:.2f}"
+                       for e in (result.band("efficacy", k) for k in ks))
+    return ("- **Locality** (efficacy: a conditioner's effect on the score among all the others over its "
+            "effect alone, 1 for a local conditional score; the project's probe on the evaluation's "
+            f"scenes):\n\n| k | {' | '.join(map(str, ks))} |\n|---|{'---|' * len(ks)}\n| efficacy | {cells} |\n\n")
+
+
 def evaluation_lines(result: EvalResult | None) -> str:
     if result is None:
         return "- **Evaluation**: none yet (`locodiff evaluate RUN` measures recall per requested count).\n"
@@ -158,10 +205,19 @@ def evaluation_lines(result: EvalResult | None) -> str:
             f"{result.config.tolerance_px or default_tolerance_px(result.resolution):g} px, "
             f"{result.config.per_count} samples per k, "
             f"{result.detector} detector):\n\n| k | {' | '.join(map(str, ks))} |\n"
-            f"|---|{'---|' * len(ks)}\n| recall | {cells} |\n")
+            f"|---|{'---|' * len(ks)}\n| recall | {cells} |\n\n")
 
 
-def model_card(cfg, source: dict, out: Path, evaluation: EvalResult | None = None) -> str:
+@dataclass
+class Measured:
+    """What the study measured of the exported checkpoint, for its card."""
+
+    evaluation: EvalResult | None = None
+    extrapolation: ExtrapolationResult | None = None
+
+
+def model_card(cfg, source: dict, out: Path, measured: Measured = Measured(),
+               intervention: InterventionSpec | None = None) -> str:
     captions = cfg.model.arch == "diffusers_text"
     example = ('captions=["large red metal cube top left"]' if captions
                else "locations=[[(0.3, 0.6), (0.7, 0.4)]]")
@@ -169,13 +225,24 @@ def model_card(cfg, source: dict, out: Path, evaluation: EvalResult | None = Non
                     if captions else "one (x, y) per object, x the column and y the row from the top, both in "
                     "[0, 1]; an image may ask for any number of objects, 0 included")
     counts = cfg.data.train_counts
-    return CARD.format(name=cfg.name, arch=cfg.model.arch, version=__version__, resolution=cfg.data.resolution,
+    note = describe(cfg.model).note
+    if intervention is not None:
+        note += (f". Sampled as a masked composition ({intervention.description or 'Exp 3'}): the network is "
+                 "called once per conditioner and each conditioner's prediction acts only within "
+                 f"{intervention.radius_px:g} px of its location, a local conditional score by construction "
+                 "(no retraining)")
+    return CARD.format(name=intervention_name(source) or cfg.name, arch=cfg.model.arch, version=__version__, resolution=cfg.data.resolution,
                        conditioning=conditioning, train_images=cfg.data.train_images,
                        train_counts=f"{min(counts)}–{max(counts)}" if len(counts) > 1 else str(counts[0]),
                        label_policy=cfg.label_policy, policy_words=POLICY_WORDS.get(cfg.label_policy, ""),
                        images_seen=source["images_seen"], weights=source["weights"],
-                       note=describe(cfg.model).note, evaluation=evaluation_lines(evaluation),
+                       note=note, evaluation=evaluation_lines(measured.evaluation) + efficacy_lines(measured.extrapolation),
                        folder=out.name, example=example)
+
+
+def intervention_name(source: dict) -> str | None:
+    path = source.get("intervention")
+    return None if path is None else Path(path).name.rsplit("-", 1)[0]
 
 
 def read_source(folder: str | Path) -> dict:

@@ -21,6 +21,8 @@ from ..conditioning import Conditioning
 from ..config import from_dict
 from ..denoiser import ConditionedOn
 from ..errors import CheckpointError
+from ..intervene.config import InterventionSpec
+from ..intervene.masked import masked_composition
 from ..models import ModelConfig, as_denoiser, build_network
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -43,12 +45,16 @@ def check_weights_folder(folder: str | Path) -> Path:
 
 
 class LocodiffModel(ModelMixin, ConfigMixin):
-    """A locodiff network (any architecture) with diffusers' saving and loading."""
+    """A locodiff network (any architecture) with diffusers' saving and loading; with a
+    ``composition`` (an ``InterventionSpec`` as a dict), the network's single-conditioner
+    predictions composed as that intervention composes them (Exp 3's masked composition)."""
 
     @register_to_config
-    def __init__(self, network_config: dict, resolution: int, locodiff_version: str = __version__) -> None:
+    def __init__(self, network_config: dict, resolution: int, locodiff_version: str = __version__,
+                 composition: dict | None = None) -> None:
         super().__init__()
         self.network = build_network(from_dict(ModelConfig, network_config))
+        self.intervention = None if composition is None else from_dict(InterventionSpec, composition)
 
     @property
     def conditioned_on(self) -> ConditionedOn:
@@ -58,6 +64,13 @@ class LocodiffModel(ModelMixin, ConfigMixin):
         """The denoised image ``x0`` (images in [-1, 1]), as ``load_denoiser``'s Denoiser gives it.
         With weights in bf16 or fp16 (``pipe.to(torch.bfloat16)``, ``torch_dtype=``) the network runs
         under autocast in that dtype, the preconditioning's skip terms and the result in ``x``'s."""
+        spec = self.intervention
+        if spec is None:
+            return self.network_x0(x, sigma, cond)
+        return masked_composition(self.network_x0, spec.radius_px, "null", spec.softness_px)(x, sigma, cond)
+
+    def network_x0(self, x: Tensor, sigma: Tensor | float, cond: Conditioning) -> Tensor:
+        """The network's own denoised image (no composition)."""
         low = self.dtype in (torch.bfloat16, torch.float16)
         with torch.autocast(x.device.type, dtype=self.dtype, enabled=low):
             return as_denoiser(self.network)(x, sigma, cond)
