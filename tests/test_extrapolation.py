@@ -166,3 +166,21 @@ def test_holding_group_norm_statistics_removes_exactly_the_coupling_they_carry()
     # a composition has no plain GroupNorm pass to borrow from: the diagnostic is skipped
     masked = run(masked_composition(NormCoupled(), radius_px=2.0), [8], held_norm_counts=(8,))
     assert math.isnan(masked.band("far_residual_held_norms", 8).mean)
+
+
+def test_the_kept_effect_maps_agree_alone_and_among_the_others_only_under_composition(tmp_path):
+    """The explorer's maps: a conditioner's effect among all the others equals its effect alone for
+    a pure composition, and is its count-coupled fraction (3/8 here) beyond the toy's limit."""
+    from safetensors.torch import load_file
+
+    pure = run(CountCoupledToy(SIZE, SIZE, count_limit=None), [2, 8])
+    effects = pure.maps["k08.effects"]  # [scene, alone | among, k, H, W]
+    assert effects.shape[:3] == (1, 2, 8) and effects[0, 0].amax() > 0
+    assert torch.allclose(effects[0, 0], effects[0, 1], atol=1e-6)
+    coupled = run(CountCoupledToy(SIZE, SIZE, count_limit=3), [8]).maps["k08.effects"][0]
+    inside = coupled[0] > 1e-3
+    assert torch.allclose(coupled[1][inside], coupled[0][inside] * 3 / 8, rtol=1e-4)
+    pure.save(tmp_path)
+    saved = load_file(str(tmp_path / "extrapolation_maps.safetensors"))
+    assert torch.equal(saved["k08.effects"], effects) and saved["k02.locations"].shape == (1, 2, 2)
+    assert float(saved["sigma"]) == 5.0  # the band's geometric middle among the probed levels

@@ -17,6 +17,7 @@ from locodiff.report.summary import claim_lines, summary_section
 from locodiff.report.claims import colour_by_block, colour_composition, locality_correlation
 from locodiff.report.config import ReportConfig
 from locodiff.report.facts import ModelFacts
+from locodiff.report.figures import FigureFolder
 from locodiff.stages.config import load_study_config
 
 
@@ -49,7 +50,8 @@ def test_below_three_models_no_correlation_is_claimed(tmp_path):
 def test_every_section_prints_the_one_rho(tmp_path):
     cfg = load_study_config("micro")
     models = four_models(tmp_path)
-    texts = [b.text for b in findings_section(cfg, models).blocks + summary_section(cfg, models).blocks
+    summary = summary_section(cfg, models, FigureFolder(tmp_path / "figures")).blocks
+    texts = [b.text for b in findings_section(cfg, models).blocks + summary
              if hasattr(b, "text")] + claim_lines(cfg, models)
     printed = {m for t in texts for m in re.findall(r"(?:is|Spearman|beyond training:) (-?\d\.\d\d)", t)}
     assert printed == {"1.00"}, texts

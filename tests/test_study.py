@@ -26,7 +26,7 @@ from locodiff.errors import ConfigError, LocodiffError
 from locodiff.evaluate.runner import evaluation_dir
 from locodiff.stages.subjects import base_run_folder, subject_checkpoint, training_run
 from locodiff.locality.result import mean_normalised_index
-from locodiff.report.explorer import quantized_map
+from locodiff.report.explorer import quantized_map, quantized_pair
 from locodiff.locality.extrapolation import ExtrapolationResult
 from locodiff.stages.predict import predict
 from locodiff.stages.study import run_study
@@ -301,6 +301,9 @@ def test_report_renders_in_a_real_browser(finished, tmp_path):
     ids = re.findall(r'<h2 id="([^"]+)"', dom)  # every section has an anchor, and the contents link them all
     assert len(set(ids)) == len(sections) and re.findall(r'<a href="#([^"]+)"', dom)[:len(ids)] == ids
     assert re.search(r"<details><summary>show \(\d+ lines\)</summary><pre>\{", dom)  # the config starts folded
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", dom)
+    assert cells and not any("**" in c for c in cells)  # verdicts in bold, not in asterisks
+    assert re.search(r"<td class=\"?t\"?><b>(not )?supported</b></td>", dom)
     shot = tmp_path / "shot.png"
     subprocess.run(cmd + [f"--screenshot={shot}", "--window-size=1000,1400", html_path.as_uri()],
                    capture_output=True, timeout=120)
@@ -647,11 +650,20 @@ READ_MAP = """(() => {
 })()"""
 
 
+READ_EFFECT = """(() => {
+  const c = document.querySelector('canvas.explorer-effect[data-model="exp1"][data-which="WHICH"]');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  return {k: c.dataset.k, index: +c.dataset.index, red: Array.from(d.filter((_, i) => i % 4 === 0))};
+})()"""
+
+
 @pytest.mark.skipif(chromium() is None, reason="no chromium on this machine (.ci/run installs Debian's package)")
 def test_the_explorer_shows_the_saved_jacobian_of_what_is_clicked(finished):
-    """In headless Chromium: a real click on a probed pixel (then on a conditioner) changes the
-    map shown to exactly the saved Jacobian map; hovering a sample names what was found; every
-    image decodes and the console stays free of errors."""
+    """In headless Chromium: the explorer opens on a conditioner's map; a real click on a probed
+    pixel (then on a conditioner) changes the map shown to exactly the saved Jacobian map; at the
+    largest k, a conditioner's effect alone and among the others are the probe's saved maps;
+    hovering a sample names what was found; every image decodes and the console stays free of
+    errors."""
     html_path = Path(finished.out_dir) / "report" / "report.html"
     folder = finished.subject_dirs()["exp1"]
     probe = layout.probe_dir(folder, finished.locality, subject_checkpoint(folder).name)
@@ -664,6 +676,10 @@ def test_the_explorer_shows_the_saved_jacobian_of_what_is_clicked(finished):
         browser.open(html_path.as_uri(), "document.getElementById('explorer')?.dataset.ready === '1' && "
                      "[...document.images].every(e => e.complete)")
         assert browser.evaluate("[...document.images].every(e => e.naturalWidth > 0)")
+        opened = browser.evaluate(READ_MAP)  # it opens on an object: conditioner 1's map, not a background pixel's
+        assert (opened["kind"], opened["index"]) == ("cond", 0)
+        assert np.array_equal(np.reshape(opened["red"], (height, width)), cond_maps[0, 0, 0])
+        browser.click('#explorer svg [data-pixel="0"]')
         before = browser.evaluate(READ_MAP)
         assert (before["kind"], before["index"]) == ("pixel", 0)
         assert np.array_equal(np.reshape(before["red"], (height, width)), pixel_maps[0, 0, 0])
@@ -683,6 +699,15 @@ def test_the_explorer_shows_the_saved_jacobian_of_what_is_clicked(finished):
         assert np.array_equal(np.reshape(shown["red"], (height, width)), cond_maps[0, 0, 0])
         browser.hover("#explorer .ex-sample")
         assert browser.evaluate("document.getElementById('explorer-hover').textContent").startswith("sample 0:")
+        effects = load_file(str(probe / "extrapolation_maps.safetensors"))
+        k = max(int(key[1:3]) for key in effects if key.endswith(".effects"))
+        pair, _ = quantized_pair(effects[f"k{k:02d}.effects"][0])  # [alone | among, k, H, W]
+        browser.click('#explorer svg [data-effect-conditioner="1"]')
+        for which, row in (("alone", 0), ("among", 1)):
+            shown = browser.evaluate(READ_EFFECT.replace("WHICH", which))
+            assert (shown["k"], shown["index"]) == (str(k), 1)
+            assert np.array_equal(np.reshape(shown["red"], pair[row, 1].shape), pair[row, 1])
+        browser.screenshot(Path(finished.out_dir) / "explorer.png", "#explorer")
         assert browser.errors() == []
 
 

@@ -48,6 +48,7 @@ EVAL_SUMMARY = "eval.json"  # an evaluation's per-k metrics and summary (eval_di
 EVAL_RECORDS = "eval.jsonl"  # its per-image records
 PROBE_SUMMARY = "summary.json"  # a locality probe's summary (probe_dir)
 EXTRAPOLATION = "extrapolation.json"  # the probe at the evaluation's counts
+EXTRAPOLATION_MAPS = "extrapolation_maps.safetensors"  # its effect maps of a scene per k (the explorer's)
 FEATURES = "features.json"  # the feature-space results (or why there are none)
 TEXT_PROBE = "text_probe.json"  # a caption model's three SDXL statements
 CONTACT_SHEET = "contact_sheet.png"  # a data set's first images (dataset_root)

@@ -4,6 +4,7 @@ tests: open a page, evaluate JavaScript, click at a point, and collect console e
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -99,6 +100,17 @@ class Browser:
         self.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})
         for kind in ("mousePressed", "mouseReleased"):
             self.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1})
+
+    def screenshot(self, path, selector: str = "body") -> bytes:
+        """A PNG of the first element ``selector`` matches, the whole of it, written to ``path``."""
+        box = self.evaluate(f"(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect(); "
+                            "return [r.left + scrollX, r.top + scrollY, r.width, r.height]; })()")
+        clip = dict(zip(("x", "y", "width", "height"), box), scale=1)
+        data = self.send("Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True})
+        png = base64.b64decode(data["data"])
+        with open(path, "wb") as f:
+            f.write(png)
+        return png
 
     def errors(self) -> list[str]:
         """Console errors and uncaught exceptions seen so far."""

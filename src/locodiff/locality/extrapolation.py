@@ -22,6 +22,11 @@ x0-prediction given the subset ``S``:
 - the efficacy and the far residual again with GroupNorm statistics held fixed
   (``locality.coupling``), at ``held_norm_counts``.
 
+For the report's explorer the probe also keeps, for the first ``MAP_SCENES`` scenes of each k at
+the band's middle noise level, each conditioner's effect alone ``|A_i|`` and in the full set
+``|E_i|`` per pixel (norm over channels); under a local conditional score the two agree in i's
+window, whatever k is.
+
 Units are pooled per k as ratios of sums (a unit with a tiny own effect cannot dominate), the far
 statistics over the conditioners that have a far context. Intervals resample scenes. The headline
 is the mean over the noise levels in ``band`` (where the layout is decided).
@@ -41,14 +46,15 @@ from torch import Tensor
 from ..conditioning import Conditioning, location_windows
 from ..config import to_dict
 from ..denoiser import Denoiser
-from ..io import write_json_atomic
-from ..layout import EXTRAPOLATION
+from ..io import atomic_path, save_tensors, write_json_atomic
+from ..layout import EXTRAPOLATION, EXTRAPOLATION_MAPS
 from .config import ExtrapolationOptions
 from .coupling import NormStatistics, group_norms
 from .jacobian import InputError
 from .stats import Estimate
 
 EXTRAPOLATION_FILE = EXTRAPOLATION
+MAP_SCENES = 1  # scenes per k whose effect maps are kept
 # Per scene and noise level, the sums pooled into the statistics (in this order).
 SUMS = ("far_residual2", "far_own2", "far_gap", "own2", "effect_on_own", "far_units", "units",
         "held_residual2", "held_own2", "held_effect_on_own", "held_all_own2")
@@ -172,10 +178,25 @@ def statistics(sums: Tensor) -> dict[str, Tensor]:
 
 # ----- the probe -------------------------------------------------------------------------------------
 
+def effect_maps(preds: Tensor, plan: ScenePlan) -> Tensor:
+    """[2, k, H, W]: each conditioner's effect alone and in the full set, per pixel."""
+    alone = [preds[u["alone"]] - preds[u["empty"]] for u in plan.units]
+    among = [preds[u["full"]] - preds[u["without"]] for u in plan.units]
+    return torch.stack([torch.stack(alone), torch.stack(among)]).norm(dim=2)
+
+
+def map_sigma(options: ExtrapolationOptions) -> int:
+    """The index of the noise level whose effect maps are kept: the band's middle (geometric)."""
+    middle = math.sqrt(options.band[0] * options.band[1])
+    return min((j for j, s in enumerate(options.sigmas) if options.band[0] <= s <= options.band[1]),
+               key=lambda j: abs(math.log(options.sigmas[j] / middle)))
+
+
 def probe_count(denoiser: Denoiser, images: Tensor, cond: Conditioning, options: ExtrapolationOptions,
-                noise: Tensor) -> Tensor:
+                noise: Tensor, maps: list[Tensor] | None = None) -> Tensor:
     """Sums [scenes, sigmas, len(SUMS)] for scenes ``images`` [S, C, H, W] under ``cond`` (every
-    present conditioner is probed); ``noise`` [S, C, H, W] is reused at every sigma."""
+    present conditioner is probed); ``noise`` [S, C, H, W] is reused at every sigma. The first
+    ``MAP_SCENES`` scenes' ``effect_maps`` at ``map_sigma`` are appended to ``maps`` if given."""
     h, w = images.shape[-2:]
     scale = torch.tensor([w, h], dtype=cond.locations.dtype, device=cond.device)
     windows = location_windows(cond, h, w, options.window_px, softness_px=0.0) > 0.5
@@ -195,6 +216,8 @@ def probe_count(denoiser: Denoiser, images: Tensor, cond: Conditioning, options:
         for s, plan in enumerate(plans):
             stop = start + len(plan.subsets)
             sums[s, j] = scene_sums(preds[start:stop], plan, windows[s, slots[s]], held.get(s))
+            if maps is not None and s < MAP_SCENES and j == map_sigma(options):
+                maps.append(effect_maps(preds[start:stop], plan))
             start = stop
     return sums
 
@@ -228,16 +251,23 @@ def probe_extrapolation(denoiser: Denoiser, scenes: Scenes, options: Extrapolati
     """The statistics of ``denoiser`` at every k of ``options.counts`` on the scenes ``scenes(k)``
     gives (put the model in ``eval()`` mode first). ``generator`` draws the noise and the
     bootstrap; ``progress(k)`` is called after each k."""
-    sums = {}
+    sums, maps = {}, {}
     for k in options.counts:
         images, cond = scenes(k)
         if images.shape[0] != cond.batch_size or (cond.counts() != k).any():
             raise InputError(f"the probe's scenes for k={k} must hold exactly {k} conditioners each")
         noise = torch.randn(images.shape, generator=generator).to(images)
-        sums[k] = probe_count(denoiser, images, cond, options, noise)
+        kept: list[Tensor] = []
+        sums[k] = probe_count(denoiser, images, cond, options, noise, kept)
+        n = len(kept)
+        maps[f"k{k:02d}.effects"] = torch.stack(kept).float().cpu()  # [n, 2, k, H, W]
+        maps[f"k{k:02d}.images"] = images[:n].float().cpu()
+        maps[f"k{k:02d}.locations"] = cond.locations[:n][cond.mask[:n]].reshape(n, k, 2).float().cpu()
         if progress:
             progress(k)
-    return ExtrapolationResult.from_sums(options, sums, generator, meta or {})
+    result = ExtrapolationResult.from_sums(options, sums, generator, meta or {})
+    result.maps = {"sigma": torch.tensor([options.sigmas[map_sigma(options)]]), **maps}
+    return result
 
 
 # ----- results ---------------------------------------------------------------------------------------
@@ -275,6 +305,7 @@ class ExtrapolationResult:
     per_k: dict[int, dict]
     sums: dict[int, list] = field(default_factory=dict)  # k -> [scenes][sigmas][SUMS], for recomputing
     meta: dict = field(default_factory=dict)
+    maps: dict[str, Tensor] = field(default_factory=dict)  # the effect maps, saved beside (not in) the JSON
 
     @classmethod
     def from_sums(cls, options: ExtrapolationOptions, sums: dict[int, Tensor], generator: torch.Generator,
@@ -320,6 +351,10 @@ class ExtrapolationResult:
                    {int(k): v for k, v in d.get("sums", {}).items()}, d.get("meta", {}))
 
     def save(self, folder: str | Path) -> Path:
+        """The maps first: the JSON's presence says the probe is complete."""
+        if self.maps:
+            with atomic_path(Path(folder) / EXTRAPOLATION_MAPS) as tmp:
+                save_tensors({name: t.contiguous() for name, t in self.maps.items()}, tmp)
         path = Path(folder) / EXTRAPOLATION_FILE
         write_json_atomic(path, self.to_dict())
         return path

@@ -10,11 +10,10 @@ network (normalisation, attention weights, distance bias).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from .document import Figure, Section, Table, Text
 from .facts import ModelFacts, num, recall_per_k
-from .figures import ablation_curves
+from .figures import FigureFolder, ablation_curves
 
 
 def network(spec) -> str:
@@ -41,7 +40,7 @@ def ablated(cfg, facts: list[ModelFacts]) -> list[ModelFacts]:
     return chosen if any(f.role == "ablation" for f in chosen) else []
 
 
-def ablation_section(cfg, facts: list[ModelFacts], figures: Path) -> Section | None:
+def ablation_section(cfg, facts: list[ModelFacts], figures: FigureFolder) -> Section | None:
     done = ablated(cfg, facts)
     if not done:
         return None

@@ -33,7 +33,8 @@ from .facts import (
 from .ablation import ablation_section
 from .explorer import explorer_html
 from .extrapolation import extrapolation_section
-from .figures import cosine_matrices, locality_vs_generalization, recall_and_crowding, success_vs_k
+from .figures import (FigureFolder, cosine_matrices, locality_vs_generalization, model_colours, recall_and_crowding,
+                      success_vs_k)
 from .summary import seed_verdicts, summary_section
 from .text_model import text_model_section
 from .training import emergence_section, seeds_section, trained_in_section
@@ -91,7 +92,7 @@ def setup_section(cfg, facts: list[ModelFacts], timings: dict) -> Section:
     return sec
 
 
-def generalization_section(cfg, facts: list[ModelFacts], figures: Path) -> Section:
+def generalization_section(cfg, facts: list[ModelFacts], figures: FigureFolder) -> Section:
     ev = cfg.evaluate
     tolerance = ev.tolerance_px or default_tolerance_px(cfg.data.resolution)
     sec = Section("Length generalization")
@@ -127,7 +128,8 @@ def generalization_section(cfg, facts: list[ModelFacts], figures: Path) -> Secti
         sec.blocks.append(Table(["model"] + [f"k={k}" for k in ks] + [f"min k={lo}–{hi}", "AUC extrap."], rows,
                                 f"**{kind}** per requested object count ({what})."))
     for kind in ("recall", "precision", "success", "placed"):
-        path = success_vs_k({f.name: f.evaluation for f in done}, figures / f"{kind}_vs_k.png", ev.trained_range, kind)
+        path = success_vs_k({f.name: f.evaluation for f in done}, figures / f"{kind}_vs_k.png", ev.trained_range, kind,
+                            figures.colours)
         sec.blocks.append(Figure(path, f"{kind} against k for every model (95% intervals); grey: trained range."))
     for f in done:
         if learned_conditioner(f, ev.threshold) is False:
@@ -143,7 +145,7 @@ def generalization_section(cfg, facts: list[ModelFacts], figures: Path) -> Secti
     return sec
 
 
-def crowding_section(cfg, facts: list[ModelFacts], figures: Path) -> Section:
+def crowding_section(cfg, facts: list[ModelFacts], figures: FigureFolder) -> Section:
     """How crowded the test windows are compared with training, beside each model's recall."""
 
     sec = Section("Crowding: do test windows look like training?")
@@ -172,13 +174,13 @@ def crowding_section(cfg, facts: list[ModelFacts], figures: Path) -> Section:
     if done:
         fig = recall_and_crowding(done, {r.k: r.outside for r in headline_table.rows}, headline_table.radius_px,
                                   headline_table.predicted_limit_k, figures / "recall_and_crowding.png",
-                                  cfg.evaluate.trained_range)
+                                  cfg.evaluate.trained_range, figures.colours)
         sec.blocks.append(Figure(fig, f"Left: recall against k. Right: share of test objects crowded beyond "
                                       f"training at r = {headline_table.radius_px:g} px; dashed: predicted limit."))
     return sec
 
 
-def locality_section(cfg, facts: list[ModelFacts], figures: Path) -> Section:
+def locality_section(cfg, facts: list[ModelFacts], figures: FigureFolder) -> Section:
     sec = Section("Locality of the learned score")
     done = [f for f in facts if f.locality_dir]
     if not done:
@@ -217,7 +219,7 @@ def locality_section(cfg, facts: list[ModelFacts], figures: Path) -> Section:
     return sec
 
 
-def feature_blocks(cfg, done: list[ModelFacts], figures: Path) -> list:
+def feature_blocks(cfg, done: list[ModelFacts], figures: FigureFolder) -> list:
     """Feature-space composition: cosines between the feature directions of different concepts."""
 
     feats = {f.name: f.features for f in done if f.features}
@@ -271,7 +273,7 @@ def colour_claim(cfg, done: list[ModelFacts]) -> list:
                    "locality (normalised)", "verdict"], rows)]
 
 
-def colour_blocks(cfg, done: list[ModelFacts], feats: dict[str, dict], figures: Path) -> list:
+def colour_blocks(cfg, done: list[ModelFacts], feats: dict[str, dict], figures: FigureFolder) -> list:
     """Colour concepts of attribute-conditioned models: the claim, feature cosines and colour
     accuracy per k."""
 
@@ -354,7 +356,7 @@ def combination_blocks(cfg, done: list[ModelFacts], feats: dict[str, dict]) -> l
     ]
 
 
-def diffusers_section(cfg, figures: Path, trained_here: bool = False) -> Section | None:
+def diffusers_section(cfg, figures: FigureFolder, trained_here: bool = False) -> Section | None:
     """What the paper reports for SDXL and what ``locodiff probe-diffusers`` measured; none when
     nothing was (no probe of a diffusers model, no caption model in the study)."""
     folder = Path(cfg.out_dir) / "probe-diffusers"
@@ -450,14 +452,14 @@ def held_out_findings(cfg, facts: list[ModelFacts]) -> list:
     return lines
 
 
-def scatter_block(cfg, facts: list[ModelFacts], figures: Path) -> list:
+def scatter_block(cfg, facts: list[ModelFacts], figures: FigureFolder) -> list:
     points = {}
     for f in facts:
         if f.evaluation and f.locality_dir and learned_conditioner(f, cfg.evaluate.threshold):
             points[f.name] = (f.locality_index, recall_beyond(f)[1] or 0.0)
     if len(points) < 2:
         return []
-    path = locality_vs_generalization(points, figures / "locality_vs_generalization.png")
+    path = locality_vs_generalization(points, figures / "locality_vs_generalization.png", figures.colours)
     return [Figure(path, "Each model that learned its conditioner: mean normalised conditional-locality index "
                          "against its mean recall over the extrapolation range.")]
 
@@ -488,8 +490,8 @@ def reproducibility_section(cfg) -> Section:
 # ----- entry point -------------------------------------------------------------------------------
 
 
-def explorer_section(facts: list[ModelFacts]) -> Section:
-    return Section("Explore", [Html(explorer_html(facts), "The HTML version of this report (`report.html`) has an "
+def explorer_section(facts: list[ModelFacts], colours: dict[str, str]) -> Section:
+    return Section("Explore", [Html(explorer_html(facts, colours), "The HTML version of this report (`report.html`) has an "
                                     "explorer here: the samples per k with their detections, the Jacobian maps of "
                                     "each probed pixel and conditioner at every noise level, models side by side, "
                                     "and the recall and efficacy curves per model.")])
@@ -499,13 +501,13 @@ def write_report(cfg, out_dir: str | Path) -> Path:
     """Write ``report.md``, ``report.html`` (self-contained) and ``figures/`` into ``out_dir``."""
 
     out = Path(out_dir)
-    figures = out / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
     gathered = gather(cfg)
+    figures = FigureFolder(out / "figures", model_colours(f.name for f in gathered))
+    figures.path.mkdir(parents=True, exist_ok=True)
     facts, text_facts = location_models(gathered), caption_models(gathered)
     timings_path = Path(cfg.out_dir) / layout.TIMINGS
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    sections = [summary_section(cfg, facts), setup_section(cfg, facts, timings)]
+    sections = [summary_section(cfg, facts, figures), setup_section(cfg, facts, timings)]
     sheet = layout.dataset_root(cfg.data, cfg.out_dir) / layout.CONTACT_SHEET
     if sheet.exists():
         shutil.copyfile(sheet, figures / "data.png")
@@ -523,7 +525,7 @@ def write_report(cfg, out_dir: str | Path) -> Path:
     seeds.blocks += seed_verdicts(cfg, by_seed)
     sections += [s for s in (seeds, diffusers_section(cfg, figures, text_section is not None)) if s is not None]
     sections += [text_section] if text_section else []
-    sections += [findings, explorer_section(gathered), reproducibility_section(cfg)]
+    sections += [findings, explorer_section(gathered, figures.colours), reproducibility_section(cfg)]
     title = "locodiff study report"
     write_text_atomic(out / "report.md", to_markdown(title, sections, out))
     write_text_atomic(out / "report.html", to_html(title, sections))

@@ -103,6 +103,12 @@ def _code(text: str) -> str:
     return pre if lines <= FOLDED_LINES else f"<details><summary>show ({lines} lines)</summary>{pre}</details>"
 
 
+def _html_cell(text: str) -> str:
+    """A table cell with its inline markup; words left-aligned, numbers right-aligned."""
+    words = re.search(r"[A-Za-z]{2}", text) is not None
+    return f"<td{' class=t' if words else ''}>{_inline(text)}</td>"
+
+
 def to_html(title: str, sections: Sequence[Section]) -> str:
     contents = "".join(f"<li><a href='#{anchor(s.title)}'>{html.escape(s.title)}</a></li>" for s in sections)
     body = [f"<h1>{html.escape(title)}</h1>", f"<nav><ol class='toc'>{contents}</ol></nav>"]
@@ -119,7 +125,7 @@ def to_html(title: str, sections: Sequence[Section]) -> str:
                 if b.caption:
                     body.append(f"<p class='cap'>{_inline(b.caption)}</p>")
                 head = "".join(f"<th>{html.escape(h)}</th>" for h in b.header)
-                rows = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in r) + "</tr>" for r in b.rows)
+                rows = "".join("<tr>" + "".join(_html_cell(_cell(v)) for v in r) + "</tr>" for r in b.rows)
                 body.append(f"<table><tr>{head}</tr>{rows}</table>")
             else:
                 data = base64.b64encode(Path(b.path).read_bytes()).decode()
@@ -127,7 +133,7 @@ def to_html(title: str, sections: Sequence[Section]) -> str:
                             f"<figcaption>{_inline(b.caption)}</figcaption></figure>")
     style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto;line-height:1.45}"
              "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding:2px 6px;"
-             "text-align:right}th{background:#eee}img{max-width:100%;image-rendering:pixelated}"
+             "text-align:right}td.t{text-align:left}th{background:#eee}img{max-width:100%;image-rendering:pixelated}"
              "figcaption,.cap{color:#555;font-size:90%}code{background:#f3f3f3}"
              "pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:85%}"
              ".toc{columns:2;font-size:90%}summary{cursor:pointer;color:#555}")

@@ -6,7 +6,9 @@ What it shows is what the stages saved, nothing recomputed: per model, the evalu
 strips per k with each requested location marked found or missed; the locality probe's maps for
 its first ``EXPLORER_SCENES`` scenes (the input-pixel Jacobian energy of each probed output pixel
 and each conditioner's sensitivity map, at every noise level); recall and the extrapolation
-efficacy per k with their 95% intervals. Maps are stored as bytes, each scaled by its own maximum
+efficacy per k with their 95% intervals; and where generalization is asked, a probed scene per
+k = 1..10 with each conditioner's effect alone and among all the others (the extrapolation
+probe's maps; a probe made before it kept them shows none). Maps are stored as bytes, each scaled by its own maximum
 (``quantized_map``), which the page draws one canvas pixel per map pixel.
 """
 
@@ -16,10 +18,12 @@ import base64
 import json
 from importlib import resources
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 from safetensors.numpy import load_file
 
+from ..layout import EXTRAPOLATION_MAPS
 from .claims import HEADLINE
 from .facts import ModelFacts
 
@@ -32,6 +36,14 @@ def quantized_map(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     peak = values.reshape(*values.shape[:-2], -1).max(-1)
     scale = np.where(peak > 0, 255.0 / np.where(peak > 0, peak, 1.0), 0.0)
     return np.round(values * scale[..., None, None]).clip(0, 255).astype(np.uint8), peak
+
+
+def quantized_pair(pair: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Effect maps [2, k, H, W] (alone, among) as uint8, each conditioner's two on one scale (its
+    larger maximum), and those maxima [k]."""
+    peak = pair.max(axis=(0, 2, 3))
+    scale = np.where(peak > 0, 255.0 / np.where(peak > 0, peak, 1.0), 0.0)
+    return np.round(pair * scale[None, :, None, None]).clip(0, 255).astype(np.uint8), peak
 
 
 def _b64(data: bytes) -> str:
@@ -109,14 +121,38 @@ def maps(f: ModelFacts, scenes: int = EXPLORER_SCENES) -> dict | None:
     return {"sigmas": f.locality["sigmas"], "height": int(height), "width": int(width), "scenes": rows}
 
 
-def explorer_data(facts: list[ModelFacts]) -> dict:
-    return {"models": [{"name": f.name, "arch": f.arch, **curves(f), "samples": samples(f), "maps": maps(f)}
-                       for f in facts]}
+def effects(f: ModelFacts) -> dict | None:
+    """Per k, the extrapolation probe's first scene: its image, conditioners, and each
+    conditioner's effect alone and among the others, the pair scaled to one maximum."""
+    path = None if f.locality_dir is None else Path(f.locality_dir) / EXTRAPOLATION_MAPS
+    if path is None or not path.is_file():
+        return None
+    arrays = load_file(str(path))
+    keys = sorted(k for k in arrays if k.endswith(".effects"))
+    if not keys:
+        return None
+    out = {}
+    for key in keys:
+        k = key.split(".")[0]
+        maps, peak = quantized_pair(arrays[key][0])  # [2, k, H, W]
+        image = ((arrays[f"{k}.images"][0].clip(-1, 1) + 1) * 127.5).round().astype(np.uint8)
+        out[str(int(k[1:]))] = {"image": _b64(image.transpose(1, 2, 0).tobytes()),
+                                "conditioners": arrays[f"{k}.locations"][0].round(5).tolist(),
+                                "alone": _b64(maps[0].tobytes()), "among": _b64(maps[1].tobytes()),
+                                "peaks": peak.tolist()}
+    height, width = arrays[keys[0]].shape[-2:]
+    return {"sigma": float(arrays["sigma"][0]), "height": int(height), "width": int(width), "counts": out}
 
 
-def explorer_html(facts: list[ModelFacts]) -> str:
-    """The explorer block: its data as JSON, then its script."""
-    data = json.dumps(explorer_data(facts), separators=(",", ":")).replace("</", "<\\/")
+def explorer_data(facts: list[ModelFacts], colours: Mapping[str, str]) -> dict:
+    return {"models": [{"name": f.name, "arch": f.arch, "color": colours[f.name], **curves(f), "samples": samples(f),
+                        "maps": maps(f), "effects": effects(f)} for f in facts]}
+
+
+def explorer_html(facts: list[ModelFacts], colours: Mapping[str, str]) -> str:
+    """The explorer block: its data as JSON, then its script. ``colours``: each model's colour in
+    the report's figures, kept here."""
+    data = json.dumps(explorer_data(facts, colours), separators=(",", ":")).replace("</", "<\\/")
     script = resources.files(__package__).joinpath("assets/explorer.js").read_text()
     return (f"<div id='explorer'></div><script type='application/json' id='explorer-data'>{data}</script>"
             f"<script>{script}</script>")

@@ -9,7 +9,6 @@ requested objects the model draws.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from safetensors import safe_open
 
@@ -18,7 +17,7 @@ from ..checkpoints import latest_checkpoint
 from .claims import HEADLINE, extrapolation_claim, verdict
 from .document import Figure, Section, Table, Text
 from .facts import ModelFacts, num, recall_per_k
-from .figures import locality_and_recall_vs_k
+from .figures import FigureFolder, locality_and_recall_vs_k
 
 LABELS = {"far_residual": "far residual", "efficacy_gap": "efficacy gap", "efficacy": "efficacy",
           "far_residual_held_norms": "far residual with GroupNorm statistics held at the near context's",
@@ -83,7 +82,22 @@ def explanation(cfg) -> Text:
         f"over σ = {band}, where the layout is decided.")
 
 
-def extrapolation_section(cfg, facts: list[ModelFacts], figures: Path) -> Section | None:
+def headline_figure(facts: list[ModelFacts], figures: FigureFolder) -> Figure | None:
+    """Every evaluated model's efficacy per k (where probed) beside its recall per k: the whole
+    study in one figure, for the top of the report."""
+    judged = [f for f in facts if f.evaluation]
+    if not judged:
+        return None
+    counts = sorted({k for f in probed(judged) for k in f.extrapolation.per_k if k >= 2})
+    curves = {f.name: ({k: f.extrapolation.band(HEADLINE, k) for k in counts} if f.extrapolation else {},
+                       recall_per_k(f)) for f in judged}
+    path = locality_and_recall_vs_k(curves, figures / "headline.png", LABELS[HEADLINE], figures.colours)
+    return Figure(path, "The study at a glance. Left: each conditioner's efficacy per k (1 = it acts among the "
+                        "others as it does alone, as under conditional projective composition; 95% intervals). "
+                        "Right: recall per k (training saw 1–3 objects).")
+
+
+def extrapolation_section(cfg, facts: list[ModelFacts], figures: FigureFolder) -> Section | None:
     done = probed(facts)
     if not done:
         return None
@@ -91,7 +105,7 @@ def extrapolation_section(cfg, facts: list[ModelFacts], figures: Path) -> Sectio
     sec.blocks.append(explanation(cfg))
     counts = sorted({k for f in done for k in f.extrapolation.per_k if k >= 2})
     curves = {f.name: ({k: f.extrapolation.band(HEADLINE, k) for k in counts}, recall_per_k(f)) for f in done}
-    path = locality_and_recall_vs_k(curves, figures / "extrapolation_locality.png", LABELS[HEADLINE])
+    path = locality_and_recall_vs_k(curves, figures / "extrapolation_locality.png", LABELS[HEADLINE], figures.colours)
     sec.blocks.append(Figure(path, "Left: the efficacy per k (95% intervals; 1 = each conditioner acts as it "
                                    "does alone). Right: recall at the same k."))
     sec.blocks += [statistic_table(done, name, counts) for name in ("efficacy", "far_residual", "efficacy_gap")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
@@ -17,6 +18,32 @@ if TYPE_CHECKING:  # a type only
     from ..evaluate.runner import EvalResult
 
 
+# matplotlib's tab10, in its order; the explorer draws with the same colours
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")
+
+
+def model_colours(names) -> dict[str, str]:
+    """One colour per model for a whole report, figures and explorer alike, in the study's order."""
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(dict.fromkeys(names))}
+
+
+@dataclass(frozen=True)
+class FigureFolder:
+    """Where a report's figures go (``folder / "name.png"``), and each model's colour in all of them."""
+
+    path: Path
+    colours: Mapping[str, str] = field(default_factory=dict)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+
+def colour(colours: Mapping[str, str] | None, name: str, i: int) -> str:
+    """A model's colour in the report, or the i-th of the palette for a model it does not name."""
+    return (colours or {}).get(name, PALETTE[i % len(PALETTE)])
+
+
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -26,7 +53,7 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def success_vs_k(evaluations: Mapping[str, EvalResult], path: str | Path, trained_range: tuple[int, int] = (1, 3),
-                 kind: str = "success") -> Path:
+                 kind: str = "success", colours: Mapping[str, str] | None = None) -> Path:
     """A rate (``kind``: success, placed, recall, precision) against requested k for several
     models, from their evaluations, with 95% intervals where they have them."""
     fig, ax = plt.subplots(figsize=(5.6, 3.4))
@@ -35,11 +62,11 @@ def success_vs_k(evaluations: Mapping[str, EvalResult], path: str | Path, traine
         rows = [m for k, m in sorted(ev.per_k.items()) if getattr(m, kind) is not None]
         if not rows:
             continue
-        ks = np.array([m.k for m in rows])
-        ax.plot(ks, [getattr(m, kind) for m in rows], "o-", ms=3, lw=1.2, color=f"C{i}", label=name)
+        ks, c = np.array([m.k for m in rows]), colour(colours, name, i)
+        ax.plot(ks, [getattr(m, kind) for m in rows], "o-", ms=3, lw=1.2, color=c, label=name)
         if all(getattr(m, f"{kind}_ci") for m in rows):
             lo, hi = np.array([getattr(m, f"{kind}_ci") for m in rows]).T
-            ax.fill_between(ks, lo, hi, color=f"C{i}", alpha=0.15, lw=0)
+            ax.fill_between(ks, lo, hi, color=c, alpha=0.15, lw=0)
     ax.set_xlabel("requested objects k")
     ax.set_ylabel(kind)
     ax.set_ylim(-0.03, 1.03)
@@ -51,14 +78,16 @@ def success_vs_k(evaluations: Mapping[str, EvalResult], path: str | Path, traine
 
 
 def recall_and_crowding(evaluations: Mapping[str, EvalResult], outside: Mapping[int, float], radius_px: float,
-                        limit_k: int | None, path: str | Path, trained_range: tuple[int, int] = (1, 3)) -> Path:
+                        limit_k: int | None, path: str | Path, trained_range: tuple[int, int] = (1, 3),
+                        colours: Mapping[str, str] | None = None) -> Path:
     """Each model's recall against k (left) beside the share of test objects whose window is more
     crowded than any common training window (right), with the k the crowding theory predicts."""
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(8.4, 3.2))
     ax.axvspan(trained_range[0] - 0.5, trained_range[1] + 0.5, color="0.9")
     for i, (name, ev) in enumerate(evaluations.items()):
         rows = [m for k, m in sorted(ev.per_k.items()) if m.recall is not None]
-        ax.plot([m.k for m in rows], [m.recall for m in rows], "o-", ms=3, lw=1.2, color=f"C{i}", label=name)
+        ax.plot([m.k for m in rows], [m.recall for m in rows], "o-", ms=3, lw=1.2, color=colour(colours, name, i),
+                label=name)
     ks = sorted(outside)
     bx.bar(ks, [outside[k] for k in ks], color="0.55")
     for a in (ax, bx):
@@ -76,19 +105,54 @@ def recall_and_crowding(evaluations: Mapping[str, EvalResult], outside: Mapping[
     return _save(fig, path)
 
 
-def locality_vs_generalization(points: Mapping[str, tuple[float, float]], path: str | Path) -> Path:
-    """One labelled point per model: (mean normalised locality index, mean extrapolation recall)."""
+def locality_vs_generalization(points: Mapping[str, tuple[float, float]], path: str | Path,
+                               colours: Mapping[str, str] | None = None) -> Path:
+    """One labelled point per model: (mean normalised locality index, mean extrapolation recall),
+    on axes fitted to the points, each label placed where it overlaps no other."""
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     for i, (name, (x, y)) in enumerate(points.items()):
-        ax.scatter([x], [y], color=f"C{i}", s=30)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.scatter([x], [y], color=colour(colours, name, i), s=30, zorder=3)
+    ax.set_xlim(*fitted(x for x, _ in points.values()))
+    ax.set_ylim(*fitted(y for _, y in points.values()))
     ax.set_xlabel("mean normalised conditional-locality index")
     ax.set_ylabel("mean recall over the extrapolation range")
-    ax.set_xlim(min(-0.05, min(x for x, _ in points.values()) - 0.05), 1.02)
-    ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    place_labels(fig, ax, points)
     return _save(fig, path)
+
+
+def fitted(values, margin: float = 0.12) -> tuple[float, float]:
+    """Axis limits around ``values`` with a margin (a tenth of the axis at least)."""
+    values = list(values)
+    lo, hi = min(values), max(values)
+    pad = max(hi - lo, 0.1) * margin + 0.02
+    return lo - pad, hi + pad
+
+
+# where a label may sit around its point (offset in points, horizontal alignment), in order of preference
+LABEL_SPOTS = [((5, 4), "left"), ((5, -10), "left"), ((-5, 4), "right"), ((-5, -10), "right"),
+               ((5, 14), "left"), ((-5, 14), "right"), ((5, -20), "left"), ((-5, -20), "right")]
+
+
+def place_labels(fig, ax, points: Mapping[str, tuple[float, float]]) -> None:
+    """Label each point at the first spot whose box overlaps no label or point placed so far."""
+    renderer = fig.canvas.get_renderer()
+    taken = [ax.transData.transform(p) for p in points.values()]
+    taken = [matplotlib.transforms.Bbox.from_bounds(x - 4, y - 4, 8, 8) for x, y in taken]
+    for name, (x, y) in points.items():
+        for (dx, dy), align in LABEL_SPOTS:
+            label = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7, ha=align)
+            box = label.get_window_extent(renderer).expanded(1.05, 1.1)
+            inside = ax.get_window_extent(renderer).contains(box.x0, box.y0) and \
+                ax.get_window_extent(renderer).contains(box.x1, box.y1)
+            if inside and not any(box.overlaps(other) for other in taken):
+                break
+            label.remove()
+        else:
+            label = ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+            box = label.get_window_extent(renderer)
+        taken.append(box)
 
 
 def cosine_matrices(matrices: Mapping[str, list], path: str | Path) -> Path:
@@ -105,17 +169,18 @@ def cosine_matrices(matrices: Mapping[str, list], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def emergence_figure(curves: Mapping[str, list[dict]], counts: list[int], path: str | Path) -> Path:
+def emergence_figure(curves: Mapping[str, list[dict]], counts: list[int], path: str | Path,
+                     colours: Mapping[str, str] | None = None) -> Path:
     """Locality (left) and recall per k (right) against training images, one colour per model.
     Each point is a dict with ``images_seen``, ``index``, ``presence`` and ``recall`` {k: value}."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.4), sharex=True)
     styles = ["-", "--", ":", "-."]
     for i, (name, points) in enumerate(curves.items()):
-        x = [p["images_seen"] / 1000 for p in points]
-        left.plot(x, [p["index"] for p in points], "-o", color=f"C{i}", ms=3, label=f"{name} (moves)")
-        left.plot(x, [p["presence"] for p in points], "--", color=f"C{i}", label=f"{name} (presence)")
+        x, c = [p["images_seen"] / 1000 for p in points], colour(colours, name, i)
+        left.plot(x, [p["index"] for p in points], "-o", color=c, ms=3, label=f"{name} (moves)")
+        left.plot(x, [p["presence"] for p in points], "--", color=c, label=f"{name} (presence)")
         for j, k in enumerate(counts):
-            right.plot(x, [p["recall"].get(k) for p in points], styles[j % len(styles)], color=f"C{i}",
+            right.plot(x, [p["recall"].get(k) for p in points], styles[j % len(styles)], color=c,
                        label=f"{name} k={k}")
     left.set_ylabel("normalised locality index")
     right.set_ylabel("recall")
@@ -129,20 +194,21 @@ def emergence_figure(curves: Mapping[str, list[dict]], counts: list[int], path: 
 
 
 def locality_and_recall_vs_k(curves: Mapping[str, tuple[Mapping, Mapping[int, float]]], path: str | Path,
-                             label: str) -> Path:
+                             label: str, colours: Mapping[str, str] | None = None) -> Path:
     """Two panels over requested k, one line per model: a locality statistic (``Estimate`` per k,
     with its interval) and recall."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(8.4, 3.2))
     for i, (name, (stat, recall)) in enumerate(curves.items()):
+        c = colour(colours, name, i)
         ks = [k for k, e in sorted(stat.items()) if e is not None and np.isfinite(e.mean)]
         if ks:
             mean = np.array([stat[k].mean for k in ks])
             lo = np.array([stat[k].lo if np.isfinite(stat[k].lo) else stat[k].mean for k in ks])
             hi = np.array([stat[k].hi if np.isfinite(stat[k].hi) else stat[k].mean for k in ks])
-            left.plot(ks, mean, "o-", ms=3, lw=1.2, color=f"C{i}", label=name)
-            left.fill_between(ks, lo, hi, color=f"C{i}", alpha=0.15, lw=0)
+            left.plot(ks, mean, "o-", ms=3, lw=1.2, color=c, label=name)
+            left.fill_between(ks, lo, hi, color=c, alpha=0.15, lw=0)
         rk = sorted(k for k in recall if k >= 1)
-        right.plot(rk, [recall[k] for k in rk], "o-", ms=3, lw=1.2, color=f"C{i}", label=name)
+        right.plot(rk, [recall[k] for k in rk], "o-", ms=3, lw=1.2, color=c, label=name)
     left.set_ylabel(label)
     right.set_ylabel("recall")
     right.set_ylim(-0.03, 1.03)

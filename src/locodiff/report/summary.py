@@ -6,8 +6,9 @@ from __future__ import annotations
 from .claims import (LengthVerdict, colour_by_block, colour_composition, length_verdicts, locality_correlation,
                      mechanism, verdict)
 from .document import Section, Table, Text
-from .extrapolation import claim_line as extrapolation_claim
+from .extrapolation import claim_line as extrapolation_claim, headline_figure
 from .facts import ModelFacts, learned_conditioner, num, recall_beyond
+from .figures import FigureFolder
 from .separation import Separation
 from .training import trained_in_statement
 
@@ -99,8 +100,9 @@ def colour_lines(facts: list[ModelFacts], criteria) -> list[str]:
     return lines
 
 
-def summary_section(cfg, facts: list[ModelFacts]) -> Section:
-    """The question, the paper's claims judged in one table, then what the run adds."""
+def summary_section(cfg, facts: list[ModelFacts], figures: FigureFolder) -> Section:
+    """The question, the paper's claims judged in one table, the headline figure, then what the
+    run adds."""
     sec = Section("Summary")
     sec.blocks.append(Text(
         "**Question**: do the models that draw more objects than they were trained on (1–3) have local "
@@ -112,6 +114,8 @@ def summary_section(cfg, facts: list[ModelFacts]) -> Section:
         return sec
     table = claims_table(cfg, facts)
     sec.blocks += [table] if table else []
+    figure = headline_figure(facts, figures)
+    sec.blocks += [figure] if figure else []
     sec.blocks.append(Text("**What the run adds**: " + recall_sentence(cfg, judged) + efficacy_sentence(judged)))
     sec.blocks += [Text(line) for line in claim_lines(cfg, facts)]
     trained_in = trained_in_statement(cfg, facts)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -22,7 +21,7 @@ from .document import Figure, Section, Table, Text
 from .claims import clustered_spearman, largest_counts, trained_in_groups, trained_in_verdict
 from .config import ReportConfig
 from .facts import ModelFacts, accuracy_at, learned_conditioner, num
-from .figures import emergence_figure
+from .figures import FigureFolder, emergence_figure
 
 
 
@@ -142,7 +141,7 @@ def emergence_line(name: str, points: list[dict], k: int, criteria: ReportConfig
     return line + "."
 
 
-def emergence_section(cfg, figures: Path) -> Section | None:
+def emergence_section(cfg, figures: FigureFolder) -> Section | None:
     if not cfg.emergence_runs():
         return None
     sec = Section("Locality over training")
@@ -156,7 +155,7 @@ def emergence_section(cfg, figures: Path) -> Section | None:
         f"({cfg.emergence.per_count} samples each) and the locality probe of the [locality] section. Levels: "
         f"normalised index ≥ {cfg.report.local_index} counts as local, recall ≥ {cfg.report.generalizes} as "
         "extrapolating."))
-    path = emergence_figure(curves, counts, figures / "emergence.png")
+    path = emergence_figure(curves, counts, figures / "emergence.png", figures.colours)
     sec.blocks.append(Figure(path, "Left: locality index (solid: moves, dashed: presence) against training "
                                    "images. Right: recall per k (line style) against training images."))
     k = max(counts)

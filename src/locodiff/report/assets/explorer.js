@@ -3,14 +3,18 @@
 (() => {
   const data = JSON.parse(document.getElementById("explorer-data").textContent);
   const root = document.getElementById("explorer");
-  const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"];
   const SVG = "http://www.w3.org/2000/svg";
-  const models = data.models.map((m, i) => ({ ...m, color: COLORS[i % COLORS.length] }));
+  const models = data.models; // each with the colour it has in the report's figures
   const withMaps = models.filter((m) => m.maps);
   const withSamples = models.filter((m) => Object.keys(m.samples).length);
-  let refreshMaps = () => {};
-  const state = { shown: new Set(models.map((m) => m.name)), scene: 0, kind: "pixel", index: 0,
-                  sampleModel: withSamples.length ? withSamples[0].name : null, k: null };
+  const withEffects = models.filter((m) => m.effects);
+  let refreshMaps = () => {}, refreshEffects = () => {};
+  // it opens on an object: the first conditioner's maps (a background pixel's are mostly black)
+  const firstScene = withMaps.length ? withMaps[0].maps.scenes[0] : null;
+  const state = { shown: new Set(models.map((m) => m.name)), scene: 0,
+                  kind: firstScene && firstScene.conditioners.length ? "cond" : "pixel", index: 0,
+                  sampleModel: withSamples.length ? withSamples[0].name : null, k: null,
+                  effectK: null, effectIndex: 0 };
   window.explorer = state; // read by the browser test
 
   function el(tag, attrs = {}, ...children) {
@@ -132,6 +136,16 @@
     }
     ctx.putImageData(image, 0, 0);
   }
+  function sceneCanvas(b64, w, h, scale, id) {
+    const canvas = el("canvas", { id, width: w, height: h, style: `width:${w * scale}px;height:${h * scale}px` });
+    const rgb = bytes(b64), ctx = canvas.getContext("2d"), image = ctx.createImageData(w, h);
+    for (let i = 0; i < w * h; i++) {
+      for (let c = 0; c < 3; c++) image.data[4 * i + c] = rgb[3 * i + c];
+      image.data[4 * i + 3] = 255;
+    }
+    ctx.putImageData(image, 0, 0);
+    return canvas;
+  }
   function mapPanel() {
     if (!withMaps.length) return el("p", {}, "No locality maps were saved.");
     const first = withMaps[0].maps, w = first.width, h = first.height, scale = 8;
@@ -142,13 +156,7 @@
     const caption = el("p", { class: "cap", id: "explorer-selection" });
     function draw() {
       const scene = first.scenes[state.scene];
-      const canvas = el("canvas", { id: "explorer-scene", width: w, height: h, style: `width:${w * scale}px;height:${h * scale}px` });
-      const rgb = bytes(scene.image), ctx = canvas.getContext("2d"), image = ctx.createImageData(w, h);
-      for (let i = 0; i < w * h; i++) {
-        for (let c = 0; c < 3; c++) image.data[4 * i + c] = rgb[3 * i + c];
-        image.data[4 * i + 3] = 255;
-      }
-      ctx.putImageData(image, 0, 0);
+      const canvas = sceneCanvas(scene.image, w, h, scale, "explorer-scene");
       const svg = el("svg:svg", { width: w * scale, height: h * scale, viewBox: `0 0 ${w} ${h}`, class: "ex-overlay",
                                    onclick: (e) => pickPixel(e, svg) });
       scene.pixels.forEach(([r, c], m) => svg.append(el("svg:rect", { x: c + 0.25, y: r + 0.25, width: 0.5, height: 0.5,
@@ -205,12 +213,58 @@
               picker, caption, grid);
   }
 
+  // ----- each conditioner's effect alone and among the others, at k = 1..10 --------------------------
+  function effectPanel() {
+    if (!withEffects.length) return el("p", {}, "No effect maps at k = 1..10 were saved (a probe made before the extrapolation probe " +
+                                           "kept them; delete its extrapolation.json to measure it again).");
+    const first = withEffects[0].effects, w = first.width, h = first.height, scale = 8;
+    const ks = Object.keys(first.counts).map(Number).sort((a, b) => a - b);
+    state.effectK = String(ks[ks.length - 1]); // the largest k: where generalization is asked hardest
+    const kPick = el("select", { id: "explorer-effect-k", onchange: (e) => { state.effectK = e.target.value; state.effectIndex = 0; draw(); } },
+                     ...ks.map((k) => el("option", { value: k }, `k = ${k}`)));
+    const picker = el("div", { class: "ex-picker" }), grid = el("div", { class: "ex-maps" });
+    const caption = el("p", { class: "cap", id: "explorer-effect-caption" });
+    function draw() {
+      kPick.value = state.effectK;
+      const scene = first.counts[state.effectK];
+      const svg = el("svg:svg", { width: w * scale, height: h * scale, viewBox: `0 0 ${w} ${h}`, class: "ex-overlay" });
+      scene.conditioners.forEach(([x, y], n) => svg.append(el("svg:circle", {
+        cx: x * w, cy: y * h, r: 1.2, fill: "rgba(255,0,255,0.15)", "stroke-width": 0.4, "data-effect-conditioner": n,
+        stroke: state.effectIndex === n ? "#ff0" : "#f0f", style: "cursor:pointer",
+        onclick: () => { state.effectIndex = n; draw(); } })));
+      picker.replaceChildren(el("div", { class: "ex-stack" }, sceneCanvas(scene.image, w, h, scale, "explorer-effect-scene"), svg));
+      drawEffects();
+    }
+    function drawEffects() {
+      const [x, y] = first.counts[state.effectK].conditioners[state.effectIndex];
+      caption.textContent = `k = ${state.effectK}, conditioner ${state.effectIndex + 1} at (${x.toFixed(2)}, ${y.toFixed(2)}), σ = ${first.sigma}: ` +
+        "the change of the denoised image when it is added to an empty request (alone) and to all the others (among), " +
+        "per pixel, both on one scale (white: the larger maximum). Under a local conditional score the two agree near it.";
+      const rows = withEffects.filter((m) => state.shown.has(m.name) && m.effects.counts[state.effectK]).map((m) => {
+        const c = m.effects.counts[state.effectK], n = w * h, i = state.effectIndex;
+        const cells = ["alone", "among"].map((which) => {
+          const canvas = el("canvas", { class: "explorer-effect", width: w, height: h, style: `width:${w * 3}px;height:${h * 3}px`,
+                                        "data-model": m.name, "data-which": which, "data-k": state.effectK, "data-index": i });
+          paint(canvas, bytes(c[which]).subarray(i * n, (i + 1) * n), w, h);
+          return el("figure", { class: "ex-cell" }, canvas, el("figcaption", {}, which));
+        });
+        return el("div", { class: "ex-row" }, el("div", { class: "ex-name", style: `color:${m.color}` }, m.name), ...cells,
+                  el("span", { class: "ex-dc" }, `max ${c.peaks[i].toExponential(1)}`));
+      });
+      grid.replaceChildren(...rows);
+    }
+    refreshEffects = drawEffects;
+    draw();
+    return el("div", {}, el("div", {}, kPick, " click a conditioner (circle) of the evaluation's scene"), picker, caption, grid);
+  }
+
   // ----- page ---------------------------------------------------------------------------------------
   const plots = el("div", { class: "ex-plots" });
-  const maps = mapPanel();
+  const maps = mapPanel(), effects = effectPanel();
   function redraw() {
     plots.replaceChildren(plot("recall", "recall per k (95% interval)"), plot("locality", "efficacy per k: locality where generalization is asked"));
     refreshMaps();
+    refreshEffects();
   }
   const style = el("style", {}, `
     #explorer .ex-toggles label{margin-right:1em;font-weight:bold}
@@ -224,7 +278,8 @@
     #explorer .ex-name{width:9em;font-weight:bold;text-align:right;padding-right:.5em}
     #explorer .ex-cell{margin:2px}#explorer .ex-cell figcaption{font-size:70%}`);
   root.append(style, toggles(redraw), section("Curves", plots), section("Samples and detections", samplePanel()),
-              section("Locality maps", maps));
+              section("Where generalization is asked: each conditioner alone and among the others", effects),
+              section("Locality maps (1–3-object probe scenes)", maps));
   redraw();
   root.dataset.ready = "1";
 })();
