@@ -346,5 +346,7 @@ def test_latents_callbacks_and_a_progress_bar_per_step(tmp_path, capsys):
     assert not torch.equal(flat, drawn)
     with pytest.raises(InputError, match="expected \\(2, 3, 16, 16\\)"):
         pipe(**call, latents=latents[:1])
+    with pytest.raises(InputError, match="expected a tensor"):
+        pipe(**call, latents=latents.tolist())
     with pytest.raises(InputError, match="only 'latents'"):
         pipe(**call, callback_on_step_end_tensor_inputs=["prompt_embeds"])

@@ -107,6 +107,8 @@ class Noise:
 
     def __init__(self, latents: Tensor | None, generator: torch.Generator | None, count: int, resolution: int):
         shape = (count, 3, resolution, resolution)
+        if latents is not None and not isinstance(latents, Tensor):
+            raise InputError(f"latents: expected a tensor of shape {shape}, got {type(latents).__name__}")
         if latents is not None and tuple(latents.shape) != shape:
             raise InputError(f"latents of shape {tuple(latents.shape)}: expected {shape} (one standard-normal "
                              "[3, H, W] per image, num_images_per_prompt included)")
