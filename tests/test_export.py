@@ -350,3 +350,28 @@ def test_latents_callbacks_and_a_progress_bar_per_step(tmp_path, capsys):
         pipe(**call, latents=latents.tolist())
     with pytest.raises(InputError, match="only 'latents'"):
         pipe(**call, callback_on_step_end_tensor_inputs=["prompt_embeds"])
+
+
+def test_a_hub_id_is_read_through_a_snapshot_where_downloads_are_allowed(tmp_path, monkeypatch):
+    """No hub here: the download is replaced by a copy of a local export. A hub id loads only with
+    local_files_only=False, and only JSON, Markdown, safetensors and pipeline.py are asked for."""
+    import shutil
+
+    import locodiff.export.pipeline as pipeline
+
+    folder = export_run(trained_run(tmp_path, "cross_attention"), tmp_path / "e")
+    asked = {}
+
+    def snapshot(repo_id, allow_patterns):
+        asked.update(repo=repo_id, patterns=allow_patterns)
+        return str(shutil.copytree(folder, tmp_path / "snapshot"))
+
+    monkeypatch.setattr(pipeline, "snapshot_download", snapshot)
+    with pytest.raises(CheckpointError, match="local_files_only=False"):
+        LocodiffPipeline.from_pretrained("user/exp1")
+    assert not asked
+    pipe = LocodiffPipeline.from_pretrained("user/exp1", local_files_only=False)
+    assert asked["repo"] == "user/exp1" and not any(p.endswith((".bin", ".pt", ".ckpt")) for p in asked["patterns"])
+    call = dict(locations=[[(0.3, 0.6)]], num_inference_steps=2, output_type="pt")
+    assert torch.equal(pipe(**call, generator=torch.Generator().manual_seed(0)).images,
+                       LocodiffPipeline.from_pretrained(folder)(**call, generator=torch.Generator().manual_seed(0)).images)
