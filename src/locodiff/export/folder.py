@@ -1,9 +1,10 @@
-"""``locodiff export RUN OUT``: a trained run as a diffusers pipeline folder.
+"""``locodiff export RUN OUT``: a trained run (or an intervention on one) as a diffusers pipeline folder.
 
     OUT/model_index.json                         the pipeline (LocodiffPipeline) and its parts
     OUT/pipeline.py                              one import, for diffusers.DiffusionPipeline.from_pretrained
     OUT/model/config.json                        the network's ModelConfig and resolution
-    OUT/model/diffusion_pytorch_model.safetensors the weights (EMA by default)
+    OUT/model/diffusion_pytorch_model.safetensors the weights (EMA by default; an intervention's: its base run's)
+    OUT/scheduler/scheduler_config.json          the sampler (LocodiffHeunScheduler: locodiff sample's)
     OUT/locodiff.json                            where it came from: run (relative to OUT), checkpoint, images seen
     OUT/README.md                                a model card: what it is, its conditioning, data, recall per k
 
@@ -231,12 +232,14 @@ def model_card(cfg, source: dict, out: Path, measured: Measured = Measured(),
                  "called once per conditioner and each conditioner's prediction acts only within "
                  f"{intervention.radius_px:g} px of its location, a local conditional score by construction "
                  "(no retraining)")
-    return CARD.format(name=intervention_name(source) or cfg.name, arch=cfg.model.arch, version=__version__, resolution=cfg.data.resolution,
+    return CARD.format(name=intervention_name(source) or cfg.name, arch=cfg.model.arch, version=__version__,
+                       resolution=cfg.data.resolution,
                        conditioning=conditioning, train_images=cfg.data.train_images,
                        train_counts=f"{min(counts)}–{max(counts)}" if len(counts) > 1 else str(counts[0]),
                        label_policy=cfg.label_policy, policy_words=POLICY_WORDS.get(cfg.label_policy, ""),
                        images_seen=source["images_seen"], weights=source["weights"],
-                       note=note, evaluation=evaluation_lines(measured.evaluation) + efficacy_lines(measured.extrapolation),
+                       note=note,
+                       evaluation=evaluation_lines(measured.evaluation) + efficacy_lines(measured.extrapolation),
                        folder=out.name, example=example)
 
 

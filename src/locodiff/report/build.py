@@ -491,10 +491,11 @@ def reproducibility_section(cfg) -> Section:
 
 
 def explorer_section(facts: list[ModelFacts], colours: dict[str, str]) -> Section:
-    return Section("Explore", [Html(explorer_html(facts, colours), "The HTML version of this report (`report.html`) has an "
-                                    "explorer here: the samples per k with their detections, the Jacobian maps of "
-                                    "each probed pixel and conditioner at every noise level, models side by side, "
-                                    "and the recall and efficacy curves per model.")])
+    words = ("The HTML version of this report (`report.html`) has an explorer here: the samples per k with their "
+             "detections, each conditioner's effect alone and among the others at k = 1..10, the Jacobian maps of "
+             "each probed pixel and conditioner at every noise level, models side by side, and the recall and "
+             "efficacy curves per model.")
+    return Section("Explore", [Html(explorer_html(facts, colours), words)])
 
 
 def write_report(cfg, out_dir: str | Path) -> Path:
