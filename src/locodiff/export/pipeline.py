@@ -84,7 +84,10 @@ class Requests:
     locations: list[list[Location]] | None
     captions: list[str] | None
     attributes: list[list] | None
-    count: int
+
+    @property
+    def count(self) -> int:
+        return len(self.locations if self.captions is None else self.captions)
 
     @classmethod
     def of(cls, locations, captions, attributes, per_prompt) -> "Requests":
@@ -98,7 +101,7 @@ class Requests:
 
         locations = repeat(None if locations is None else check_list(locations, "locations"))
         captions = repeat(None if captions is None else list(captions))
-        return cls(locations, captions, repeat(attributes), len(locations if captions is None else captions))
+        return cls(locations, captions, repeat(attributes))
 
 
 class Noise:

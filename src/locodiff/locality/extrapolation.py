@@ -208,6 +208,7 @@ def probe_count(denoiser: Denoiser, images: Tensor, cond: Conditioning, options:
         slots.append(present)
     norms = group_norms(denoiser) if int(cond.counts().max()) in options.held_norm_counts else []
     sums = torch.zeros(cond.batch_size, len(options.sigmas), len(SUMS), dtype=torch.float64)
+    kept_sigma = map_sigma(options)
     for j, sigma in enumerate(options.sigmas):
         x_t = images + sigma * noise
         preds = run_passes(denoiser, x_t, sigma, subset_conds, options.batch_size)
@@ -216,7 +217,7 @@ def probe_count(denoiser: Denoiser, images: Tensor, cond: Conditioning, options:
         for s, plan in enumerate(plans):
             stop = start + len(plan.subsets)
             sums[s, j] = scene_sums(preds[start:stop], plan, windows[s, slots[s]], held.get(s))
-            if maps is not None and s < MAP_SCENES and j == map_sigma(options):
+            if maps is not None and s < MAP_SCENES and j == kept_sigma:
                 maps.append(effect_maps(preds[start:stop], plan))
             start = stop
     return sums
